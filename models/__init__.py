@@ -1,0 +1,7 @@
+"""The spectrascope model zoo (imported as ``spectrascope.models``).
+
+Importing this package registers every family with ``spectrascope.registry``.
+"""
+from . import layers, base  # noqa: F401
+from . import metaformer, dfformer  # noqa: F401
+from .base import TapSpec, TapList, ZooModel  # noqa: F401

@@ -1,0 +1,12 @@
+"""spectrascope: spectral analysis and interpretability of vision models built on
+frequency-domain token mixers (DFFormer, SPANet, AFFNet, GFNet and their baselines)."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .registry import (ModelCard, UnknownModelError, create_model, get_card, list_models,  # noqa: F401
+                       register_model)
+from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint  # noqa: F401
+
+__all__ = ["__version__", "create_model", "list_models", "get_card", "register_model", "ModelCard",
+           "UnknownModelError", "load_checkpoint", "read_checkpoint", "CheckpointError", "LoadReport"]

@@ -1,0 +1,193 @@
+"""Checkpoint reading and loading without executing pickled code.
+
+Accepted: official ``.pth`` state dicts, timm ``.pth.tar`` checkpoints (nested
+``state_dict`` / ``model`` / ``state_dict_ema`` keys, ``module.`` prefixes, argparse
+``args`` inside), spectrascope training checkpoints and ``.safetensors``. Pickles are read
+with ``torch.load(weights_only=True)``; only the few harmless types timm checkpoints carry
+are allow-listed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger("spectrascope")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def _safe_globals() -> list:
+    allowed: list = [argparse.Namespace]
+    try:  # numpy scalars/dtypes appear in timm checkpoints (metrics) and in argparse args
+        import numpy as np
+        core = getattr(np, "_core", None) or np.core
+        allowed += [core.multiarray.scalar, np.dtype, type(np.dtype("float64")), type(np.dtype("float32")),
+                    type(np.dtype("int64"))]
+    except Exception:  # pragma: no cover - numpy layout differs
+        pass
+    return allowed
+
+
+_NESTED_KEYS = ("state_dict", "model", "module", "net", "network")
+_EMA_KEYS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
+_STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def read_checkpoint(path, *, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """Return ``(state_dict, info)`` from a checkpoint file, never unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    info: dict = {"path": str(path), "format": None, "entry": None}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            obj = load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        info["format"] = "safetensors"
+    else:
+        try:
+            with torch.serialization.safe_globals(_safe_globals()):
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()
+            first = next((m for m in msg if "GLOBAL" in m or "Unsupported" in m), msg[0] if msg else repr(exc))
+            raise CheckpointError(
+                f"{path}: refused or unreadable (loaded with weights_only=True, no pickled code is run): {first}"
+            ) from None
+        info["format"] = "torch"
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    state, entry = _find_state_dict(obj, use_ema)
+    info["entry"] = entry
+    if "args" in obj and isinstance(obj["args"], (argparse.Namespace, dict)):
+        args = obj["args"]
+        info["args"] = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
+    for k in ("epoch", "arch", "model_name"):
+        if k in obj and isinstance(obj[k], (int, str)):
+            info[k] = obj[k]
+    return state, info
+
+
+def _is_state_dict(d) -> bool:
+    return isinstance(d, dict) and len(d) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
+def _find_state_dict(obj: dict, use_ema: bool) -> tuple[dict, str | None]:
+    order = (_EMA_KEYS + _NESTED_KEYS) if use_ema else _NESTED_KEYS
+    for key in order:
+        if key in obj and _is_state_dict(obj[key]):
+            return _strip(obj[key]), key
+    if use_ema:
+        raise CheckpointError("use_ema=True but the checkpoint holds no EMA weights "
+                              f"(top-level keys: {', '.join(sorted(map(str, obj))[:10])})")
+    if _is_state_dict(obj):
+        return _strip(obj), None
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if tensors and len(tensors) >= 0.9 * len(obj):
+        return _strip(tensors), None
+    raise CheckpointError("no state_dict found in the checkpoint (top-level keys: "
+                          f"{', '.join(sorted(map(str, obj))[:10])})")
+
+
+def _strip(state: dict) -> dict:
+    out = dict(state)
+    for prefix in _STRIP_PREFIXES:
+        if out and all(k.startswith(prefix) for k in out):
+            out = {k[len(prefix):]: v for k, v in out.items()}
+    return out
+
+
+@dataclass
+class LoadReport:
+    """What happened when a state_dict met a model."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    loaded: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def format(self, limit: int = 8) -> str:
+        parts = []
+
+        def show(title, items):
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{len(items)} {title}: " + ", ".join(items[:limit]) + more)
+
+        if self.missing:
+            show("missing keys", self.missing)
+        if self.unexpected:
+            show("unexpected keys", self.unexpected)
+        if self.mismatched:
+            show("shape mismatches", [f"{k} checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched])
+        if self.adapted:
+            show("adapted", self.adapted)
+        return "; ".join(parts) if parts else f"all {self.loaded} tensors loaded"
+
+
+def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, strict: bool = True) -> LoadReport:
+    """Adapt (``model.adapt_state_dict``) and load a state dict; one readable report."""
+    notes = []
+    if hasattr(model, "adapt_state_dict"):
+        state, notes = model.adapt_state_dict(state)
+    report = LoadReport(adapted=[f"{n.key}: {n.what}" for n in notes])
+    for n in notes:
+        log.info("checkpoint: %s %s", n.key, n.what)
+    own = model.state_dict()
+    report.missing = [k for k in own if k not in state]
+    report.unexpected = [k for k in state if k not in own]
+    report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+                         if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if strict and not report.ok:
+        raise CheckpointError("checkpoint does not fit the model: " + report.format())
+    fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(fitting, strict=False)
+    report.loaded = len(fitting)
+    return report
+
+
+def load_checkpoint(model: nn.Module, path, *, strict: bool = True, use_ema: bool = False) -> LoadReport:
+    """Read ``path`` safely and load it into ``model``; raises CheckpointError when strict
+    loading fails. The report is also stored as ``model.checkpoint_report``."""
+    state, info = read_checkpoint(path, use_ema=use_ema)
+    try:
+        report = load_state_dict(model, state, strict=strict)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    model.checkpoint_info = dict(info, sha256=file_sha256(path))
+    model.checkpoint_report = report
+    return report
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_safetensors(model_or_state, path) -> None:
+    """Write a state dict as safetensors (atomic: temp file + rename)."""
+    from safetensors.torch import save_file
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file(state, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,78 @@
+"""Image loading without torchvision: bundled sample photos, image folders and the
+evaluation transform of the model cards (resize shorter side to S / crop_pct, centre
+crop S, ImageNet normalisation)."""
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """Bad image input (missing folder, no images, undecodable file)."""
+
+
+def sample_images() -> list[Path]:
+    """The photos bundled with the package (sorted by name)."""
+    root = resources.files("spectrascope") / "assets" / "samples"
+    return sorted(Path(str(p)) for p in root.iterdir() if str(p).lower().endswith(IMAGE_SUFFIXES))
+
+
+def list_images(folder) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def load_image(path) -> torch.Tensor:
+    """Decode an image file with Pillow into a float tensor (3, H, W) in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+
+def eval_transform(img: torch.Tensor, size: int | Sequence[int] = 224, crop_pct: float = 0.9,
+                   mean=MEAN, std=STD) -> torch.Tensor:
+    """Resize the shorter side to ``size / crop_pct`` (bicubic, antialiased), centre-crop
+    ``size`` and normalise. ``size`` may be (H, W)."""
+    th, tw = (size, size) if isinstance(size, int) else tuple(size)
+    scale = max(th, tw) / crop_pct
+    h, w = img.shape[-2:]
+    r = scale / min(h, w)
+    nh, nw = max(th, round(h * r)), max(tw, round(w * r))
+    x = F.interpolate(img[None], size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)[0]
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    x = x[:, top:top + th, left:left + tw].clamp_(0, 1)
+    m = torch.tensor(mean).view(3, 1, 1)
+    s = torch.tensor(std).view(3, 1, 1)
+    return (x - m) / s
+
+
+def load_batch(paths: Sequence, size=224, crop_pct: float = 0.9, mean=MEAN, std=STD) -> torch.Tensor:
+    return torch.stack([eval_transform(load_image(p), size, crop_pct, mean, std) for p in paths])
+
+
+def paths_digest(paths: Sequence) -> str:
+    """sha256 over the file names and contents of an image list (for results provenance)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode())
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
