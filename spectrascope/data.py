@@ -76,3 +76,36 @@ def paths_digest(paths: Sequence) -> str:
         h.update(Path(p).name.encode())
         h.update(Path(p).read_bytes())
     return h.hexdigest()
+
+
+def resolve_image_paths(images=None, data: str | None = None, num_images: int | None = None) -> list[Path]:
+    """Image files for an analysis: ``--images DIR`` or ``--data samples|imagefolder:PATH``;
+    the bundled sample photos when neither is given. ``num_images`` keeps the first N
+    (sorted by path, so every model sees the same images in the same order)."""
+    if images and data:
+        raise DataError("give either --images or --data, not both")
+    if images:
+        paths = list_images(images)
+    elif data is None or data == "samples":
+        paths = sample_images()
+    elif data.startswith("imagefolder:"):
+        root = Path(data.split(":", 1)[1])
+        sub = root / "val" if (root / "val").is_dir() else root
+        paths = list_images(sub)
+    else:
+        raise DataError(f"--data {data!r} is not an image source for analyses "
+                        "(use samples, imagefolder:PATH or --images DIR)")
+    if num_images is not None:
+        if num_images < 1:
+            raise DataError("--num-images must be >= 1")
+        paths = paths[:num_images]
+    return paths
+
+
+def iter_batches(paths: Sequence, batch_size: int = 16, size=224, crop_pct: float = 0.9, mean=MEAN, std=STD):
+    """Yield ``(batch (B,3,H,W), paths)`` in order; decoding happens lazily per batch."""
+    if batch_size < 1:
+        raise DataError("--batch-size must be >= 1")
+    for i in range(0, len(paths), batch_size):
+        chunk = list(paths[i:i + batch_size])
+        yield load_batch(chunk, size, crop_pct, mean, std), chunk

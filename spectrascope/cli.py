@@ -1,0 +1,137 @@
+"""The ``spectrascope`` command line. Each command is a thin wrapper over library calls.
+
+Bad input ends in one clear error line and a non-zero exit (``click.ClickException``)."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+
+import click
+import torch
+
+from . import registry
+from .checkpoint import CheckpointError
+from .data import DataError
+from .results import OutputExistsError
+
+#: library errors that are the user's input, reported as one line
+USER_ERRORS = (registry.UnknownModelError, CheckpointError, DataError, OutputExistsError, ValueError,
+               FileNotFoundError, KeyError)
+
+
+def user_errors(fn):
+    """Turn library errors caused by the input into a one-line ClickException."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except USER_ERRORS as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise click.ClickException(str(msg).splitlines()[0] if msg else type(exc).__name__) from None
+
+    return wrapper
+
+
+def parse_img_size(value):
+    """'224' -> 224, '96x128' -> (96, 128)."""
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in str(value).lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not S or HxW") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return tuple(parts)
+    raise click.BadParameter(f"{value!r} is not S or HxW")
+
+
+def model_options(fn):
+    """--model/--checkpoint/--img-size/--device, shared by the analysis commands."""
+    fn = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")(fn)
+    fn = click.option("--img-size", default=None, help="input size S or HxW (default: the model's)")(fn)
+    fn = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                      help="official .pth, timm .pth.tar, spectrascope checkpoint or .safetensors")(fn)
+    fn = click.option("--model", "model_name", required=True, help="registry name, alias or timm:<name>")(fn)
+    return fn
+
+
+def image_options(fn):
+    """--images/--data/--num-images/--batch-size, shared by the analysis commands."""
+    fn = click.option("--batch-size", default=16, show_default=True, type=int)(fn)
+    fn = click.option("--num-images", default=None, type=int, help="use the first N images")(fn)
+    fn = click.option("--data", default=None, help="samples | imagefolder:PATH")(fn)
+    fn = click.option("--images", type=click.Path(file_okay=False), default=None,
+                      help="folder of images (default: the bundled sample photos)")(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="spectrascope")
+@click.option("-v", "--verbose", count=True, help="log more (-v info, -vv debug)")
+def main(verbose):
+    """Spectral analysis and interpretability of vision models with frequency-domain token mixers."""
+    level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------- zoo
+
+
+@main.command("models")
+@click.argument("pattern", required=False)
+@click.option("--json", "as_json", is_flag=True, help="print the model cards as JSON")
+@user_errors
+def models_cmd(pattern, as_json):
+    """List the model zoo (name, family, params, default resolution). PATTERN filters names
+    (substring or shell pattern such as 'dfformer*')."""
+    names = registry.list_models(pattern)
+    if not names:
+        raise click.ClickException(f"no model matches {pattern!r}")
+    cards = [registry.get_card(n) for n in names]
+    if as_json:
+        click.echo(json.dumps([c.as_dict() for c in cards], indent=1))
+        return
+    rows = [(c.name, c.family, f"{c.params / 1e6:.2f}M", f"{c.default_input_size[1]}x{c.default_input_size[2]}",
+             "yes" if c.weight_file else "-") for c in cards]
+    header = ("name", "family", "params", "input", "weights")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    click.echo(fmt.format(*header))
+    for r in rows:
+        click.echo(fmt.format(*r))
+
+
+@main.command("predict")
+@model_options
+@image_options
+@click.option("--topk", default=5, show_default=True, type=int)
+@user_errors
+def predict_cmd(model_name, checkpoint, img_size, device, images, data, num_images, batch_size, topk):
+    """Run a model on images and print the top-k classes (a smoke test of a checkpoint)."""
+    from .data import iter_batches, resolve_image_paths
+    from .device import resolve_device
+    from .inference import build_for_inference
+    dev = resolve_device(device)
+    model, cfg = build_for_inference(model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size),
+                                     device=dev)
+    if checkpoint is None:
+        click.echo(f"note: {model_name} has random weights (no --checkpoint); the classes are meaningless", err=True)
+    paths = resolve_image_paths(images, data, num_images)
+    with torch.inference_mode():
+        for batch, chunk in iter_batches(paths, batch_size, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"]):
+            probs = model(batch.to(dev)).float().softmax(-1)
+            p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+            for path, pi, ii in zip(chunk, p.tolist(), idx.tolist()):
+                top = ", ".join(f"{c}:{q:.3f}" for c, q in zip(ii, pi))
+                click.echo(f"{path.name}: logits {tuple(probs.shape[1:])} top-{len(ii)} [{top}]")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Building a model ready for analysis: name (+ checkpoint) -> eval model on a device and
+the preprocessing its card asks for."""
+from __future__ import annotations
+
+import torch
+
+from .registry import IMAGENET_MEAN, IMAGENET_STD, create_model
+
+
+def preprocessing(model, img_size=None) -> dict:
+    """Input size (H, W), crop_pct, mean and std for ``model`` (zoo card or timm config)."""
+    card = getattr(model, "card", None)
+    if card is not None:
+        default = card.default_input_size[1:]
+        crop, mean, std = card.crop_pct, card.mean, card.std
+    else:
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        default = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+        crop = cfg.get("crop_pct", 0.9)
+        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    if img_size is None:
+        size = tuple(default)
+    elif isinstance(img_size, int):
+        size = (img_size, img_size)
+    else:
+        size = tuple(img_size)
+    return {"size": size, "crop_pct": crop, "mean": tuple(mean), "std": tuple(std)}
+
+
+def build_for_inference(name: str, *, checkpoint=None, img_size=None, device="cpu", num_classes: int | None = None,
+                        **overrides):
+    """``create_model`` + checkpoint + ``eval()`` + device. When a checkpoint is given and
+    ``num_classes`` is not, the head size is read from the checkpoint."""
+    if checkpoint is not None and num_classes is None:
+        num_classes = _num_classes_in(checkpoint)
+    model = create_model(name, checkpoint=checkpoint, img_size=img_size, num_classes=num_classes or 1000,
+                         **overrides)
+    model.eval().to(device)
+    return model, preprocessing(model, img_size)
+
+
+def _num_classes_in(checkpoint) -> int | None:
+    from .checkpoint import read_checkpoint
+    state, _ = read_checkpoint(checkpoint)
+    for key in ("head.fc2.bias", "head.bias", "classifier.bias", "head.fc.bias", "classifier.1.bias"):
+        if key in state and state[key].ndim == 1:
+            return int(state[key].shape[0])
+    return None
