@@ -52,8 +52,38 @@ def parse_img_size(value):
     raise click.BadParameter(f"{value!r} is not S or HxW")
 
 
+def _scalar(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_model_kwargs(items) -> dict:
+    """``("dims=32,64,96,128", "drop_path_rate=0.1", "token_mixers=sepconv,df")`` -> overrides dict.
+    Comma-separated values become lists; numbers, true/false and none are converted."""
+    out = {}
+    for item in items or ():
+        for part in [item] if "=" in item and item.count("=") == 1 else item.split():
+            if "=" not in part:
+                raise click.BadParameter(f"{part!r} is not KEY=VALUE", param_hint="--model-kwargs")
+            key, value = part.split("=", 1)
+            vals = [_scalar(v) for v in value.split(",")] if "," in value else _scalar(value)
+            out[key.strip()] = vals
+    return out
+
+
 def model_options(fn):
-    """--model/--checkpoint/--img-size/--device, shared by the analysis commands."""
+    """--model/--checkpoint/--img-size/--device/--model-kwargs, shared by the analysis commands."""
+    fn = click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE",
+                      help="constructor overrides with the official argument names, e.g. dims=32,64,96,128")(fn)
     fn = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")(fn)
     fn = click.option("--img-size", default=None, help="input size S or HxW (default: the model's)")(fn)
     fn = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
@@ -113,14 +143,14 @@ def models_cmd(pattern, as_json):
 @image_options
 @click.option("--topk", default=5, show_default=True, type=int)
 @user_errors
-def predict_cmd(model_name, checkpoint, img_size, device, images, data, num_images, batch_size, topk):
+def predict_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, topk):
     """Run a model on images and print the top-k classes (a smoke test of a checkpoint)."""
     from .data import iter_batches, resolve_image_paths
     from .device import resolve_device
     from .inference import build_for_inference
     dev = resolve_device(device)
     model, cfg = build_for_inference(model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size),
-                                     device=dev)
+                                     device=dev, **parse_model_kwargs(model_kwargs))
     if checkpoint is None:
         click.echo(f"note: {model_name} has random weights (no --checkpoint); the classes are meaningless", err=True)
     paths = resolve_image_paths(images, data, num_images)
