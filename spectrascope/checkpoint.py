@@ -162,10 +162,12 @@ def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, strict:
     return report
 
 
-def load_checkpoint(model: nn.Module, path, *, strict: bool = True, use_ema: bool = False) -> LoadReport:
+def load_checkpoint(model: nn.Module, path, *, strict: bool = True, use_ema: bool = False,
+                    preread: tuple[dict, dict] | None = None) -> LoadReport:
     """Read ``path`` safely and load it into ``model``; raises CheckpointError when strict
-    loading fails. The report is also stored as ``model.checkpoint_report``."""
-    state, info = read_checkpoint(path, use_ema=use_ema)
+    loading fails. The report is also stored as ``model.checkpoint_report``.
+    ``preread`` is the ``(state, info)`` of an earlier ``read_checkpoint(path)``."""
+    state, info = preread if preread is not None else read_checkpoint(path, use_ema=use_ema)
     try:
         report = load_state_dict(model, state, strict=strict)
     except CheckpointError as exc:

@@ -2,8 +2,8 @@
 the preprocessing its card asks for."""
 from __future__ import annotations
 
-import torch
 
+from .checkpoint import load_checkpoint, read_checkpoint
 from .registry import IMAGENET_MEAN, IMAGENET_STD, create_model
 
 
@@ -28,20 +28,21 @@ def preprocessing(model, img_size=None) -> dict:
 
 
 def build_for_inference(name: str, *, checkpoint=None, img_size=None, device="cpu", num_classes: int | None = None,
-                        **overrides):
+                        strict: bool = True, use_ema: bool = False, **overrides):
     """``create_model`` + checkpoint + ``eval()`` + device. When a checkpoint is given and
     ``num_classes`` is not, the head size is read from the checkpoint."""
-    if checkpoint is not None and num_classes is None:
-        num_classes = _num_classes_in(checkpoint)
-    model = create_model(name, checkpoint=checkpoint, img_size=img_size, num_classes=num_classes or 1000,
-                         **overrides)
+    preread = read_checkpoint(checkpoint, use_ema=use_ema) if checkpoint is not None else None
+    if preread is not None and num_classes is None:
+        num_classes = num_classes_in(preread[0])
+    model = create_model(name, img_size=img_size, num_classes=num_classes or 1000, **overrides)
+    if preread is not None:
+        load_checkpoint(model, checkpoint, strict=strict, preread=preread)
     model.eval().to(device)
     return model, preprocessing(model, img_size)
 
 
-def _num_classes_in(checkpoint) -> int | None:
-    from .checkpoint import read_checkpoint
-    state, _ = read_checkpoint(checkpoint)
+def num_classes_in(state: dict) -> int | None:
+    """Classifier size of a state dict (zoo head names), or None."""
     for key in ("head.fc2.bias", "head.bias", "classifier.bias", "head.fc.bias", "classifier.1.bias"):
         if key in state and state[key].ndim == 1:
             return int(state[key].shape[0])
