@@ -117,8 +117,9 @@ def main(verbose):
 @main.command("models")
 @click.argument("pattern", required=False)
 @click.option("--json", "as_json", is_flag=True, help="print the model cards as JSON")
+@click.option("--markdown", is_flag=True, help="print a markdown table (ours vs the paper's parameter counts)")
 @user_errors
-def models_cmd(pattern, as_json):
+def models_cmd(pattern, as_json, markdown):
     """List the model zoo (name, family, params, default resolution). PATTERN filters names
     (substring or shell pattern such as 'dfformer*')."""
     names = registry.list_models(pattern)
@@ -128,6 +129,9 @@ def models_cmd(pattern, as_json):
     if as_json:
         click.echo(json.dumps([c.as_dict() for c in cards], indent=1))
         return
+    if markdown:
+        click.echo(zoo_markdown(cards))
+        return
     rows = [(c.name, c.family, f"{c.params / 1e6:.2f}M", f"{c.default_input_size[1]}x{c.default_input_size[2]}",
              "yes" if c.weight_file else "-") for c in cards]
     header = ("name", "family", "params", "input", "weights")
@@ -136,6 +140,18 @@ def models_cmd(pattern, as_json):
     click.echo(fmt.format(*header))
     for r in rows:
         click.echo(fmt.format(*r))
+
+
+def zoo_markdown(cards) -> str:
+    lines = ["| model | family | params (ours) | trainable | paper/README | input | official weights | notes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in cards:
+        paper = f"{c.paper_params_m:g}M" if c.paper_params_m is not None else "-"
+        trainable = f"{c.params_trainable / 1e6:.2f}M" if c.params_trainable != c.params else "="
+        lines.append(f"| `{c.name}` | {c.family} | {c.params / 1e6:.2f}M | {trainable} | {paper} | "
+                     f"{c.default_input_size[1]}x{c.default_input_size[2]} | {c.weight_file or '-'} | "
+                     f"{c.description} |")
+    return "\n".join(lines)
 
 
 @main.command("predict")
