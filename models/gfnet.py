@@ -30,6 +30,15 @@ What is ours:
 * ``representation_size`` pre-logits are applied before the head (the official forward
   builds them but never calls them, so the option is broken there; unused by every
   released model).
+
+Taps (layout NLC with the token ``grid`` declared; stages 1-based, the isotropic model has
+one stage): ``stem`` = the tokens entering the first block, i.e. patch embedding **plus**
+``pos_embed`` (a pre-hook on ``blocks.0``; the bare patch embedding stays reachable by the
+module path ``patch_embed``), ``downsample{s}`` (GFNet-H ``DownLayer`` outputs), per block
+``mixer`` (the global filter output ``blocks...filter``), ``mlp`` and ``block``,
+``stage{s}`` (GFNet-H), ``pool`` (NC: token mean of the final LayerNorm, the head input).
+There is no ``residual`` tap: no residual stream exists between filter and MLP. The
+learned filters themselves are the parameters ``*.filter.complex_weight``.
 """
 from __future__ import annotations
 
