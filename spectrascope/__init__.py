@@ -10,3 +10,7 @@ from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_check
 
 __all__ = ["__version__", "create_model", "list_models", "get_card", "register_model", "ModelCard",
            "UnknownModelError", "load_checkpoint", "read_checkpoint", "CheckpointError", "LoadReport"]
+
+from .cka import MinibatchCKA, linear_cka  # noqa: E402,F401
+
+__all__ += ["linear_cka", "MinibatchCKA"]

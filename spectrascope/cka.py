@@ -1,0 +1,341 @@
+"""Linear CKA and streaming mini-batch CKA (pure tensor maths: no hooks, no I/O).
+
+Definitions (Kornblith et al. 2019; Song et al. 2012; Nguyen, Raghu & Kornblith 2021), for
+features ``X`` (n x p) and ``Y`` (n x q) of the same n examples, ``K = X Xᵀ``, ``L = Y Yᵀ``:
+
+* biased (plug-in) HSIC:  ``HSIC0(K, L) = tr(K H L H) / (n-1)²`` with ``H = I - 11ᵀ/n``;
+* unbiased HSIC:          ``HSIC1(K, L) = <U_K, U_L>_F / (n(n-3))`` where ``U_K`` is the
+  U-centred Gram matrix (zero diagonal, ``U_ij = K̃_ij - s_i/(n-2) - s_j/(n-2) + S/((n-1)(n-2))``,
+  ``K̃`` = K with zeroed diagonal, ``s`` its row sums, ``S`` its total), defined for n >= 4;
+* mini-batch CKA over batches i:  ``Σ HSIC(K_i, L_i) / sqrt(Σ HSIC(K_i, K_i) · Σ HSIC(L_i, L_i))``.
+
+Numerics: every feature is flattened per example, cast to float64 and column-centred
+within its batch *before* the Gram matrix is formed. Both estimators are invariant to a
+feature offset in exact arithmetic, but an uncentred float32 Gram matrix loses the signal
+to cancellation when features have a large mean (post-ReLU, residual streams). Centring
+is done chunk by chunk over the feature dimension, so the float64 copy never exceeds
+``chunk_elems`` numbers. One normalised Gram matrix is built per tap and batch; all the
+pairwise HSIC terms of a batch are then one matrix product ``(n_a, n²) @ (n², n_b)``.
+Accumulators are float64.
+
+The unbiased mini-batch CKA can be negative and lies in [-1, 1] in exact arithmetic. A tap
+whose features are constant over all examples (zero variance, or variance below the
+rounding level of its input dtype) has no defined CKA: its cells are NaN and a diagnostic
+names it.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple, Sequence
+
+import torch
+
+__all__ = ["ESTIMATORS", "Gram", "centred_gram", "normalised_gram", "u_centre", "hsic", "linear_cka",
+           "MinibatchCKA", "distributed_sum"]
+
+ESTIMATORS = ("unbiased", "biased")
+
+#: largest number of float64 values materialised at once when centring features
+CHUNK_ELEMS = 1 << 23
+
+
+def _check_estimator(estimator: str) -> str:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
+    return estimator
+
+
+class Gram(NamedTuple):
+    """A normalised Gram matrix of one tap and one batch, with the energy statistics used to
+    detect constant taps: ``var`` = Σ‖x_i − x̄‖², ``energy`` = Σ‖x_i‖², ``eps`` = machine
+    epsilon of the features' dtype."""
+
+    matrix: torch.Tensor
+    var: float
+    energy: float
+    eps: float
+
+
+def centred_gram(x: torch.Tensor, dtype: torch.dtype = torch.float64,
+                 chunk_elems: int = CHUNK_ELEMS) -> tuple[torch.Tensor, float, float]:
+    """``Xc Xcᵀ`` for the per-example flattened, column-centred features of ``x`` (n, ...).
+
+    Returns ``(K, var, energy)`` with ``var = tr(K)`` and ``energy`` the uncentred squared
+    norm. Centring happens in ``dtype`` chunk by chunk over the features."""
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError("features need a leading batch dimension with at least one example")
+    if x.is_complex():
+        raise ValueError("complex features are not supported by linear CKA; take .abs() or .real first")
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    p = flat.shape[1]
+    K = torch.zeros(n, n, dtype=dtype, device=x.device)
+    energy = torch.zeros((), dtype=torch.float64, device=x.device)
+    step = max(1, chunk_elems // max(n, 1))
+    for c in range(0, p, step):
+        part = flat[:, c:c + step].to(dtype)
+        energy += part.double().square().sum()
+        part = part - part.mean(0, keepdim=True)
+        K.addmm_(part, part.T)
+    return K, float(torch.diagonal(K).sum()), float(energy)
+
+
+def u_centre(K: torch.Tensor) -> torch.Tensor:
+    """U-centring of a Gram matrix (Székely & Rizzo): zero diagonal, zero row and column sums
+    (n >= 4). ``<u_centre(K), u_centre(L)> / (n(n-3))`` is the unbiased HSIC."""
+    n = K.shape[0]
+    if n < 4:
+        raise ValueError(f"the unbiased estimator needs at least 4 examples, got {n}")
+    Kt = K.clone()
+    Kt.fill_diagonal_(0)
+    s = Kt.sum(1)
+    total = s.sum()
+    U = Kt - s[:, None] / (n - 2) - s[None, :] / (n - 2) + total / ((n - 1) * (n - 2))
+    U.fill_diagonal_(0)
+    return U
+
+
+def normalised_gram(K_centred: torch.Tensor, estimator: str = "unbiased") -> torch.Tensor:
+    """The matrix G of a centred Gram matrix such that ``HSIC(K, L) = <G_K, G_L>_F``:
+    ``U_K / sqrt(n(n-3))`` (unbiased) or ``HKH / (n-1)`` (biased; a Gram matrix of centred
+    features is already ``HKH``)."""
+    _check_estimator(estimator)
+    n = K_centred.shape[0]
+    K64 = K_centred.double()
+    if estimator == "unbiased":
+        return u_centre(K64) / math.sqrt(n * (n - 3))
+    if n < 2:
+        raise ValueError("the biased estimator needs at least 2 examples")
+    return K64 / (n - 1)
+
+
+def hsic(x: torch.Tensor, y: torch.Tensor, estimator: str = "unbiased") -> float:
+    """HSIC of one batch of features ``x`` (n, ...) and ``y`` (n, ...) with linear kernels."""
+    gx = normalised_gram(centred_gram(x)[0], estimator)
+    gy = normalised_gram(centred_gram(y)[0], estimator)
+    return float((gx * gy).sum())
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor, estimator: str = "unbiased", *,
+               dtype: torch.dtype = torch.float64) -> float:
+    """Linear CKA of one batch: ``x`` (n, ...) and ``y`` (n, ...) for the same n examples.
+
+    ``estimator="unbiased"`` (Song et al. HSIC, n >= 4; can be negative) or ``"biased"``
+    (Kornblith et al. plug-in HSIC). Returns NaN (with a warning) when either input is
+    constant over the examples."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold the same examples: {x.shape[0]} vs {y.shape[0]} rows")
+    m = MinibatchCKA(1, 1, estimator=estimator, dtype=dtype, min_batch=4 if estimator == "unbiased" else 2)
+    m.update([x], [y])
+    if m.batches == 0:
+        raise ValueError(f"the {estimator} estimator needs at least {m.min_batch} examples, got {x.shape[0]}")
+    out = m.compute(distributed=False)
+    for d in m.diagnostics:
+        warnings.warn(d, RuntimeWarning, stacklevel=2)
+    return float(out[0, 0])
+
+
+def distributed_sum(t: torch.Tensor) -> torch.Tensor:
+    """All-reduce (sum) a copy of ``t`` over the default process group when torch.distributed
+    is initialised; ``t`` itself when it is not."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    dev = t.device
+    if dist.get_backend() == "nccl" and dev.type != "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())
+    out = t.detach().to(dev, copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(t.device)
+
+
+class MinibatchCKA:
+    """Streaming mini-batch linear CKA between ``n_a`` taps of one model and ``n_b`` of another.
+
+    ``update(feats_a, feats_b)`` takes one batch: two lists of tensors (n, ...) for the same
+    n examples (any layout: features are flattened per example). ``compute()`` returns the
+    ``(n_a, n_b)`` float64 matrix. Batches with fewer than ``min_batch`` examples (4 for
+    the unbiased estimator) are skipped with a warning.
+
+    For streaming capture, ``gram(x)`` reduces one tap's batch to its normalised Gram
+    matrix as soon as it is produced and ``update_grams(grams_a, grams_b)`` adds a batch
+    of those, so features never need to be kept.
+
+    ``dtype`` is the precision of the centred Gram products (float64 by default; float32
+    is a faster option on GPUs, still centred first). Accumulation is always float64.
+    Under ``torch.distributed`` every rank updates with its own batches and ``compute()``
+    all-reduces the sums (each rank gets the same matrix).
+    """
+
+    def __init__(self, n_a: int, n_b: int, estimator: str = "unbiased", *, dtype: torch.dtype = torch.float64,
+                 min_batch: int | None = None, labels_a: Sequence[str] | None = None,
+                 labels_b: Sequence[str] | None = None):
+        if n_a < 1 or n_b < 1:
+            raise ValueError("MinibatchCKA needs at least one tap per side")
+        self.n_a, self.n_b = int(n_a), int(n_b)
+        self.estimator = _check_estimator(estimator)
+        self.dtype = dtype
+        self.min_batch = int(min_batch) if min_batch is not None else 4
+        if estimator == "unbiased" and self.min_batch < 4:
+            raise ValueError("the unbiased estimator needs min_batch >= 4")
+        self.labels_a = list(labels_a) if labels_a is not None else [f"a{i}" for i in range(self.n_a)]
+        self.labels_b = list(labels_b) if labels_b is not None else [f"b{j}" for j in range(self.n_b)]
+        if len(self.labels_a) != self.n_a or len(self.labels_b) != self.n_b:
+            raise ValueError("labels must match n_a and n_b")
+        self.diagnostics: list[str] = []
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        f64 = torch.float64
+        self.hsic_xy = torch.zeros(self.n_a, self.n_b, dtype=f64)
+        self.hsic_xx = torch.zeros(self.n_a, dtype=f64)
+        self.hsic_yy = torch.zeros(self.n_b, dtype=f64)
+        # per tap: centred energy, raw energy, worst (largest) input epsilon
+        self.var_a = torch.zeros(self.n_a, dtype=f64)
+        self.var_b = torch.zeros(self.n_b, dtype=f64)
+        self.energy_a = torch.zeros(self.n_a, dtype=f64)
+        self.energy_b = torch.zeros(self.n_b, dtype=f64)
+        self.eps_a = torch.zeros(self.n_a, dtype=f64)
+        self.eps_b = torch.zeros(self.n_b, dtype=f64)
+        self.batches = 0
+        self.examples = 0
+        self.skipped_batches = 0
+        self.skipped_examples = 0
+
+    def _to(self, device) -> None:
+        if self.hsic_xy.device != device:
+            for name in ("hsic_xy", "hsic_xx", "hsic_yy", "var_a", "var_b", "energy_a", "energy_b", "eps_a", "eps_b"):
+                setattr(self, name, getattr(self, name).to(device))
+
+    # ------------------------------------------------------------------ updates
+    def accepts(self, n: int) -> bool:
+        """Whether a batch of ``n`` examples is used; counts and warns about it otherwise."""
+        if n >= self.min_batch:
+            return True
+        self.skipped_batches += 1
+        self.skipped_examples += int(n)
+        warnings.warn(f"CKA: skipped a batch of {n} example(s); the {self.estimator} estimator needs at least "
+                      f"{self.min_batch} per batch", RuntimeWarning, stacklevel=3)
+        return False
+
+    def gram(self, x: torch.Tensor) -> Gram:
+        """One tap's batch (n, ...) -> its normalised Gram matrix and energy statistics."""
+        K, var, energy = centred_gram(x, self.dtype)
+        eps = torch.finfo(x.dtype).eps if x.dtype.is_floating_point else 0.0
+        return Gram(normalised_gram(K, self.estimator), var, energy, eps)
+
+    def update(self, feats_a: Sequence[torch.Tensor], feats_b: Sequence[torch.Tensor]) -> bool:
+        """Add one batch of features; returns False when the batch was skipped."""
+        same = feats_b is feats_a
+        feats_a, feats_b = list(feats_a), list(feats_b)
+        if len(feats_a) != self.n_a or len(feats_b) != self.n_b:
+            raise ValueError(f"expected {self.n_a} + {self.n_b} feature tensors, got {len(feats_a)} + {len(feats_b)}")
+        sizes = {int(f.shape[0]) for f in feats_a + feats_b}
+        if len(sizes) != 1:
+            raise ValueError(f"all features of a batch must hold the same examples; batch sizes {sorted(sizes)}")
+        if not self.accepts(sizes.pop()):
+            return False
+        grams_a = [self.gram(f) for f in feats_a]
+        grams_b = grams_a if same else [self.gram(f) for f in feats_b]
+        self.update_grams(grams_a, grams_b)
+        return True
+
+    def update_grams(self, grams_a: Sequence[Gram], grams_b: Sequence[Gram]) -> None:
+        """Add one batch given as normalised Gram matrices (from ``gram``), taps in order."""
+        if len(grams_a) != self.n_a or len(grams_b) != self.n_b:
+            raise ValueError(f"expected {self.n_a} + {self.n_b} Gram matrices, got {len(grams_a)} + {len(grams_b)}")
+        n = grams_a[0].matrix.shape[0]
+        if any(g.matrix.shape != (n, n) for g in list(grams_a) + list(grams_b)):
+            raise ValueError("all Gram matrices of a batch must be n x n for the same n")
+        A = torch.stack([g.matrix for g in grams_a]).reshape(self.n_a, -1).double()
+        B = A if grams_b is grams_a else torch.stack([g.matrix for g in grams_b]).reshape(self.n_b, -1).double()
+        self._to(A.device)
+        self.hsic_xy += A @ B.T
+        self.hsic_xx += A.square().sum(1)
+        self.hsic_yy += B.square().sum(1)
+        dev = A.device
+        self.var_a += torch.tensor([g.var for g in grams_a], dtype=torch.float64, device=dev)
+        self.var_b += torch.tensor([g.var for g in grams_b], dtype=torch.float64, device=dev)
+        self.energy_a += torch.tensor([g.energy for g in grams_a], dtype=torch.float64, device=dev)
+        self.energy_b += torch.tensor([g.energy for g in grams_b], dtype=torch.float64, device=dev)
+        self.eps_a = torch.maximum(self.eps_a, torch.tensor([g.eps for g in grams_a], dtype=torch.float64, device=dev))
+        self.eps_b = torch.maximum(self.eps_b, torch.tensor([g.eps for g in grams_b], dtype=torch.float64, device=dev))
+        self.batches += 1
+        self.examples += int(n)
+
+    # ------------------------------------------------------------------ results
+    def totals(self, distributed: bool = True) -> dict[str, torch.Tensor | int]:
+        """The accumulated sums (all-reduced over ranks when torch.distributed is initialised)."""
+        parts = [self.hsic_xy.flatten(), self.hsic_xx, self.hsic_yy, self.var_a, self.var_b, self.energy_a,
+                 self.energy_b, torch.tensor([self.batches, self.examples, self.skipped_batches,
+                                              self.skipped_examples], dtype=torch.float64, device=self.hsic_xy.device)]
+        flat = torch.cat(parts)
+        eps = torch.cat([self.eps_a, self.eps_b])
+        if distributed:
+            flat = distributed_sum(flat)
+            eps = _distributed_max(eps)
+        sizes = [p.numel() for p in parts]
+        xy, xx, yy, va, vb, ea, eb, counts = torch.split(flat, sizes)
+        return {"hsic_xy": xy.reshape(self.n_a, self.n_b), "hsic_xx": xx, "hsic_yy": yy, "var_a": va, "var_b": vb,
+                "energy_a": ea, "energy_b": eb, "eps_a": eps[:self.n_a], "eps_b": eps[self.n_a:],
+                "batches": int(counts[0]), "examples": int(counts[1]), "skipped_batches": int(counts[2]),
+                "skipped_examples": int(counts[3])}
+
+    def compute(self, distributed: bool = True) -> torch.Tensor:
+        """The (n_a, n_b) CKA matrix (float64, on the CPU). NaN marks undefined cells; the
+        reasons are in ``self.diagnostics``."""
+        t = self.totals(distributed)
+        self.last_totals = t
+        xy, xx, yy = t["hsic_xy"], t["hsic_xx"], t["hsic_yy"]
+        self.diagnostics = []
+        if t["batches"] == 0:
+            self.diagnostics.append(f"no batch with at least {self.min_batch} examples: CKA is undefined")
+            return torch.full((self.n_a, self.n_b), float("nan"), dtype=torch.float64)
+        dead_a = _constant(t["var_a"], t["energy_a"], t["eps_a"], xx)
+        dead_b = _constant(t["var_b"], t["energy_b"], t["eps_b"], yy)
+        for side, labels, dead, var, energy, eps in (
+                ("A", self.labels_a, dead_a, t["var_a"], t["energy_a"], t["eps_a"]),
+                ("B", self.labels_b, dead_b, t["var_b"], t["energy_b"], t["eps_b"])):
+            for i in torch.nonzero(dead).flatten().tolist():
+                what = "row" if side == "A" else "column"
+                if var[i] == 0:
+                    why = f"is constant over all {t['examples']} examples (zero variance)"
+                elif var[i] <= rounding_level(energy[i], eps[i]):
+                    why = (f"is constant over all {t['examples']} examples up to rounding (variance "
+                           f"{float(var[i]):.3g} vs energy {float(energy[i]):.3g})")
+                else:
+                    why = "has a zero self-HSIC"
+                self.diagnostics.append(f"tap {labels[i]!r} of model {side} {why}: its CKA {what} is NaN")
+        denom = torch.sqrt(xx[:, None] * yy[None, :])
+        out = xy / denom
+        out[dead_a, :] = float("nan")
+        out[:, dead_b] = float("nan")
+        return out.cpu()
+
+    def __repr__(self) -> str:
+        return (f"MinibatchCKA({self.n_a}x{self.n_b}, estimator={self.estimator!r}, batches={self.batches}, "
+                f"examples={self.examples}, skipped_batches={self.skipped_batches})")
+
+
+def rounding_level(energy, eps):
+    """Centred energy below which features are constant up to the rounding of their dtype."""
+    return (4 * eps) ** 2 * energy
+
+
+def _constant(var: torch.Tensor, energy: torch.Tensor, eps: torch.Tensor, self_hsic: torch.Tensor) -> torch.Tensor:
+    """Taps whose features do not vary over the examples beyond the rounding of their dtype."""
+    return (var <= rounding_level(energy, eps)) | (self_hsic <= 0) | ~torch.isfinite(self_hsic)
+
+
+def _distributed_max(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    dev = t.device
+    if dist.get_backend() == "nccl" and dev.type != "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())
+    out = t.detach().to(dev, copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out.to(t.device)

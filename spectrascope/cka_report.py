@@ -1,0 +1,246 @@
+"""The CKA report directory: heatmap (PNG + PDF), matrix CSV, best-match table,
+results.json and a self-contained report.html.
+
+Heatmap conventions: origin lower-left (row 0 = the shallowest tap of model A at the
+bottom, as in torch-cka's and DFFormer's figures), a fixed 0-1 colour range so figures are
+comparable (negative unbiased values are clipped to the bottom colour; NaN cells are grey),
+dashed lines at stage boundaries, index ticks and stage names on the opposite axes.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .cka_compare import CKAResult
+from .results import provenance, staged_output, write_csv, write_json
+
+__all__ = ["plot_heatmap", "best_matches", "matrix_rows", "write_report", "render_html", "FILES"]
+
+#: files of a report directory
+FILES = ("cka.png", "cka.pdf", "cka_matrix.csv", "best_match.csv", "results.json", "report.html")
+
+
+def _display_name(result: CKAResult, side: str) -> str:
+    info = result.meta.get(f"model_{side}") or {}
+    return str(info.get("name") or side.upper())
+
+
+def _random_sides(result: CKAResult) -> list[str]:
+    return [_display_name(result, s) for s in ("a", "b") if (result.meta.get(f"model_{s}") or {}).get("random_weights")]
+
+
+def _boundaries(stages: Sequence[int | None]) -> list[int]:
+    """Indices i where the stage changes between tap i-1 and tap i."""
+    return [i for i in range(1, len(stages)) if stages[i] is not None and stages[i - 1] is not None
+            and stages[i] != stages[i - 1]]
+
+
+def _stage_centres(stages: Sequence[int | None]) -> tuple[list[float], list[str]]:
+    pos, lab = [], []
+    i = 0
+    while i < len(stages):
+        j = i
+        while j + 1 < len(stages) and stages[j + 1] == stages[i]:
+            j += 1
+        if stages[i] is not None:
+            pos.append((i + j) / 2)
+            lab.append(f"S{stages[i]}")
+        i = j + 1
+    return pos, lab
+
+
+def _index_ticks(n: int) -> list[int]:
+    step = 1 if n <= 12 else 5 if n <= 60 else 10 if n <= 150 else 25
+    return list(range(0, n, step))
+
+
+def plot_heatmap(result: CKAResult, png: Path | None = None, pdf: Path | None = None, *, title: str | None = None,
+                 cmap: str = "magma", ax=None, colorbar: bool = True):
+    """Draw the CKA matrix (rows = model A, columns = model B); save to ``png``/``pdf`` if given.
+    Returns the matplotlib figure."""
+    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure state stay untouched
+
+    m = result.matrix.double().numpy()
+    n_a, n_b = m.shape
+    own = ax is None
+    if own:
+        side = min(11.0, max(5.0, 3.0 + 0.12 * max(n_a, n_b)))
+        fig = Figure(figsize=(side + 1.2, side))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    cm = matplotlib.colormaps[cmap].copy()
+    cm.set_bad("#9e9e9e")
+    im = ax.imshow(np.ma.masked_invalid(m), origin="lower", cmap=cm, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xlabel(f"Layers {_display_name(result, 'b')}")
+    ax.set_ylabel(f"Layers {_display_name(result, 'a')}")
+    ax.set_xticks(_index_ticks(n_b))
+    ax.set_yticks(_index_ticks(n_a))
+    for i in _boundaries(result.stages_a):
+        ax.axhline(i - 0.5, color="white", lw=0.9, ls="--", alpha=0.8)
+    for j in _boundaries(result.stages_b):
+        ax.axvline(j - 0.5, color="white", lw=0.9, ls="--", alpha=0.8)
+    pos, lab = _stage_centres(result.stages_b)
+    if pos:
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(pos, lab)
+        top.tick_params(length=0)
+    pos, lab = _stage_centres(result.stages_a)
+    if pos:
+        right = ax.secondary_yaxis("right")
+        right.set_yticks(pos, lab)
+        right.tick_params(length=0)
+    if title is None:
+        title = f"{_display_name(result, 'a')} vs {_display_name(result, 'b')}"
+        rnd = _random_sides(result)
+        if rnd:
+            title += "\n(random weights: " + ", ".join(dict.fromkeys(rnd)) + ")"
+    ax.set_title(title, fontsize=11)
+    if colorbar:
+        finite = m[np.isfinite(m)]
+        extend = "min" if finite.size and finite.min() < 0 else "neither"
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.10, extend=extend,
+                     label=f"CKA ({result.estimator}{', torch-cka engine' if result.engine == 'torch-cka' else ''})")
+    if own:
+        fig.tight_layout()
+        if png is not None:
+            fig.savefig(png, dpi=150)
+        if pdf is not None:
+            fig.savefig(pdf)
+    return fig
+
+
+def best_matches(result: CKAResult) -> list[dict]:
+    """For every tap of A its most similar tap of B, and for every tap of B its most similar
+    tap of A (NaN cells ignored; an all-NaN line has no match)."""
+    m = result.matrix.double().numpy()
+    rows = []
+    for side, labels, stages, other_labels, other_stages, mat in (
+            ("a", result.labels_a, result.stages_a, result.labels_b, result.stages_b, m),
+            ("b", result.labels_b, result.stages_b, result.labels_a, result.stages_a, m.T)):
+        for i, label in enumerate(labels):
+            line = mat[i]
+            ok = np.isfinite(line)
+            if ok.any():
+                j = int(np.nanargmax(np.where(ok, line, -np.inf)))
+                best, val, bst = other_labels[j], float(line[j]), other_stages[j]
+            else:
+                j, best, val, bst = None, None, float("nan"), None
+            rows.append({"model": _display_name(result, side), "side": side, "index": i, "layer": label,
+                         "stage": stages[i], "best_index": j, "best_match": best, "best_stage": bst, "cka": val})
+    return rows
+
+
+def matrix_rows(result: CKAResult) -> tuple[list[str], list[dict]]:
+    """The matrix as CSV rows: first column the tap of A, then one column per tap of B."""
+    head = ["layer_a \\ layer_b"] + list(result.labels_b)
+    out = []
+    for label, line in zip(result.labels_a, result.matrix.double().tolist()):
+        row = {head[0]: label}
+        row.update({b: ("nan" if v != v else repr(float(v))) for b, v in zip(result.labels_b, line)})
+        out.append(row)
+    return head, out
+
+
+def _colour(v: float, cmap) -> tuple[str, str]:
+    if v != v:
+        return "#9e9e9e", "#000"
+    r, g, b, _ = cmap(min(1.0, max(0.0, v)))
+    lum = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}", ("#000" if lum > 0.5 else "#fff")
+
+
+def render_html(result: CKAResult, png_bytes: bytes, best: list[dict], prov: dict, title: str) -> str:
+    """A self-contained HTML page: heatmap (base64 PNG), summary, diagnostics, best-match
+    table, the full matrix and the provenance."""
+    import matplotlib
+    cm = matplotlib.colormaps["magma"]
+    e = html.escape
+    rnd = _random_sides(result)
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{e(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;"
+        "font-size:12px}td,th{border:1px solid #ccc;padding:2px 5px;text-align:right}th{background:#f0f0f0}"
+        ".warn{background:#fff3cd;border:1px solid #e0c060;padding:.6em}.m td{font-size:9px;padding:1px 2px}"
+        "pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:11px}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
+    if rnd:
+        parts.append(f"<p class='warn'><b>Random weights</b> ({e(', '.join(dict.fromkeys(rnd)))}): no checkpoint "
+                     "was given, so the similarities describe untrained networks.</p>")
+    parts.append("<ul>" + "".join(f"<li>{e(k)}: {e(str(v))}</li>" for k, v in (
+        ("rows (model A)", f"{_display_name(result, 'a')}: {len(result.labels_a)} taps"),
+        ("columns (model B)", f"{_display_name(result, 'b')}: {len(result.labels_b)} taps"),
+        ("estimator", f"{result.estimator} mini-batch linear CKA"),
+        ("engine", result.engine),
+        ("images", f"{result.examples} in {result.batches} batch(es)"
+                   + (f"; {result.skipped_batches} batch(es) with {result.skipped_examples} image(s) skipped"
+                      if result.skipped_batches else "")),
+        ("batch size", result.meta.get("batch_size")),
+    )) + "</ul>")
+    if result.diagnostics:
+        parts.append("<h2>Diagnostics</h2><ul>" + "".join(f"<li>{e(d)}</li>" for d in result.diagnostics) + "</ul>")
+    b64 = base64.b64encode(png_bytes).decode("ascii")
+    parts.append(f"<h2>Heatmap</h2><img alt='CKA heatmap' style='max-width:100%' src='data:image/png;base64,{b64}'>")
+    parts.append("<h2>Best match per layer</h2><table><tr><th>model</th><th>#</th><th>layer</th><th>stage</th>"
+                 "<th>best match</th><th>#</th><th>stage</th><th>CKA</th></tr>")
+    for r in best:
+        bg, fg = _colour(r["cka"], cm)
+        parts.append(f"<tr><td>{e(r['model'])}</td><td>{r['index']}</td><td>{e(r['layer'])}</td>"
+                     f"<td>{'' if r['stage'] is None else r['stage']}</td><td>{e(str(r['best_match']))}</td>"
+                     f"<td>{'' if r['best_index'] is None else r['best_index']}</td>"
+                     f"<td>{'' if r['best_stage'] is None else r['best_stage']}</td>"
+                     f"<td style='background:{bg};color:{fg}'>{r['cka']:.4f}</td></tr>")
+    parts.append("</table>")
+    parts.append("<h2>Matrix</h2><p>Rows: taps of model A (top = shallowest here, unlike the heatmap); columns: "
+                 "taps of model B; both in execution order.</p><div style='overflow-x:auto'><table class='m'><tr><th></th>"
+                 + "".join(f"<th title='{e(b)}'>{j}</th>" for j, b in enumerate(result.labels_b)) + "</tr>")
+    for i, (label, line) in enumerate(zip(result.labels_a, result.matrix.double().tolist())):
+        cells = []
+        for v in line:
+            bg, fg = _colour(v, cm)
+            cells.append(f"<td style='background:{bg};color:{fg}'>{'nan' if v != v else f'{v:.2f}'}</td>")
+        parts.append(f"<tr><th title='{i}'>{e(label)}</th>{''.join(cells)}</tr>")
+    parts.append("</table></div><p>Column index: " + ", ".join(f"{j} = {e(b)}" for j, b in
+                                                                 enumerate(result.labels_b)) + "</p>")
+    parts.append("<h2>Provenance</h2><pre>" + e(json.dumps(prov, indent=1, default=str)) + "</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(result: CKAResult, out_dir, *, title: str | None = None, overwrite: bool = False,
+                 command: str = "cka") -> Path:
+    """Write the report directory (see ``FILES``) atomically; returns its path."""
+    out_dir = Path(out_dir)
+    a, b = _display_name(result, "a"), _display_name(result, "b")
+    title = title or f"CKA: {a} vs {b}"
+    meta_a, meta_b = result.meta.get("model_a") or {}, result.meta.get("model_b") or {}
+    rnd = bool(meta_a.get("random_weights") or meta_b.get("random_weights"))
+    prov = provenance(command=command, model=f"{a} vs {b}",
+                      checkpoint_sha256=None, images_sha256=result.meta.get("images_sha256"),
+                      device=result.meta.get("device"), wall_time_s=result.meta.get("wall_time_s"),
+                      random_weights=rnd,
+                      extra={"checkpoint_sha256_a": meta_a.get("checkpoint_sha256"),
+                             "checkpoint_sha256_b": meta_b.get("checkpoint_sha256")})
+    best = best_matches(result)
+    with staged_output(out_dir, overwrite=overwrite) as stage:
+        plot_heatmap(result, stage / "cka.png", stage / "cka.pdf")
+        head, rows = matrix_rows(result)
+        write_csv(stage / "cka_matrix.csv", rows, head)
+        write_csv(stage / "best_match.csv", [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v)
+                                              for k, v in r.items()} for r in best])
+        payload = {"title": title, "provenance": prov, **result.as_dict(),
+                   "best_match": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                                  for r in best]}
+        write_json(stage / "results.json", payload)
+        (stage / "report.html").write_text(render_html(result, (stage / "cka.png").read_bytes(), best, prov, title))
+    return out_dir
+
