@@ -184,17 +184,10 @@ def filter_kind(amplitude: torch.Tensor, ratio: float = 1.5) -> str:
 
 
 def spf_mask(h: int, w: int, radius: float, lam: float) -> torch.Tensor:
-    """The SPANet spectral pooling mask (centred, (H, W)) built by the model code."""
-    try:
-        from spectrascope.models import spanet
-    except ImportError as exc:
-        raise RuntimeError("SPANet is not in this installation of the zoo") from exc
-    for name in ("spf_mask", "make_spf_mask", "spectral_pooling_mask", "build_mask"):
-        fn = getattr(spanet, name, None)
-        if callable(fn):
-            out = fn(h, w, radius, lam)
-            return out.reshape(out.shape[-2:]) if isinstance(out, torch.Tensor) else torch.as_tensor(out)
-    raise RuntimeError("the SPANet model code exposes no mask builder")
+    """The SPANet spectral pooling mask (centred, (H, W)), built by the model code
+    (``spectrascope.models.spanet.spf_mask``)."""
+    from spectrascope.models.spanet import spf_mask as _build
+    return _build(h, w, radius, lam)
 
 
 def grid_of(shape: Sequence[int]) -> tuple[int, int]:

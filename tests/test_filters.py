@@ -1,0 +1,150 @@
+"""Filter maths: the GFNet visualisation recipe oracles (analyses.md section 5.3), the
+convolution-theorem equivalence of frequency masks (AFFNet), DFFormer dynamic filters
+and SPANet masks, on plain tensors and on tiny zoo models."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import spectrascope
+from spectrascope import filters as fl
+from spectrascope.taps import Probe, select_taps, model_taps
+
+
+def _point_symmetric(a: torch.Tensor) -> torch.Tensor:
+    """Partner map of a centred (fftshift) amplitude: index i <-> (2*(H//2) - i) mod H."""
+    H, W = a.shape[-2:]
+    rows = (2 * (H // 2) - torch.arange(H)) % H
+    cols = (2 * (W // 2) - torch.arange(W)) % W
+    return a[..., rows, :][..., :, cols]
+
+
+@pytest.mark.parametrize("h", [14, 7, 8])
+def test_amplitude_is_point_symmetric_square_and_real_kernel(h):
+    w = torch.randn(5, h, h // 2 + 1, dtype=torch.complex64)
+    amp = fl.filter_amplitude(w)
+    assert amp.shape == (5, h, h)                                  # square maps, odd sizes included
+    assert (amp - _point_symmetric(amp)).abs().max() <= 5e-6
+    k = fl.spatial_kernel(w)
+    assert not k.is_complex() and k.shape == (5, h, h)
+    assert fl.hermitian_error(fl.effective_spectrum(w)) <= 5e-6
+    assert fl.hermitian_error(torch.randn(h, h, dtype=torch.complex64)) > 0.1   # a non-Hermitian control
+
+
+@pytest.mark.parametrize("h", [14, 7])
+def test_all_ones_filter_is_flat(h):
+    amp = fl.filter_amplitude(torch.ones(h, h // 2 + 1, dtype=torch.complex64))
+    assert (amp - 1).abs().max() <= 5e-6
+
+
+@pytest.mark.parametrize("shape", [(14, 14), (7, 7), (8, 12)])
+def test_real_kernel_round_trip(shape):
+    g = torch.randn(3, *shape)
+    half = torch.fft.rfft2(g)
+    amp = fl.filter_amplitude(half, width=shape[1])
+    ref = torch.fft.fftshift(torch.fft.fft2(g).abs(), dim=(-2, -1))
+    assert (amp - ref).abs().max() <= 5e-6 * max(1.0, ref.abs().max().item())
+    assert (fl.spatial_kernel(half, width=shape[1]) - g).abs().max() <= 5e-6
+
+
+def test_parameter_layout_and_width_inference():
+    p = torch.randn(7, 4, 3, 2)                 # (H, W//2+1, K, real/imag) as the models store it
+    f = fl.param_to_filters(p)
+    assert f.shape == (3, 7, 4) and f.is_complex()
+    assert torch.equal(f[1].real, p[:, :, 1, 0]) and torch.equal(f[1].imag, p[:, :, 1, 1])
+    assert fl.infer_width(7, 4) == 7 and fl.infer_width(14, 8) == 14 and fl.infer_width(24, 17) == 32
+    assert fl.grid_of((3, 24, 17)) == (24, 32)
+    with pytest.raises(ValueError):
+        fl.infer_width(8, 5, width=12)
+
+
+def test_frequency_filter_equals_circular_convolution():
+    torch.manual_seed(3)
+    for H, W in [(8, 8), (7, 10), (5, 5)]:
+        x = torch.randn(2, 3, H, W)
+        m = torch.randn(2, 3, H, W // 2 + 1, dtype=torch.complex64)
+        y = fl.frequency_filter(x, m)
+        k = fl.equivalent_kernel(m, width=W)
+        assert (y - fl.circular_conv2d(x, k)).abs().max() <= 1e-4
+    # a delta kernel is the identity; a shifted delta is a circular shift
+    x = torch.randn(1, 1, 6, 6)
+    d = torch.zeros(6, 6)
+    d[1, 2] = 1
+    assert torch.allclose(fl.circular_conv2d(x, d), torch.roll(x, (1, 2), (-2, -1)))
+    assert torch.allclose(fl.frequency_filter(x, torch.fft.rfft2(d)), torch.roll(x, (1, 2), (-2, -1)), atol=1e-5)
+
+
+def test_single_basis_equals_one_hot_routing_and_dynamic_filters():
+    basis_param = torch.randn(8, 5, 4, 2)                   # 4 bases on an 8x8 grid
+    basis = fl.param_to_filters(basis_param)
+    routing = torch.zeros(1, 4, 6)
+    routing[0, 2] = 1.0                                      # every channel on basis 2
+    eff = fl.dynamic_filters(routing, basis_param)
+    assert eff.shape == (1, 6, 8, 5)
+    assert (fl.filter_amplitude(eff[0, 3]) - fl.filter_amplitude(basis[2])).abs().max() <= 1e-6
+    soft = torch.softmax(torch.randn(2, 4, 6), dim=1)
+    ref = sum(soft[:, f, :, None, None] * basis[f] for f in range(4))
+    assert (fl.dynamic_filters(soft, basis) - ref).abs().max() <= 1e-6
+    use = fl.routing_usage(soft)
+    assert use["mean"].shape == (4, 6) and use["argmax_share"].sum() == pytest.approx(1.0)
+    assert (use["entropy"] <= torch.log(torch.tensor(4.0)) + 1e-6).all()
+
+
+def test_dfformer_filter_tap_is_the_routed_basis():
+    model = spectrascope.create_model("dfformer_s18", num_classes=3, img_size=32, depths=[1, 1, 1, 1],
+                                      dims=[8, 16, 24, 32]).eval()
+    taps = select_taps(model_taps(model), roles=["df_routing", "df_filter"], stages=[2])
+    with Probe(model, taps, nchw=False) as probe, torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+        got = probe.pop()
+    basis = model.stages[1][0].token_mixer.complex_weights
+    eff = fl.dynamic_filters(got["s2.b0.df_routing"], basis)          # (B, 2C, H, W//2+1)
+    assert (eff.permute(0, 2, 3, 1) - got["s2.b0.df_filter"]).abs().max() <= 1e-6
+
+
+def test_filter_kind_on_synthetic_profiles():
+    H = 16
+    yy, xx = torch.meshgrid(torch.arange(H) - H // 2, torch.arange(H) - H // 2, indexing="ij")
+    r = torch.sqrt(yy.float() ** 2 + xx.float() ** 2)
+    assert fl.filter_kind(torch.exp(-r ** 2 / 8)) == "low-pass"
+    assert fl.filter_kind(1 - torch.exp(-r ** 2 / 8)) == "high-pass"
+    assert fl.filter_kind(torch.exp(-(r - 4) ** 2 / 2)) == "band-pass"
+    assert fl.filter_kind(torch.ones(H, H)) == "all-pass"
+
+
+def test_spf_mask_from_the_model_code():
+    if "spanet_s" not in spectrascope.list_models():
+        pytest.skip("SPANet is not in the zoo yet")
+    m = fl.spf_mask(14, 14, 1, fl.SPF_LAMBDAS[0])
+    assert m.shape == (14, 14)
+    assert m[7, 7] == pytest.approx(0.7, abs=1e-6)
+    assert int(((m - 1 / 3).abs() < 1e-6).sum()) == 4                # the 4 axis neighbours on the circle
+    assert m[0, 0] == pytest.approx(0.3, abs=1e-6)
+    m2 = fl.spf_mask(56, 56, 2, fl.SPF_LAMBDAS[2])
+    assert int(((m2 - fl.SPF_LAMBDAS[2]).abs() < 1e-6).sum()) == 9
+
+
+def test_affnet_mixer_is_a_circular_convolution_with_the_mask_kernel():
+    if "affnet" not in spectrascope.list_models():
+        pytest.skip("AFFNet is not in the zoo yet")
+    model = spectrascope.create_model("affnet", num_classes=3, img_size=64).eval()
+    taps = [t for t in model_taps(model) if t.role == "aff_mask"][:1]
+    tap = taps[0]
+    mixer_path = tap.path.rsplit(".", 1)[0]
+    mixer = model.get_submodule(mixer_path)
+    store = {}
+    h1 = mixer.register_forward_pre_hook(lambda _m, a: store.setdefault("x", a[0].detach().clone()))
+    h2 = mixer.register_forward_hook(lambda _m, _a, o: store.setdefault("y", o.detach().clone()))
+    try:
+        with Probe(model, taps, nchw=False) as probe, torch.no_grad():
+            model(torch.randn(1, 3, 64, 64))
+            mask = probe.pop()[tap.name]
+    finally:
+        h1.remove()
+        h2.remove()
+    x, y = store["x"], store["y"]
+    H, W = x.shape[-2:]
+    k = fl.equivalent_kernel(mask, width=W)
+    conv = fl.circular_conv2d(x[:, :4], k[:, :4])                   # 4 channels keep the direct sum quick
+    skip = y[:, :4] - x[:, :4] if getattr(mixer, "in_mixer_skip", True) else y[:, :4]
+    assert (conv - skip).abs().max() <= 1e-4 * max(1.0, conv.abs().max().item())
