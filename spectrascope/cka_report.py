@@ -76,8 +76,7 @@ def plot_heatmap(result: CKAResult, png: Path | None = None, pdf: Path | None = 
         ax = fig.add_subplot()
     else:
         fig = ax.figure
-    cm = matplotlib.colormaps[cmap].copy()
-    cm.set_bad("#9e9e9e")
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="#9e9e9e")
     im = ax.imshow(np.ma.masked_invalid(m), origin="lower", cmap=cm, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xlabel(f"Layers {_display_name(result, 'b')}")
     ax.set_ylabel(f"Layers {_display_name(result, 'a')}")

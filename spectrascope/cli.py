@@ -254,6 +254,5 @@ def cka_cmd(model_a, model_b, checkpoint_a, checkpoint_b, taps, taps_a, taps_b, 
                 dist.destroy_process_group()
 
 
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
