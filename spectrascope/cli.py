@@ -254,5 +254,266 @@ def cka_cmd(model_a, model_b, checkpoint_a, checkpoint_b, taps, taps_a, taps_b, 
                 dist.destroy_process_group()
 
 
+# ---------------------------------------------------------------- fourier analysis
+
+
+def _fourier_options(kind: str):
+    """--taps/--stage/--blocks/--method/... shared by ``amplitude`` and ``spectrum``."""
+    from .amplitude import DEFAULT_AMPLITUDE_ROLES, DEFAULT_SPECTRUM_ROLES
+    roles = ",".join(DEFAULT_SPECTRUM_ROLES if kind == "spectrum" else DEFAULT_AMPLITUDE_ROLES)
+
+    def deco(fn):
+        opts = [
+            click.option("--taps", default=None, metavar="ROLE,...",
+                         help=f"tap roles, and/or path:<module.path>[:LAYOUT] [{roles}]"),
+            click.option("--stage", "stages", default=None, metavar="K[,K]", help="1-based stage(s) only, e.g. 3"),
+            click.option("--blocks", default="last" if kind == "spectrum" else "all", show_default=True,
+                         help="per stage and role: all, first, last or a block index"),
+            click.option("--method", type=click.Choice(["diagonal", "radial"]), default="diagonal",
+                         show_default=True, help="radial: ring average for non-square maps (documented deviation)"),
+            click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32",
+                         show_default=True, help="FFT precision (whatever the model dtype)"),
+            click.option("--output", type=click.Path(file_okay=False), default=None,
+                         help=f"result folder [runs/{kind}/<model>-<time>]"),
+            click.option("--overwrite", is_flag=True, help="replace a non-empty --output"),
+        ]
+        if kind == "spectrum":
+            opts.append(click.option("--absolute", is_flag=True, help="raw mean log amplitude (not relative to DC)"))
+            opts.append(click.option("--cmap", default="viridis", show_default=True, help="matplotlib colour map"))
+        else:
+            opts.append(click.option("--freq-axis", type=click.Choice(["index", "true"]), default="index",
+                                     show_default=True, help="index: the reference's linspace(0,1,K); true: 2k/H"))
+        for o in reversed(opts):
+            fn = o(fn)
+        return fn
+    return deco
+
+
+def _parse_stages(text):
+    if not text:
+        return None
+    try:
+        return [int(s) for s in str(text).replace(" ", "").split(",") if s]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a stage number or a comma list", param_hint="--stage") from None
+
+
+def _run_fourier(kind: str, models, checkpoints, *, output, overwrite, taps, stages, blocks, method, precision,
+                 img_size, device, model_kwargs, images, data, num_images, batch_size, **extra):
+    import time
+    import warnings
+    from pathlib import Path
+
+    from .amplitude import analyse, parse_tap_request, write_results
+    from .results import default_output_dir, staged_output
+    roles, paths = parse_tap_request(taps)
+    blocks = blocks if blocks in ("all", "first", "last") else _int_blocks(blocks)
+    out = Path(output) if output else default_output_dir(kind, "-vs-".join(m.replace("timm:", "") for m in models))
+    t0 = time.perf_counter()
+    try:
+        with staged_output(out, overwrite=overwrite) as stage, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            payload = analyse(models, kind=kind, checkpoints=checkpoints, images=images, data=data,
+                              num_images=num_images, img_size=parse_img_size(img_size), roles=roles,
+                              stages=_parse_stages(stages), tap_paths=paths, blocks=blocks, device=device,
+                              batch_size=batch_size, method=method,
+                              dtype=torch.float64 if precision == "float64" else torch.float32, progress=True,
+                              model_kwargs=parse_model_kwargs(model_kwargs), **extra)
+            write_results(payload, stage, command=kind, wall_time_s=time.perf_counter() - t0)
+    except ImportError as exc:
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+    from .spectral import ZeroMeanWarning
+    for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ZeroMeanWarning)):
+        click.echo(f"warning: {msg}", err=True)
+    rnd = [m["model"] for m in payload["models"] if m["random_weights"]]
+    if rnd:
+        click.echo(f"note: random weights for {', '.join(rnd)} (no --checkpoint): the curves describe an "
+                   "untrained network", err=True)
+    ntaps = ", ".join(f"{m['model']}: {len(m['taps'])} taps" for m in payload["models"])
+    click.echo(f"{kind} over {payload['images']['count']} images ({ntaps}) -> {out}")
+    return out
+
+
+def _int_blocks(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"{text!r} is not all, first, last or a block index", param_hint="--blocks") from None
+
+
+@main.command("amplitude")
+@model_options
+@image_options
+@_fourier_options("amplitude")
+@user_errors
+def amplitude_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, taps,
+                  stages, blocks, method, precision, output, overwrite, freq_axis):
+    """Relative log amplitude of Fourier-transformed feature maps (Park & Kim 2022): one curve
+    per tap, coloured by normalised depth, and the high-frequency Delta vs depth.
+
+    Writes results.json, amplitude.csv, maps.npz and amplitude/highfreq PNG+PDF."""
+    _run_fourier("amplitude", [model_name], [checkpoint] if checkpoint else None, output=output,
+                 overwrite=overwrite, taps=taps, stages=stages, blocks=blocks, method=method, precision=precision,
+                 img_size=img_size, device=device, model_kwargs=model_kwargs, images=images, data=data,
+                 num_images=num_images, batch_size=batch_size, freq_axis=freq_axis)
+
+
+def _checkpoint_pairs(models, items):
+    """``--checkpoint`` values for several models: MODEL=PATH, or plain paths in model order."""
+    if not items:
+        return None
+    pairs, plain = {}, []
+    for item in items:
+        model, sep, path = item.partition("=")
+        if sep and model in models:
+            pairs[model] = path
+        else:
+            plain.append(item)
+    if plain and pairs:
+        raise click.BadParameter("use either MODEL=PATH for every --checkpoint or plain paths in --model order",
+                                 param_hint="--checkpoint")
+    if plain:
+        if len(plain) != len(models):
+            raise click.BadParameter(f"{len(plain)} checkpoint(s) for {len(models)} model(s); give one per --model "
+                                     "in order, or MODEL=PATH", param_hint="--checkpoint")
+        return list(plain)
+    return pairs
+
+
+@main.command("spectrum")
+@click.option("--model", "models", multiple=True, required=True,
+              help="registry name, alias or timm:<name>; repeat to compare models side by side")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="[MODEL=]PATH",
+              help="one per --model (in order) or MODEL=PATH")
+@click.option("--img-size", default=None, help="input size S or HxW (default: each model's)")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE",
+              help="constructor overrides (all models), official argument names")
+@image_options
+@_fourier_options("spectrum")
+@user_errors
+def spectrum_cmd(models, checkpoints, img_size, device, model_kwargs, images, data, num_images, batch_size, taps,
+                 stages, blocks, method, precision, output, overwrite, absolute, cmap):
+    """2-D Fourier spectrum maps of token-mixer outputs (SPANet Fig. 1 style): batch/channel
+    mean of log|F|, zero frequency at the centre, relative to DC, one shared colour scale.
+
+    Default taps: the token mixer of the last block of every stage. Writes results.json,
+    spectrum.csv, maps.npz and spectrum PNG+PDF."""
+    models = list(dict.fromkeys(models))
+    _run_fourier("spectrum", models, _checkpoint_pairs(models, checkpoints), output=output, overwrite=overwrite,
+                 taps=taps, stages=stages, blocks=blocks, method=method, precision=precision, img_size=img_size,
+                 device=device, model_kwargs=model_kwargs, images=images, data=data, num_images=num_images,
+                 batch_size=batch_size, relative=not absolute)
+
+
+@main.command("plot")
+@click.argument("results", type=click.Path(exists=True))
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="folder for the figures (default: next to results.json)")
+@click.option("--format", "formats", default="png,pdf", show_default=True, help="comma list of formats")
+@click.option("--freq-axis", type=click.Choice(["index", "true"]), default=None, help="amplitude x axis")
+@click.option("--cmap", default=None, help="colour map of spectrum maps")
+@user_errors
+def plot_cmd(results, output, formats, freq_axis, cmap):
+    """Redraw the figures of a results.json (amplitude or spectrum) from its data alone."""
+    from .amplitude import redraw
+    fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in ("png", "pdf", "svg")]
+    if bad or not fmts:
+        raise click.BadParameter(f"unsupported format(s) {', '.join(bad) or formats!r}; use png, pdf, svg",
+                                 param_hint="--format")
+    written = redraw(results, output, formats=fmts, freq_axis=freq_axis, cmap=cmap)
+    for p in written:
+        click.echo(str(p))
+
+
+class _FigureGroup(click.Group):
+    """``figure list`` plus one sub-command per recipe module in ``spectrascope.analyses``."""
+
+    def list_commands(self, ctx):
+        from .figures import list_figures
+        return ["list"] + [f.name for f in list_figures()]
+
+    def get_command(self, ctx, name):
+        if name in self.commands:
+            return self.commands[name]
+        from .figures import FigureError, get_figure
+        try:
+            spec, _ = get_figure(name)
+        except FigureError:
+            return None
+        return _figure_command(spec)
+
+    def resolve_command(self, ctx, args):
+        from .figures import FigureError, get_figure
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            try:
+                get_figure(args[0])
+            except FigureError as exc:
+                raise click.ClickException(str(exc)) from None
+        return super().resolve_command(ctx, args)
+
+
+@main.group("figure", cls=_FigureGroup)
+def figure_group():
+    """Reproduce a paper figure: `spectrascope figure list`, `spectrascope figure NAME`."""
+
+
+@figure_group.command("list")
+def figure_list_cmd():
+    """The figure recipes and the models they need."""
+    from .figures import list_figures, model_available
+    figs = list_figures()
+    if not figs:
+        raise click.ClickException("no figure recipes found in spectrascope.analyses")
+    for f in figs:
+        marks = []
+        for m in f.models:
+            ok, why = model_available(m)
+            marks.append(m if ok else f"{m} [{why}]")
+        click.echo(f"{f.name}  -  {f.paper}")
+        click.echo(f"    {f.title}")
+        if marks:
+            click.echo(f"    models: {', '.join(marks)}")
+
+
+def _figure_command(spec):
+    @click.command(spec.name, help=f"{spec.title}. {spec.paper}.\n\n{spec.summary}")
+    @click.option("--checkpoint", "checkpoints", multiple=True, metavar="MODEL=PATH",
+                  help=f"weights per model ({', '.join(spec.models)})")
+    @click.option("--output", type=click.Path(file_okay=False), default="figures", show_default=True,
+                  help="parent folder; the figure goes to OUTPUT/<name>/")
+    @click.option("--overwrite", is_flag=True, help="replace an existing figure folder")
+    @click.option("--img-size", default=None, help="input size S or HxW (default: each model's)")
+    @click.option("--device", default="auto", show_default=True)
+    @click.option("--skip-unavailable", is_flag=True, help="draw the available models when some are missing")
+    @image_options
+    @user_errors
+    def cmd(checkpoints, output, overwrite, img_size, device, skip_unavailable, images, data, num_images,
+            batch_size):
+        import warnings
+
+        from .figures import run_figure
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                folder, doc = run_figure(spec.name, output=output, overwrite=overwrite, checkpoints=checkpoints,
+                                         device=device, images=images, data=data, num_images=num_images,
+                                         batch_size=batch_size, img_size=parse_img_size(img_size),
+                                         skip_unavailable=skip_unavailable, progress=True)
+        except ImportError as exc:
+            raise click.ClickException(str(exc).splitlines()[0]) from None
+        from .spectral import ZeroMeanWarning
+        for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ZeroMeanWarning)):
+            click.echo(f"warning: {msg}", err=True)
+        for s in doc["skipped_models"]:
+            click.echo(f"note: skipped {s['model']}: {s['reason']}", err=True)
+        if doc["random_weights"]:
+            click.echo(f"note: random weights for {', '.join(doc['random_weights'])} (no --checkpoint)", err=True)
+        click.echo(f"{spec.name} -> {folder} ({', '.join(doc['files'])})")
+
+    return cmd
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -22,12 +22,20 @@ class TapError(ValueError):
     """A tap selection that does not fit the model."""
 
 
-def model_taps(model: nn.Module) -> TapList:
-    """The taps a model declares (zoo models) or that can be inferred (timm models)."""
+def model_taps(model: nn.Module, input_size=None) -> TapList:
+    """The taps a model declares (zoo models) or that can be inferred (timm models).
+
+    ``input_size`` (S or (H, W)) is the input the taps will see; inference for foreign
+    models runs one dry forward at that size (default: the model's own input size) and
+    caches the result on the model."""
     if hasattr(model, "taps") and callable(model.taps):
         return TapList(model.taps())
     from .timm_taps import infer_taps  # timm and other foreign models
-    return TapList(infer_taps(model))
+    key = None if input_size is None else (tuple(input_size) if not isinstance(input_size, int) else input_size)
+    cache = model.__dict__.setdefault("_spectrascope_inferred_taps", {})
+    if key not in cache:
+        cache[key] = TapList(infer_taps(model, input_size=input_size))
+    return TapList(cache[key])
 
 
 def select_taps(taps: Sequence[TapSpec], roles: Iterable[str] | None = None, stages: Iterable[int] | None = None,

@@ -1,0 +1,50 @@
+"""Shared steps of the Fourier figure recipes (not a recipe itself: the name starts with '_')."""
+from __future__ import annotations
+
+from spectrascope.amplitude import amplitude_analysis, spectrum_analysis, write_results
+from spectrascope.models.base import TapList
+
+
+def labels_for(ctx, labels: dict) -> list[str]:
+    return [labels.get(m, m) for m in ctx.models]
+
+
+def amplitude_recipe(ctx, *, labels: dict, title: str, **analysis) -> dict:
+    """Relative log-amplitude curves of ``ctx.models`` on the same images -> results + figures."""
+    payload = amplitude_analysis(ctx.models, labels=labels_for(ctx, labels), **ctx.analysis_kwargs(), **analysis)
+    write_results(payload, ctx.output, command=f"figure {ctx.spec.name}", title=title)
+    return _summary(payload, ctx)
+
+
+def spectrum_recipe(ctx, *, labels: dict, title: str, **analysis) -> dict:
+    payload = spectrum_analysis(ctx.models, labels=labels_for(ctx, labels), **ctx.analysis_kwargs(), **analysis)
+    write_results(payload, ctx.output, command=f"figure {ctx.spec.name}", title=title)
+    return _summary(payload, ctx)
+
+
+def _summary(payload, ctx) -> dict:
+    return {
+        "kind": payload["kind"],
+        "images": payload["images"]["count"],
+        "taps": {m["model"]: [t["name"] for t in m["taps"]] for m in payload["models"]},
+        "high_freq_delta": {m["model"]: [round(t["high_freq_delta"], 4) for t in m["taps"]]
+                            for m in payload["models"]},
+        "skipped": [m for m, _ in ctx.skipped],
+    }
+
+
+#: normalised depth of the last stage-3 block of a [3, 3, 9, 3] network (ConvNeXt-T, Swin-T has [2, 2, 6, 2]
+#: with the same ratio 14/17 ~ 0.82 at the last stage-3 block of ConvNeXt-T / FocalNet-T)
+DEEP_MID_DEPTH = 14 / 17
+
+
+def one_mixer_per_model(name, model, taps: TapList) -> TapList:
+    """The token-mixer output of the last block of stage 3 (hierarchical models), or of the
+    block at the same normalised depth (single-stage models such as ViT)."""
+    mixers = TapList(t for t in taps if t.role == "mixer")
+    stages = sorted({t.stage for t in mixers})
+    if len(stages) >= 3:
+        s3 = [t for t in mixers if t.stage == 3]
+        return TapList([max(s3, key=lambda t: t.index)])
+    best = min(mixers, key=lambda t: abs((t.depth if t.depth is not None else 0.0) - DEEP_MID_DEPTH))
+    return TapList([best])

@@ -1,0 +1,210 @@
+"""Paper-figure recipes: discovery and running (``spectrascope figure``).
+
+A recipe is one small module in ``analyses/`` (imported as ``spectrascope.analyses``)
+that composes library calls. Adding a figure needs nothing else than such a module::
+
+    # analyses/mypaper_fig3.py
+    from spectrascope.figures import FigureSpec
+
+    FIGURE = FigureSpec(name="mypaper-fig3", title="...", paper="Author et al. 2024, Fig. 3",
+                        models=("dfformer_s18", "timm:vit_tiny_patch16_224"))
+
+    def run(ctx):                    # ctx: FigureContext
+        ...                          # library calls; write files into ctx.output
+        return {"note": "..."}       # optional summary, stored in figure.json
+
+The framework resolves the output folder (``<output>/<name>/``, written through
+``staged_output`` so a failed run leaves nothing behind), the checkpoints given as
+``--checkpoint MODEL=PATH``, the image source, the device, and which of ``FIGURE.models``
+are available (timm installed, zoo model registered); it writes ``figure.json`` with
+the provenance block next to the recipe's own files.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import pkgutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Mapping, Sequence
+
+log = logging.getLogger("spectrascope.figures")
+
+__all__ = ["FigureSpec", "FigureContext", "FigureError", "list_figures", "get_figure", "run_figure",
+           "model_available"]
+
+
+class FigureError(ValueError):
+    """A figure that does not exist or cannot run with the given inputs."""
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """What ``spectrascope figure list`` shows and what the framework checks before a run."""
+
+    name: str
+    title: str
+    paper: str
+    models: tuple[str, ...] = ()
+    summary: str = ""
+    #: default number of images (None: every bundled sample photo / every image given)
+    num_images: int | None = None
+    #: True when the figure is meaningful only with trained weights (shown in the listing)
+    needs_weights: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FigureContext:
+    """Everything a recipe's ``run(ctx)`` needs; ``output`` is the (staging) folder to write into."""
+
+    spec: FigureSpec
+    output: Path
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    device: str = "auto"
+    images: str | None = None
+    data: str | None = None
+    num_images: int | None = None
+    batch_size: int = 16
+    img_size: object = None
+    progress: bool = False
+    models: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def checkpoint(self, model: str) -> str | None:
+        return self.checkpoints.get(model)
+
+    def analysis_kwargs(self) -> dict:
+        """Keyword arguments for ``amplitude_analysis`` / ``spectrum_analysis`` (images, device, sizes)."""
+        return {"images": self.images, "data": self.data, "num_images": self.num_images,
+                "batch_size": self.batch_size, "img_size": self.img_size, "device": self.device,
+                "progress": self.progress, "checkpoints": {m: self.checkpoints.get(m) for m in self.models}}
+
+
+def _package():
+    return importlib.import_module("spectrascope.analyses")
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def _discover() -> dict[str, tuple[FigureSpec, ModuleType]]:
+    pkg = _package()
+    found: dict[str, tuple[FigureSpec, ModuleType]] = {}
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        try:
+            mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        except Exception as exc:   # one broken recipe must not hide the others
+            log.warning("figure recipe %s cannot be imported: %s", info.name, exc)
+            continue
+        spec = getattr(mod, "FIGURE", None)
+        if spec is None or not callable(getattr(mod, "run", None)):
+            continue
+        if not isinstance(spec, FigureSpec):
+            spec = FigureSpec(**dict(spec))
+        found[_norm(spec.name)] = (spec, mod)
+    return found
+
+
+def list_figures() -> list[FigureSpec]:
+    """Every recipe in ``spectrascope.analyses`` (sorted by name)."""
+    return [spec for spec, _ in sorted(_discover().values(), key=lambda sm: sm[0].name)]
+
+
+def get_figure(name: str) -> tuple[FigureSpec, ModuleType]:
+    found = _discover()
+    key = _norm(name)
+    if key not in found:
+        close = difflib.get_close_matches(key, list(found), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}" if close else ""
+        raise FigureError(f"unknown figure {name!r}{hint} (see `spectrascope figure list`)")
+    return found[key]
+
+
+def model_available(name: str) -> tuple[bool, str]:
+    """(available, reason) for a registry name or ``timm:<name>``."""
+    if name.startswith("timm:"):
+        from .compat import timm_available
+        if not timm_available():
+            return False, "needs timm (pip install 'spectrascope[timm]')"
+        return True, ""
+    from .registry import UnknownModelError, resolve_name
+    try:
+        resolve_name(name)
+    except UnknownModelError:
+        return False, "not in this version's model zoo"
+    return True, ""
+
+
+def _parse_checkpoints(items: Sequence[str] | Mapping[str, str] | None, models: Sequence[str]) -> dict[str, str]:
+    if not items:
+        return {}
+    if isinstance(items, Mapping):
+        pairs = dict(items)
+    else:
+        pairs = {}
+        for item in items:
+            model, sep, path = str(item).partition("=")
+            if not sep:
+                if len(models) == 1:
+                    model, path = models[0], item
+                else:
+                    raise FigureError(f"--checkpoint {item!r}: give MODEL=PATH (models of this figure: "
+                                      f"{', '.join(models)})")
+            pairs[model.strip()] = path.strip()
+    unknown = [m for m in pairs if m not in models]
+    if unknown:
+        raise FigureError(f"--checkpoint for {', '.join(unknown)}: not a model of this figure "
+                          f"({', '.join(models)})")
+    for m, p in pairs.items():
+        if not Path(p).is_file():
+            raise FigureError(f"checkpoint for {m} not found: {p}")
+    return pairs
+
+
+def run_figure(name: str, *, output="figures", overwrite: bool = False, checkpoints=None, device: str = "auto",
+               images=None, data: str | None = None, num_images: int | None = None, batch_size: int = 16,
+               img_size=None, skip_unavailable: bool = False, progress: bool = False) -> tuple[Path, dict]:
+    """Run the recipe ``name`` into ``<output>/<name>/``; returns (folder, figure.json content)."""
+    from .results import provenance, staged_output, write_json
+    spec, mod = get_figure(name)
+    cks = _parse_checkpoints(checkpoints, spec.models)
+    avail, skipped = [], []
+    for m in spec.models:
+        ok, why = model_available(m)
+        (avail if ok else skipped).append(m if ok else (m, why))
+    if skipped and not skip_unavailable:
+        raise FigureError(f"figure {spec.name}: " + "; ".join(f"{m} {why}" for m, why in skipped)
+                          + " (--skip-unavailable draws the others)")
+    if spec.models and not avail:
+        raise FigureError(f"figure {spec.name}: none of its models is available")
+    final = Path(output) / spec.name
+    t0 = time.perf_counter()
+    with staged_output(final, overwrite=overwrite) as stage:
+        ctx = FigureContext(spec=spec, output=Path(stage), checkpoints=cks, device=device, images=images, data=data,
+                            num_images=num_images if num_images is not None else spec.num_images,
+                            batch_size=batch_size, img_size=img_size, progress=progress, models=avail,
+                            skipped=skipped)
+        summary = mod.run(ctx) or {}
+        wall = time.perf_counter() - t0
+        doc = {
+            "figure": spec.as_dict(),
+            "models": avail,
+            "skipped_models": [{"model": m, "reason": why} for m, why in skipped],
+            "checkpoints": cks,
+            "random_weights": [m for m in avail if m not in cks],
+            "summary": summary,
+            "files": sorted(p.name for p in Path(stage).iterdir()),
+            "provenance": provenance(command=f"figure {spec.name}", model=", ".join(avail),
+                                     random_weights=any(m not in cks for m in avail), wall_time_s=wall),
+        }
+        write_json(Path(stage) / "figure.json", doc)
+    return final, doc

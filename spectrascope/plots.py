@@ -1,0 +1,301 @@
+"""Figures in the papers' style, drawn from results payloads alone (no model needed).
+
+Uses matplotlib's object API with the Agg canvas (no pyplot, no global state), so it
+works headless and can be called from any thread. Every figure is written as PNG and
+PDF (``save_figure`` writes each file atomically).
+
+Conventions (Park & Kim 2022 / DFFormer Fig. 1 and 8 / SPANet Fig. 2): curves are
+coloured by normalised depth with ``plasma`` (shallow = dark purple, deep = yellow: "the
+yellower the colour, the deeper the layer"), drawn deepest first, with a colour bar;
+the x axis is in units of pi; y is the Delta log amplitude. Spectrum maps put the zero
+frequency at the centre with a shared colour scale across panels.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+import numpy as np
+
+__all__ = ["PAPER_RC", "new_figure", "save_figure", "depth_colors", "pi_formatter", "amplitude_figure",
+           "highfreq_figure", "spectrum_figure", "figures_for", "random_weights_note"]
+
+#: rc settings applied to every figure of the toolkit
+PAPER_RC = {
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+    "legend.fontsize": 7, "axes.linewidth": 0.7, "lines.linewidth": 1.0, "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6, "savefig.bbox": "tight", "savefig.pad_inches": 0.04, "pdf.fonttype": 42,
+    "axes.spines.top": False, "axes.spines.right": False,
+}
+DEPTH_CMAP = "plasma"
+SPECTRUM_CMAP = "viridis"
+MARKERS = ("o", "D", "s", "^", "v", "P", "X", "*")
+RANDOM_COLOR = "#b22222"
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A Figure with an Agg canvas and the toolkit's rc settings."""
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(width, height), dpi=150)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, directory, stem: str, formats: Iterable[str] = ("png", "pdf"), dpi: int = 300) -> list[Path]:
+    """Write ``directory/stem.<fmt>`` for every format (atomically: temp file + rename)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    with matplotlib.rc_context(PAPER_RC):
+        for fmt in formats:
+            path = directory / f"{stem}.{fmt}"
+            tmp = directory / f".{stem}.{os.getpid()}.tmp.{fmt}"
+            try:
+                fig.savefig(tmp, format=fmt, dpi=dpi)
+                os.replace(tmp, path)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+            out.append(path)
+    return out
+
+
+def depth_colors(depths: Sequence[float], cmap: str = DEPTH_CMAP):
+    cm = matplotlib.colormaps[cmap]
+    return [cm(float(d)) for d in depths]
+
+
+def pi_formatter(decimals: int = 1) -> FuncFormatter:
+    return FuncFormatter(lambda v, _p: f"{v:.{decimals}f}\u03c0")
+
+
+def random_weights_note(models: Sequence[Mapping]) -> str | None:
+    rnd = [m["model"] for m in models if m.get("random_weights")]
+    if not rnd:
+        return None
+    return ("random weights (no checkpoint): " + ", ".join(rnd) + " - curves do not describe trained models")
+
+
+def _footer(fig: Figure, payload: Mapping, extra: str = "") -> None:
+    method = payload.get("method", {})
+    imgs = payload.get("images", {})
+    bits = []
+    if imgs.get("count") is not None:
+        bits.append(f"{imgs['count']} image{'s' if imgs['count'] != 1 else ''}")
+    if method.get("curve") and payload.get("kind") != "spectrum":
+        bits.append(f"{method['curve']} curve")
+    if method.get("eps") is not None:
+        bits.append(f"eps={method['eps']:g}")
+    if extra:
+        bits.append(extra)
+    note = random_weights_note(payload.get("models", []))
+    y = -0.03
+    if note:
+        fig.text(0.01, y, note, fontsize=7, color=RANDOM_COLOR, ha="left", va="top")
+        y -= 0.04
+    if bits:
+        fig.text(0.01, y, "; ".join(bits), fontsize=6, color="0.35", ha="left", va="top")
+
+
+def _panel_title(m: Mapping) -> str:
+    title = m.get("label") or m["model"]
+    if m.get("random_weights"):
+        title += "\n(random weights)"
+    return title
+
+
+def _curve_x(tap: Mapping, freq_axis: str) -> np.ndarray:
+    key = "freq_true_pi" if freq_axis == "true" else "freq_index_pi"
+    return np.asarray(tap[key], dtype=float)
+
+
+def amplitude_figure(payload: Mapping, *, freq_axis: str | None = None, cmap: str = DEPTH_CMAP,
+                     deepest_first: bool = True, title: str | None = None) -> Figure:
+    """Relative log-amplitude curves, one panel per model, coloured by normalised depth."""
+    models = payload["models"]
+    freq_axis = freq_axis or payload.get("method", {}).get("freq_axis", "index")
+    n = len(models)
+    fig = new_figure(2.6 * n + 0.7, 3.0)
+    with matplotlib.rc_context(PAPER_RC):
+        axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+        for ax, m in zip(axes, models):
+            taps = m["taps"]
+            order = range(len(taps) - 1, -1, -1) if deepest_first else range(len(taps))
+            colors = depth_colors([t["normalised_depth"] for t in taps], cmap)
+            for i in order:
+                t = taps[i]
+                ax.plot(_curve_x(t, freq_axis), t["curve"], color=colors[i], lw=1.0)
+            ax.set_xlim(0, 1)
+            ax.xaxis.set_major_formatter(pi_formatter(1))
+            ax.set_xticks([0.0, 0.5, 1.0])
+            ax.set_xlabel("Frequency")
+            ax.set_title(_panel_title(m), color=RANDOM_COLOR if m.get("random_weights") else "black")
+            ax.axhline(0.0, color="0.8", lw=0.5, zorder=0)
+        axes[0].set_ylabel("\u0394 Log amplitude")
+        sm = ScalarMappable(norm=Normalize(0, 1), cmap=cmap)
+        cb = fig.colorbar(sm, ax=list(axes), fraction=0.05 if n > 1 else 0.08, pad=0.03)
+        cb.set_label("Normalized depth")
+        if title:
+            fig.suptitle(title)
+        _footer(fig, payload, "x: index axis (reference)" if freq_axis == "index" else "x: true frequency 2k/H")
+    return fig
+
+
+def highfreq_figure(payload: Mapping, *, cmap: str = DEPTH_CMAP, shade: bool | None = None,
+                    title: str | None = None) -> Figure:
+    """Park & Kim Fig. 8: Delta log amplitude at the highest frequency vs normalised depth.
+
+    With one model, the latents produced by the token mixer (role ``residual``/``mixer``)
+    are shaded grey and downsampling latents blue (the reference shades MSA and pooling)."""
+    models = payload["models"]
+    shade = len(models) == 1 if shade is None else shade
+    fig = new_figure(6.5, 3.2)
+    with matplotlib.rc_context(PAPER_RC):
+        ax = fig.subplots()
+        cm = matplotlib.colormaps[cmap]
+        handles = []
+        for k, m in enumerate(models):
+            taps = m["taps"]
+            x = np.asarray([t["normalised_depth"] for t in taps], dtype=float)
+            y = np.asarray([t["high_freq_delta"] for t in taps], dtype=float)
+            if len(x) > 1:
+                seg = np.stack([np.stack([x[:-1], y[:-1]], -1), np.stack([x[1:], y[1:]], -1)], 1)
+                lc = LineCollection(seg, cmap=cmap, norm=Normalize(0, 1), linewidths=1.2)
+                lc.set_array((x[:-1] + x[1:]) / 2)
+                ax.add_collection(lc)
+            mk = MARKERS[k % len(MARKERS)]
+            ax.scatter(x, y, c=[cm(v) for v in x], marker=mk, s=14, edgecolors="0.2", linewidths=0.3, zorder=3)
+            handles.append(ax.scatter([], [], marker=mk, c="white", edgecolors="0.2", label=_panel_title(m)
+                                      .replace("\n", " ")))
+            if shade and len(x) > 1:
+                step = 1.0 / (len(x) - 1)
+                for t, xi in zip(taps, x):
+                    if t["role"] in ("residual", "mixer"):
+                        ax.axvspan(xi - step, xi, color="0.5", alpha=0.15, lw=0)
+                    elif t["role"] == "downsample":
+                        ax.axvspan(xi - step, xi, color="tab:blue", alpha=0.15, lw=0)
+        ax.set_xlim(-0.02, 1.02)
+        ax.autoscale(axis="y")
+        ax.set_xlabel("Normalized depth")
+        ax.set_ylabel("\u0394 Log amplitude (highest frequency)")
+        if len(models) > 1 or shade:
+            if shade:
+                from matplotlib.patches import Patch
+                handles += [Patch(color="0.5", alpha=0.3, label="token mixer"),
+                            Patch(color="tab:blue", alpha=0.3, label="downsampling")]
+            ax.legend(handles=handles, loc="best", frameon=False)
+        if title:
+            ax.set_title(title)
+        _footer(fig, payload)
+    return fig
+
+
+def _extent(H: int, W: int):
+    # pixel centres at 2 (j - W//2) / W (units of pi); origin upper -> top row is the most negative
+    left, right = 2 * (-(W // 2) - 0.5) / W, 2 * (W - 1 - W // 2 + 0.5) / W
+    top, bottom = 2 * (-(H // 2) - 0.5) / H, 2 * (H - 1 - H // 2 + 0.5) / H
+    return (left, right, bottom, top)
+
+
+def _freq_ticks(ax, H: int, W: int) -> None:
+    left, right, bottom, top = _extent(H, W)
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    ticks = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    ax.set_xticks([t for t in ticks if left <= t <= right])
+    ax.set_yticks([t for t in ticks if top <= t <= bottom])
+    ax.xaxis.set_major_formatter(pi_formatter(1))
+    ax.yaxis.set_major_formatter(pi_formatter(1))
+    ax.tick_params(labelsize=6)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(True)
+
+
+def spectrum_figure(payload: Mapping, *, cmap: str = SPECTRUM_CMAP, shared_scale: bool = True,
+                    title: str | None = None) -> Figure:
+    """2-D spectrum maps: rows = models, columns = taps; zero frequency at the centre."""
+    models = payload["models"]
+    relative = payload.get("method", {}).get("relative", True)
+    if len(models) > 1 and all(len(m["taps"]) == 1 for m in models):
+        return _spectrum_row(payload, cmap=cmap, shared_scale=shared_scale, title=title)
+    rows = len(models)
+    cols = max(len(m["taps"]) for m in models)
+    maps = [[np.asarray(t["map"], dtype=float) for t in m["taps"]] for m in models]
+    allv = np.concatenate([a.ravel() for row in maps for a in row])
+    vmin, vmax = (float(np.nanmin(allv)), float(np.nanmax(allv))) if shared_scale else (None, None)
+    fig = new_figure(1.9 * cols + 0.9, 1.9 * rows + 0.5)
+    with matplotlib.rc_context(PAPER_RC):
+        axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={"wspace": 0.45, "hspace": 0.35})
+        im = None
+        for r, (m, row) in enumerate(zip(models, maps)):
+            for c in range(cols):
+                ax = axes[r][c]
+                if c >= len(row):
+                    ax.axis("off")
+                    continue
+                t = m["taps"][c]
+                H, W = row[c].shape
+                im = ax.imshow(row[c], cmap=cmap, vmin=vmin, vmax=vmax, origin="upper", extent=_extent(H, W),
+                               interpolation="nearest")
+                ax.set_title(f"{t['name']} ({H}\u00d7{W})", fontsize=7)
+                _freq_ticks(ax, H, W)
+                if c == 0:
+                    ax.set_ylabel(_panel_title(m), color=RANDOM_COLOR if m.get("random_weights") else "black")
+        if im is not None:
+            sm = ScalarMappable(norm=Normalize(vmin, vmax) if shared_scale else im.norm, cmap=cmap)
+            cb = fig.colorbar(sm, ax=[a for row in axes for a in row], fraction=0.03, pad=0.02)
+            cb.set_label("\u0394 log amplitude (DC = 0)" if relative else "log amplitude")
+        if title:
+            fig.suptitle(title)
+        _footer(fig, payload, "shared colour scale" if shared_scale else "")
+    return fig
+
+
+def _spectrum_row(payload: Mapping, *, cmap: str, shared_scale: bool, title: str | None) -> Figure:
+    """One map per model, side by side (SPANet Fig. 1 layout)."""
+    models = payload["models"]
+    relative = payload.get("method", {}).get("relative", True)
+    maps = [np.asarray(m["taps"][0]["map"], dtype=float) for m in models]
+    allv = np.concatenate([a.ravel() for a in maps])
+    vmin, vmax = (float(np.nanmin(allv)), float(np.nanmax(allv))) if shared_scale else (None, None)
+    n = len(models)
+    fig = new_figure(2.0 * n + 0.8, 2.6)
+    with matplotlib.rc_context(PAPER_RC):
+        axes = fig.subplots(1, n, squeeze=False, gridspec_kw={"wspace": 0.45})[0]
+        im = None
+        for ax, m, a in zip(axes, models, maps):
+            t = m["taps"][0]
+            H, W = a.shape
+            im = ax.imshow(a, cmap=cmap, vmin=vmin, vmax=vmax, origin="upper", extent=_extent(H, W),
+                           interpolation="nearest")
+            ax.set_title(_panel_title(m), color=RANDOM_COLOR if m.get("random_weights") else "black")
+            ax.set_xlabel(f"{t['name']} ({H}\u00d7{W})", fontsize=6)
+            _freq_ticks(ax, H, W)
+        sm = ScalarMappable(norm=Normalize(vmin, vmax) if shared_scale else im.norm, cmap=cmap)
+        cb = fig.colorbar(sm, ax=list(axes), fraction=0.03, pad=0.02)
+        cb.set_label("\u0394 log amplitude (DC = 0)" if relative else "log amplitude")
+        if title:
+            fig.suptitle(title)
+        _footer(fig, payload, "shared colour scale" if shared_scale else "")
+    return fig
+
+
+def figures_for(payload: Mapping, **kw) -> dict[str, Figure]:
+    """The standard figures of a results payload, by file stem."""
+    kind = payload.get("kind")
+    title = kw.pop("title", None)
+    if kind == "amplitude":
+        fa = kw.get("freq_axis")
+        return {"amplitude": amplitude_figure(payload, freq_axis=fa, title=title),
+                "highfreq": highfreq_figure(payload, title=title)}
+    if kind == "spectrum":
+        return {"spectrum": spectrum_figure(payload, cmap=kw.get("cmap") or SPECTRUM_CMAP, title=title)}
+    raise ValueError(f"cannot draw results of kind {kind!r} (expected amplitude or spectrum)")

@@ -1,0 +1,90 @@
+"""Streaming reducers fed by ``Probe`` callbacks.
+
+A reducer is a callable ``reducer(tap, tensor)`` that folds every captured tensor into
+running statistics and drops it, so memory stays flat in the number of images. Use it as
+``Probe(model, taps, callback=reducer, **reducer.probe_kwargs)``: the reducer handles the
+tap layouts itself (no NCHW copy) and consumes each tensor before the model continues,
+so no clone is needed.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .models.base import TapList, TapSpec
+from .spectral import EPS, LAYOUTS, SpectrumStats, spectrum_stats
+from .taps import TapError
+
+__all__ = ["AmplitudeReducer", "SpectrumReducer", "check_spatial_taps", "SPATIAL_LAYOUTS"]
+
+SPATIAL_LAYOUTS = LAYOUTS
+
+
+def check_spatial_taps(taps: Sequence[TapSpec], what: str = "the amplitude") -> TapList:
+    """Raise a clear TapError when a tap does not carry a spatial feature map."""
+    taps = TapList(taps)
+    if not taps:
+        raise TapError("no taps selected")
+    for t in taps:
+        if t.layout not in SPATIAL_LAYOUTS:
+            note = f" ({t.note})" if t.note else ""
+            raise TapError(f"tap {t.name} has layout {t.layout}{note}: {what} needs spatial feature maps "
+                           f"({', '.join(SPATIAL_LAYOUTS)}); choose roles such as stem, downsample, mixer, residual, "
+                           "mlp or block")
+    return taps
+
+
+def _grid(tap: TapSpec, x: torch.Tensor):
+    if tap.layout != "NLC" or tap.grid is None:
+        return None
+    L = x.shape[1] - (tap.num_prefix_tokens or 0)
+    return tap.grid if tap.grid[0] * tap.grid[1] == L else None
+
+
+class AmplitudeReducer:
+    """Batch/channel sums of ``log(|F| + eps)`` per tap (half-plane, float64 accumulators).
+
+    After the forward passes, ``stats[name]`` is a :class:`~spectrascope.spectral.SpectrumStats`
+    from which the relative curve, its radial variant and the 2-D spectrum map follow
+    (``spectral.curve_from_map(stats.mean_map())``). The accumulators stay on the device
+    of the captured tensors until :meth:`finalise` moves them to the CPU."""
+
+    #: how to build the Probe feeding this reducer
+    probe_kwargs = {"nchw": False, "clone": False, "dtype": None}
+
+    def __init__(self, taps: Sequence[TapSpec], *, eps: float = EPS, dtype: torch.dtype = torch.float32):
+        self.taps = check_spatial_taps(taps)
+        self.eps = eps
+        self.dtype = dtype
+        self.stats: dict[str, SpectrumStats] = {}
+        self.calls: dict[str, int] = {}
+        self.shapes: dict[str, tuple[int, int, int]] = {}
+
+    def __call__(self, tap: TapSpec, x: torch.Tensor) -> None:
+        try:
+            st = spectrum_stats(x, tap.layout, tap.num_prefix_tokens, _grid(tap, x), eps=self.eps, dtype=self.dtype)
+        except ValueError as exc:
+            raise TapError(f"tap {tap.name} ({tap.layout}, shape {tuple(x.shape)}): {exc}") from None
+        st.half_sum = st.half_sum.to(torch.float64)
+        if tap.name in self.stats:
+            self.stats[tap.name] += st
+        else:
+            self.stats[tap.name] = st
+            self.shapes[tap.name] = (st.channels, *st.size)
+        self.calls[tap.name] = self.calls.get(tap.name, 0) + 1
+
+    def missing(self) -> list[str]:
+        """Taps whose hooks never fired."""
+        return [t.name for t in self.taps if t.name not in self.stats]
+
+    def finalise(self) -> dict[str, SpectrumStats]:
+        """Move the accumulators to the CPU; returns ``stats`` (tap name -> SpectrumStats)."""
+        for st in self.stats.values():
+            st.half_sum = st.half_sum.cpu()
+            st.small_dc = int(st.small_dc)
+        return self.stats
+
+
+#: the spectrum maps come from the same statistics
+SpectrumReducer = AmplitudeReducer
