@@ -515,5 +515,168 @@ def _figure_command(spec):
     return cmd
 
 
+# ---------------------------------------------------------------- filters, cam, context
+
+
+def _output_dir(output, command: str, tag: str, overwrite: bool):
+    from pathlib import Path
+
+    from .results import default_output_dir
+    out = Path(output) if output else default_output_dir(command, tag)
+    if not overwrite and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
+        raise OutputExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
+    return out
+
+
+def _channels(value):
+    if not value:
+        return None
+    try:
+        out = []
+        for part in str(value).split(","):
+            if "-" in part:
+                a, b = (int(v) for v in part.split("-", 1))
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a channel list such as 0,1,2 or 0-7", param_hint="--channels")
+    if any(c < 0 for c in out):
+        raise click.BadParameter("channels must be >= 0", param_hint="--channels")
+    return out
+
+
+@main.command("filters")
+@model_options
+@image_options
+@click.option("--layers", default=None, help="stages (3), layer names or globs (s3.*, s4.b2) or parameter paths")
+@click.option("--routing", is_flag=True, help="DFFormer: routing statistics over the images (which basis is used)")
+@click.option("--effective", default=0, type=int, show_default=True,
+              help="DFFormer: effective per-image filters of the first N images")
+@click.option("--channels", default=None, help="channels to show (global / effective filters), e.g. 0-23")
+@click.option("--cmap", default=None, help="matplotlib colormap (default viridis for bases, YlGnBu for global filters)")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="output directory (default: runs/filters/<model>-<time>)")
+@click.option("--overwrite", is_flag=True, help="replace an existing output directory")
+@user_errors
+def filters_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, layers,
+                routing, effective, channels, cmap, output, overwrite):
+    """Frequency filters of a model: DFFormer bases (Fig. 9), GFNet/GFFormer global filters
+    (Fig. 2), AFFNet adaptive masks and their equivalent kernels, SPANet SPF masks."""
+    from .device import resolve_device
+    from .filters_run import run_filters
+    if effective < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--effective")
+    out = _output_dir(output, "filters", model_name, overwrite)
+    summary = run_filters(model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size),
+                          device=resolve_device(device), overrides=parse_model_kwargs(model_kwargs), layers=layers,
+                          images=images, data=data, num_images=num_images, batch_size=batch_size, routing=routing,
+                          effective=effective, channels=_channels(channels), output=out, overwrite=overwrite,
+                          cmap=cmap)
+    if checkpoint is None:
+        click.echo(f"note: {model_name} has random weights (no --checkpoint); the filters are its initialisation",
+                   err=True)
+    for a in summary.get("aff", []):
+        if a["equivalence_max_abs_error"] is not None:
+            click.echo(f"{a['name']}: mask filtering == circular convolution with its kernel, "
+                       f"max abs error {a['equivalence_max_abs_error']:.2e}")
+    click.echo(f"filters of {model_name} -> {out} ({', '.join(summary['figures'])})")
+
+
+@main.command("cam")
+@click.option("--model", "model_names", required=True, multiple=True,
+              help="registry name, alias or timm:<name>; repeat to compare models in one grid")
+@click.option("--checkpoint", "checkpoints", multiple=True,
+              help="one per --model in order, or MODEL=PATH; '-' keeps random weights")
+@click.option("--method", type=click.Choice(["scorecam", "gradcam", "gradcam++"]), default="scorecam",
+              show_default=True)
+@click.option("--flavour", type=click.Choice(["gradcam-lib", "authors", "torchcam"]), default="gradcam-lib",
+              show_default=True, help="Score-CAM implementation to reproduce")
+@click.option("--score", type=click.Choice(["logit", "softmax"]), default=None,
+              help="class score of a masked input (default: the flavour's own)")
+@click.option("--target-layer", default=None, help="tap role (stage, block, ...), tap name (stage4) or module path")
+@click.option("--class", "target_class", type=int, default=None,
+              help="class to explain (default: top-1, or the label of synthetic data)")
+@click.option("--img-size", default=None, help="input size S or HxW for every model (default: each model's)")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE",
+              help="constructor overrides for every model, e.g. dims=32,64,96,128")
+@image_options
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="output directory (default: runs/cam/<models>-<time>)")
+@click.option("--overwrite", is_flag=True, help="replace an existing output directory")
+@user_errors
+def cam_cmd(model_names, checkpoints, method, flavour, score, target_layer, target_class, img_size, device,
+            model_kwargs, images, data, num_images, batch_size, output, overwrite):
+    """Class activation maps (Score-CAM, Grad-CAM, Grad-CAM++) with overlays, a grid
+    comparing the models (SPANet Fig. S2), raw maps and, on synthetic data, localisation
+    scores (pointing game, energy in the box). --batch-size is the number of masked inputs
+    per Score-CAM forward."""
+    from pathlib import Path
+
+    from .device import resolve_device
+    from .cam_run import run_cam
+    cks = _pair_checkpoints(model_names, checkpoints)
+    for _, ck in cks:
+        if ck is not None and not Path(ck).is_file():
+            raise click.ClickException(f"checkpoint not found: {ck}")
+    out = _output_dir(output, "cam", "-".join(model_names), overwrite)
+    payload = run_cam(cks, method=method, flavour=flavour, target_layer=target_layer, target_class=target_class,
+                      images=images, data=data, num_images=num_images, img_size=parse_img_size(img_size),
+                      device=resolve_device(device), overrides=parse_model_kwargs(model_kwargs),
+                      batch_size=batch_size, score=score, output=out, overwrite=overwrite)
+    rnd = [m["model"] for m in payload["models"] if m["random_weights"]]
+    if rnd:
+        click.echo(f"note: random weights for {', '.join(rnd)} (no --checkpoint); the maps are not meaningful",
+                   err=True)
+    for m in payload["models"]:
+        loc = m.get("localisation")
+        extra = (f", pointing game {loc['pointing_accuracy']:.2f}, energy in box {loc['mean_energy_in_box']:.3f}"
+                 if loc else "")
+        click.echo(f"{m['model']}: {method} at {m['target_layer']} on {len(payload['images'])} images{extra}")
+    click.echo(f"-> {out}")
+
+
+def _pair_checkpoints(models, checkpoints):
+    models = list(models)
+    cks = list(checkpoints or ())
+    if not cks:
+        return [(m, None) for m in models]
+    if all("=" in c for c in cks):
+        named = dict(c.split("=", 1) for c in cks)
+        unknown = [k for k in named if k not in models]
+        if unknown:
+            raise click.BadParameter(f"{', '.join(unknown)} is not a --model", param_hint="--checkpoint")
+        return [(m, named.get(m)) for m in models]
+    if len(cks) != len(models):
+        raise click.BadParameter(f"{len(cks)} checkpoints for {len(models)} models: give one per --model "
+                                 "('-' for random weights) or MODEL=PATH", param_hint="--checkpoint")
+    return [(m, None if c == "-" else c) for m, c in zip(models, cks)]
+
+
+@main.command("context")
+@model_options
+@image_options
+@click.option("--block", default=None, help="SPAM block (s4.b3), a stage number (its last block) or 'last' [last]")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="output directory (default: runs/context/<model>-<time>)")
+@click.option("--overwrite", is_flag=True, help="replace an existing output directory")
+@user_errors
+def context_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, block,
+                output, overwrite):
+    """SPANet context maps (Fig. 4 / S1): each SPG's output and the aggregated context of a
+    SPAM block, channel-mean, resized to the image and overlaid."""
+    from .device import resolve_device
+    from .cam_run import run_context
+    out = _output_dir(output, "context", model_name, overwrite)
+    payload = run_context(model_name, checkpoint=checkpoint, block=block, images=images, data=data,
+                          num_images=num_images, img_size=parse_img_size(img_size), device=resolve_device(device),
+                          overrides=parse_model_kwargs(model_kwargs), output=out, overwrite=overwrite)
+    if checkpoint is None:
+        click.echo(f"note: {model_name} has random weights (no --checkpoint); the maps are not meaningful", err=True)
+    click.echo(f"context maps of {model_name} at {payload['block']} ({', '.join(payload['maps'].values())}) "
+               f"on {len(payload['images'])} images -> {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
