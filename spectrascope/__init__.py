@@ -14,3 +14,12 @@ __all__ = ["__version__", "create_model", "list_models", "get_card", "register_m
 from .cka import MinibatchCKA, linear_cka  # noqa: E402,F401
 
 __all__ += ["linear_cka", "MinibatchCKA"]
+
+from .cam import (CamError, box_mask, compute_cam, default_target_layer, energy_in_box, grad_cam,  # noqa: E402,F401
+                  localisation_scores, pointing_game, score_cam)
+from .filters import (dynamic_filters, equivalent_kernel, filter_amplitude, frequency_filter,  # noqa: E402,F401
+                      spatial_kernel)
+
+__all__ += ["score_cam", "grad_cam", "compute_cam", "default_target_layer", "CamError", "pointing_game",
+            "energy_in_box", "localisation_scores", "box_mask", "filter_amplitude", "spatial_kernel",
+            "equivalent_kernel", "frequency_filter", "dynamic_filters"]
