@@ -5,5 +5,6 @@ Importing this package registers every family with ``spectrascope.registry``.
 from . import layers, base  # noqa: F401
 from . import metaformer, dfformer  # noqa: F401
 from . import gfnet  # noqa: F401
+from . import poolformer, spanet  # noqa: F401
 from . import affnet  # noqa: F401
 from .base import TapSpec, TapList, ZooModel  # noqa: F401
