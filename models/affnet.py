@@ -756,12 +756,19 @@ def _register(name, cfg, paper_params, description, variant_of=None, aliases=(),
                    description=description + (f" [{table}]" if table else ""))(_affnet_builder(cfg))
 
 
-_register("affnet", {"mode": "small"}, 5.5, "AFFNet (mode small); top-1 79.8; inputs in [0, 1], no mean/std",
-          aliases=("affnet_small",))
-_register("affnet_t", {"mode": "x_small"}, 2.6, "AFFNet-T (mode x_small); top-1 77.0; inputs in [0, 1], no mean/std",
-          aliases=("affnet_x_small", "affnet_tiny"))
+#: The official weights are in OneDrive folders linked from the README (model, log and
+#: config per variant); the cvnets EMA checkpoints are plain state_dicts named
+#: ``checkpoint_ema_score_<top-1>.pt`` (the AFFNet-ET name is the one reported by a
+#: third-party study of the released files; the others follow the pattern).
+_WEIGHTS = "; official weights: OneDrive links in the TokenMixers README (cvnets EMA state_dict)"
+_register("affnet", {"mode": "small"}, 5.5,
+          "AFFNet (mode small); top-1 79.8; inputs in [0, 1], no mean/std" + _WEIGHTS,
+          aliases=("affnet_small",), weight_file="checkpoint_ema_score_*.pt")
+_register("affnet_t", {"mode": "x_small"}, 2.6,
+          "AFFNet-T (mode x_small); top-1 77.0; inputs in [0, 1], no mean/std" + _WEIGHTS,
+          aliases=("affnet_x_small", "affnet_tiny"), weight_file="checkpoint_ema_score_*.pt")
 _register("affnet_et", {"mode": "xx_small"}, 1.4,
-          "AFFNet-ET (mode xx_small); top-1 73.0; inputs in [0, 1], no mean/std",
+          "AFFNet-ET (mode xx_small); top-1 73.0; inputs in [0, 1], no mean/std" + _WEIGHTS,
           aliases=("affnet_xx_small", "affnet_extremely_tiny"), weight_file="checkpoint_ema_score_73.0238.pt")
 
 #: the paper's ablations, all on the AFFNet (mode small) base: name -> (flags, paper params

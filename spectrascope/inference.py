@@ -43,7 +43,8 @@ def build_for_inference(name: str, *, checkpoint=None, img_size=None, device="cp
 
 def num_classes_in(state: dict) -> int | None:
     """Classifier size of a state dict (zoo head names), or None."""
-    for key in ("head.fc2.bias", "head.bias", "classifier.bias", "head.fc.bias", "classifier.1.bias"):
+    for key in ("head.fc2.bias", "head.bias", "classifier.bias", "head.fc.bias", "classifier.1.bias",
+                "classifier.fc.bias"):
         if key in state and state[key].ndim == 1:
             return int(state[key].shape[0])
     return None
