@@ -18,7 +18,7 @@ state_dict order are the official ones, so official checkpoints load unchanged.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn as nn

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from spectrascope.registry import register_model
-from .base import AdaptNote, TapList
+from .base import AdaptNote
 from .layers import TapPoint, as_list, spectral_region
 from .poolformer import ChannelsFirstBlock, ChannelsFirstMetaFormer, GroupNorm, conv_out_size, resolve_nchw_norm
 

@@ -275,9 +275,13 @@ def test_ablation_variants_build_and_run(name):
     assert abs(n_full - n_base) / n_base < 0.01     # "the same 29 M parameters" (paper Table 5)
     assert full.network[0][0].token_mixer.conv[0].kernel_size == ((1, 5) if name == "spanet_s_k5" else (1, 3))
     model = spectrascope.create_model(name, num_classes=3, **TINY).eval()
+    x = torch.randn(2, 3, 64, 48)
     with torch.inference_mode():
-        y = model(torch.randn(2, 3, 64, 48))
+        y = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yb = model(x)
     assert y.shape == (2, 3) and torch.isfinite(y).all()
+    assert torch.isfinite(yb).all() and (yb.float() - y).abs().max() <= 0.1 * y.abs().max()
 
 
 def test_ablation_semantics():
@@ -357,3 +361,29 @@ def test_bf16_autocast_and_inference_mode(name, sizes):
             yb = spf(xb)
         assert yb.dtype == torch.bfloat16
         assert torch.allclose(yb.float(), spf(xb.float()), atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["spanet_s", "poolformer_s12"])
+def test_dense_feature_mode(name):
+    """fork_feat=True (official dense backbones): four normed NCHW maps from norm0/2/4/6, no head."""
+    model = spectrascope.create_model(name, fork_feat=True, **TINY).eval()
+    assert [k for k in model.state_dict() if k.startswith("norm")] == \
+        [f"norm{i}.{p}" for i in (0, 2, 4, 6) for p in ("weight", "bias")]
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [(1, 8, 16, 24), (1, 16, 8, 12), (1, 20, 4, 6), (1, 32, 2, 3)]
+    assert "pool" not in model_taps(model).roles()
+
+
+def test_mask_cache_built_in_inference_mode_serves_training():
+    """Masks cached during an inference_mode forward are normal tensors: training at that size works."""
+    model = spectrascope.create_model("spanet_s", num_classes=3, **TINY)
+    x = torch.randn(2, 3, 72, 40)
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()
+    loss = model(x).square().sum()
+    loss.backward()
+    grad = model.network[0][0].token_mixer.proj_in.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert model.network[0][0].token_mixer.sps[0].filter.grad is None   # masks are not learned
