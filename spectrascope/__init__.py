@@ -15,6 +15,16 @@ from .cka import MinibatchCKA, linear_cka  # noqa: E402,F401
 
 __all__ += ["linear_cka", "MinibatchCKA"]
 
+from .spectral import (ZeroMeanWarning, high_frequency_delta, radial_log_amplitude,  # noqa: E402,F401
+                       relative_log_amplitude, spectrum_map)
+from .taps import Probe, TapError, model_taps, select_taps  # noqa: E402,F401
+from .reducers import AmplitudeReducer  # noqa: E402,F401
+from .amplitude import amplitude_analysis, redraw, spectrum_analysis, write_results  # noqa: E402,F401
+
+__all__ += ["relative_log_amplitude", "spectrum_map", "radial_log_amplitude", "high_frequency_delta",
+            "ZeroMeanWarning", "Probe", "TapError", "model_taps", "select_taps", "AmplitudeReducer",
+            "amplitude_analysis", "spectrum_analysis", "write_results", "redraw"]
+
 from .cam import (CamError, box_mask, compute_cam, default_target_layer, energy_in_box, grad_cam,  # noqa: E402,F401
                   localisation_scores, pointing_game, score_cam)
 from .filters import (dynamic_filters, equivalent_kernel, filter_amplitude, frequency_filter,  # noqa: E402,F401

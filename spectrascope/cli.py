@@ -295,7 +295,7 @@ def _parse_stages(text):
     try:
         return [int(s) for s in str(text).replace(" ", "").split(",") if s]
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a stage number or a comma list", param_hint="--stage") from None
+        raise click.ClickException(f"--stage {text!r} is not a stage number or a comma list") from None
 
 
 def _run_fourier(kind: str, models, checkpoints, *, output, overwrite, taps, stages, blocks, method, precision,
@@ -338,7 +338,7 @@ def _int_blocks(text):
     try:
         return int(text)
     except (TypeError, ValueError):
-        raise click.BadParameter(f"{text!r} is not all, first, last or a block index", param_hint="--blocks") from None
+        raise click.ClickException(f"--blocks {text!r} is not all, first, last or a block index") from None
 
 
 @main.command("amplitude")
@@ -370,12 +370,12 @@ def _checkpoint_pairs(models, items):
         else:
             plain.append(item)
     if plain and pairs:
-        raise click.BadParameter("use either MODEL=PATH for every --checkpoint or plain paths in --model order",
-                                 param_hint="--checkpoint")
+        raise click.ClickException("--checkpoint: use either MODEL=PATH for every checkpoint or plain paths in "
+                                   "--model order")
     if plain:
         if len(plain) != len(models):
-            raise click.BadParameter(f"{len(plain)} checkpoint(s) for {len(models)} model(s); give one per --model "
-                                     "in order, or MODEL=PATH", param_hint="--checkpoint")
+            raise click.ClickException(f"--checkpoint: {len(plain)} checkpoint(s) for {len(models)} model(s); give "
+                                       "one per --model in order, or MODEL=PATH")
         return list(plain)
     return pairs
 
@@ -420,8 +420,8 @@ def plot_cmd(results, output, formats, freq_axis, cmap):
     fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
     bad = [f for f in fmts if f not in ("png", "pdf", "svg")]
     if bad or not fmts:
-        raise click.BadParameter(f"unsupported format(s) {', '.join(bad) or formats!r}; use png, pdf, svg",
-                                 param_hint="--format")
+        raise click.ClickException(f"--format: unsupported format(s) {', '.join(bad) or repr(formats)}; "
+                                   "use png, pdf, svg")
     written = redraw(results, output, formats=fmts, freq_axis=freq_axis, cmap=cmap)
     for p in written:
         click.echo(str(p))
