@@ -326,6 +326,10 @@ def gradcam_pp_weights(grads: torch.Tensor, acts: torch.Tensor, eps: float = 1e-
     return (alpha * grads.clamp_min(0)).sum(dim=(2, 3))
 
 
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def _class_scores(logits: torch.Tensor, cls: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "softmax":
         logits = torch.softmax(logits.float(), dim=-1)
@@ -392,16 +396,24 @@ def _score_chunks(model, x, acts, cls, flavour, score, batch_size, size, skip_co
         del up
         pairs = [(b, k) for b, k in pairs if keep[b, k]]
     scores = torch.zeros(B, C)
+    zero_logits = None
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         bi = torch.tensor([p[0] for p in chunk], device=x.device)
         ki = torch.tensor([p[1] for p in chunk], device=x.device)
         masks = scorecam_masks(acts[bi, ki], size, flavour)
-        out = model(x[bi] * masks[:, None].to(x.dtype))
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        s = _class_scores(out, cls[bi], score).cpu()
-        scores[bi.cpu(), ki.cpu()] = s
+        # an all-zero mask (a constant channel) blanks the input whatever the image: score it once
+        blank = masks.flatten(1).amax(1) == 0
+        if bool(blank.any()):
+            if zero_logits is None:
+                zero_logits = _first(model(torch.zeros_like(x[:1])))
+            zb = zero_logits.expand(int(blank.sum()), -1)
+            scores[bi[blank].cpu(), ki[blank].cpu()] = _class_scores(zb, cls[bi[blank]], score).cpu()
+            keep_rows = ~blank
+            bi, ki, masks = bi[keep_rows], ki[keep_rows], masks[keep_rows]
+        if bi.numel():
+            out = _first(model(x[bi] * masks[:, None].to(x.dtype)))
+            scores[bi.cpu(), ki.cpu()] = _class_scores(out, cls[bi], score).cpu()
         if progress is not None:
             progress.update(len(chunk))
     return scores, keep
