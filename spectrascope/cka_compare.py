@@ -500,8 +500,8 @@ def run_cka(spec_a: ModelSpec, spec_b: ModelSpec, *, taps: str = "fig7", taps_a:
         "model_a": side(spec_a, model_a, cfg_a), "model_b": side(spec_b, model_b, cfg_b),
         "same_model_object": model_a is model_b, "shared_input": shared_input,
         "images": [p.name for p in paths], "num_images": len(paths), "images_sha256": _images_digest(paths),
-        "batch_size": batch_size, "world_size": world, "seed": seed, "taps_spec": {"a": taps_a or taps,
-                                                                                  "b": taps_b or taps},
+        "batch_size": batch_size, "world_size": world, "seed": seed, "precision": str(dtype).replace("torch.", ""),
+        "taps_spec": {"a": taps_a or taps, "b": taps_b or taps},
         "wall_time_s": clock.elapsed, "device": str(device),
     })
     return result

@@ -138,3 +138,13 @@ def test_torchrun_two_cpu_processes_give_the_single_process_matrix(tmp_path, noi
     assert np.isfinite(m1).all()
     assert np.abs(m1 - m2).max() < 1e-10
     assert np.abs(np.array(js1["hsic_xy"]) - np.array(js2["hsic_xy"])).max() <= 1e-10 * np.abs(js1["hsic_xy"]).max()
+
+
+def test_float32_precision_matches_float64(tmp_path, noise_images):
+    base = ["--model-a", "gfformer_s18", "--model-b", "dfformer_s18", *TINY, "--images", str(noise_images),
+            "--batch-size", "8"]
+    r64 = run(base + ["--output", str(tmp_path / "f64")])
+    r32 = run(base + ["--precision", "float32", "--output", str(tmp_path / "f32")])
+    assert r64.exit_code == 0 and r32.exit_code == 0, r64.output + r32.output
+    assert json.loads((tmp_path / "f32" / "results.json").read_text())["precision"] == "float32"
+    assert np.abs(matrix(tmp_path / "f64") - matrix(tmp_path / "f32")).max() < 1e-5

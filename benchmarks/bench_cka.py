@@ -1,0 +1,258 @@
+"""Mini-batch CKA: spectrascope's engine vs torch-cka 0.21 on the same models, taps, images and
+batch size. Prints the speed ratio (target >= 20x), the peak-memory ratio (target <= 1/4) and
+the max difference of the matrices.
+
+    python benchmarks/bench_cka.py                       # both configs, CPU
+    python benchmarks/bench_cka.py --config tanh --device cuda
+
+Configs:
+  tanh  two deep bias-free conv/tanh networks (40 taps each) on zero-mean noise images:
+        well-conditioned features, where torch-cka's float32 arithmetic is trustworthy, so the
+        max difference measures agreement.
+  fig7  GFFormer-S18 vs DFFormer-S18 (random weights) with 40 forward-hook taps each (stem,
+        3 downsampling outputs, 18 token-mixer outputs, 18 block outputs) at --img-size; these
+        features have large means, so differences there are torch-cka's float32 error.
+
+Each measurement runs in a fresh subprocess. Two modes:
+  CKA computation  the tap features are captured once and replayed through identity modules,
+                   so both engines' timings contain only the CKA work (hooks, Gram matrices,
+                   HSIC terms) on identical tensors;
+  end to end       torch-cka's ``compare()`` vs ``compare_models`` on the real models (torch-cka
+                   runs its forwards with autograd on and keeps every hooked output of a batch).
+Time = wall time of the comparison. Peak memory (end to end) = peak RSS (CPU) or peak
+allocated CUDA memory during the comparison minus the level before it (models and images
+already in memory).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+
+# ---------------------------------------------------------------------------- models and data
+def _tanh_net(width: int, depth: int, seed: int):
+    import torch
+    import torch.nn as nn
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.Tanh()]
+    for _ in range(depth - 1):
+        layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.Tanh()]
+    return nn.Sequential(*layers).eval()
+
+
+def build(config: str, img_size: int, n_images: int, device: str):
+    """(model_a, model_b, module names a, module names b, images)."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    if config == "tanh":
+        a, b = _tanh_net(16, 20, 1), _tanh_net(24, 20, 2)
+        names_a = [n for n, _ in a.named_modules() if n]
+        names_b = [n for n, _ in b.named_modules() if n]
+        x = torch.randn(n_images, 3, img_size, img_size, generator=g)
+    else:
+        import spectrascope
+        from spectrascope.taps import model_taps
+        torch.manual_seed(0)
+        a = spectrascope.create_model("gfformer_s18", img_size=img_size).eval()
+        b = spectrascope.create_model("dfformer_s18", img_size=img_size).eval()
+        roles = ("stem", "downsample", "mixer", "block")
+        names_a = [t.path for t in model_taps(a) if t.role in roles and t.hook == "forward"]
+        names_b = [t.path for t in model_taps(b) if t.role in roles and t.hook == "forward"]
+        x = torch.randn(n_images, 3, img_size, img_size, generator=g)
+    return a.to(device), b.to(device), names_a, names_b, x
+
+
+# ---------------------------------------------------------------------------- measuring
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Meter:
+    def __init__(self, device: str):
+        import torch
+        self.torch = torch
+        self.cuda = device.startswith("cuda")
+
+    def start(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            self.torch.cuda.reset_peak_memory_stats()
+            self.base = self.torch.cuda.memory_allocated()
+        else:
+            self.base = _rss_bytes()
+            self.base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> tuple[float, int]:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+        dt = time.perf_counter() - self.t0
+        if self.cuda:
+            peak = self.torch.cuda.max_memory_allocated() - self.base
+        else:
+            # ru_maxrss never decreases: if setup peaked higher, the measured delta is an over-estimate
+            peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, self.base_peak) - self.base
+        return dt, int(peak)
+
+
+class Replay:
+    """A module that re-emits stored features through one child ``nn.Identity`` per tap, so
+    both engines hook the same names and the timing contains only the CKA computation. Its
+    input is a batch of consecutive example indices; the features it emits are views (no copy)."""
+
+    @staticmethod
+    def make(feats: dict):
+        import torch.nn as nn
+
+        class _Replay(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.names = list(feats)
+                self.taps = nn.ModuleList(nn.Identity() for _ in self.names)
+                self.store = feats
+
+            def forward(self, idx):
+                lo, hi = int(idx[0]), int(idx[-1]) + 1
+                for name, tap in zip(self.names, self.taps):
+                    tap(self.store[name][lo:hi])
+                return idx
+
+        return _Replay()
+
+
+def _capture(model, names, x, batch_size, device):
+    import torch
+    feats, handles = {n: [] for n in names}, []
+    for n in names:
+        handles.append(model.get_submodule(n).register_forward_hook(
+            lambda _m, _i, out, n=n: feats[n].append(out.detach().clone())))
+    with torch.inference_mode():
+        for xb in x.split(batch_size):
+            model(xb.to(device))
+    for h in handles:
+        h.remove()
+    return {n: torch.cat(v) for n, v in feats.items()}
+
+
+def worker(args) -> dict:
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    a, b, names_a, names_b, x = build(args.config, args.img_size, args.images, args.device)
+    if args.mode == "cka":  # replay stored features: the CKA computation alone
+        fa, fb = _capture(a, names_a, x, args.batch_size, args.device), _capture(b, names_b, x, args.batch_size,
+                                                                                 args.device)
+        a, b = Replay.make(fa), Replay.make(fb)
+        names_a = [f"taps.{i}" for i in range(len(fa))]
+        names_b = [f"taps.{i}" for i in range(len(fb))]
+        x = torch.arange(args.images, device=args.device)
+    batches = list(x.split(args.batch_size))
+    m = Meter(args.device)
+    with torch.no_grad():  # warm-up (first-call allocations, lazy inits)
+        a(batches[0][:4].to(args.device))
+        b(batches[0][:4].to(args.device))
+    if args.engine == "torch-cka":
+        import torch_cka
+        from torch.utils.data import DataLoader, TensorDataset
+        dl = DataLoader(TensorDataset(x), batch_size=args.batch_size, shuffle=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cka = torch_cka.CKA(a, b, model1_name="A", model2_name="B", model1_layers=names_a,
+                                model2_layers=names_b, device=args.device)
+            m.start()
+            cka.compare(dl, dl)
+            dt, peak = m.stop()
+        mat = cka.export()["CKA"].double()
+    else:
+        from spectrascope.cka_compare import compare_models
+        from spectrascope.taps import TapSpec
+        ta = [TapSpec(name=n, role="path", path=n, layout="raw") for n in names_a]
+        tb = [TapSpec(name=n, role="path", path=n, layout="raw") for n in names_b]
+        dtype = torch.float32 if args.precision == "float32" else torch.float64
+        m.start()
+        res = compare_models(a, b, batches, taps_a=ta, taps_b=tb, dtype=dtype)
+        dt, peak = m.stop()
+        mat = res.matrix
+    return {"engine": args.engine, "time_s": dt, "peak_bytes": peak, "matrix": mat.tolist(),
+            "shape": list(mat.shape), "batches": len(batches)}
+
+
+def run_worker(ns, engine: str, precision: str, mode: str) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", engine, "--mode", mode, "--config", ns.config,
+           "--img-size", str(ns.img_size), "--images", str(ns.images), "--batch-size", str(ns.batch_size),
+           "--device", ns.device, "--precision", precision, "--threads", str(ns.threads or 0)]
+    best = None
+    for _ in range(max(1, ns.repeat)):
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"{engine} worker failed:\n{out.stderr[-3000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        best = r if best is None or r["time_s"] < best["time_s"] else best
+    return best
+
+
+def report(ns, precisions) -> list[dict]:
+    import torch
+    print(f"[{ns.config}] {ns.images} images {ns.img_size}px, batch {ns.batch_size}, device {ns.device}, "
+          f"threads {ns.threads or torch.get_num_threads()}, best of {ns.repeat}")
+    rows = []
+    for mode in ("cka", "e2e"):
+        ref = run_worker(ns, "torch-cka", "float32", mode)
+        for p in precisions:
+            ours = run_worker(ns, "spectrascope", p, mode)
+            a, b = torch.tensor(ours["matrix"]), torch.tensor(ref["matrix"])
+            diff = float((a - b).abs().nan_to_num(0).max())
+            speed = ref["time_s"] / ours["time_s"]
+            mem = ours["peak_bytes"] / max(ref["peak_bytes"], 1)
+            n_a, n_b = ours["shape"]
+            what = "CKA computation (replayed features)" if mode == "cka" else "end to end (forward passes included)"
+            print(f"  {what}, {n_a}x{n_b} taps, {ours['batches']} batches, spectrascope Gram products in {p}:")
+            print(f"    time     torch-cka {ref['time_s']:8.2f} s    spectrascope {ours['time_s']:7.2f} s    "
+                  f"speed ratio {speed:6.1f}x (target >= 20x)")
+            if mode == "e2e":
+                print(f"    peak mem torch-cka {ref['peak_bytes'] / 2**20:8.1f} MiB  spectrascope "
+                      f"{ours['peak_bytes'] / 2**20:7.1f} MiB  ratio {mem:6.3f} (target <= 0.25)")
+            print(f"    max |diff| {diff:.3g}  (torch-cka NaN cells: {int(torch.isnan(b).sum())}; "
+                  f"{'well-conditioned' if ns.config == 'tanh' else 'large-mean features: torch-cka float32 error'})")
+            rows.append({"config": ns.config, "mode": mode, "precision": p, "speed": speed, "mem_ratio": mem,
+                         "max_diff": diff})
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", choices=["tanh", "fig7", "all"], default="all")
+    ap.add_argument("--img-size", type=int, default=None, help="default: 32 (tanh), 64 (fig7)")
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["float64", "float32", "both"], default="both",
+                    help="precision of spectrascope's centred Gram products (accumulation is always float64)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch default)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest counts")
+    ap.add_argument("--mode", default="cka", help=argparse.SUPPRESS)
+    ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    ns = ap.parse_args(argv)
+    if ns._worker:
+        ns.engine = ns._worker
+        ns.img_size = ns.img_size or (32 if ns.config == "tanh" else 64)
+        print(json.dumps(worker(ns)))
+        return
+    configs = ["tanh", "fig7"] if ns.config == "all" else [ns.config]
+    precisions = ["float64", "float32"] if ns.precision == "both" else [ns.precision]
+    for c in configs:
+        sub = argparse.Namespace(**vars(ns))
+        sub.config = c
+        sub.img_size = ns.img_size or (32 if c == "tanh" else 64)
+        report(sub, precisions)
+
+
+if __name__ == "__main__":
+    main()
