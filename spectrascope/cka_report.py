@@ -108,7 +108,7 @@ def plot_heatmap(result: CKAResult, png: Path | None = None, pdf: Path | None = 
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.10, extend=extend,
                      label=f"CKA ({result.estimator}{', torch-cka engine' if result.engine == 'torch-cka' else ''})")
     if own:
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.1, right=0.9, bottom=0.09, top=0.86)  # fixed margins: no extra layout draw
         if png is not None:
             fig.savefig(png, dpi=150)
         if pdf is not None:

@@ -148,3 +148,18 @@ def test_float32_precision_matches_float64(tmp_path, noise_images):
     assert r64.exit_code == 0 and r32.exit_code == 0, r64.output + r32.output
     assert json.loads((tmp_path / "f32" / "results.json").read_text())["precision"] == "float32"
     assert np.abs(matrix(tmp_path / "f64") - matrix(tmp_path / "f32")).max() < 1e-5
+
+
+def test_fig7_recipe(tmp_path, noise_images):
+    from spectrascope.analyses import cka_fig7
+    assert [(a, b) for _, a, b in cka_fig7.PAIRS] == [
+        ("gfformer_s18", "dfformer_s18"), ("caformer_s18", "cdfformer_s18"), ("convformer_s18", "dfformer_s18")]
+    out = tmp_path / "fig7"
+    res = cka_fig7.run(out, images=str(noise_images), num_images=8, batch_size=8, img_size=32, progress=False,
+                       overrides={"depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]}, pairs=cka_fig7.PAIRS[1:2])
+    assert list(res) == ["b"]
+    summary = json.loads((out / "summary.json").read_text())["panels"]["b"]
+    assert (summary["model_a"], summary["model_b"], summary["taps"]) == ("caformer_s18", "cdfformer_s18", 12)
+    assert summary["random_weights"] == ["caformer_s18", "cdfformer_s18"]
+    assert (out / summary["report"] / "report.html").is_file()
+    assert (out / "fig7.png").read_bytes()[:4] == b"\x89PNG" and (out / "fig7.pdf").is_file()
