@@ -18,6 +18,11 @@ is done chunk by chunk over the feature dimension, so the float64 copy never exc
 pairwise HSIC terms of a batch are then one matrix product ``(n_a, n²) @ (n², n_b)``.
 Accumulators are float64.
 
+``dtype=torch.float32`` forms the Gram products in float32 after the same centring (U-centring
+and sums stay float64). Centring removes the cancellation, so this agrees with the float64
+path to ~1e-7 on the reference fixtures (tested at 1e-6, ill-conditioned ones included) and is
+about twice as fast on CPUs and on GPUs with slow float64.
+
 The unbiased mini-batch CKA can be negative and lies in [-1, 1] in exact arithmetic. A tap
 whose features are constant over all examples (zero variance, or variance below the
 rounding level of its input dtype) has no defined CKA: its cells are NaN and a diagnostic

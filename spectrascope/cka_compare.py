@@ -309,7 +309,7 @@ class _Capture:
 def compare_models(model_a: nn.Module, model_b: nn.Module, batches: Iterable, *, taps_a: Sequence[TapSpec],
                    taps_b: Sequence[TapSpec], estimator: str = "unbiased", engine: str = "spectrascope",
                    num_batches: int | None = None, dtype: torch.dtype = torch.float64, progress: bool = False,
-                   desc: str = "CKA") -> CKAResult:
+                   desc: str = "CKA", progress_total: int | None = None) -> CKAResult:
     """Mini-batch CKA between ``taps_a`` of ``model_a`` and ``taps_b`` of ``model_b``.
 
     ``batches`` yields input tensors (fed to both models) or ``(x_a, x_b)`` pairs holding the
@@ -332,7 +332,7 @@ def compare_models(model_a: nn.Module, model_b: nn.Module, batches: Iterable, *,
     order_a: list[str] | None = None
     order_b: list[str] | None = None
     from tqdm.auto import tqdm
-    bar = tqdm(total=num_batches, desc=desc, unit="batch", file=sys.stderr, disable=not progress, leave=False)
+    bar = tqdm(total=progress_total or num_batches, desc=desc, unit="batch", file=sys.stderr, disable=not progress, leave=False)
     try:
         with Probe(model_a, taps_a, callback=cap_a, nchw=False, clone=False), \
                 Probe(model_b, taps_b, callback=cap_b, nchw=False, clone=False), torch.inference_mode():
@@ -486,7 +486,7 @@ def run_cka(spec_a: ModelSpec, spec_b: ModelSpec, *, taps: str = "fig7", taps_a:
                                             cfg_b["std"]))[0]
 
     result = compare_models(model_a, model_b, batches(), taps_a=ta, taps_b=tb, estimator=estimator, engine=engine,
-                            num_batches=len(chunks), dtype=dtype, progress=progress,
+                            num_batches=len(chunks), dtype=dtype, progress=progress, progress_total=len(mine),
                             desc=f"CKA {spec_a.name} vs {spec_b.name}")
 
     def side(spec, model, cfg):
