@@ -92,9 +92,15 @@ def resolve_image_paths(images=None, data: str | None = None, num_images: int | 
         root = Path(data.split(":", 1)[1])
         sub = root / "val" if (root / "val").is_dir() else root
         paths = list_images(sub)
+    elif data.split(":", 1)[0] in ("synthetic", "cifar10", "cifar100"):
+        # validation images written once as lossless PNGs (spectrascope.datasets); labels and
+        # synthetic patch boxes are in labels.json beside them
+        from .datasets import materialize_images
+        paths = materialize_images(data, "val", num_images)
     else:
         raise DataError(f"--data {data!r} is not an image source for analyses "
-                        "(use samples, imagefolder:PATH or --images DIR)")
+                        "(use samples, imagefolder:PATH, synthetic[:...], cifar10:PATH, cifar100:PATH "
+                        "or --images DIR)")
     if num_images is not None:
         if num_images < 1:
             raise DataError("--num-images must be >= 1")
