@@ -412,7 +412,11 @@ def _score_chunks(model, x, acts, cls, flavour, score, batch_size, size, skip_co
             keep_rows = ~blank
             bi, ki, masks = bi[keep_rows], ki[keep_rows], masks[keep_rows]
         if bi.numel():
-            out = _first(model(x[bi] * masks[:, None].to(x.dtype)))
+            xm = x[bi]                                   # a copy: masked in place, masks freed first
+            xm.mul_(masks[:, None].to(x.dtype))
+            del masks
+            out = _first(model(xm))
+            del xm
             scores[bi.cpu(), ki.cpu()] = _class_scores(out, cls[bi], score).cpu()
         if progress is not None:
             progress.update(len(chunk))
