@@ -122,7 +122,7 @@ def run_cam(models: Sequence[tuple[str, str | None]], *, method="scorecam", flav
     clock = Stopwatch()
     if not models:
         raise ValueError("give at least one --model")
-    per_model, maps_npz, grid_cols = [], {}, {}
+    per_model, maps_npz, grid_cols = [], {}, {"input": {}}
     first: ImageSet | None = None
     built = []
     for name, ck in models:                           # build and check everything before any output
@@ -175,7 +175,7 @@ def run_cam(models: Sequence[tuple[str, str | None]], *, method="scorecam", flav
         names = first.names
         col_labels = list(grid_cols)
         rows = [[grid_cols[c][n] for c in col_labels if n in grid_cols[c]] for n in names]
-        title = f"{'Score-CAM (' + flavour + ')' if method == 'scorecam' else method}"
+        title = {"scorecam": f"Score-CAM ({flavour})", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}[method]
         if any(ck is None for _, ck in models):
             title += "\n(random weights where marked: no checkpoint given)"
         plot_grid(rows, names, col_labels, out / "grid.png", title)
