@@ -24,7 +24,8 @@ from .data import iter_batches, paths_digest, resolve_image_paths
 from .models.base import TapList, TapSpec
 from .reducers import AmplitudeReducer, check_spatial_taps
 from .results import SCHEMA_VERSION, provenance, write_csv, write_json
-from .spectral import EPS, ZERO_MEAN_WARN_FRACTION, ZeroMeanWarning, curve_from_map, frequency_axis, normalised_depth
+from .spectral import (EPS, ZERO_MEAN_WARN_FRACTION, DiagonalStats, ZeroMeanWarning, curve_from_map, frequency_axis,
+                       normalised_depth)
 from .taps import Probe, TapError, model_taps, select_taps
 
 __all__ = ["DEFAULT_AMPLITUDE_ROLES", "DEFAULT_SPECTRUM_ROLES", "parse_tap_request", "choose_taps", "reduce_spectra",
@@ -136,12 +137,12 @@ def _progress(iterable, total, desc, enabled):
 
 
 def reduce_spectra(model: nn.Module, batches: Iterable, taps: Sequence[TapSpec], *, device=None,
-                   eps: float = EPS, dtype: torch.dtype = torch.float32, progress: bool = False,
+                   eps: float = EPS, dtype: torch.dtype = torch.float32, maps: bool = True, progress: bool = False,
                    total: int | None = None, desc: str = "") -> tuple[dict, int, list[str]]:
     """Run ``model`` over ``batches`` (tensors or ``(tensor, ...)`` tuples) with a streaming
-    amplitude reducer on ``taps``. Returns (tap name -> SpectrumStats in firing order,
-    number of images, tap names in firing order)."""
-    reducer = AmplitudeReducer(taps, eps=eps, dtype=dtype)
+    amplitude reducer on ``taps``. Returns (tap name -> SpectrumStats, or DiagonalStats when
+    ``maps=False``; number of images; tap names in firing order)."""
+    reducer = AmplitudeReducer(taps, eps=eps, dtype=dtype, maps=maps)
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
@@ -186,11 +187,14 @@ def _checkpoint_map(names: list[str], checkpoints) -> list:
 
 def _tap_record(t: TapSpec, st, depth: float, *, method: str, kind: str, relative: bool) -> dict:
     C, (H, W) = st.channels, st.size
-    m = st.mean_map(shift=True)
-    try:
-        curve = curve_from_map(m, method)
-    except ValueError as exc:
-        raise TapError(f"tap {t.name} ({H}x{W}): {exc}") from None
+    if isinstance(st, DiagonalStats):
+        m, curve = None, st.curve()
+    else:
+        m = st.mean_map(shift=True)
+        try:
+            curve = curve_from_map(m, method)
+        except ValueError as exc:
+            raise TapError(f"tap {t.name} ({H}x{W}): {exc}") from None
     K = len(curve)
     rec = {
         "name": t.name, "role": t.role, "stage": t.stage, "index": t.index, "path": t.path, "hook": t.hook,
@@ -215,11 +219,17 @@ def analyse(models, *, kind: str = "amplitude", checkpoints=None, images=None, d
             select: Callable[[str, nn.Module, TapList], TapList] | None = None, device="auto",
             batch_size: int = 16, method: str = "diagonal", relative: bool = True, freq_axis: str = "index",
             eps: float = EPS, dtype: torch.dtype = torch.float32, progress: bool = False,
-            model_kwargs: Mapping | None = None, labels: Sequence[str] | None = None) -> dict:
+            model_kwargs: Mapping | None = None, labels: Sequence[str] | None = None,
+            save_maps: bool | None = None) -> dict:
     """Run the Fourier analysis of ``kind`` ("amplitude" or "spectrum") for one or more
     models on the same images and return the results payload (no provenance yet; see
     ``write_results``). ``models`` are registry names, ``timm:<name>`` or built modules.
-    ``select(name, model, taps)`` may replace the role/stage selection per model."""
+    ``select(name, model, taps)`` may replace the role/stage selection per model.
+
+    ``save_maps`` accumulates the whole 2-D mean log-amplitude maps (returned in
+    ``payload["arrays"]``, written to maps.npz); it is implied by ``kind="spectrum"`` and
+    ``method="radial"``. Without it the diagonal curves come from the fast half-diagonal
+    reduction (square maps only)."""
     from .device import resolve_device
     from .inference import build_for_inference, preprocessing
     if kind not in ("amplitude", "spectrum"):
@@ -248,6 +258,7 @@ def analyse(models, *, kind: str = "amplitude", checkpoints=None, images=None, d
     if blocks is None:
         blocks = "last" if kind == "spectrum" else "all"
     default_roles = DEFAULT_SPECTRUM_ROLES if kind == "spectrum" else DEFAULT_AMPLITUDE_ROLES
+    maps = bool(save_maps) or kind == "spectrum" or method == "radial"
     what = "the spectrum map" if kind == "spectrum" else "the amplitude"
     t0 = time.perf_counter()
     records, warn_list, arrays = [], [], {}
@@ -266,15 +277,16 @@ def analyse(models, *, kind: str = "amplitude", checkpoints=None, images=None, d
             taps = check_spatial_taps(select(name, model, taps), what)
         batches = iter_batches(paths, batch_size, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"])
         total = -(-len(paths) // batch_size)
-        stats, n, order = reduce_spectra(model, batches, taps, device=dev, eps=eps, dtype=dtype, progress=progress,
-                                         total=total, desc=name)
+        stats, n, order = reduce_spectra(model, batches, taps, device=dev, eps=eps, dtype=dtype, maps=maps,
+                                         progress=progress, total=total, desc=name)
         rank = {nm: i for i, nm in enumerate(order)}
         ordered = sorted(taps, key=lambda t: rank[t.name])
         depths = normalised_depth(len(ordered))
         tap_recs = [_tap_record(t, stats[t.name], float(d), method=method, kind=kind, relative=relative)
                     for t, d in zip(ordered, depths)]
-        for t in ordered:
-            arrays[f"{name}/{t.name}"] = stats[t.name].mean_map(shift=True).numpy().astype(np.float32)
+        if maps:
+            for t in ordered:
+                arrays[f"{name}/{t.name}"] = stats[t.name].mean_map(shift=True).numpy().astype(np.float32)
         zm = [r["name"] for r in tap_recs if r["zero_mean_fraction"] > ZERO_MEAN_WARN_FRACTION]
         if zm:
             msg = (f"{name}: taps {', '.join(zm[:6])}{' ...' if len(zm) > 6 else ''} are (almost) zero-mean maps: "
@@ -299,7 +311,7 @@ def analyse(models, *, kind: str = "amplitude", checkpoints=None, images=None, d
             "name": "relative log amplitude of Fourier-transformed feature maps" if kind == "amplitude"
             else "2-D spectrum map (batch/channel mean of log|F|, centred)",
             "reference": REFERENCE, "eps": eps, "curve": method, "relative": relative, "freq_axis": freq_axis,
-            "dtype": str(dtype).replace("torch.", ""), "blocks": blocks,
+            "dtype": str(dtype).replace("torch.", ""), "blocks": blocks, "maps": maps,
             "roles": list(roles) if roles else None, "stages": list(stages) if stages else None,
         },
         "images": {"count": len(paths), "sha256": paths_digest(paths), "files": [Path(p).name for p in paths],

@@ -411,6 +411,8 @@ def _fourier_options(kind: str):
         else:
             opts.append(click.option("--freq-axis", type=click.Choice(["index", "true"]), default="index",
                                      show_default=True, help="index: the reference's linspace(0,1,K); true: 2k/H"))
+            opts.append(click.option("--save-maps", is_flag=True,
+                                     help="also accumulate the 2-D mean log-amplitude maps (maps.npz; slower)"))
         for o in reversed(opts):
             fn = o(fn)
         return fn
@@ -475,15 +477,15 @@ def _int_blocks(text):
 @_fourier_options("amplitude")
 @user_errors
 def amplitude_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, taps,
-                  stages, blocks, method, precision, output, overwrite, freq_axis):
+                  stages, blocks, method, precision, output, overwrite, freq_axis, save_maps):
     """Relative log amplitude of Fourier-transformed feature maps (Park & Kim 2022): one curve
     per tap, coloured by normalised depth, and the high-frequency Delta vs depth.
 
-    Writes results.json, amplitude.csv, maps.npz and amplitude/highfreq PNG+PDF."""
+    Writes results.json, amplitude.csv, amplitude/highfreq PNG+PDF (and maps.npz with --save-maps)."""
     _run_fourier("amplitude", [model_name], [checkpoint] if checkpoint else None, output=output,
                  overwrite=overwrite, taps=taps, stages=stages, blocks=blocks, method=method, precision=precision,
                  img_size=img_size, device=device, model_kwargs=model_kwargs, images=images, data=data,
-                 num_images=num_images, batch_size=batch_size, freq_axis=freq_axis)
+                 num_images=num_images, batch_size=batch_size, freq_axis=freq_axis, save_maps=save_maps)
 
 
 def _checkpoint_pairs(models, items):

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from .models.base import TapList, TapSpec
-from .spectral import EPS, LAYOUTS, SpectrumStats, spectrum_stats
+from .spectral import EPS, LAYOUTS, DiagonalStats, SpectrumStats, diagonal_stats, spectrum_stats
 from .taps import TapError
 
 __all__ = ["AmplitudeReducer", "SpectrumReducer", "check_spatial_taps", "SPATIAL_LAYOUTS"]
@@ -43,30 +43,39 @@ def _grid(tap: TapSpec, x: torch.Tensor):
 
 
 class AmplitudeReducer:
-    """Batch/channel sums of ``log(|F| + eps)`` per tap (half-plane, float64 accumulators).
+    """Batch/channel sums of ``log(|F| + eps)`` per tap (float64 accumulators).
 
-    After the forward passes, ``stats[name]`` is a :class:`~spectrascope.spectral.SpectrumStats`
-    from which the relative curve, its radial variant and the 2-D spectrum map follow
-    (``spectral.curve_from_map(stats.mean_map())``). The accumulators stay on the device
-    of the captured tensors until :meth:`finalise` moves them to the CPU."""
+    With ``maps=True`` the whole half-plane is accumulated: ``stats[name]`` is a
+    :class:`~spectrascope.spectral.SpectrumStats` from which the relative curve, its radial
+    variant and the 2-D spectrum map follow (``spectral.curve_from_map(stats.mean_map())``).
+    With ``maps=False`` (the fast default for curves) only the half-diagonal is accumulated
+    (:class:`~spectrascope.spectral.DiagonalStats`, ``stats[name].curve()``; square maps only).
+    The accumulators stay on the device of the captured tensors until :meth:`finalise`
+    moves them to the CPU."""
 
     #: how to build the Probe feeding this reducer
     probe_kwargs = {"nchw": False, "clone": False, "dtype": None}
 
-    def __init__(self, taps: Sequence[TapSpec], *, eps: float = EPS, dtype: torch.dtype = torch.float32):
+    def __init__(self, taps: Sequence[TapSpec], *, eps: float = EPS, dtype: torch.dtype = torch.float32,
+                 maps: bool = True):
         self.taps = check_spatial_taps(taps)
         self.eps = eps
         self.dtype = dtype
-        self.stats: dict[str, SpectrumStats] = {}
+        self.maps = maps
+        self.stats: dict[str, SpectrumStats | DiagonalStats] = {}
         self.calls: dict[str, int] = {}
         self.shapes: dict[str, tuple[int, int, int]] = {}
 
     def __call__(self, tap: TapSpec, x: torch.Tensor) -> None:
+        fn = spectrum_stats if self.maps else diagonal_stats
         try:
-            st = spectrum_stats(x, tap.layout, tap.num_prefix_tokens, _grid(tap, x), eps=self.eps, dtype=self.dtype)
+            st = fn(x, tap.layout, tap.num_prefix_tokens, _grid(tap, x), eps=self.eps, dtype=self.dtype)
         except ValueError as exc:
             raise TapError(f"tap {tap.name} ({tap.layout}, shape {tuple(x.shape)}): {exc}") from None
-        st.half_sum = st.half_sum.to(torch.float64)
+        if self.maps:
+            st.half_sum = st.half_sum.to(torch.float64)
+        else:
+            st.diag_sum = st.diag_sum.to(torch.float64)
         if tap.name in self.stats:
             self.stats[tap.name] += st
         else:
@@ -81,7 +90,10 @@ class AmplitudeReducer:
     def finalise(self) -> dict[str, SpectrumStats]:
         """Move the accumulators to the CPU; returns ``stats`` (tap name -> SpectrumStats)."""
         for st in self.stats.values():
-            st.half_sum = st.half_sum.cpu()
+            if isinstance(st, SpectrumStats):
+                st.half_sum = st.half_sum.cpu()
+            else:
+                st.diag_sum = st.diag_sum.cpu()
             st.small_dc = int(st.small_dc)
         return self.stats
 

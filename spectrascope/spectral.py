@@ -41,7 +41,8 @@ from typing import Sequence
 import torch
 
 __all__ = [
-    "EPS", "LAYOUTS", "ZeroMeanWarning", "SpectrumStats", "as_nchw", "spectrum_stats", "log_amplitude_map",
+    "EPS", "LAYOUTS", "ZeroMeanWarning", "SpectrumStats", "DiagonalStats", "as_nchw", "spectrum_stats",
+    "diagonal_stats", "log_amplitude_map",
     "spectrum_map", "relative_log_amplitude", "radial_log_amplitude", "curve_from_map", "frequency_axis",
     "high_frequency_delta", "normalised_depth", "zero_mean_fraction",
 ]
@@ -187,6 +188,64 @@ def spectrum_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
     return SpectrumStats(half_sum, B * C, small_dc, (H, W), C)
 
 
+@dataclass
+class DiagonalStats:
+    """Sums over the maps of ``log(|F(k, k)| + eps)`` for ``k = 0 .. ceil(H / 2) - 1`` only:
+    the half-diagonal of the centred spectrum, i.e. exactly what the relative curve needs."""
+
+    diag_sum: torch.Tensor
+    count: int
+    small_dc: torch.Tensor | int
+    size: tuple[int, int]
+    channels: int
+
+    def __iadd__(self, other: "DiagonalStats") -> "DiagonalStats":
+        if other.size != self.size:
+            raise ValueError(f"map size changed from {self.size} to {other.size} between batches")
+        self.diag_sum = self.diag_sum + other.diag_sum.to(self.diag_sum)
+        self.count += other.count
+        self.small_dc += other.small_dc
+        return self
+
+    def curve(self) -> torch.Tensor:
+        d = self.diag_sum / self.count
+        return d - d[0]
+
+    @property
+    def zero_mean_fraction(self) -> float:
+        return float(self.small_dc) / self.count if self.count else 0.0
+
+
+def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None, *,
+                   eps: float = EPS, dtype: torch.dtype | None = None) -> DiagonalStats:
+    """Fast path for the diagonal curve of square maps (no 2-D FFT).
+
+    For an N x N map, ``F(k, k) = sum_m s[m] exp(-2 pi i k m / N)`` where ``s[m]`` sums the
+    pixels on the wrapped anti-diagonal ``(h + w) mod N = m``: one strided pass over the map
+    and a length-N FFT give the whole half-diagonal (same values as ``fft2`` up to rounding)."""
+    cd = _compute_dtype(x, dtype)
+    xl = _channels_last(x.detach(), layout, num_prefix_tokens, grid)
+    B, H, W, C = xl.shape
+    if H != W:
+        raise ValueError(f"the diagonal curve needs square maps, got {H}x{W}; use method='radial' "
+                         "(ring average, a documented deviation from the reference)")
+    if B < 1 or C < 1 or H < 1:
+        raise ValueError(f"empty feature map of shape {tuple(xl.shape)} (B, H, W, C)")
+    N = H
+    with torch.autocast(device_type=xl.device.type, enabled=False):
+        z = torch.cat([xl, xl], dim=2).to(cd).contiguous()             # z[.., j, :] = x[.., j mod N, :]
+        sb, sh, sw, sc = z.stride()
+        # v[b, h, m, c] = z[b, h, N - h + m, c] = x[b, h, (m - h) mod N, c]
+        v = z.as_strided((B, N, N, C), (sb, sh - sw, sw, sc), z.storage_offset() + N * sw)
+        s = v.sum(dim=1)                                                # (B, N, C): wrapped anti-diagonal sums
+        K = N - N // 2
+        F = torch.fft.rfft(s, dim=1)[:, :K]
+        mod = F.abs()
+        small_dc = (mod[:, 0, :] < DC_FACTOR * eps).sum()
+        diag_sum = torch.log(mod.add_(eps)).sum(dim=(0, 2))
+    return DiagonalStats(diag_sum, B * C, small_dc, (H, W), C)
+
+
 def _warn_zero_mean(frac: float, what: str = "the feature maps", stacklevel: int = 3) -> None:
     if frac > ZERO_MEAN_WARN_FRACTION:
         warnings.warn(f"{frac:.0%} of {what} have (almost) zero mean (|F(0,0)| < {DC_FACTOR:g}*eps): the DC "
@@ -269,6 +328,11 @@ def relative_log_amplitude(x, layout: str = "NCHW", num_prefix_tokens: int = 0, 
                                        warn=warn) for t in x]
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if method == "diagonal":
+        st = diagonal_stats(x, layout, num_prefix_tokens, grid, eps=eps, dtype=dtype)
+        if warn:
+            _warn_zero_mean(st.zero_mean_fraction)
+        return st.curve()
     st = spectrum_stats(x, layout, num_prefix_tokens, grid, eps=eps, dtype=dtype)
     if warn:
         _warn_zero_mean(st.zero_mean_fraction)

@@ -90,8 +90,7 @@ def test_amplitude_outputs_and_end_to_end_values(tmp_path):
     rows = list(csv.DictReader(open(out / "amplitude.csv")))
     assert len(rows) == sum(len(t["curve"]) for t in taps)
     assert {"model", "tap", "role", "stage", "k", "freq_index_pi", "delta_log_amplitude"} <= set(rows[0])
-    maps = np.load(out / "maps.npz")
-    assert sorted(maps.files) == sorted(f"dfformer_s18/{t['name']}" for t in taps)
+    assert not (out / "maps.npz").exists()          # maps only with --save-maps
     assert_figures(out, "amplitude", "highfreq")
 
 
@@ -114,6 +113,21 @@ def test_amplitude_spanet_stage3(tmp_path):
     taps = load(out)["models"][0]["taps"]
     assert {t["stage"] for t in taps} == {3} and taps[0]["role"] == "downsample"
     assert {t["role"] for t in taps[1:]} == {"residual", "block"} and len(taps) == 1 + 2 * 3
+
+
+def test_non_square_maps_need_the_radial_method(tmp_path):
+    out = tmp_path / "rect"
+    base = ["amplitude", "--model", "dfformer_s18", *TINY_KW, "--img-size", "64x96", "--num-images", "1",
+            "--output", out]
+    assert_one_line_error(run(base), "square", "radial")
+    assert_nothing_written(out)
+    res = run(base + ["--method", "radial"])
+    assert res.exit_code == 0, res.output
+    doc = load(out)
+    assert doc["method"]["curve"] == "radial" and (out / "maps.npz").exists()
+    for t in doc["models"][0]["taps"]:
+        _, H, W = t["shape"]
+        assert H != W and len(t["curve"]) == math.ceil(min(H, W) / 2) and t["curve"][0] == 0.0
 
 
 def test_amplitude_timm_vit(tmp_path):
@@ -156,7 +170,19 @@ def test_spectrum_two_models_and_plot(tmp_path):
 
 def test_plot_redraws_amplitude_and_refuses_other_files(tmp_path):
     out = tmp_path / "amp"
-    assert run(["amplitude", "--model", "dfformer_s18", *TINY_KW, *FAST, "--output", out]).exit_code == 0
+    fast = tmp_path / "fast"
+    torch.manual_seed(0)          # same seed, same random model for both runs
+    assert run(["amplitude", "--model", "dfformer_s18", *TINY_KW, *FAST, "--output", fast]).exit_code == 0
+    torch.manual_seed(0)
+    assert run(["amplitude", "--model", "dfformer_s18", *TINY_KW, *FAST, "--save-maps", "--output", out]).exit_code == 0
+    # the 2-D map reduction and the half-diagonal reduction give the same curves
+    maps = np.load(out / "maps.npz")
+    for t, tf in zip(load(out)["models"][0]["taps"], load(fast)["models"][0]["taps"]):
+        a = maps[f"dfformer_s18/{t['name']}"]
+        H = a.shape[0]
+        d = np.diagonal(a)[H // 2:]
+        assert np.allclose(d - d[0], t["curve"], atol=1e-5)
+        assert np.allclose(t["curve"], tf["curve"], atol=1e-4)     # two float32 paths: the fixtures' f32 bound
     for f in ("amplitude.png", "highfreq.pdf"):
         (out / f).unlink()
     res = run(["plot", out / "results.json", "--freq-axis", "true"])

@@ -126,6 +126,22 @@ def test_reducer_state_is_flat_in_the_number_of_images():
     assert all(c == 4 for c in red.calls.values())
 
 
+def test_half_diagonal_reducer_keeps_only_the_curve():
+    model = tiny()
+    taps = choose_taps(model)
+    x = batch(3, seed=4)
+    fast, _, _ = reduce_spectra(model, [x[:1], x[1:]], taps, maps=False)
+    full, _, _ = reduce_spectra(model, [x], taps, maps=True)
+    from spectrascope.spectral import curve_from_map
+    for t in taps:
+        H = full[t.name].size[0]
+        assert fast[t.name].diag_sum.shape == (H - H // 2,)
+        assert torch.allclose(fast[t.name].curve(), curve_from_map(full[t.name].mean_map()).double(), atol=1e-5)
+    rect = tiny(size=(64, 96))
+    with pytest.raises(TapError, match="radial"):
+        reduce_spectra(rect, [torch.randn(1, 3, 64, 96)], choose_taps(rect), maps=False)
+
+
 def test_reducer_rejects_non_spatial_taps():
     model = tiny()
     taps = model_taps(model)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from conftest import fixtures_dir
 
 import spectrascope
-from spectrascope.spectral import (SpectrumStats, ZeroMeanWarning, as_nchw, curve_from_map, frequency_axis,
+from spectrascope.spectral import (SpectrumStats, ZeroMeanWarning, as_nchw, curve_from_map, diagonal_stats, frequency_axis,
                                    high_frequency_delta, log_amplitude_map, normalised_depth, radial_log_amplitude,
                                    relative_log_amplitude, spectrum_map, spectrum_stats, zero_mean_fraction)
 
@@ -143,7 +143,7 @@ def test_spectrum_map_diagonal_is_the_curve_and_symmetric():
         x = torch.randn(3, 5, H, H, generator=g, dtype=torch.float64) + 0.3
         m = spectrum_map(x)
         assert m.shape == (H, H) and m[H // 2, H // 2].item() == 0.0
-        assert torch.equal(torch.diagonal(m)[H // 2:], relative_log_amplitude(x))
+        assert torch.allclose(torch.diagonal(m)[H // 2:], relative_log_amplitude(x), atol=1e-12)
         c = H // 2
         # point symmetry about the centre (real input); for even sizes the Nyquist row/column has no partner
         lo = 1 if H % 2 == 0 else 0
@@ -172,6 +172,26 @@ def test_streaming_sums_equal_one_batch():
     assert torch.allclose(curve_from_map(acc.mean_map()), relative_log_amplitude(x), atol=1e-12)
     with pytest.raises(ValueError, match="size"):
         acc += spectrum_stats(torch.randn(1, 4, 8, 8, dtype=torch.float64))
+
+
+def test_half_diagonal_fast_path_equals_the_2d_fft_path():
+    g = torch.Generator().manual_seed(19)
+    for N in (1, 2, 7, 8, 15):
+        x = torch.randn(3, 4, N, N, generator=g, dtype=torch.float64) + 0.4
+        fast = diagonal_stats(x)
+        assert fast.count == 12 and fast.size == (N, N)
+        full = curve_from_map(log_amplitude_map(x))
+        assert len(fast.curve()) == N - N // 2 and fast.curve()[0].item() == 0.0
+        assert torch.allclose(fast.curve(), full, atol=1e-12)
+        # any layout and non-contiguous storage
+        nhwc = x.permute(0, 2, 3, 1)
+        assert torch.allclose(diagonal_stats(nhwc, "NHWC").curve(), full, atol=1e-12)
+        tok = torch.cat([torch.zeros(3, 1, 4, dtype=torch.float64), nhwc.reshape(3, N * N, 4)], 1)
+        assert torch.allclose(diagonal_stats(tok, "NLC", 1, grid=(N, N)).curve(), full, atol=1e-12)
+        assert torch.allclose(diagonal_stats(x.transpose(-1, -2)).curve(),
+                              curve_from_map(log_amplitude_map(x.transpose(-1, -2))), atol=1e-12)
+    with pytest.raises(ValueError, match="radial"):
+        diagonal_stats(torch.randn(1, 2, 4, 6))
 
 
 def test_dtypes_half_inputs_are_upcast():
