@@ -190,3 +190,21 @@ def test_existing_output_needs_overwrite(tmp_path):
     res = run(["filters", "--model", "dfformer_s18", *DF_TINY, "--output", str(out)])
     assert res.exit_code != 0 and "--overwrite" in res.output
     assert (out / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("figure,files", [("affnet-kernels", ["affnet/results.json"]),
+                                          ("spanet-fig4", ["context/grid.png"])])
+def test_figure_recipes(tmp_path, figure, files):
+    figures = pytest.importorskip("spectrascope.figures")
+    get_figure, run_figure = figures.get_figure, figures.run_figure
+    spec, _ = get_figure(figure)
+    for m in spec.models:
+        need(m)
+    folder, doc = run_figure(figure, output=tmp_path, img_size=64, num_images=1, device="cpu")
+    for f in files:
+        assert (folder / f).exists(), f
+    assert doc["random_weights"] == list(spec.models)
+    if figure == "affnet-kernels":
+        assert doc["summary"]["equivalence_max_abs_error"] <= 1e-4
+    if figure == "spanet-fig4":
+        assert doc["summary"]["block"] == "s4.b3"
