@@ -46,13 +46,13 @@ class FilterLayer:
         return int(self.filters.shape[-2]), self.width
 
 
-def _mixer_names(model) -> dict[str, tuple[str, int, int]]:
+def _mixer_names(model) -> dict[str, tuple]:
     out = {}
     taps = model.taps() if hasattr(model, "taps") else []
     for t in taps:
         if t.role == "mixer" and t.stage is not None:
             prefix = t.name[: -len(".mixer")] if t.name.endswith(".mixer") else t.name
-            out.setdefault(t.path, (prefix, t.stage, t.index or 0))
+            out.setdefault(t.path, (prefix, t.stage, t.index or 0, t.grid))
     return out
 
 
@@ -66,14 +66,13 @@ def collect_filters(model) -> list[FilterLayer]:
             continue
         mpath = key.rsplit(".", 1)[0]
         mod = modules.get(mpath)
-        prefix, stage, index = names.get(mpath, (mpath, 0, len(layers)))
+        prefix, stage, index, grid = names.get(mpath, (mpath, 0, len(layers), None))
         kind = "dynamic-basis" if hasattr(mod, "num_filters") else "global"
         filt = fl.param_to_filters(p.detach().float().cpu())
-        grid = getattr(mod, "size", None)
-        h = filt.shape[-2]
-        width = fl.infer_width(h, filt.shape[-1])
-        if isinstance(grid, int) and grid // 2 + 1 == filt.shape[-1] and grid == h:
-            width = grid
+        h, wf = filt.shape[-2:]
+        width = fl.infer_width(h, wf)
+        if grid is not None and grid[0] == h and grid[1] // 2 + 1 == wf:
+            width = int(grid[1])                       # the built grid (odd widths are ambiguous otherwise)
         layers.append(FilterLayer(prefix, key, kind, stage, index, filt, width))
     return layers
 

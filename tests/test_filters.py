@@ -148,3 +148,16 @@ def test_affnet_mixer_is_a_circular_convolution_with_the_mask_kernel():
     conv = fl.circular_conv2d(x[:, :4], k[:, :4])                   # 4 channels keep the direct sum quick
     skip = y[:, :4] - x[:, :4] if getattr(mixer, "in_mixer_skip", True) else y[:, :4]
     assert (conv - skip).abs().max() <= 1e-4 * max(1.0, conv.abs().max().item())
+
+
+def test_collect_filters_uses_the_built_grid():
+    from spectrascope.filters_run import collect_filters
+    model = spectrascope.create_model("dfformer_s18", num_classes=3, img_size=(28, 36), depths=[1, 1, 1, 1],
+                                      dims=[8, 16, 24, 32])
+    layers = collect_filters(model)
+    assert [(x.name, x.kind, x.grid) for x in layers[:2]] == [("s1.b0", "dynamic-basis", (7, 9)),
+                                                               ("s2.b0", "dynamic-basis", (3, 4))]
+    amp = fl.filter_amplitude(layers[0].filters, width=layers[0].width)
+    assert amp.shape == (4, 7, 9)
+    ref = fl.param_to_filters(model.stages[0][0].token_mixer.complex_weights.detach())
+    assert torch.equal(layers[0].filters, ref)
