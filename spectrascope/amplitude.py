@@ -115,7 +115,7 @@ def choose_taps(model: nn.Module, *, roles: Sequence[str] | None = None, stages:
         try:
             model.get_submodule(path)
         except AttributeError:
-            raise TapError(f"no module {path!r} in this model (see `spectrascope taps` or model.named_modules())") from None
+            raise TapError(f"no module {path!r} in this model (see `spectrascope taps --model ...`)") from None
         tap = by_path.get(path)
         if tap is None or (layout and layout != tap.layout):
             if layout is None:
@@ -404,7 +404,8 @@ def load_results(path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not a results.json file: {exc}") from None
     if not isinstance(doc, dict) or doc.get("kind") not in ("amplitude", "spectrum") or "models" not in doc:
-        raise ValueError(f"{path} holds no amplitude or spectrum results (kind={doc.get('kind') if isinstance(doc, dict) else None!r})")
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        raise ValueError(f"{path} holds no amplitude or spectrum results (kind={kind!r})")
     return doc
 
 

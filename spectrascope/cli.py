@@ -536,6 +536,45 @@ def spectrum_cmd(models, checkpoints, img_size, device, model_kwargs, images, da
                  batch_size=batch_size, relative=not absolute)
 
 
+@main.command("taps")
+@click.option("--model", "model_name", required=True, help="registry name, alias or timm:<name>")
+@click.option("--img-size", default=None, help="input size S or HxW (default: the model's)")
+@click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE", help="constructor overrides")
+@click.option("--role", "roles", default=None, metavar="ROLE,...", help="only these roles")
+@click.option("--stage", "stages", default=None, metavar="K[,K]", help="only these 1-based stages")
+@click.option("--json", "as_json", is_flag=True, help="print the taps as JSON")
+@user_errors
+def taps_cmd(model_name, img_size, model_kwargs, roles, stages, as_json):
+    """List the hookable taps of a model in execution order (name, role, stage, layout, grid,
+    module path), i.e. what --taps ROLE / path:<module.path> can address."""
+    from .taps import model_taps, select_taps
+    size = parse_img_size(img_size)
+    if model_name.startswith("timm:"):
+        try:
+            model = registry.create_model(model_name, img_size=size, **parse_model_kwargs(model_kwargs)).eval()
+        except ImportError as exc:
+            raise click.ClickException(str(exc).splitlines()[0]) from None
+    else:
+        with torch.device("meta"):
+            model = registry.create_model(model_name, img_size=size, **parse_model_kwargs(model_kwargs))
+    hw = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
+    taps = model_taps(model, input_size=hw)
+    if roles or stages:
+        taps = select_taps(taps, roles=roles.split(",") if roles else None, stages=_parse_stages(stages))
+    if as_json:
+        click.echo(json.dumps([t.as_dict() for t in taps], indent=1))
+        return
+    rows = [(t.name, t.role, "" if t.stage is None else str(t.stage), t.layout + (f"+{t.num_prefix_tokens}"
+             if t.num_prefix_tokens else ""), "" if t.grid is None else f"{t.grid[0]}x{t.grid[1]}",
+             t.path + (" (input)" if t.hook == "pre" else "")) for t in taps]
+    header = ("name", "role", "stage", "layout", "grid", "module")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    click.echo(fmt.format(*header).rstrip())
+    for r in rows:
+        click.echo(fmt.format(*r).rstrip())
+
+
 @main.command("plot")
 @click.argument("results", type=click.Path(exists=True))
 @click.option("--output", type=click.Path(file_okay=False), default=None,

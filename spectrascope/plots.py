@@ -41,15 +41,16 @@ MARKERS = ("o", "D", "s", "^", "v", "P", "X", "*")
 RANDOM_COLOR = "#b22222"
 
 
-def new_figure(width: float, height: float) -> Figure:
-    """A Figure with an Agg canvas and the toolkit's rc settings."""
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    """A Figure with an Agg canvas, the toolkit's rc settings and (by default) constrained layout."""
     with matplotlib.rc_context(PAPER_RC):
-        fig = Figure(figsize=(width, height), dpi=150)
+        fig = Figure(figsize=(width, height), dpi=150, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
 
-def save_figure(fig: Figure, directory, stem: str, formats: Iterable[str] = ("png", "pdf"), dpi: int = 300) -> list[Path]:
+def save_figure(fig: Figure, directory, stem: str, formats: Iterable[str] = ("png", "pdf"),
+                dpi: int = 300) -> list[Path]:
     """Write ``directory/stem.<fmt>`` for every format (atomically: temp file + rename)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,7 @@ def random_weights_note(models: Sequence[Mapping]) -> str | None:
     rnd = [m["model"] for m in models if m.get("random_weights")]
     if not rnd:
         return None
-    return ("random weights (no checkpoint): " + ", ".join(rnd) + " - curves do not describe trained models")
+    return ("random weights (no checkpoint): " + ", ".join(rnd) + " - the results do not describe trained models")
 
 
 def _footer(fig: Figure, payload: Mapping, extra: str = "") -> None:
@@ -141,7 +142,7 @@ def amplitude_figure(payload: Mapping, *, freq_axis: str | None = None, cmap: st
             ax.axhline(0.0, color="0.8", lw=0.5, zorder=0)
         axes[0].set_ylabel("\u0394 Log amplitude")
         sm = ScalarMappable(norm=Normalize(0, 1), cmap=cmap)
-        cb = fig.colorbar(sm, ax=list(axes), fraction=0.05 if n > 1 else 0.08, pad=0.03)
+        cb = fig.colorbar(sm, ax=list(axes), fraction=0.05 if n > 1 else 0.08, pad=0.02)
         cb.set_label("Normalized depth")
         if title:
             fig.suptitle(title)
@@ -233,7 +234,7 @@ def spectrum_figure(payload: Mapping, *, cmap: str = SPECTRUM_CMAP, shared_scale
     vmin, vmax = (float(np.nanmin(allv)), float(np.nanmax(allv))) if shared_scale else (None, None)
     fig = new_figure(1.9 * cols + 0.9, 1.9 * rows + 0.5)
     with matplotlib.rc_context(PAPER_RC):
-        axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={"wspace": 0.45, "hspace": 0.35})
+        axes = fig.subplots(rows, cols, squeeze=False)
         im = None
         for r, (m, row) in enumerate(zip(models, maps)):
             for c in range(cols):
@@ -251,7 +252,7 @@ def spectrum_figure(payload: Mapping, *, cmap: str = SPECTRUM_CMAP, shared_scale
                     ax.set_ylabel(_panel_title(m), color=RANDOM_COLOR if m.get("random_weights") else "black")
         if im is not None:
             sm = ScalarMappable(norm=Normalize(vmin, vmax) if shared_scale else im.norm, cmap=cmap)
-            cb = fig.colorbar(sm, ax=[a for row in axes for a in row], fraction=0.03, pad=0.02)
+            cb = fig.colorbar(sm, ax=[a for row in axes for a in row], shrink=0.85, aspect=30, pad=0.02)
             cb.set_label("\u0394 log amplitude (DC = 0)" if relative else "log amplitude")
         if title:
             fig.suptitle(title)
@@ -269,7 +270,7 @@ def _spectrum_row(payload: Mapping, *, cmap: str, shared_scale: bool, title: str
     n = len(models)
     fig = new_figure(2.0 * n + 0.8, 2.6)
     with matplotlib.rc_context(PAPER_RC):
-        axes = fig.subplots(1, n, squeeze=False, gridspec_kw={"wspace": 0.45})[0]
+        axes = fig.subplots(1, n, squeeze=False)[0]
         im = None
         for ax, m, a in zip(axes, models, maps):
             t = m["taps"][0]
@@ -280,7 +281,7 @@ def _spectrum_row(payload: Mapping, *, cmap: str, shared_scale: bool, title: str
             ax.set_xlabel(f"{t['name']} ({H}\u00d7{W})", fontsize=6)
             _freq_ticks(ax, H, W)
         sm = ScalarMappable(norm=Normalize(vmin, vmax) if shared_scale else im.norm, cmap=cmap)
-        cb = fig.colorbar(sm, ax=list(axes), fraction=0.03, pad=0.02)
+        cb = fig.colorbar(sm, ax=list(axes), shrink=0.85, aspect=20, pad=0.02)
         cb.set_label("\u0394 log amplitude (DC = 0)" if relative else "log amplitude")
         if title:
             fig.suptitle(title)

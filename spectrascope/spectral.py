@@ -125,8 +125,8 @@ class SpectrumStats:
     """Sums over the maps of one batch (or a stream of batches).
 
     ``half_sum`` (H, W//2 + 1) is the sum over maps of ``log(|rfft2(x)| + eps)``;
-    ``count`` the number of maps (batch x channels); ``small_dc`` how many maps have
-    ``|F(0, 0)| < 1e3 * eps``; ``channels`` the channel count."""
+    ``count`` the number of maps (batch x channels); ``small_dc`` how many non-zero maps have
+    ``|F(0, 0)| < 1e3 * eps`` (zero-mean maps); ``channels`` the channel count."""
 
     half_sum: torch.Tensor
     count: int
@@ -182,10 +182,17 @@ def spectrum_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
     with torch.autocast(device_type=xl.device.type, enabled=False):
         F = torch.fft.rfft2(xl, dim=(1, 2))
         mod = F.abs()
-        small_dc = (mod[:, 0, 0, :] < DC_FACTOR * eps).sum()
+        small_dc = _zero_mean_count(mod[:, 0, 0, :], mod.amax(dim=(1, 2)), eps)
         logamp = torch.log(mod.add_(eps))
         half_sum = logamp.sum(dim=(0, 3))
     return SpectrumStats(half_sum, B * C, small_dc, (H, W), C)
+
+
+def _zero_mean_count(dc: torch.Tensor, peak: torch.Tensor, eps: float) -> torch.Tensor:
+    """Maps whose DC modulus is rounding noise while the map itself is not (all-zero "dead"
+    channels are not counted: they add log(eps) everywhere and do not shift the curve)."""
+    thr = DC_FACTOR * eps
+    return ((dc < thr) & (peak >= thr)).sum()
 
 
 @dataclass
@@ -241,7 +248,7 @@ def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
         K = N - N // 2
         F = torch.fft.rfft(s, dim=1)[:, :K]
         mod = F.abs()
-        small_dc = (mod[:, 0, :] < DC_FACTOR * eps).sum()
+        small_dc = _zero_mean_count(mod[:, 0, :], mod.amax(dim=1), eps)
         diag_sum = torch.log(mod.add_(eps)).sum(dim=(0, 2))
     return DiagonalStats(diag_sum, B * C, small_dc, (H, W), C)
 
@@ -346,7 +353,7 @@ def radial_log_amplitude(x, layout: str = "NCHW", num_prefix_tokens: int = 0, gr
 
 def zero_mean_fraction(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None, *,
                        eps: float = EPS) -> float:
-    """Fraction of maps with ``|F(0, 0)| < 1e3 * eps`` (the zero-mean pitfall)."""
+    """Fraction of (non-zero) maps with ``|F(0, 0)| < 1e3 * eps`` (the zero-mean pitfall)."""
     return spectrum_stats(x, layout, num_prefix_tokens, grid, eps=eps).zero_mean_fraction
 
 

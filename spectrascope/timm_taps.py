@@ -300,7 +300,8 @@ def infer_taps(model: nn.Module, input_size=None) -> TapList:
 
     # a family whose mixer output is not a map in some block (Swin: windows) uses the fallback everywhere
     use_fallback = bool(fallbacks) and any(
-        not is_map(_layout(shapes.get((path, hook)), size, channels_for(s, path), stage_grid.get(s), num_prefix, single))
+        not is_map(_layout(shapes.get((path, hook)), size, channels_for(s, path), stage_grid.get(s), num_prefix,
+                           single))
         for name, role, path, hook, s, j, d in cand if role == "mixer")
     taps = TapList()
     for name, role, path, hook, s, j, d in cand:

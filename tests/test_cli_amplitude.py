@@ -247,6 +247,18 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert (out / "results.json").exists() and not (out / "keep.txt").exists()
 
 
+def test_taps_listing():
+    res = run(["taps", "--model", "dfformer_s18", "--stage", "3", "--role", "mixer,residual"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert lines[0].split() == ["name", "role", "stage", "layout", "grid", "module"]
+    assert [ln.split()[0] for ln in lines[1:3]] == ["s3.b0.mixer", "s3.b0.residual"] and len(lines) == 1 + 2 * 9
+    assert "stages.2.0.norm2 (input)" in res.output and "14x14" in res.output
+    doc = json.loads(run(["taps", "--model", "dfformer_s18", "--json"]).output)
+    assert doc[0]["name"] == "stem" and {"df_routing", "pool"} <= {t["role"] for t in doc}
+    assert_one_line_error(run(["taps", "--model", "dfformer_s18", "--role", "nope"]), "unknown tap role")
+
+
 # ---------------------------------------------------------------------------- figures
 
 def test_figure_list_and_unknown_figure():

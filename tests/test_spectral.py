@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 from conftest import fixtures_dir
 
 import spectrascope
-from spectrascope.spectral import (SpectrumStats, ZeroMeanWarning, as_nchw, curve_from_map, diagonal_stats, frequency_axis,
-                                   high_frequency_delta, log_amplitude_map, normalised_depth, radial_log_amplitude,
-                                   relative_log_amplitude, spectrum_map, spectrum_stats, zero_mean_fraction)
+from spectrascope.spectral import (SpectrumStats, ZeroMeanWarning, as_nchw, curve_from_map, diagonal_stats,
+                                   frequency_axis, high_frequency_delta, log_amplitude_map, normalised_depth,
+                                   radial_log_amplitude, relative_log_amplitude, spectrum_map, spectrum_stats,
+                                   zero_mean_fraction)
 
 CASES = {  # case -> (layout, num_prefix_tokens)
     "nchw_even_14": ("NCHW", 0), "nchw_odd_7": ("NCHW", 0), "nchw_large_56": ("NCHW", 0),
@@ -104,6 +105,15 @@ def test_zero_mean_warning_and_coarse_values():
     assert zero_mean_fraction(t["input"]) > 0.99
     _, pos = load_case("posmean_relu_14")
     assert zero_mean_fraction(pos["input"]) == 0.0
+    # all-zero ("dead") channels are not zero-mean maps: they add log(eps) everywhere and shift nothing
+    dead = pos["input"].clone()
+    dead[:, :12] = 0
+    assert zero_mean_fraction(dead) == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ZeroMeanWarning)
+        relative_log_amplitude(dead)
+    centred = dead - dead.mean(dim=(-2, -1), keepdim=True)
+    assert zero_mean_fraction(centred) == pytest.approx(0.25)    # the 4 live channels of 16
 
 
 def test_numpy_reference_agrees_on_mixed_channel_amplitudes():
