@@ -9,12 +9,15 @@ features ``X`` (n x p) and ``Y`` (n x q) of the same n examples, ``K = X Xᵀ``,
   ``K̃`` = K with zeroed diagonal, ``s`` its row sums, ``S`` its total), defined for n >= 4;
 * mini-batch CKA over batches i:  ``Σ HSIC(K_i, L_i) / sqrt(Σ HSIC(K_i, K_i) · Σ HSIC(L_i, L_i))``.
 
-Numerics: every feature is flattened per example, cast to float64 and column-centred
-within its batch *before* the Gram matrix is formed. Both estimators are invariant to a
-feature offset in exact arithmetic, but an uncentred float32 Gram matrix loses the signal
-to cancellation when features have a large mean (post-ReLU, residual streams). Centring
-is done chunk by chunk over the feature dimension, so the float64 copy never exceeds
-``chunk_elems`` numbers. One normalised Gram matrix is built per tap and batch; all the
+Numerics: every feature is flattened per example, cast to float64 and centred within its
+batch *before* the Gram product is formed. Both estimators are invariant to a feature
+offset in exact arithmetic, but an uncentred float32 Gram matrix loses the signal to
+cancellation when features have a large mean (post-ReLU, residual streams). The features
+are shifted by the batch's first example (which removes a common offset as well as the
+mean does, without a reduction pass), the n x n Gram product is formed, and the exact
+double centring ``H K H`` is applied to that small matrix in float64: the result is the
+Gram matrix of the column-centred features. Chunked over the feature dimension, so the
+float64 copy never exceeds ``CHUNK_ELEMS`` numbers. One normalised Gram matrix is built per tap and batch; all the
 pairwise HSIC terms of a batch are then one matrix product ``(n_a, n²) @ (n², n_b)``.
 Accumulators are float64.
 
@@ -64,10 +67,15 @@ class Gram(NamedTuple):
 
 def centred_gram(x: torch.Tensor, dtype: torch.dtype = torch.float64,
                  chunk_elems: int = CHUNK_ELEMS) -> tuple[torch.Tensor, float, float]:
-    """``Xc Xcᵀ`` for the per-example flattened, column-centred features of ``x`` (n, ...).
+    """``Xc Xcᵀ`` (float64) for the per-example flattened, column-centred features of ``x`` (n, ...).
 
-    Returns ``(K, var, energy)`` with ``var = tr(K)`` and ``energy`` the uncentred squared
-    norm. Centring happens in ``dtype`` chunk by chunk over the features."""
+    Returns ``(K, var, energy)`` with ``var = tr(K)`` and ``energy`` ≈ the uncentred squared
+    norm (``var + n‖x_0‖²``, used only as a scale to detect constant features).
+
+    The features are first shifted by the first example (cast to ``dtype``), which removes any
+    common offset just like the mean does (and needs no reduction pass), so the Gram product
+    in ``dtype`` has no cancellation; the exact double centring ``H K H`` is then applied to
+    the small n x n matrix in float64. Chunked over the features."""
     if x.ndim < 1 or x.shape[0] < 1:
         raise ValueError("features need a leading batch dimension with at least one example")
     if x.is_complex():
@@ -76,21 +84,23 @@ def centred_gram(x: torch.Tensor, dtype: torch.dtype = torch.float64,
     flat = x.reshape(n, -1)
     p = flat.shape[1]
     K = torch.zeros(n, n, dtype=dtype, device=x.device)
-    energy = torch.zeros((), dtype=torch.float64, device=x.device)
+    ref_energy = torch.zeros((), dtype=torch.float64, device=x.device)
     step = max(1, chunk_elems // max(n, 1))
-    avg = torch.full((1, n), 1.0 / n, dtype=dtype, device=x.device)
     for c in range(0, p, step):
         part = flat[:, c:c + step]
-        xc = part.to(dtype)
-        mean = avg @ xc                                # (1, chunk): a GEMV is faster than a reduction
-        energy += mean.double().square().sum() * n     # Σ‖x_i‖² = Σ‖x_i − x̄‖² + n‖x̄‖²
-        if xc is part:                                 # no conversion happened: never modify the capture
-            xc = xc - mean
+        ref = part[:1].to(dtype)
+        ref_energy += ref.double().square().sum()
+        if part.dtype == dtype:
+            xs = part - ref                            # a new tensor: the captured features stay untouched
         else:
-            xc -= mean
-        K.addmm_(xc, xc.T)
-    var = torch.diagonal(K).sum().double()
-    return K, float(var), float(energy + var)
+            xs = part.to(dtype)
+            xs -= ref
+        K.addmm_(xs, xs.T)
+    K = K.double()
+    row = K.mean(1, keepdim=True)
+    K = K - row - row.T + row.mean()                   # H K H: the Gram matrix of the centred features
+    var = torch.diagonal(K).sum()
+    return K, float(var), float(var + n * ref_energy)
 
 
 def u_centre(K: torch.Tensor) -> torch.Tensor:
