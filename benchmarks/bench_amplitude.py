@@ -11,9 +11,11 @@ Prints two ratios:
   interleaved repeats (robust to a shared machine) with the medians and CPU-time ratios
   beside it; for the default run (half-diagonal reduction) and with --save-maps (2-D maps);
   target <= 1.10;
-* memory: peak memory with N_large images / with N_small images (flat = 1.00). On CUDA this
-  is ``torch.cuda.max_memory_allocated``; on CPU each N runs in a fresh subprocess and
-  reports its peak resident set size (ru_maxrss), which includes the model and the runtime.
+* memory: memory with N_large images / with N_small images (flat = 1.00), each N in a fresh
+  subprocess. On CUDA: ``torch.cuda.max_memory_allocated``. On CPU: the largest resident set
+  peak resident set size (ru_maxrss, model and runtime included) and the resident size sampled
+  after every batch, with glibc told to serve large blocks from mmap so that freed memory
+  leaves the resident set (otherwise the allocator's high-water mark varies by +-10%).
 """
 from __future__ import annotations
 
@@ -106,17 +108,32 @@ def build(args, dev):
     return model, cfg, taps
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def memory_child(args):
-    """One N in a fresh process: prints the peak memory as JSON."""
+    """One N in a fresh process: prints JSON with the peak memory and, on CPU, the resident
+    set size sampled after every batch (glibc's allocator makes ru_maxrss noisy)."""
     import resource
     dev = resolve_device(args.device)
     model, cfg, taps = build(args, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    reduce_spectra(model, lazy_batches(args.child_n, args.batch_size, cfg["size"], dev), taps, device=dev)
+    samples = []
+
+    def batches():
+        for x in lazy_batches(args.child_n, args.batch_size, cfg["size"], dev):
+            yield x
+            if dev.type != "cuda":
+                samples.append(_rss())
+    reduce_spectra(model, batches(), taps, device=dev)
+    if dev.type != "cuda":
+        samples.append(_rss())
     peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"n": args.child_n, "peak_bytes": peak}))
+    print(json.dumps({"n": args.child_n, "peak_bytes": peak, "rss_after_batches": samples[1:]}))
 
 
 def main(argv=None):
@@ -172,7 +189,7 @@ def main(argv=None):
     if args.skip_memory:
         return 0
     small, large = (int(v) for v in args.memory_n.split(","))
-    peaks = {}
+    runs = {}
     for k in (small, large):
         cmd = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--img-size", str(args.img_size),
                "--batch-size", str(args.batch_size), "--device", args.device, "--child-n", str(k)]
@@ -180,11 +197,22 @@ def main(argv=None):
             cmd += ["--threads", str(args.threads)]
         if args.taps:
             cmd += ["--taps", args.taps]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        peaks[k] = json.loads(out)["peak_bytes"]
-    what = "CUDA max_memory_allocated" if dev.type == "cuda" else "peak RSS of a fresh process"
-    print(f"peak memory ({what}): N={small}: {peaks[small] / 2**20:.0f} MiB, N={large}: {peaks[large] / 2**20:.0f} MiB")
-    print(f"memory ratio N={large}/N={small} = {peaks[large] / peaks[small]:.3f}  (flat = 1.00)")
+        # large blocks straight from mmap, so freed memory leaves the resident set at once (glibc)
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="0")
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
+        runs[k] = json.loads(out)
+    mib = 2 ** 20
+    if dev.type == "cuda":
+        ps, pl = runs[small]["peak_bytes"], runs[large]["peak_bytes"]
+        print(f"peak memory (CUDA max_memory_allocated): N={small}: {ps / mib:.0f} MiB, N={large}: {pl / mib:.0f} MiB")
+        print(f"memory ratio N={large}/N={small} = {pl / ps:.3f}  (flat = 1.00)")
+        return 0
+    ps, pl = runs[small]["peak_bytes"], runs[large]["peak_bytes"]
+    rs, rl = max(runs[small]["rss_after_batches"]), max(runs[large]["rss_after_batches"])
+    print(f"resident memory after each batch (max): N={small}: {rs / mib:.0f} MiB, N={large}: {rl / mib:.0f} MiB "
+          f"(samples of the N={large} run: {[round(v / mib) for v in runs[large]['rss_after_batches']]})")
+    print(f"peak RSS (ru_maxrss): N={small}: {ps / mib:.0f} MiB, N={large}: {pl / mib:.0f} MiB")
+    print(f"memory ratio N={large}/N={small} = {pl / ps:.3f} peak, {rl / rs:.3f} between batches  (flat = 1.00)")
     return 0
 
 
