@@ -1,0 +1,107 @@
+"""Inference throughput and peak memory vs input resolution (DFFormer Figs. 5-6).
+
+The protocol of the official benchmark script (timm's): random input
+``(batch, 3, res, res)``, ``eval()`` + ``no_grad``, warm-up iterations, then timed
+iterations with device synchronisation; throughput = images / wall time; peak memory =
+``torch.cuda.max_memory_allocated`` in MiB after a reset (CUDA only: CPU allocations
+are not tracked by torch, so CPU rows carry no memory figure). Unlike the official script
+(which builds the model once at 224 and fails for the size-bound DF/GF filters), every
+model is built for each resolution, as ``create_model(name, img_size=res)`` does.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterable, Sequence
+
+import torch
+
+from .registry import create_model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(model: torch.nn.Module, resolution, *, batch_size: int = 4, device="cpu", warmup: int = 10,
+            iters: int = 40, amp: str | None = None, channels_last: bool = False) -> dict:
+    """Time ``iters`` forward passes of a ``(batch_size, 3, H, W)`` random batch."""
+    device = torch.device(device)
+    h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    model = model.eval().to(device)
+    x = torch.randn(batch_size, 3, h, w, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+    cast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    with torch.inference_mode(), cast:
+        for _ in range(warmup):
+            model(x)
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            model(x)
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+    return {"resolution": [h, w], "batch_size": batch_size, "iters": iters,
+            "throughput_img_s": batch_size * iters / elapsed, "ms_per_batch": 1e3 * elapsed / iters,
+            "peak_memory_mib": peak, "status": "ok"}
+
+
+def sweep(models: Sequence[str], resolutions: Iterable, *, batch_size: int = 4, device="cpu", warmup: int = 10,
+          iters: int = 40, amp: str | None = None, channels_last: bool = False, model_kwargs=None,
+          progress=None) -> list[dict]:
+    """One row per (model, resolution); out-of-memory rows are kept with status 'oom'."""
+    device = torch.device(device)
+    rows = []
+    for name in models:
+        for res in resolutions:
+            row = {"model": name}
+            try:
+                model = create_model(name, img_size=res, **(model_kwargs or {}))
+                row["params"] = sum(p.numel() for p in model.parameters())
+                row.update(measure(model, res, batch_size=batch_size, device=device, warmup=warmup, iters=iters,
+                                   amp=amp, channels_last=channels_last))
+            except torch.cuda.OutOfMemoryError:
+                h, w = (res, res) if isinstance(res, int) else res
+                row.update({"resolution": [h, w], "batch_size": batch_size, "status": "oom",
+                            "throughput_img_s": None, "peak_memory_mib": None})
+            finally:
+                model = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            rows.append(row)
+            if progress is not None:
+                progress(row)
+    return rows
+
+
+def figures(rows: Sequence[dict], *, labels=None, title_suffix: str = "") -> dict:
+    """Throughput vs resolution and (CUDA) peak memory vs resolution, one line per model."""
+    from .plots import MARKERS, new_figure
+    labels = labels or {}
+    out = {}
+    metrics = [("throughput", "throughput_img_s", "throughput (images / s)")]
+    if any(r.get("peak_memory_mib") is not None for r in rows):
+        metrics.append(("memory", "peak_memory_mib", "peak memory (MiB)"))
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    for stem, key, ylabel in metrics:
+        fig = new_figure(4.2, 3.2)
+        ax = fig.add_subplot(1, 1, 1)
+        for i, name in enumerate(names):
+            pts = [(r["resolution"][0], r[key]) for r in rows if r["model"] == name and r.get(key) is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], label=labels.get(name, name))
+        ax.set_xlabel("input resolution (px)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{ylabel.split(' (')[0].capitalize()} vs resolution{title_suffix}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        out[f"{stem}_vs_resolution"] = fig
+    return out
