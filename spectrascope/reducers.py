@@ -72,10 +72,11 @@ class AmplitudeReducer:
             st = fn(x, tap.layout, tap.num_prefix_tokens, _grid(tap, x), eps=self.eps, dtype=self.dtype)
         except ValueError as exc:
             raise TapError(f"tap {tap.name} ({tap.layout}, shape {tuple(x.shape)}): {exc}") from None
+        acc = torch.float64 if x.device.type != "mps" else torch.float32     # MPS has no float64
         if self.maps:
-            st.half_sum = st.half_sum.to(torch.float64)
+            st.half_sum = st.half_sum.to(acc)
         else:
-            st.diag_sum = st.diag_sum.to(torch.float64)
+            st.diag_sum = st.diag_sum.to(acc)
         if tap.name in self.stats:
             self.stats[tap.name] += st
         else:

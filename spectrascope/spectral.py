@@ -239,17 +239,27 @@ def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
     if B < 1 or C < 1 or H < 1:
         raise ValueError(f"empty feature map of shape {tuple(xl.shape)} (B, H, W, C)")
     N = H
+    # work in the memory order of the tensor: (B, C, H, W) storage for NCHW-contiguous maps,
+    # (B, H, W, C) otherwise, so that the copy below is a plain block copy
+    xw = xl.permute(0, 3, 1, 2) if xl.permute(0, 3, 1, 2).is_contiguous() else xl
+    hd, wd = (2, 3) if xw is not xl else (1, 2)
     with torch.autocast(device_type=xl.device.type, enabled=False):
-        z = torch.cat([xl, xl], dim=2).to(cd).contiguous()             # z[.., j, :] = x[.., j mod N, :]
-        sb, sh, sw, sc = z.stride()
-        # v[b, h, m, c] = z[b, h, N - h + m, c] = x[b, h, (m - h) mod N, c]
-        v = z.as_strided((B, N, N, C), (sb, sh - sw, sw, sc), z.storage_offset() + N * sw)
-        s = v.sum(dim=1)                                                # (B, N, C): wrapped anti-diagonal sums
+        z = torch.cat([xw, xw], dim=wd).to(cd).contiguous()           # z[.., j, ..] = x[.., j mod N, ..]
+        st = list(z.stride())
+        sh, sw = st[hd], st[wd]
+        st[hd] = sh - sw
+        # v[.., h, m, ..] = z[.., h, N - h + m, ..] = x[.., h, (m - h) mod N, ..]
+        v = z.as_strided(tuple(xw.shape), tuple(st), z.storage_offset() + N * sw)
+        # wrapped anti-diagonal sums over m, accumulated in float64: the high frequencies of smooth
+        # maps are small differences of large sums
+        s = v.sum(dim=hd, dtype=torch.float64 if z.device.type != "mps" else cd)
+        if hd == 2:
+            s = s.transpose(1, 2)                                       # (B, N, C)
         K = N - N // 2
         F = torch.fft.rfft(s, dim=1)[:, :K]
         mod = F.abs()
         small_dc = _zero_mean_count(mod[:, 0, :], mod.amax(dim=1), eps)
-        diag_sum = torch.log(mod.add_(eps)).sum(dim=(0, 2))
+        diag_sum = torch.log(mod.add_(eps)).sum(dim=(0, 2)).to(cd)
     return DiagonalStats(diag_sum, B * C, small_dc, (H, W), C)
 
 
