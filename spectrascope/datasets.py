@@ -748,10 +748,18 @@ class TrainTransform:
         if self.backend == "timm":
             import random
             from PIL import Image
-            random.seed(seed)
-            np.random.seed(seed % (2 ** 32))
-            torch.manual_seed(seed)
-            return self._timm_transform()(Image.fromarray(img))
+            for attempt in range(4):
+                s = seed if attempt == 0 else (seed * 1_000_003 + attempt) % (2 ** 63)
+                random.seed(s)
+                np.random.seed(s % (2 ** 32))
+                torch.manual_seed(s)
+                try:
+                    return self._timm_transform()(Image.fromarray(img))
+                except ValueError as exc:
+                    # timm's PosterizeIncreasing asks for 0 bits at magnitude 10, which Pillow >= 12
+                    # refuses: redraw this image's augmentation (deterministically, ~0.3% of images)
+                    if "bits" not in str(exc) or attempt == 3:
+                        raise
         g = torch.Generator().manual_seed(int(seed))
         aug = self.aug
         if self.geometric:

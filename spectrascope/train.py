@@ -17,16 +17,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
 import random
 import resource
-import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -209,9 +207,13 @@ def resolve_config(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
     kw = dict(recipe.get("model_kwargs", {}))
     kw.update(user.get("model_kwargs") or {})
     out["model_kwargs"] = kw
-    if cfg.img_size is None and recipe.get("img_size"):
+    # the papers' input size applies to photos (imagefolder); CIFAR/synthetic keep their own size
+    if cfg.img_size is None and recipe.get("img_size") and str(cfg.data or "").split(":")[0].lower() == "imagefolder":
         out["img_size"] = recipe["img_size"]
     res = TrainConfig(**{k: v for k, v in out.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    if isinstance(res.aa, str) and res.aa.lower() in ("", "none", "off"):
+        res.aa = None
+    res.scale, res.ratio = tuple(res.scale), tuple(res.ratio)
     global_batch = res.batch_size * res.grad_accum * world_size
     if cfg.lr is None and cfg.recipe:
         res.lr = recipe["lr"] * global_batch / recipe["batch_ref"]
@@ -691,6 +693,10 @@ def train(cfg: TrainConfig, *, resume: str | None = None, log=None) -> dict:
         best = dict(ckpt.get("best", best))
         partial = dict(ckpt.get("partial", partial)) if start_step else partial
         say(f"resuming {ckpt['_path']} at epoch {start_epoch + 1}, update {start_step}")
+        was = ckpt["args"].get("world_size", 1)
+        if was != dist_info.world:
+            say(f"note: the run used {was} process(es) and resumes on {dist_info.world}: the global batch "
+                "changes, so it will not continue exactly as before")
     train_model = model
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -709,7 +715,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, log=None) -> dict:
 
     spec_meta = {"model": name, "num_classes": bundle.num_classes, "img_size": list(size), "overrides": overrides,
                  "has_ema": ema is not None, "classes": list(bundle.classes)}
-    args = dict(cfg.as_dict(), spectrascope=spec_meta)
+    args = dict(cfg.as_dict(), spectrascope=spec_meta, world_size=dist_info.world)
     run_info = {"output": str(out), "world_size": dist_info.world, "device": str(device), "aug_backend": backend,
                 "steps_per_epoch": steps_per_epoch, "global_batch": cfg.batch_size * cfg.grad_accum * dist_info.world,
                 "data_info": bundle.info, "train_size": len(bundle.train), "val_size": len(bundle.val)}
@@ -842,9 +848,11 @@ def train(cfg: TrainConfig, *, resume: str | None = None, log=None) -> dict:
                 if is_best:
                     best = {"metric": metric, "epoch": epoch + 1, "top1": row["top1"], "top5": row["top5"]}
                 if dist_info.main:
-                    save_checkpoint(out / "last.pth", make_state(epoch + 1, 0, {}))
-                    if is_best:
-                        atomic_write(out / "best.pth", lambda tmp: shutil.copyfile(out / "last.pth", tmp))
+                    state = make_state(epoch + 1, 0, {})
+                    if is_best:          # best first: a kill in between re-runs this epoch identically
+                        save_checkpoint(out / "best.pth", state)
+                    save_checkpoint(out / "last.pth", state)
+                    del state
                     write_results("running", time.perf_counter() - wall0)
                 say(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}  val loss "
                     f"{row['val_loss']:.4f}  top-1 {row['top1']:.2f}  top-5 {row['top5']:.2f}"
@@ -898,6 +906,7 @@ def _prepare_output(out: Path, overwrite: bool, resuming: bool = False) -> None:
 def _merge_resume(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
     stored = dict(ckpt["args"])
     stored.pop("spectrascope", None)
+    stored.pop("world_size", None)
     given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k != "lr_note"}
     for k, v in given.items():
         if k in RESUME_MUTABLE:

@@ -1,7 +1,6 @@
 """Data specs, the synthetic texture set, CIFAR archives (restricted unpickling), image
 folders, augmentation and mixup/cutmix. Oracles: exact pixel round trips, closed forms,
 spectral content of the rendered textures and determinism."""
-import io
 import math
 import pickle
 import tarfile

@@ -4,7 +4,6 @@ killed with SIGKILL and stopped with SIGTERM mid-epoch resumes to exactly the st
 uninterrupted run, checkpoints load with ``create_model``/``evaluate``, a non-finite loss
 stops the run, gradient accumulation and a two-process torchrun (gloo) run match a single
 process with the same global batch."""
-import hashlib
 import json
 import math
 import os
@@ -26,18 +25,18 @@ from spectrascope.train import (CosineWarmup, EpochBatchSampler, ModelEma, Train
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_KW = {"depths": [1, 1, 1, 1], "dims": [16, 32, 48, 64]}
-DATA = "synthetic:num_classes=4,train_size=1024,val_size=128,size=32"
+DATA = "synthetic:num_classes=4,train_size=512,val_size=128,size=32,patch=0.9"
 CHANCE = 25.0
 
 
-def _cli_args(out, epochs=3, extra=()):
+def _cli_args(out, epochs=2, extra=()):
     return ["train", "--model", "dfformer_s18", "--model-kwargs", "depths=1,1,1,1", "--model-kwargs",
             "dims=16,32,48,64", "--data", DATA, "--epochs", str(epochs), "-b", "16", "--lr", "1e-3", "--warmup-epochs", "0.5",
             "--model-ema", "--model-ema-decay", "0.9", "--seed", "3", "--no-progress", "--output", str(out), *extra]
 
 
 def _cfg(out, **kw):
-    base = dict(model="dfformer_s18", data=DATA, epochs=3, batch_size=16, lr=1e-3, warmup_epochs=0.5, model_ema=True,
+    base = dict(model="dfformer_s18", data=DATA, epochs=2, batch_size=16, lr=1e-3, warmup_epochs=0.5, model_ema=True,
                 model_ema_decay=0.9, seed=3, progress=False, output=str(out), model_kwargs=dict(MODEL_KW))
     base.update(kw)
     return TrainConfig(**base)
@@ -126,8 +125,11 @@ def test_recipes_scale_lr_and_set_per_model_values():
     c = resolve_config(TrainConfig(model="caformer_s36", data="synthetic", recipe="metaformer", batch_size=256,
                                    grad_accum=4), world_size=4)
     assert c.lr == pytest.approx(8e-3) and c.drop_path == 0.3 and c.model_kwargs == {"head_dropout": 0.4}
-    c = resolve_config(TrainConfig(model="dfformer_s18", data="synthetic", recipe="affnet", lr=5e-4, mixup=0.0))
+    c = resolve_config(TrainConfig(model="dfformer_s18", data="imagefolder:x", recipe="affnet", lr=5e-4, mixup=0.0,
+                                   aa="none"))
     assert c.lr == 5e-4 and c.mixup == 0.0 and c.model_ema and c.model_ema_decay == 0.9995 and c.img_size == 256
+    assert c.aa is None and c.clip_grad == 10.0
+    assert resolve_config(TrainConfig(model="dfformer_s18", data="synthetic", recipe="affnet")).img_size is None
     c = resolve_config(TrainConfig(model="dfformer_s18", data="synthetic"))
     assert (c.lr, c.epochs, c.mixup, c.aa, c.amp) == (1e-3, 10, 0.0, None, "off")
 
@@ -190,16 +192,16 @@ def reference_run(tmp_path_factory):
 
 def test_training_learns_and_writes_its_outputs(reference_run):
     out, res = reference_run
-    assert res["status"] == "completed" and len(res["history"]) == 3
+    assert res["status"] == "completed" and len(res["history"]) == 2
     final = res["final"]
-    assert final["top1"] >= CHANCE + 20, f"top-1 {final['top1']:.1f}% (chance {CHANCE}%)"
-    assert final["ema_top1"] >= CHANCE + 15
+    assert final["top1"] >= CHANCE + 45, f"top-1 {final['top1']:.1f}% (chance {CHANCE}%)"
+    assert final["ema_top1"] >= CHANCE + 35
     assert res["history"][-1]["train_loss"] < res["history"][0]["train_loss"]
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["status"] == "completed" and on_disk["final"]["top1"] == final["top1"]
     assert on_disk["checkpoint_sha256"] is None and on_disk["versions"]["torch"]
     rows = (out / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 4 and rows[0].startswith("epoch,train_loss,val_loss,top1,top5,lr,throughput_img_s")
+    assert len(rows) == 3 and rows[0].startswith("epoch,train_loss,val_loss,top1,top5,lr,throughput_img_s")
     for row in res["history"]:
         assert row["throughput_img_s"] > 0 and row["peak_mem_mb"] > 0 and 0 < row["lr"] <= 1e-3
     assert {p.name for p in out.iterdir()} == {"args.json", "last.pth", "best.pth", "metrics.csv", "results.json"}
@@ -244,7 +246,7 @@ def test_kill_and_resume_reproduce_the_uninterrupted_run(reference_run, tmp_path
     proc.wait()
     proc.stderr.close()
     ck = _load(out / "last.pth")
-    assert ck["epoch"] < 2 and ck["step"] % 16 == 0 and (ck["epoch"], ck["step"]) != (0, 0)
+    assert ck["epoch"] < 1 and ck["step"] % 16 == 0 and ck["step"] > 0
     (out / ".last.pth.tmp-999999").write_bytes(b"what a kill -9 during a save leaves behind")
 
     # 2) resume, and stop with SIGTERM in the middle of the next epoch
@@ -254,7 +256,7 @@ def test_kill_and_resume_reproduce_the_uninterrupted_run(reference_run, tmp_path
     def iter_then_signal(self):
         for k, batch in enumerate(orig_iter(self)):
             yield batch
-            if self.epoch == 2 and self.start + k == 5 and not fired:
+            if self.epoch == 1 and self.start + k == 5 and not fired:
                 fired.append(True)
                 signal.raise_signal(signal.SIGTERM)
 
@@ -263,7 +265,7 @@ def test_kill_and_resume_reproduce_the_uninterrupted_run(reference_run, tmp_path
         tr.train(TrainConfig(), resume=str(out / "last.pth"))
     assert exc.value.exit_code == 128 + signal.SIGTERM and "--resume" in str(exc.value)
     mid = _load(out / "last.pth")
-    assert (mid["epoch"], mid["step"]) == (2, 7)
+    assert (mid["epoch"], mid["step"]) == (1, 7)
     assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
 
     # 3) resume again and finish
@@ -303,9 +305,9 @@ def test_non_finite_loss_stops_the_run(tmp_path, monkeypatch, one_thread):
 
 
 def test_grad_accumulation_matches_the_full_batch(tmp_path, one_thread):
-    kw = dict(epochs=1, limit_train_batches=8, limit_val_batches=1, model_ema=False)
+    kw = dict(epochs=1, limit_train_batches=5, limit_val_batches=1, model_ema=False)
     tr.train(_cfg(tmp_path / "full", batch_size=16, **kw))
-    tr.train(_cfg(tmp_path / "accum", batch_size=8, grad_accum=2, **dict(kw, limit_train_batches=16)))
+    tr.train(_cfg(tmp_path / "accum", batch_size=8, grad_accum=2, **dict(kw, limit_train_batches=10)))
     a, b = _load(tmp_path / "full" / "last.pth"), _load(tmp_path / "accum" / "last.pth")
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=2e-5, rtol=0), k
@@ -318,7 +320,7 @@ def test_bf16_autocast_trains(tmp_path, one_thread):
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path, one_thread):
-    common = ["--limit-train-batches", "6", "--limit-val-batches", "1", "-vb", "16"]
+    common = ["--limit-train-batches", "4", "--limit-val-batches", "1", "-vb", "16"]
     out = tmp_path / "ddp"
     args = _cli_args(out, epochs=1, extra=common)
     b = args.index("-b")
@@ -332,6 +334,6 @@ def test_torchrun_two_processes_match_one_process(tmp_path, one_thread):
     assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pth", "last.pth", "metrics.csv",
                                                      "results.json"]
     single = tmp_path / "single"
-    ref = tr.train(_cfg(single, epochs=1, limit_train_batches=6, limit_val_batches=2, val_batch_size=16))
+    ref = tr.train(_cfg(single, epochs=1, limit_train_batches=4, limit_val_batches=2, val_batch_size=16))
     _assert_same_state(_load(out / "last.pth"), _load(single / "last.pth"), exact=False, atol=2e-5)
     assert res["final"]["val_loss"] == pytest.approx(ref["final"]["val_loss"], rel=1e-4)
