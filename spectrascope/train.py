@@ -913,12 +913,17 @@ def _merge_resume(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
             stored[k] = v
             continue
         old = stored.get(k)
-        same = _plain(v) == _plain(old) or (k == "model" and _same_model(v, old))
+        same = _plain(v) == _plain(old) or (k == "model" and _same_model(v, old)) or (
+            k == "img_size" and old is not None and _hw(v) == _hw(old))
         if not same:
             raise ValueError(f"--{k.replace('_', '-')} cannot change when resuming "
                              f"(checkpoint has {old!r}, got {v!r})")
     fields_ = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in stored.items() if k in fields_})
+
+
+def _hw(s) -> tuple:
+    return (int(s), int(s)) if isinstance(s, (int, float)) else tuple(int(v) for v in s)[-2:]
 
 
 def _same_model(a, b) -> bool:
