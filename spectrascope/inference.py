@@ -3,7 +3,8 @@ the preprocessing its card asks for."""
 from __future__ import annotations
 
 
-from .checkpoint import load_checkpoint, read_checkpoint
+from . import registry
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from .registry import IMAGENET_MEAN, IMAGENET_STD, create_model
 
 
@@ -32,6 +33,17 @@ def build_for_inference(name: str, *, checkpoint=None, img_size=None, device="cp
     """``create_model`` + checkpoint + ``eval()`` + device. When a checkpoint is given and
     ``num_classes`` is not, the head size is read from the checkpoint."""
     preread = read_checkpoint(checkpoint, use_ema=use_ema) if checkpoint is not None else None
+    if preread is not None:
+        # a spectrascope training checkpoint knows its architecture: its input size and
+        # constructor overrides apply unless given explicitly
+        from .train import model_spec_from_info
+        spec = model_spec_from_info(preread[1])
+        if spec is not None:
+            if name.startswith("timm:") or registry.resolve_name(spec.name) != registry.resolve_name(name):
+                raise CheckpointError(f"{checkpoint}: trained as {spec.name}, not {name}")
+            img_size = img_size if img_size is not None else spec.img_size
+            overrides = {**spec.overrides, **overrides}
+            num_classes = num_classes if num_classes is not None else spec.num_classes
     if preread is not None and num_classes is None:
         num_classes = num_classes_in(preread[0])
     model = create_model(name, img_size=img_size, num_classes=num_classes or 1000, **overrides)

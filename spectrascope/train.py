@@ -158,9 +158,8 @@ RECIPES: dict[str, dict] = {
 
 #: per-model settings of the recipes (glob patterns, first match wins)
 _PER_MODEL: list[tuple[str, dict]] = [
-    ("spanet_small*", dict(drop_path=0.1)), ("spanet_medium", dict(drop_path=0.2)),
-    ("spanet_mediumx", dict(drop_path=0.3)), ("spanet_base", dict(drop_path=0.3)),
-    ("spanet_basex", dict(drop_path=0.5)),
+    ("spanet_mx*", dict(drop_path=0.3)), ("spanet_m*", dict(drop_path=0.2)),
+    ("spanet_bx*", dict(drop_path=0.5)), ("spanet_b*", dict(drop_path=0.3)), ("spanet_s*", dict(drop_path=0.1)),
     ("gfnet_ti", dict(drop_path=0.0)), ("gfnet_xs", dict(drop_path=0.0)),
     ("convformer_s18", dict(drop_path=0.2)), ("convformer_s36", dict(drop_path=0.3)),
     ("convformer_m36", dict(drop_path=0.4)), ("convformer_b36", dict(drop_path=0.6)),
@@ -526,7 +525,11 @@ def model_spec_from_checkpoint(path) -> CheckpointModelSpec | None:
     """Model name, number of classes, input size and constructor overrides stored in a
     spectrascope training checkpoint; None for other checkpoints (official/timm files)."""
     from .checkpoint import read_checkpoint
-    _, info = read_checkpoint(path)
+    return model_spec_from_info(read_checkpoint(path)[1])
+
+
+def model_spec_from_info(info: dict) -> CheckpointModelSpec | None:
+    """``model_spec_from_checkpoint`` on the ``info`` of an earlier ``read_checkpoint``."""
     args = info.get("args") or {}
     if not isinstance(args, dict) or "model" not in args or "spectrascope" not in args:
         return None

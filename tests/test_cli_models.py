@@ -54,3 +54,19 @@ def test_predict_bad_inputs_fail_with_one_line(tmp_path):
         assert r.exit_code != 0
         errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1, r.output
+
+
+def test_training_checkpoint_carries_its_architecture(tmp_path):
+    """A spectrascope training checkpoint rebuilds its reduced architecture and input size by itself."""
+    overrides = {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}
+    model = spectrascope.create_model("dfformer_s18", num_classes=3, img_size=(64, 64), **overrides)
+    path = tmp_path / "last.pth"
+    torch.save({"model": model.state_dict(),
+                "args": {"model": "dfformer_s18", "spectrascope": {"model": "dfformer_s18", "num_classes": 3,
+                                                                    "img_size": [64, 64], "overrides": overrides}}},
+               path)
+    r = run("predict", "--model", "dfformer_s18", "--checkpoint", str(path), "--num-images", "1")
+    assert r.exit_code == 0, r.output
+    assert "logits (3,)" in r.output
+    r = run("predict", "--model", "convformer_s18", "--checkpoint", str(path), "--num-images", "1")
+    assert r.exit_code != 0 and "trained as dfformer_s18" in r.output
