@@ -69,12 +69,12 @@ def run(out_dir="figures/cka_fig7", *, checkpoint_dir=None, checkpoints: dict | 
             summary[panel] = {"model_a": a, "model_b": b, "report": sub, "taps": len(res.labels_a),
                               "random_weights": [s.name for s in (spec_a, spec_b) if s.checkpoint is None],
                               "wall_time_s": res.meta.get("wall_time_s")}
-        fig = Figure(figsize=(6.2 * len(results), 6.0))
+        fig = Figure(figsize=(6.4 * len(results), 6.8))
         for k, (panel, res) in enumerate(results.items()):
             ax = fig.add_subplot(1, len(results), k + 1)
             plot_heatmap(res, ax=ax, colorbar=k == len(results) - 1)
             ax.set_title(f"({panel}) " + ax.get_title(), fontsize=10)
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.06, right=0.96, top=0.84, bottom=0.09, wspace=0.3)
         fig.savefig(stage / "fig7.png", dpi=150)
         fig.savefig(stage / "fig7.pdf")
         write_json(stage / "summary.json", {"figure": "DFFormer Fig. 7", "estimator": estimator, "engine": engine,

@@ -194,9 +194,12 @@ def run_worker(ns, engine: str, precision: str, mode: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--_worker", engine, "--mode", mode, "--config", ns.config,
            "--img-size", str(ns.img_size), "--images", str(ns.images), "--batch-size", str(ns.batch_size),
            "--device", ns.device, "--precision", precision, "--threads", str(ns.threads or 0)]
+    # fixed glibc mmap threshold: large buffers are returned to the OS when freed, so peak RSS
+    # follows the live tensors instead of the allocator's cache (same setting for both engines)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     best = None
     for _ in range(max(1, ns.repeat)):
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             sys.exit(f"{engine} worker failed:\n{out.stderr[-3000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -209,7 +212,7 @@ def report(ns, precisions) -> list[dict]:
     print(f"[{ns.config}] {ns.images} images {ns.img_size}px, batch {ns.batch_size}, device {ns.device}, "
           f"threads {ns.threads or torch.get_num_threads()}, best of {ns.repeat}")
     rows = []
-    for mode in ("cka", "e2e"):
+    for mode in ns.modes.split(","):
         ref = run_worker(ns, "torch-cka", "float32", mode)
         for p in precisions:
             ours = run_worker(ns, "spectrascope", p, mode)
@@ -243,6 +246,7 @@ def main(argv=None):
                     help="precision of spectrascope's centred Gram products (accumulation is always float64)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch default)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest counts")
+    ap.add_argument("--modes", default="cka,e2e", help="cka (replayed features), e2e (real models) or both")
     ap.add_argument("--mode", default="cka", help=argparse.SUPPRESS)
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     ns = ap.parse_args(argv)
