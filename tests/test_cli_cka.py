@@ -155,7 +155,7 @@ def test_fig7_recipe(tmp_path, noise_images):
     assert [(a, b) for _, a, b in cka_fig7.PAIRS] == [
         ("gfformer_s18", "dfformer_s18"), ("caformer_s18", "cdfformer_s18"), ("convformer_s18", "dfformer_s18")]
     out = tmp_path / "fig7"
-    res = cka_fig7.run(out, images=str(noise_images), num_images=8, batch_size=8, img_size=32, progress=False,
+    res = cka_fig7.compute(out, images=str(noise_images), num_images=8, batch_size=8, img_size=32, progress=False,
                        overrides={"depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]}, pairs=cka_fig7.PAIRS[1:2])
     assert list(res) == ["b"]
     summary = json.loads((out / "summary.json").read_text())["panels"]["b"]
