@@ -228,8 +228,9 @@ def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
     """Fast path for the diagonal curve of square maps (no 2-D FFT).
 
     For an N x N map, ``F(k, k) = sum_m s[m] exp(-2 pi i k m / N)`` where ``s[m]`` sums the
-    pixels on the wrapped anti-diagonal ``(h + w) mod N = m``: one strided pass over the map
-    and a length-N FFT give the whole half-diagonal (same values as ``fft2`` up to rounding)."""
+    pixels on the wrapped anti-diagonal ``(h + w) mod N = m``: one copy of the map (widened to
+    2N - 1 columns), one strided sum and a length-N FFT give the whole half-diagonal (the
+    same values as ``fft2`` up to rounding)."""
     cd = _compute_dtype(x, dtype)
     xl = _channels_last(x.detach(), layout, num_prefix_tokens, grid)
     B, H, W, C = xl.shape
@@ -243,23 +244,35 @@ def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
     # (B, H, W, C) otherwise, so that the copy below is a plain block copy
     xw = xl.permute(0, 3, 1, 2) if xl.permute(0, 3, 1, 2).is_contiguous() else xl
     hd, wd = (2, 3) if xw is not xl else (1, 2)
+    # a per-map offset c (the mean of its first row) is taken out before the anti-diagonal sums:
+    # the high frequencies of smooth or DC-dominated maps are small differences of large sums, and
+    # the offset only changes the DC term, F(0, 0) = F_c(0, 0) + N^2 c, added back in float64
+    acc = torch.float64 if xl.device.type != "mps" else cd
     with torch.autocast(device_type=xl.device.type, enabled=False):
-        z = torch.cat([xw, xw], dim=wd).to(cd).contiguous()           # z[.., j, ..] = x[.., j mod N, ..]
+        xc = xw if xw.dtype == cd else xw.to(cd)
+        mean = xc.narrow(hd, 0, 1).mean(dim=wd, keepdim=True)
+        shape = list(xw.shape)
+        shape[wd] = 2 * N - 1
+        z = torch.empty(shape, dtype=cd, device=xw.device)   # z[.., j, ..] = x[.., (j + 1) mod N, ..] - mean
+        torch.sub(xc.narrow(wd, 1, N - 1), mean, out=z.narrow(wd, 0, N - 1))
+        torch.sub(xc, mean, out=z.narrow(wd, N - 1, N))
         st = list(z.stride())
         sh, sw = st[hd], st[wd]
         st[hd] = sh - sw
-        # v[.., h, m, ..] = z[.., h, N - h + m, ..] = x[.., h, (m - h) mod N, ..]
-        v = z.as_strided(tuple(xw.shape), tuple(st), z.storage_offset() + N * sw)
-        # wrapped anti-diagonal sums over m, accumulated in float64: the high frequencies of smooth
-        # maps are small differences of large sums
-        s = v.sum(dim=hd, dtype=torch.float64 if z.device.type != "mps" else cd)
+        # v[.., h, m, ..] = z[.., h, N - 1 - h + m, ..] = x[.., h, (m - h) mod N, ..] - mean
+        v = z.as_strided(tuple(xw.shape), tuple(st), z.storage_offset() + (N - 1) * sw)
+        s = v.sum(dim=hd)                                              # wrapped anti-diagonal sums over m
+        off = mean.reshape(B, C)
         if hd == 2:
             s = s.transpose(1, 2)                                       # (B, N, C)
         K = N - N // 2
         F = torch.fft.rfft(s, dim=1)[:, :K]
         mod = F.abs()
-        small_dc = _zero_mean_count(mod[:, 0, :], mod.amax(dim=1), eps)
-        diag_sum = torch.log(mod.add_(eps)).sum(dim=(0, 2)).to(cd)
+        dc = (F[:, 0, :].to(torch.complex128 if acc == torch.float64 else F.dtype)
+              + (N * N) * off.to(acc)).abs()
+        small_dc = _zero_mean_count(dc, torch.maximum(mod.amax(dim=1).to(dc.dtype), dc), eps)
+        logs = torch.log(mod[:, 1:].add_(eps)).sum(dim=(0, 2)).to(acc)
+        diag_sum = torch.cat([torch.log(dc + eps).sum().reshape(1), logs]).to(cd)
     return DiagonalStats(diag_sum, B * C, small_dc, (H, W), C)
 
 
