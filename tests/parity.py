@@ -61,3 +61,31 @@ def check_fixture(name: str, model_name: str, overrides: dict, *, num_classes: i
         e = (got - r).abs().max().item()
         assert e <= tolerance(r), f"{name}: feature {p} differs by {e:.3g}"
     return model, meta, tensors
+
+
+def meta_model(name: str, **kw):
+    """A zoo model built on the meta device (no memory, no init cost): for keys and counts."""
+    with torch.device("meta"):
+        return spectrascope.create_model(name, **kw)
+
+
+def check_official_keys(name: str, official: str | None = None):
+    """The model ``name`` has exactly the official state_dict (keys, order, shapes, dtypes, buffers,
+    frozen parameters) and parameter counts of ``fixtures/keys/<official or name>.json``; its card
+    agrees. Returns (meta model, manifest) for family-specific checks."""
+    ref = json.loads((fixtures_dir("keys") / f"{official or name}.json").read_text())
+    model = meta_model(name)
+    sd = model.state_dict()
+    assert list(sd) == list(ref["state_dict"]), "state_dict keys or their order differ from the official model"
+    assert {k: list(v.shape) for k, v in sd.items()} == ref["state_dict"]
+    assert {k: str(v.dtype).replace("torch.", "") for k, v in sd.items() if v.dtype != torch.float32} \
+        == ref["non_float32_entries"]
+    assert sorted(k for k, _ in model.named_buffers()) == sorted(ref["buffers"])
+    assert sorted(n for n, p in model.named_parameters() if not p.requires_grad) == sorted(ref["frozen_parameters"])
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert (total, trainable) == (ref["params_total"], ref["params_trainable"])
+    card = spectrascope.get_card(name)
+    assert (card.params, card.params_trainable) == (total, trainable)
+    assert tuple(card.default_input_size) == tuple(ref["input_size"])
+    return model, ref

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import spectrascope
 from conftest import fixtures_dir
-from parity import check_fixture, load_fixture, run_with_feats, tolerance
+from parity import check_fixture, check_official_keys, load_fixture, meta_model, run_with_feats, tolerance
 from spectrascope.models import affnet as A
 from spectrascope.models.affnet_ablations import (GridError, dct2, dct_matrix, haar_dwt2, haar_idwt2, idct2)
 from spectrascope.taps import Probe, model_taps
@@ -26,11 +26,6 @@ TINY = {
 OFFICIAL = ["affnet", "affnet_t", "affnet_et"]
 
 
-def meta_model(name, **kw):
-    with torch.device("meta"):
-        return spectrascope.create_model(name, **kw)
-
-
 def tiny(name="affnet", size=(64, 64), **kw):
     return spectrascope.create_model(name, config=TINY, num_classes=5, img_size=size, **kw).eval()
 
@@ -40,19 +35,8 @@ def tiny(name="affnet", size=(64, 64), **kw):
 
 @pytest.mark.parametrize("name", OFFICIAL)
 def test_official_keys_shapes_and_params(name):
-    ref = json.loads((fixtures_dir("keys") / f"{name}.json").read_text())
-    model = meta_model(name)
-    sd = model.state_dict()
-    assert list(sd) == list(ref["state_dict"]), "state_dict keys or their order differ from the official model"
-    assert {k: list(v.shape) for k, v in sd.items()} == ref["state_dict"]
-    assert {k: str(v.dtype).replace("torch.", "") for k, v in sd.items() if v.dtype != torch.float32} \
-        == ref["non_float32_entries"]
-    assert sorted(k for k, _ in model.named_buffers()) == sorted(ref["buffers"])
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert (total, trainable) == (ref["params_total"], ref["params_trainable"])
+    model, ref = check_official_keys(name)
     card = spectrascope.get_card(name)
-    assert card.params == ref["params_total"] and tuple(card.default_input_size) == tuple(ref["input_size"])
     assert card.family == "affnet" and "Huang et al., ICCV 2023" in card.paper and card.feature_layout == "NCHW"
     mode = ref["affnet_opts_applied"]["model.classification.affnet.mode"]
     assert model.config == A.get_configuration(mode)

@@ -7,7 +7,7 @@ import torch
 
 import spectrascope
 from conftest import fixtures_dir
-from parity import check_fixture, load_fixture, run_with_feats, tolerance
+from parity import check_fixture, check_official_keys, load_fixture, meta_model, run_with_feats, tolerance
 
 FAMILY = ["dfformer_s18", "dfformer_s36", "dfformer_m36", "dfformer_b36",
           "cdfformer_s18", "cdfformer_s36", "cdfformer_m36", "cdfformer_b36", "gfformer_s18",
@@ -17,25 +17,9 @@ FAMILY = ["dfformer_s18", "dfformer_s36", "dfformer_m36", "dfformer_b36",
           "identityformer_s12", "randformer_s12", "poolformerv2_s12"]
 
 
-def meta_model(name, **kw):
-    with torch.device("meta"):
-        return spectrascope.create_model(name, **kw)
-
-
 @pytest.mark.parametrize("name", FAMILY)
 def test_official_keys_shapes_and_params(name):
-    ref = json.loads((fixtures_dir("keys") / f"{name}.json").read_text())
-    model = meta_model(name)
-    sd = model.state_dict()
-    assert list(sd) == list(ref["state_dict"]), "state_dict keys or their order differ from the official model"
-    assert {k: list(v.shape) for k, v in sd.items()} == ref["state_dict"]
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert (total, trainable) == (ref["params_total"], ref["params_trainable"])
-    card = spectrascope.get_card(name)
-    assert card.params == ref["params_total"] and tuple(card.default_input_size) == tuple(ref["input_size"])
-    frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
-    assert frozen == sorted(ref["frozen_parameters"])
+    check_official_keys(name)
 
 
 # fixture -> (registered model whose defaults it shrinks)

@@ -10,7 +10,7 @@ from spectrascope.checkpoint import CheckpointError, load_state_dict
 from spectrascope.models.spanet import SPF, chunk_sizes, spf_mask
 from spectrascope.taps import Probe, model_taps, select_taps
 from conftest import fixtures_dir
-from parity import check_fixture, load_fixture, run_with_feats, tolerance
+from parity import check_fixture, check_official_keys, load_fixture, meta_model, run_with_feats, tolerance
 
 # registry name -> official entry point (keys/<official>.json)
 OFFICIAL = {"spanet_s": "spanet_small", "spanet_m": "spanet_medium", "spanet_mx": "spanet_mediumX",
@@ -24,11 +24,6 @@ SPANET_ARGS = ["layers", "embed_dims", "patch_dims", "radius", "mlp_ratios", "do
                "res_scale_init_values"]
 POOLFORMER_ARGS = ["layers", "embed_dims", "mlp_ratios", "downsamples", "layer_scale_init_value"]
 TINY = dict(layers=[1, 1, 2, 1], embed_dims=[8, 16, 20, 32])
-
-
-def meta_model(name, **kw):
-    with torch.device("meta"):
-        return spectrascope.create_model(name, **kw)
 
 
 def overrides(meta, keys):
@@ -51,19 +46,7 @@ def spanet_tiny(img_size=None, **kw):
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_official_keys_shapes_and_params(name):
-    ref = json.loads((fixtures_dir("keys") / f"{OFFICIAL[name]}.json").read_text())
-    model = meta_model(OFFICIAL[name])          # built through the official alias
-    sd = model.state_dict()
-    assert list(sd) == list(ref["state_dict"]), "state_dict keys or their order differ from the official model"
-    assert {k: list(v.shape) for k, v in sd.items()} == ref["state_dict"]
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert (total, trainable) == (ref["params_total"], ref["params_trainable"])
-    frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
-    assert frozen == sorted(ref["frozen_parameters"])
-    card = spectrascope.get_card(name)
-    assert card.params == ref["params_total"] and card.params_trainable == ref["params_trainable"]
-    assert tuple(card.default_input_size) == tuple(ref["input_size"])
+    check_official_keys(OFFICIAL[name], OFFICIAL[name])          # built through the official alias
 
 
 def test_cards():
