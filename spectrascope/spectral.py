@@ -14,10 +14,12 @@ Index ``k`` of the curve is the 2-D frequency ``(2 pi k / H, 2 pi k / W)``; the 
 plots it on ``linspace(0, 1, K)`` pi ("index" axis); ``frequency_axis(..., "true")``
 gives ``2k / H`` in units of pi.
 
-Implementation notes (same numbers as the reference up to rounding): the spectrum of a
-real map is Hermitian, so the sums are taken over the half-plane ``rfft2`` and the full
-map is rebuilt by symmetry. Everything is computed in float32, or float64 for float64
-input, whatever the model dtype (half precision is upcast first).
+Implementation notes (same numbers as the reference up to rounding): the curve needs only
+``F(k, k)`` for ``k < ceil(H / 2)``, which ``diagonal_stats`` gets from one matrix product
+with a cached cos/sin basis (no 2-D FFT, no copy of the maps); the 2-D maps
+(``spectrum_stats``) sum over the half-plane ``rfft2`` and are rebuilt by Hermitian symmetry.
+Everything is computed in float32, or float64 for float64 input, whatever the model dtype
+(half precision is upcast first).
 
 Deviations, both documented and opt-in:
 
@@ -223,14 +225,30 @@ class DiagonalStats:
         return float(self.small_dc) / self.count if self.count else 0.0
 
 
+_BASIS: dict = {}
+
+
+def _diagonal_basis(N: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """(2K, N*N) real DFT rows of the half-diagonal: ``cos`` then ``-sin`` of ``2 pi k (h + w) / N``
+    for ``k < K = ceil(N / 2)``, pixels ``(h, w)`` row-major (built in float64, cached)."""
+    key = (N, dtype, str(device))
+    if key not in _BASIS:
+        K = N - N // 2
+        idx = torch.arange(N, dtype=torch.int64)
+        hw = (idx[:, None] + idx[None, :]).reshape(-1)
+        phase = (torch.arange(K, dtype=torch.int64)[:, None] * hw[None, :]) % N    # exact integer phases
+        ang = (2.0 * math.pi / N) * phase.to(torch.float64)
+        _BASIS[key] = torch.cat([torch.cos(ang), -torch.sin(ang)]).to(dtype=dtype, device=device)
+    return _BASIS[key]
+
+
 def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None, *,
                    eps: float = EPS, dtype: torch.dtype | None = None) -> DiagonalStats:
     """Fast path for the diagonal curve of square maps (no 2-D FFT).
 
-    For an N x N map, ``F(k, k) = sum_m s[m] exp(-2 pi i k m / N)`` where ``s[m]`` sums the
-    pixels on the wrapped anti-diagonal ``(h + w) mod N = m``: one copy of the map (widened to
-    2N - 1 columns), one strided sum and a length-N FFT give the whole half-diagonal (the
-    same values as ``fft2`` up to rounding)."""
+    Only ``F(k, k)`` for ``k < ceil(N / 2)`` is needed: ``F(k, k) = sum_{h,w} x[h, w]
+    exp(-2 pi i k (h + w) / N)``, one matrix product of the maps with a cached (2K, N^2)
+    cos/sin basis (BLAS, no copy of the maps, same values as ``fft2`` up to rounding)."""
     cd = _compute_dtype(x, dtype)
     xl = _channels_last(x.detach(), layout, num_prefix_tokens, grid)
     B, H, W, C = xl.shape
@@ -240,39 +258,19 @@ def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
     if B < 1 or C < 1 or H < 1:
         raise ValueError(f"empty feature map of shape {tuple(xl.shape)} (B, H, W, C)")
     N = H
-    # work in the memory order of the tensor: (B, C, H, W) storage for NCHW-contiguous maps,
-    # (B, H, W, C) otherwise, so that the copy below is a plain block copy
-    xw = xl.permute(0, 3, 1, 2) if xl.permute(0, 3, 1, 2).is_contiguous() else xl
-    hd, wd = (2, 3) if xw is not xl else (1, 2)
-    # a per-map offset c (the mean of its first row) is taken out before the anti-diagonal sums:
-    # the high frequencies of smooth or DC-dominated maps are small differences of large sums, and
-    # the offset only changes the DC term, F(0, 0) = F_c(0, 0) + N^2 c, added back in float64
-    acc = torch.float64 if xl.device.type != "mps" else cd
+    K = N - N // 2
     with torch.autocast(device_type=xl.device.type, enabled=False):
-        xc = xw if xw.dtype == cd else xw.to(cd)
-        mean = xc.narrow(hd, 0, 1).mean(dim=wd, keepdim=True)
-        shape = list(xw.shape)
-        shape[wd] = 2 * N - 1
-        z = torch.empty(shape, dtype=cd, device=xw.device)   # z[.., j, ..] = x[.., (j + 1) mod N, ..] - mean
-        torch.sub(xc.narrow(wd, 1, N - 1), mean, out=z.narrow(wd, 0, N - 1))
-        torch.sub(xc, mean, out=z.narrow(wd, N - 1, N))
-        st = list(z.stride())
-        sh, sw = st[hd], st[wd]
-        st[hd] = sh - sw
-        # v[.., h, m, ..] = z[.., h, N - 1 - h + m, ..] = x[.., h, (m - h) mod N, ..] - mean
-        v = z.as_strided(tuple(xw.shape), tuple(st), z.storage_offset() + (N - 1) * sw)
-        s = v.sum(dim=hd)                                              # wrapped anti-diagonal sums over m
-        off = mean.reshape(B, C)
-        if hd == 2:
-            s = s.transpose(1, 2)                                       # (B, N, C)
-        K = N - N // 2
-        F = torch.fft.rfft(s, dim=1)[:, :K]
-        mod = F.abs()
-        dc = (F[:, 0, :].to(torch.complex128 if acc == torch.float64 else F.dtype)
-              + (N * N) * off.to(acc)).abs()
-        small_dc = _zero_mean_count(dc, torch.maximum(mod.amax(dim=1).to(dc.dtype), dc), eps)
-        logs = torch.log(mod[:, 1:].add_(eps)).sum(dim=(0, 2)).to(acc)
-        diag_sum = torch.cat([torch.log(dc + eps).sum().reshape(1), logs]).to(cd)
+        basis = _diagonal_basis(N, cd, xl.device)
+        nchw = xl.permute(0, 3, 1, 2)
+        if nchw.is_contiguous():                                   # channels-first storage: (B*C, N^2) rows
+            R = nchw.reshape(B * C, N * N).to(cd) @ basis.T            # (B*C, 2K)
+            re, im = R[:, :K], R[:, K:]
+        else:                                                      # channels-last storage: (B, N^2, C)
+            R = torch.matmul(basis, xl.reshape(B, N * N, C).to(cd))   # (B, 2K, C)
+            re, im = R[:, :K].transpose(1, 2).reshape(B * C, K), R[:, K:].transpose(1, 2).reshape(B * C, K)
+        mod = torch.sqrt(re * re + im * im)                        # (maps, K)
+        small_dc = _zero_mean_count(mod[:, 0], mod.amax(dim=1), eps)
+        diag_sum = torch.log(mod.add_(eps)).sum(dim=0)
     return DiagonalStats(diag_sum, B * C, small_dc, (H, W), C)
 
 
