@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -153,7 +154,7 @@ def worker(args):
 
 
 def run_worker(args, impl):
-    out = f"/tmp/bench_scorecam_{os.getpid()}_{impl}.pt"
+    out = os.path.join(tempfile.gettempdir(), f"bench_scorecam_{os.getpid()}_{impl}.pt")
     cmd = [sys.executable, __file__, "--worker", impl, "--out", out, "--model", args.model, "--img-size",
            str(args.img_size), "--num-images", str(args.num_images), "--batch-size", str(args.batch_size),
            "--device", args.device, "--repeats", str(args.repeats), "--threads", str(args.threads)]
@@ -163,7 +164,7 @@ def run_worker(args, impl):
     if res.returncode != 0:
         raise RuntimeError(f"{impl} failed:\n{res.stderr[-3000:]}")
     info = json.loads(res.stdout.strip().splitlines()[-1])
-    info["maps"] = torch.load(out)
+    info["maps"] = torch.load(out, weights_only=True)
     os.remove(out)
     return info
 
