@@ -158,9 +158,9 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, estimator: str = "unbiased", *,
     return float(out[0, 0])
 
 
-def distributed_sum(t: torch.Tensor) -> torch.Tensor:
-    """All-reduce (sum) a copy of ``t`` over the default process group when torch.distributed
-    is initialised; ``t`` itself when it is not."""
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """All-reduce (``op`` = "sum" or "max") a copy of ``t`` over the default process group when
+    torch.distributed is initialised; ``t`` itself when it is not."""
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
@@ -168,7 +168,7 @@ def distributed_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.get_backend() == "nccl" and dev.type != "cuda":
         dev = torch.device("cuda", torch.cuda.current_device())
     out = t.detach().to(dev, copy=True)
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return out.to(t.device)
 
 
@@ -297,7 +297,7 @@ class MinibatchCKA:
         eps = torch.cat([self.eps_a, self.eps_b])
         if distributed:
             flat = distributed_sum(flat)
-            eps = _distributed_max(eps)
+            eps = all_reduce(eps, "max")
         sizes = [p.numel() for p in parts]
         xy, xx, yy, va, vb, ea, eb, counts = torch.split(flat, sizes)
         return {"hsic_xy": xy.reshape(self.n_a, self.n_b), "hsic_xx": xx, "hsic_yy": yy, "var_a": va, "var_b": vb,
@@ -351,13 +351,5 @@ def _constant(var: torch.Tensor, energy: torch.Tensor, eps: torch.Tensor, self_h
     return (var <= rounding_level(energy, eps)) | (self_hsic <= 0) | ~torch.isfinite(self_hsic)
 
 
-def _distributed_max(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    dev = t.device
-    if dist.get_backend() == "nccl" and dev.type != "cuda":
-        dev = torch.device("cuda", torch.cuda.current_device())
-    out = t.detach().to(dev, copy=True)
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out.to(t.device)
+def distributed_sum(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce(t, "sum")
