@@ -80,12 +80,19 @@ def parse_model_kwargs(items) -> dict:
     return out
 
 
+def runtime_options(fn):
+    """--img-size/--device/--model-kwargs: how every analysed model is built and where it runs."""
+    fn = click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE",
+                      help="constructor overrides with the official argument names (every model), "
+                           "e.g. dims=32,64,96,128")(fn)
+    fn = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")(fn)
+    fn = click.option("--img-size", default=None, help="input size S or HxW (default: each model's)")(fn)
+    return fn
+
+
 def model_options(fn):
     """--model/--checkpoint/--img-size/--device/--model-kwargs, shared by the analysis commands."""
-    fn = click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE",
-                      help="constructor overrides with the official argument names, e.g. dims=32,64,96,128")(fn)
-    fn = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")(fn)
-    fn = click.option("--img-size", default=None, help="input size S or HxW (default: the model's)")(fn)
+    fn = runtime_options(fn)
     fn = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
                       help="official .pth, timm .pth.tar, spectrascope checkpoint or .safetensors")(fn)
     fn = click.option("--model", "model_name", required=True, help="registry name, alias or timm:<name>")(fn)
@@ -515,10 +522,7 @@ def _checkpoint_pairs(models, items):
               help="registry name, alias or timm:<name>; repeat to compare models side by side")
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="[MODEL=]PATH",
               help="one per --model (in order) or MODEL=PATH")
-@click.option("--img-size", default=None, help="input size S or HxW (default: each model's)")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-@click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE",
-              help="constructor overrides (all models), official argument names")
+@runtime_options
 @image_options
 @_fourier_options("spectrum")
 @user_errors
@@ -766,10 +770,7 @@ def filters_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, 
 @click.option("--target-layer", default=None, help="tap role (stage, block, ...), tap name (stage4) or module path")
 @click.option("--class", "target_class", type=int, default=None,
               help="class to explain (default: top-1, or the label of synthetic data)")
-@click.option("--img-size", default=None, help="input size S or HxW for every model (default: each model's)")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-@click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE",
-              help="constructor overrides for every model, e.g. dims=32,64,96,128")
+@runtime_options
 @image_options
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="output directory (default: runs/cam/<models>-<time>)")
