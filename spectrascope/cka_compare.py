@@ -11,7 +11,8 @@ batch with both probes attached (distinct captures, unit diagonal).
 
 Engines:
 
-* ``spectrascope`` (default): ``spectrascope.cka.MinibatchCKA`` (float64, centred features).
+* ``spectrascope`` (default): ``spectrascope.cka.MinibatchCKA`` (centred features, float64
+  accumulation; Gram products in float32 for float32 features unless ``dtype`` says otherwise).
 * ``torch-cka``: the computation of torch-cka 0.21 (``torch_cka.CKA._HSIC`` on float32
   Gram matrices of uncentred features, its accumulation and ratio) on features captured
   by our probes, for users who need the numbers of papers made with it. It agrees with
@@ -215,7 +216,7 @@ class TorchCKACompat:
 
 
 def make_engine(engine: str, n_a: int, n_b: int, estimator: str = "unbiased", *, num_batches: int = 1,
-                dtype: torch.dtype = torch.float64, labels_a=None, labels_b=None):
+                dtype: torch.dtype | None = None, labels_a=None, labels_b=None):
     """``MinibatchCKA`` (engine ``spectrascope``) or ``TorchCKACompat`` (``torch-cka``)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"--estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
@@ -308,7 +309,7 @@ class _Capture:
 
 def compare_models(model_a: nn.Module, model_b: nn.Module, batches: Iterable, *, taps_a: Sequence[TapSpec],
                    taps_b: Sequence[TapSpec], estimator: str = "unbiased", engine: str = "spectrascope",
-                   num_batches: int | None = None, dtype: torch.dtype = torch.float64, progress: bool = False,
+                   num_batches: int | None = None, dtype: torch.dtype | None = None, progress: bool = False,
                    desc: str = "CKA", progress_total: int | None = None) -> CKAResult:
     """Mini-batch CKA between ``taps_a`` of ``model_a`` and ``taps_b`` of ``model_b``.
 
@@ -450,7 +451,7 @@ def run_cka(spec_a: ModelSpec, spec_b: ModelSpec, *, taps: str = "fig7", taps_a:
             taps_b: str | None = None, images=None, data: str | None = None, num_images: int | None = None,
             batch_size: int = 16, estimator: str = "unbiased", engine: str = "spectrascope", device="cpu",
             seed: int = 0, rank: int = 0, world: int = 1, progress: bool = False,
-            dtype: torch.dtype = torch.float64) -> CKAResult:
+            dtype: torch.dtype | None = None) -> CKAResult:
     """Build both models, read the images, compare, and attach provenance to the result.
 
     Identical specs (same name, checkpoint, size and overrides) share one model object, so
@@ -500,7 +501,7 @@ def run_cka(spec_a: ModelSpec, spec_b: ModelSpec, *, taps: str = "fig7", taps_a:
         "model_a": side(spec_a, model_a, cfg_a), "model_b": side(spec_b, model_b, cfg_b),
         "same_model_object": model_a is model_b, "shared_input": shared_input,
         "images": [p.name for p in paths], "num_images": len(paths), "images_sha256": _images_digest(paths),
-        "batch_size": batch_size, "world_size": world, "seed": seed, "precision": str(dtype).replace("torch.", ""),
+        "batch_size": batch_size, "world_size": world, "seed": seed, "precision": "auto" if dtype is None else str(dtype).replace("torch.", ""),
         "taps_spec": {"a": taps_a or taps, "b": taps_b or taps},
         "wall_time_s": clock.elapsed, "device": str(device),
     })

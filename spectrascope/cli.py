@@ -207,8 +207,9 @@ def predict_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, 
 @click.option("--estimator", type=click.Choice(["unbiased", "biased"]), default="unbiased", show_default=True)
 @click.option("--engine", type=click.Choice(["spectrascope", "torch-cka"]), default="spectrascope",
               show_default=True, help="torch-cka: torch-cka 0.21's float32 computation (the papers' numbers)")
-@click.option("--precision", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
-              help="Gram products of the centred features (sums are float64 either way); float32 is faster")
+@click.option("--precision", type=click.Choice(["auto", "float32", "float64"]), default="auto", show_default=True,
+              help="Gram products of the centred features (sums are float64 either way); auto = float32 "
+                   "for float32/half features, float64 for float64 ones")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--seed", default=0, show_default=True, type=int, help="seed of random initialisations")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
@@ -245,7 +246,7 @@ def cka_cmd(model_a, model_b, checkpoint_a, checkpoint_b, taps, taps_a, taps_b, 
             result = run_cka(spec_a, spec_b, taps=taps, taps_a=taps_a, taps_b=taps_b, images=images, data=data,
                              num_images=num_images, batch_size=batch_size, estimator=estimator, engine=engine,
                              device=dev, seed=seed, rank=rank, world=world, progress=rank == 0,
-                             dtype=torch.float32 if precision == "float32" else torch.float64)
+                             dtype={"auto": None, "float32": torch.float32, "float64": torch.float64}[precision])
         if rank == 0:
             write_report(result, out, overwrite=overwrite, title=title)
             for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)):

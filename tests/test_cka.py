@@ -165,7 +165,9 @@ def test_invariances_orthogonal_scale_shift_permutation_layout():
     # NHWC vs NCHW flattening of the same maps
     m = torch.randn(20, 4, 5, 6, generator=g)
     z = torch.randn(20, 3, generator=g)
-    assert abs(linear_cka(m, z) - linear_cka(m.permute(0, 2, 3, 1), z)) < 1e-12
+    assert abs(linear_cka(m, z, dtype=F64) - linear_cka(m.permute(0, 2, 3, 1), z, dtype=F64)) < 1e-12
+    # float32 features take float32 Gram products by default: same value to float32 rounding
+    assert abs(linear_cka(m, z) - linear_cka(m.permute(0, 2, 3, 1), z, dtype=F64)) < 1e-6
 
 
 def test_debiasing_on_independent_gaussians():
@@ -178,6 +180,27 @@ def test_debiasing_on_independent_gaussians():
         bia.append(linear_cka(X, Y, "biased"))
     assert 0.6 < sum(bia) / 20 < 0.75
     assert abs(sum(unb) / 20) < 0.05
+
+
+@pytest.mark.parametrize("n, p, chunk", [(64, 30000, 64 * 10000), (40, 9000, 1 << 20), (8, 20000, 1 << 20),
+                                         (64, 5000, 64 * 700)])
+def test_shifted_gram_equals_the_product_of_shifted_features(n, p, chunk):
+    """The chunked (and, for large products on CPUs, block-halved) Gram product is exactly the
+    Gram matrix of the features shifted by the first example, symmetric, whatever the chunking."""
+    from spectrascope.cka import Workspace, shifted_gram
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(n, p, generator=g, dtype=F64) * 2 + 7
+    xs = x - x[:1]
+    ref = xs @ xs.T
+    for ws in (None, Workspace()):
+        got = shifted_gram(x, chunk_elems=chunk, workspace=ws)
+        assert torch.equal(got.matrix, got.matrix.T)
+        assert (got.matrix - ref).abs().max() < 1e-12 * ref.abs().max()
+        assert abs(float(got.ref_energy) - float(x[0].square().sum())) < 1e-9 * float(x[0].square().sum())
+    # float32 features: float32 products by default, float64 on request
+    assert shifted_gram(x.float()).matrix.dtype == torch.float32
+    assert shifted_gram(x.float(), F64).matrix.dtype == F64
+    assert shifted_gram(x.half()).matrix.dtype == torch.float32
 
 
 def test_offset_float32_matches_float64_centred():
@@ -338,14 +361,14 @@ def test_layer_order_regression_labels_follow_execution():
     # taps given in registration order (torch-cka's label order), the root module included
     ta = paths_taps(A, meta["export_model1_layers"])
     tb = paths_taps(B, meta["export_model2_layers"])
-    for engine in ("spectrascope", "torch-cka"):
+    # the float64 path to 1e-10, the default path (float32 Gram products of centred features) to 1e-6,
+    # the torch-cka engine to 1e-6
+    for engine, dtype, tol in (("spectrascope", F64, 1e-10), ("spectrascope", None, 1e-6), ("torch-cka", None, 1e-6)):
         r = compare_models(A.eval(), B.eval(), list(d["data"].split(16)), taps_a=ta, taps_b=tb, engine=engine,
-                           num_batches=4)
+                           num_batches=4, dtype=dtype)
         assert r.labels_a == meta["firing_order_rows (what torchcka_matrix rows really are)"]
         assert r.labels_b == meta["firing_order_cols (what torchcka_matrix columns really are)"]
-        tol = 1e-10 if engine == "spectrascope" else 1e-6
-        assert (r.matrix - d["f64_matrix_firing_order"]).abs().max() < max(tol, 1e-6 if engine != "spectrascope"
-                                                                             else tol)
+        assert (r.matrix - d["f64_matrix_firing_order"]).abs().max() < tol
         assert (r.matrix - d["torchcka_matrix"].double()).abs().max() < 1e-4
 
 
