@@ -1,7 +1,10 @@
 """Score-CAM speed and peak memory: spectrascope.score_cam vs pytorch-grad-cam's ScoreCAM.
 
-Both run the same model, target layer, images, classes and masked-input batch size; the
-maps must agree (gradcam-lib flavour). Each implementation runs in its own subprocess so
+Both run the same model, target layer, images and classes; the maps must agree
+(gradcam-lib flavour). Masked inputs per forward: ``--batch-size`` for spectrascope (default:
+``score_cam``'s automatic choice) and ``--ref-batch-size`` for the reference (default: 16,
+pytorch-grad-cam's own), so by default each runs as its users get it; give both the same
+value to compare at equal batch size. Each implementation runs in its own subprocess so
 that peak memory is measured cleanly: on CUDA ``torch.cuda.max_memory_allocated``, on CPU
 the peak resident set size sampled every 2 ms above the level right before the call.
 Without pytorch-grad-cam (``pip install grad-cam``, with torch pinned) the reference is
@@ -115,7 +118,7 @@ def worker(args):
 
         def call():
             cam = ScoreCAM(model=model, target_layers=[tl.module], reshape_transform=tl.to_nchw)
-            cam.batch_size = args.batch_size
+            cam.batch_size = args.batch_size                     # the reference's batch (see run_worker)
             import contextlib
             import io
             with contextlib.redirect_stderr(io.StringIO()):           # its tqdm bars
@@ -129,7 +132,7 @@ def worker(args):
         from spectrascope import score_cam
 
         def call():
-            return score_cam(model, tl, x, classes, batch_size=args.batch_size)
+            return score_cam(model, tl, x, classes, batch_size=args.batch_size or None)
     with torch.no_grad():
         model(x)                                                  # warm-up
     cuda = x.device.type == "cuda"
@@ -155,8 +158,9 @@ def worker(args):
 
 def run_worker(args, impl):
     out = os.path.join(tempfile.gettempdir(), f"bench_scorecam_{os.getpid()}_{impl}.pt")
+    batch = args.batch_size if impl == "spectrascope" else args.ref_batch_size
     cmd = [sys.executable, __file__, "--worker", impl, "--out", out, "--model", args.model, "--img-size",
-           str(args.img_size), "--num-images", str(args.num_images), "--batch-size", str(args.batch_size),
+           str(args.img_size), "--num-images", str(args.num_images), "--batch-size", str(batch),
            "--device", args.device, "--repeats", str(args.repeats), "--threads", str(args.threads)]
     if args.model_kwargs:
         cmd += ["--model-kwargs", args.model_kwargs]
@@ -175,7 +179,10 @@ def main():
     p.add_argument("--model-kwargs", default=None, help='JSON overrides, e.g. \'{"dims": [32, 64, 96, 128]}\'')
     p.add_argument("--img-size", type=int, default=96)
     p.add_argument("--num-images", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32, help="masked inputs per forward (both implementations)")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="masked inputs per forward for spectrascope (default 0: score_cam's automatic choice)")
+    p.add_argument("--ref-batch-size", type=int, default=16,
+                   help="masked inputs per forward for the reference (default: 16, pytorch-grad-cam's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -201,9 +208,11 @@ def main():
     mem = ours["peak_extra_bytes"] / max(theirs["peak_extra_bytes"], 1)
     mib = 2 ** 20
     print(f"model {args.model} at {args.img_size}px, {args.num_images} images, target {ours['target_layer']}, "
-          f"batch {args.batch_size}, device {args.device}, threads {torch.get_num_threads()}")
-    print(f"{ref:>14}: {theirs['seconds']:.2f} s, peak extra memory {theirs['peak_extra_bytes'] / mib:.1f} MiB")
-    print(f"{'spectrascope':>14}: {ours['seconds']:.2f} s, peak extra memory {ours['peak_extra_bytes'] / mib:.1f} MiB")
+          f"device {args.device}, threads {torch.get_num_threads()}")
+    print(f"{ref:>14}: {theirs['seconds']:.2f} s, peak extra memory {theirs['peak_extra_bytes'] / mib:.1f} MiB "
+          f"(batch {args.ref_batch_size})")
+    print(f"{'spectrascope':>14}: {ours['seconds']:.2f} s, peak extra memory {ours['peak_extra_bytes'] / mib:.1f} MiB "
+          f"(batch {args.batch_size or 'auto'})")
     print(f"maps max abs difference: {diff:.2e}")
     print(f"speed ratio (reference time / ours): {speed:.2f}x  (target >= 1.5x)")
     print(f"peak memory ratio (ours / reference): {mem:.3f}  (target <= 0.25)")

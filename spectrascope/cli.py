@@ -66,6 +66,12 @@ def _scalar(text: str):
     return text
 
 
+def _given(param: str) -> bool:
+    """Whether the user set a click parameter (rather than its default)."""
+    from click.core import ParameterSource
+    return click.get_current_context().get_parameter_source(param) not in (ParameterSource.DEFAULT, None)
+
+
 def parse_model_kwargs(items) -> dict:
     """``("dims=32,64,96,128", "drop_path_rate=0.1", "token_mixers=sepconv,df")`` -> overrides dict.
     Comma-separated values become lists; numbers, true/false and none are converted."""
@@ -781,8 +787,9 @@ def cam_cmd(model_names, checkpoints, method, flavour, score, target_layer, targ
             model_kwargs, images, data, num_images, batch_size, output, overwrite):
     """Class activation maps (Score-CAM, Grad-CAM, Grad-CAM++) with overlays, a grid
     comparing the models (SPANet Fig. S2), raw maps and, on synthetic data, localisation
-    scores (pointing game, energy in the box). --batch-size is the number of masked inputs
-    per Score-CAM forward."""
+    scores (pointing game, energy in the box). --batch-size is the number of images per
+    Grad-CAM pass and of masked inputs per Score-CAM forward (Score-CAM without --batch-size:
+    chosen automatically, at most 8 on CPUs and 64 on GPUs)."""
     from pathlib import Path
 
     from .device import resolve_device
@@ -795,7 +802,8 @@ def cam_cmd(model_names, checkpoints, method, flavour, score, target_layer, targ
     payload = run_cam(cks, method=method, flavour=flavour, target_layer=target_layer, target_class=target_class,
                       images=images, data=data, num_images=num_images, img_size=parse_img_size(img_size),
                       device=resolve_device(device), overrides=parse_model_kwargs(model_kwargs),
-                      batch_size=batch_size, score=score, output=out, overwrite=overwrite)
+                      batch_size=batch_size, score=score, output=out, overwrite=overwrite,
+                      mask_batch_size=batch_size if _given("batch_size") else None)
     rnd = [m["model"] for m in payload["models"] if m["random_weights"]]
     if rnd:
         click.echo(f"note: random weights for {', '.join(rnd)} (no --checkpoint); the maps are not meaningful",

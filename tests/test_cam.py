@@ -250,6 +250,19 @@ def test_auto_batch_size_from_memory_budget(tiny):
     assert max(counter.sizes[2:]) < 32          # the budget forced chunks smaller than one image's channels
 
 
+def test_default_batch_is_capped_on_cpu(tiny):
+    """The automatic batch: masked inputs per forward never exceed the CPU cap, maps unchanged."""
+    from spectrascope.cam import AUTO_BATCH_CAP
+    model, t = tiny
+    counter = CountingForward(model)
+    try:
+        cam = score_cam(model, "features.7", t["input"], CLASSES)
+    finally:
+        counter.h.remove()
+    assert (cam - t["gradcam_bs16"]).abs().max() <= MAP_TOL
+    assert max(counter.sizes[2:]) == AUTO_BATCH_CAP["cpu"]
+
+
 def test_bad_requests(tiny):
     model, t = tiny
     with pytest.raises(CamError, match="flavour"):
