@@ -321,6 +321,7 @@ class MinibatchCKA:
         self.eps_b = torch.zeros(self.n_b, dtype=f64)
         self.batches = 0
         self.examples = 0
+        self.gram_dtypes: set[str] = set()
         self.skipped_batches = 0
         self.skipped_examples = 0
 
@@ -367,6 +368,7 @@ class MinibatchCKA:
         n = grams_a[0].matrix.shape[0]
         if any(g.matrix.shape != (n, n) for g in list(grams_a) + list(grams_b)):
             raise ValueError("all Gram matrices of a batch must be n x n for the same n")
+        self.gram_dtypes.update(str(g.matrix.dtype).replace("torch.", "") for g in list(grams_a) + list(grams_b))
         fa = finish_grams(grams_a, self.estimator)
         fb = fa if grams_b is grams_a else finish_grams(grams_b, self.estimator)
         self._to(fa.rows.device)

@@ -375,7 +375,8 @@ def compare_models(model_a: nn.Module, model_b: nn.Module, batches: Iterable, *,
                      estimator=estimator, engine=engine, batches=t["batches"], examples=t["examples"],
                      skipped_batches=t["skipped_batches"], skipped_examples=t["skipped_examples"],
                      hsic_xy=t["hsic_xy"].cpu(), hsic_xx=t["hsic_xx"].cpu(), hsic_yy=t["hsic_yy"].cpu(),
-                     diagnostics=list(eng.diagnostics))
+                     diagnostics=list(eng.diagnostics),
+                     meta={"gram_products": sorted(getattr(eng, "gram_dtypes", None) or {"float32"})})
 
 
 def _check_fired(side: str, taps: TapList, cap: _Capture) -> list[str]:
@@ -502,6 +503,7 @@ def run_cka(spec_a: ModelSpec, spec_b: ModelSpec, *, taps: str = "fig7", taps_a:
         "same_model_object": model_a is model_b, "shared_input": shared_input,
         "images": [p.name for p in paths], "num_images": len(paths), "images_sha256": _images_digest(paths),
         "batch_size": batch_size, "world_size": world, "seed": seed, "precision": "auto" if dtype is None else str(dtype).replace("torch.", ""),
+        "gram_products": result.meta.get("gram_products"),
         "taps_spec": {"a": taps_a or taps, "b": taps_b or taps},
         "wall_time_s": clock.elapsed, "device": str(device),
     })

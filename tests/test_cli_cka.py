@@ -143,11 +143,17 @@ def test_torchrun_two_cpu_processes_give_the_single_process_matrix(tmp_path, noi
 def test_float32_precision_matches_float64(tmp_path, noise_images):
     base = ["--model-a", "gfformer_s18", "--model-b", "dfformer_s18", *TINY, "--images", str(noise_images),
             "--batch-size", "8"]
-    r64 = run(base + ["--output", str(tmp_path / "f64")])
+    r64 = run(base + ["--precision", "float64", "--output", str(tmp_path / "f64")])
     r32 = run(base + ["--precision", "float32", "--output", str(tmp_path / "f32")])
-    assert r64.exit_code == 0 and r32.exit_code == 0, r64.output + r32.output
-    assert json.loads((tmp_path / "f32" / "results.json").read_text())["precision"] == "float32"
+    r_auto = run(base + ["--output", str(tmp_path / "auto")])
+    assert r64.exit_code == 0 and r32.exit_code == 0 and r_auto.exit_code == 0, r64.output + r32.output + r_auto.output
+    js = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("f64", "f32", "auto")}
+    assert (js["f64"]["precision"], js["f64"]["gram_products"]) == ("float64", ["float64"])
+    assert (js["f32"]["precision"], js["f32"]["gram_products"]) == ("float32", ["float32"])
+    # the default takes float32 products for these float32 features, and says so
+    assert (js["auto"]["precision"], js["auto"]["gram_products"]) == ("auto", ["float32"])
     assert np.abs(matrix(tmp_path / "f64") - matrix(tmp_path / "f32")).max() < 1e-5
+    assert np.array_equal(matrix(tmp_path / "auto"), matrix(tmp_path / "f32"))
 
 
 def test_fig7_recipe(tmp_path, noise_images):
