@@ -2,8 +2,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 PIP_FLAGS ?= --disable-pip-version-check
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast bench clean
 
 # idempotent: re-running only re-installs what changed
 setup: $(BIN)/spectrascope
@@ -22,6 +24,15 @@ demo: setup
 
 test: setup
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
+
+# every benchmark script, printed and kept under runs/bench/ (minutes on a CPU): make bench DEVICE=cuda
+DEVICE ?= cpu
+bench: setup
+	mkdir -p runs/bench
+	$(BIN)/python benchmarks/bench_cka.py --device $(DEVICE) --precision both | tee runs/bench/cka.txt
+	$(BIN)/python benchmarks/bench_scorecam.py --device $(DEVICE) --img-size 224 --num-images 1 | tee runs/bench/scorecam.txt
+	$(BIN)/python benchmarks/bench_amplitude.py --device $(DEVICE) | tee runs/bench/amplitude.txt
+	$(BIN)/python benchmarks/bench_train.py --device $(DEVICE) --loop | tee runs/bench/train.txt
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

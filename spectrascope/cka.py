@@ -108,6 +108,7 @@ def shifted_gram(x: torch.Tensor, dtype: torch.dtype | None = None, *, chunk_ele
     if x.is_complex():
         raise ValueError("complex features are not supported by linear CKA; take .abs() or .real first")
     ct = compute_dtype(dtype, x.dtype)
+    x = x.detach()                                      # statistics only: no autograd graph
     n = x.shape[0]
     flat = x.reshape(n, -1)
     p = flat.shape[1]

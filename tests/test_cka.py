@@ -201,6 +201,9 @@ def test_shifted_gram_equals_the_product_of_shifted_features(n, p, chunk):
     assert shifted_gram(x.float()).matrix.dtype == torch.float32
     assert shifted_gram(x.float(), F64).matrix.dtype == F64
     assert shifted_gram(x.half()).matrix.dtype == torch.float32
+    # features that require grad (e.g. taken straight from a training step) work without a graph
+    xr = x.float().requires_grad_()
+    assert torch.equal(shifted_gram(xr).matrix, shifted_gram(x.float()).matrix)
 
 
 def test_offset_float32_matches_float64_centred():
