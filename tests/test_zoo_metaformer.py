@@ -144,3 +144,28 @@ def test_every_declared_tap_resolves(name):
     assert [t.depth for t in blocks] == sorted(t.depth for t in blocks)
     assert blocks[0].depth == 0.0 and blocks[-1].depth == 1.0
     assert taps[0].role == "stem" and taps[-1].role == "pool"
+
+
+def test_starrelu_inference_path_is_bit_identical_and_leaves_hooked_outputs_alone():
+    """StarReLU works in place on its fresh ReLU output when no graph is recorded: the same values
+    bit for bit as with autograd, the same dtype promotion under autocast, and a hook on its ReLU
+    still sees the ReLU output."""
+    from spectrascope.models.layers import StarReLU
+    act = StarReLU(scale_value=0.8944, bias_value=-0.4472)
+    x = torch.randn(4, 8, 8, 32, generator=torch.Generator().manual_seed(0))
+    ref = act(x)
+    assert ref.requires_grad
+    with torch.no_grad():
+        assert torch.equal(act(x), ref)
+    with torch.inference_mode():
+        assert torch.equal(act(x), ref)
+        assert act(x.bfloat16()).dtype == torch.float32             # promoted by the float32 scale, as before
+    seen = []
+    h = act.relu.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.inference_mode():
+            out = act(x)
+    finally:
+        h.remove()
+    assert torch.equal(out, ref) and torch.equal(seen[0], torch.relu(x))
+    assert torch.equal(x, torch.randn(4, 8, 8, 32, generator=torch.Generator().manual_seed(0)))  # input untouched
