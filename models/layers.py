@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _torch_module
 
 __all__ = [
     "to_2tuple", "trunc_normal_", "DropPath", "Scale", "StarReLU", "SquaredReLU",
@@ -95,8 +96,7 @@ class StarReLU(nn.Module):
 
 def _global_forward_hooks() -> bool:
     """Whether global module forward hooks are registered (they may keep a module's output)."""
-    from torch.nn.modules import module as _m
-    return bool(getattr(_m, "_global_forward_hooks", None))
+    return bool(getattr(_torch_module, "_global_forward_hooks", None))
 
 
 class SquaredReLU(nn.Module):

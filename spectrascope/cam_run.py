@@ -115,10 +115,10 @@ def _build(name, checkpoint, img_size, device, overrides):
 def run_cam(models: Sequence[tuple[str, str | None]], *, method="scorecam", flavour="gradcam-lib",
             target_layer=None, target_class=None, images=None, data=None, num_images=None, img_size=None,
             device="cpu", overrides=None, batch_size=32, score=None, output: Path, overwrite=False,
-            progress=False, mask_batch_size: int | None = -1) -> dict:
+            progress=False, mask_batch_size: int | None = None) -> dict:
     """CAM maps of every model on the same images. ``models``: (name, checkpoint or None).
     ``batch_size``: images per pass; ``mask_batch_size``: masked inputs per Score-CAM forward
-    (None: ``score_cam``'s automatic choice; -1: ``batch_size``)."""
+    (None: ``score_cam``'s automatic choice)."""
     from .checkpoint import file_sha256
     from .results import Stopwatch, provenance, staged_output, write_json
     clock = Stopwatch()
@@ -147,8 +147,7 @@ def run_cam(models: Sequence[tuple[str, str | None]], *, method="scorecam", flav
                 raise ValueError(f"--class {classes} is outside {name}'s {logits.shape[1]} classes")
             kw = {"output_size": "input"}
             if method == "scorecam":
-                kw.update(flavour=flavour, batch_size=batch_size if mask_batch_size == -1 else mask_batch_size,
-                          score=score, progress=progress)
+                kw.update(flavour=flavour, batch_size=mask_batch_size, score=score, progress=progress)
             cams = []
             for i in range(0, imgs.x.shape[0], max(1, batch_size if method != "scorecam" else 8)):
                 xb = imgs.x[i:i + (batch_size if method != "scorecam" else 8)]

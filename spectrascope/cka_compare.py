@@ -140,6 +140,7 @@ class TorchCKACompat:
         self.labels_a = list(labels_a or [f"a{i}" for i in range(n_a)])
         self.labels_b = list(labels_b or [f"b{j}" for j in range(n_b)])
         self.hsic_matrix = torch.zeros(n_a, n_b, 3)
+        self.gram_dtypes = {"float32"}
         self.batches = self.examples = self.skipped_batches = self.skipped_examples = 0
         self.diagnostics: list[str] = []
 
@@ -376,7 +377,7 @@ def compare_models(model_a: nn.Module, model_b: nn.Module, batches: Iterable, *,
                      skipped_batches=t["skipped_batches"], skipped_examples=t["skipped_examples"],
                      hsic_xy=t["hsic_xy"].cpu(), hsic_xx=t["hsic_xx"].cpu(), hsic_yy=t["hsic_yy"].cpu(),
                      diagnostics=list(eng.diagnostics),
-                     meta={"gram_products": sorted(getattr(eng, "gram_dtypes", None) or {"float32"})})
+                     meta={"gram_products": sorted(eng.gram_dtypes)})
 
 
 def _check_fired(side: str, taps: TapList, cap: _Capture) -> list[str]:
@@ -502,8 +503,8 @@ def run_cka(spec_a: ModelSpec, spec_b: ModelSpec, *, taps: str = "fig7", taps_a:
         "model_a": side(spec_a, model_a, cfg_a), "model_b": side(spec_b, model_b, cfg_b),
         "same_model_object": model_a is model_b, "shared_input": shared_input,
         "images": [p.name for p in paths], "num_images": len(paths), "images_sha256": _images_digest(paths),
-        "batch_size": batch_size, "world_size": world, "seed": seed, "precision": "auto" if dtype is None else str(dtype).replace("torch.", ""),
-        "gram_products": result.meta.get("gram_products"),
+        "batch_size": batch_size, "world_size": world, "seed": seed,
+        "precision": "auto" if dtype is None else str(dtype).replace("torch.", ""),
         "taps_spec": {"a": taps_a or taps, "b": taps_b or taps},
         "wall_time_s": clock.elapsed, "device": str(device),
     })

@@ -121,6 +121,24 @@ def test_cam_scorecam_grid_of_two_models(tmp_path):
     assert (out / "grid.png").exists() and len(list((out / "overlays" / "dfformer_s18").glob("*.png"))) == 2
 
 
+def test_cam_scorecam_batch_is_automatic_unless_given(tmp_path, monkeypatch):
+    """Without --batch-size Score-CAM chooses its own masked-input batch (None reaches score_cam);
+    with it, the given number is used."""
+    import spectrascope.cam_run as cam_run
+    seen = []
+    real = cam_run.compute_cam
+
+    def spy(*args, **kw):
+        seen.append(kw["batch_size"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(cam_run, "compute_cam", spy)
+    base = ["cam", "--model", "dfformer_s18", *CAM_TINY, "--num-images", "1"]
+    ok(base + ["--output", str(tmp_path / "auto")])
+    ok(base + ["--batch-size", "12", "--output", str(tmp_path / "given")])
+    assert seen == [None, 12]
+
+
 def test_cam_gradcam_with_class_and_target_layer(tmp_path):
     out = tmp_path / "gc"
     ok(["cam", "--model", "dfformer_s18", *CAM_TINY, "--num-images", "1", "--method", "gradcam++",
