@@ -1,12 +1,12 @@
 """Shared steps of the filter / CAM / context figure recipes (not a recipe itself: the name starts with '_')."""
 from __future__ import annotations
 
-from spectrascope.device import resolve_device
+from spectrascope.engine.device import resolve_device
 
 
 def filters_recipe(ctx, model: str, **kw) -> dict:
     """``spectrascope filters`` of one model into ``<figure>/<model>/``."""
-    from spectrascope.filters_run import run_filters
+    from spectrascope.analysis.filters import run_filters
     summary = run_filters(model, checkpoint=ctx.checkpoint(model), img_size=ctx.img_size,
                           device=resolve_device(ctx.device), images=ctx.images, data=ctx.data,
                           num_images=ctx.num_images, batch_size=ctx.batch_size, output=ctx.output / model, **kw)

@@ -23,11 +23,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from spectrascope.cka_compare import FIG7_PAIRS, CKAResult, ModelSpec, run_cka
-from spectrascope.cka_report import plot_heatmap, write_report
-from spectrascope.figures import FigureSpec
-from spectrascope.registry import get_card
-from spectrascope.results import staged_output, write_json
+from spectrascope.analysis.cka import FIG7_PAIRS, CKAResult, ModelSpec, run_cka
+from spectrascope.report.cka import plot_heatmap, write_report
+from spectrascope.report.recipes import FigureSpec
+from spectrascope.zoo.registry import get_card
+from spectrascope.io.results import staged_output, write_json
 
 __all__ = ["FIGURE", "PAIRS", "find_checkpoint", "compute", "run", "main"]
 
@@ -46,7 +46,7 @@ FIGURE = FigureSpec(
 
 def run(ctx):
     """``spectrascope figure dfformer-fig7`` entry point (writes into the framework's staging folder)."""
-    from spectrascope.device import resolve_device
+    from spectrascope.engine.device import resolve_device
     res = _write_panels(ctx.output, checkpoints=ctx.checkpoints, images=ctx.images, data=ctx.data,
                         num_images=ctx.num_images, batch_size=ctx.batch_size, device=resolve_device(ctx.device),
                         img_size=ctx.img_size, progress=ctx.progress)
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", default="spectrascope", choices=["spectrascope", "torch-cka"])
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
-    from spectrascope.device import resolve_device
+    from spectrascope.engine.device import resolve_device
     ckpts = dict(item.split("=", 1) for item in args.checkpoint)
     try:
         res = compute(args.output, checkpoint_dir=args.checkpoint_dir, checkpoints=ckpts, images=args.images,

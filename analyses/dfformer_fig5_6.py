@@ -1,10 +1,10 @@
 """DFFormer Figs. 5-6: inference throughput and peak memory vs resolution."""
 import torch
 
-from spectrascope.figures import FigureSpec
-from spectrascope.plots import save_figure
-from spectrascope.results import write_csv
-from spectrascope.throughput import figures, sweep
+from spectrascope.report.recipes import FigureSpec
+from spectrascope.report.fourier import save_figure
+from spectrascope.io.results import write_csv
+from spectrascope.analysis.throughput import figures, sweep
 
 FIGURE = FigureSpec(
     name="dfformer-fig5-6",
@@ -25,7 +25,7 @@ CPU_RESOLUTIONS = (64, 96, 128, 160)
 
 
 def run(ctx):
-    from spectrascope.device import resolve_device
+    from spectrascope.engine.device import resolve_device
     device = resolve_device(ctx.device)
     gpu = device.type == "cuda"
     rows = sweep(ctx.models, GPU_RESOLUTIONS if gpu else CPU_RESOLUTIONS, batch_size=4, device=device,

@@ -1,5 +1,5 @@
 """DFFormer Fig. 8: relative log amplitudes on stage 3, CAFormer-S18 vs CDFFormer-S18."""
-from spectrascope.figures import FigureSpec
+from spectrascope.report.recipes import FigureSpec
 
 from ._fourier import amplitude_recipe
 

@@ -1,5 +1,5 @@
 """SPANet Fig. 2: relative log amplitudes of token-mixer outputs of four architectures."""
-from spectrascope.figures import FigureSpec
+from spectrascope.report.recipes import FigureSpec
 
 from ._fourier import amplitude_recipe
 

@@ -1,6 +1,6 @@
 """SPANet Fig. 4 / S1: SPG maps at lambda = 0.7 / 0.8 / 0.9 and the aggregated context."""
-from spectrascope.device import resolve_device
-from spectrascope.figures import FigureSpec
+from spectrascope.engine.device import resolve_device
+from spectrascope.report.recipes import FigureSpec
 
 FIGURE = FigureSpec(
     name="spanet-fig4",
@@ -17,7 +17,7 @@ FIGURE = FigureSpec(
 
 
 def run(ctx):
-    from spectrascope.cam_run import run_context
+    from spectrascope.analysis.cam import run_context
     payload = run_context("spanet_s", checkpoint=ctx.checkpoint("spanet_s"), images=ctx.images, data=ctx.data,
                           num_images=ctx.num_images, img_size=ctx.img_size, device=resolve_device(ctx.device),
                           output=ctx.output / "context")

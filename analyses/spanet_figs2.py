@@ -1,6 +1,6 @@
 """SPANet Fig. S2: Score-CAM maps of several ImageNet models on the same images."""
-from spectrascope.device import resolve_device
-from spectrascope.figures import FigureSpec
+from spectrascope.engine.device import resolve_device
+from spectrascope.report.recipes import FigureSpec
 
 FIGURE = FigureSpec(
     name="spanet-figs2",
@@ -17,7 +17,7 @@ FIGURE = FigureSpec(
 
 
 def run(ctx):
-    from spectrascope.cam_run import run_cam
+    from spectrascope.analysis.cam import run_cam
     payload = run_cam([(m, ctx.checkpoint(m)) for m in ctx.models], method="scorecam", flavour="gradcam-lib",
                       images=ctx.images, data=ctx.data, num_images=ctx.num_images, img_size=ctx.img_size,
                       device=resolve_device(ctx.device), batch_size=32, output=ctx.output / "cam",

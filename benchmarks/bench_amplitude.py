@@ -29,10 +29,10 @@ import time
 
 import torch
 
-from spectrascope.amplitude import choose_taps, reduce_spectra
-from spectrascope.device import resolve_device
-from spectrascope.inference import build_for_inference
-from spectrascope.spectral import curve_from_map
+from spectrascope.analysis.fourier import choose_taps, reduce_spectra
+from spectrascope.engine.device import resolve_device
+from spectrascope.zoo.build import build_for_inference
+from spectrascope.ops.fourier import curve_from_map
 
 TARGET = 1.10
 
@@ -81,8 +81,8 @@ def amplitude(model, batches, taps, dev, maps=False):
 def in_run_share(model, batches, taps, dev, maps=False):
     """Fraction of an amplitude run spent inside the reducer callbacks (timed in the same run,
     so machine load affects the forward and the reduction alike)."""
-    from spectrascope.reducers import AmplitudeReducer
-    from spectrascope.taps import Probe
+    from spectrascope.engine.reducers import AmplitudeReducer
+    from spectrascope.probe.probe import Probe
     red = AmplitudeReducer(taps, maps=maps)
     spent = [0.0]
 

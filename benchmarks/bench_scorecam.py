@@ -64,7 +64,7 @@ class PeakRSS:
 
 def build(args):
     import spectrascope
-    from spectrascope.cam import default_target_layer
+    from spectrascope.ops.cam import default_target_layer
     torch.manual_seed(0)
     kw = json.loads(args.model_kwargs) if args.model_kwargs else {}
     model = spectrascope.create_model(args.model, num_classes=1000, img_size=args.img_size, **kw).eval()

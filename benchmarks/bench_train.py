@@ -1,4 +1,4 @@
-"""Training throughput (img/s) and peak memory of ``spectrascope.train`` steps.
+"""Training throughput (img/s) and peak memory of ``spectrascope.train.loop`` steps.
 
     python benchmarks/bench_train.py                                   # GPU: dfformer_s18, 224 px
     python benchmarks/bench_train.py --device cpu                      # CPU: a reduced model at 64 px
@@ -11,7 +11,7 @@ Two measurements:
   bf16 + channels-last (+ compiled when ``--compile``). Prints img/s, peak memory (CUDA:
   ``max_memory_allocated``; CPU: the process's peak RSS, which only grows) and the speed-up
   over fp32.
-* ``loop`` (with ``--loop``): the real ``spectrascope.train.train`` for ``--steps`` updates on
+* ``loop`` (with ``--loop``): the real ``spectrascope.train.loop.train`` for ``--steps`` updates on
   ``synthetic`` at the same size (data generation, augmentation, loader, EMA and per-step
   loss checks included), with the fastest step configuration; prints the loop's img/s as
   reported in its results.json and its ratio to the bare step.
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 import spectrascope
-from spectrascope.device import resolve_device
-from spectrascope.train import TrainConfig, param_groups, train
+from spectrascope.engine.device import resolve_device
+from spectrascope.train.loop import TrainConfig, param_groups, train
 
 
 def peak_mb(dev) -> float:

@@ -1,6 +1,6 @@
 """The spectrascope model zoo (imported as ``spectrascope.models``).
 
-Importing this package registers every family with ``spectrascope.registry``.
+Importing this package registers every family with ``spectrascope.zoo.registry``.
 """
 from . import layers, base  # noqa: F401
 from . import metaformer, dfformer  # noqa: F401

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spectrascope.registry import register_model
+from spectrascope.zoo.registry import register_model
 from .affnet_ablations import (ConvMixer, DFFMixer, FFCMixer, FNOMixer, GFNMixer, IdentityMixer, _SlotMixer,
                                dct2, haar_dwt2, haar_idwt2, idct2, pad_even)
 from .base import TapList, TapSpec, ZooModel, block_depths

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spectrascope.registry import register_model
+from spectrascope.zoo.registry import register_model
 from .layers import Mlp, StarReLU, TapPoint, make_activation, resize_complex_weight, spectral_region, to_2tuple
 from .metaformer import _metaformer_builder, register_token_mixer
 

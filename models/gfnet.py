@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spectrascope.registry import register_model
+from spectrascope.zoo.registry import register_model
 from .base import AdaptNote, TapList, TapSpec, ZooModel, block_depths
 from .layers import (Mlp, TapPoint, drop_path_or_identity, drop_path_rates, normalize_name, spectral_region,
                      to_2tuple, trunc_normal_)

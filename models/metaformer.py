@@ -13,7 +13,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from spectrascope.registry import register_model
+from spectrascope.zoo.registry import register_model
 from .base import TapList, TapSpec, ZooModel, block_depths
 from .layers import (LayerNormGeneral, LayerNormWithoutBias, Mlp, MlpHead, Scale, SquaredReLU,
                      StarReLU, as_list, drop_path_or_identity, drop_path_rates, make_activation,

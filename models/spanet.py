@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from spectrascope.registry import register_model
+from spectrascope.zoo.registry import register_model
 from .base import AdaptNote
 from .layers import TapPoint, as_list, spectral_region
 from .poolformer import ChannelsFirstBlock, ChannelsFirstMetaFormer, GroupNorm, conv_out_size, resolve_nchw_norm
@@ -294,7 +294,7 @@ class SPANet(ChannelsFirstMetaFormer):
         model was built for another size). Masks missing from the checkpoint (e.g. stripped
         for dense fine-tuning) are derived. A mask built with other settings raises
         ``CheckpointError`` naming the setting it looks like."""
-        from spectrascope.checkpoint import CheckpointError
+        from spectrascope.zoo.checkpoint import CheckpointError
 
         out = dict(state)
         notes: list[AdaptNote] = []

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .registry import ModelCard, UnknownModelError, create_model, get_card, list_models, register_model
-from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint
-from .taps import Probe, TapError, model_taps, select_taps
-from .spectral import (ZeroMeanWarning, high_frequency_delta, radial_log_amplitude, relative_log_amplitude,
+from spectrascope.zoo.registry import ModelCard, UnknownModelError, create_model, get_card, list_models, register_model
+from spectrascope.zoo.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint
+from spectrascope.probe.probe import Probe, TapError, model_taps, select_taps
+from spectrascope.ops.fourier import (ZeroMeanWarning, high_frequency_delta, radial_log_amplitude, relative_log_amplitude,
                        spectrum_map)
-from .reducers import AmplitudeReducer
-from .amplitude import amplitude_analysis, redraw, spectrum_analysis, write_results
-from .cka import MinibatchCKA, linear_cka
-from .cam import (CamError, box_mask, compute_cam, default_target_layer, energy_in_box, grad_cam,
+from spectrascope.engine.reducers import AmplitudeReducer
+from spectrascope.analysis.fourier import amplitude_analysis, redraw, spectrum_analysis, write_results
+from spectrascope.ops.cka import MinibatchCKA, linear_cka
+from spectrascope.ops.cam import (CamError, box_mask, compute_cam, default_target_layer, energy_in_box, grad_cam,
                   localisation_scores, pointing_game, score_cam)
-from .filters import dynamic_filters, equivalent_kernel, filter_amplitude, frequency_filter, spatial_kernel
+from spectrascope.ops.filters import dynamic_filters, equivalent_kernel, filter_amplitude, frequency_filter, spatial_kernel
 
 __all__ = [
     "__version__",

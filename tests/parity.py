@@ -46,7 +46,7 @@ def check_fixture(name: str, model_name: str, overrides: dict, *, num_classes: i
     meta, tensors, state = load_fixture(name)
     hw = tuple(meta["input_size"][1:])
     model = spectrascope.create_model(model_name, num_classes=num_classes, img_size=hw, **overrides)
-    report = spectrascope.checkpoint.load_state_dict(model, state, strict=True)
+    report = spectrascope.zoo.checkpoint.load_state_dict(model, state, strict=True)
     assert report.ok and not report.adapted
     model.eval()
     feat_paths = [k[len("feat."):] for k in meta["feats"]]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from conftest import fixtures_dir
 
 import spectrascope
-from spectrascope.cam import (CamError, box_mask, default_target_layer, energy_in_box, grad_cam, gradcam_pp_weights,
+from spectrascope.ops.cam import (CamError, box_mask, default_target_layer, energy_in_box, grad_cam, gradcam_pp_weights,
                               localisation_scores, normalize_maps, pointing_game, resolve_target_layer, score_cam,
                               weighted_cam)
 
@@ -252,7 +252,7 @@ def test_auto_batch_size_from_memory_budget(tiny):
 
 def test_default_batch_is_capped_on_cpu(tiny):
     """The automatic batch: masked inputs per forward never exceed the CPU cap, maps unchanged."""
-    from spectrascope.cam import AUTO_BATCH_CAP
+    from spectrascope.ops.cam import AUTO_BATCH_CAP
     model, t = tiny
     counter = CountingForward(model)
     try:

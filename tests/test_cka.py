@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from conftest import fixtures_dir
 
 import spectrascope
-from spectrascope.cka import MinibatchCKA, hsic, linear_cka, u_centre
-from spectrascope.cka_compare import (TorchCKACompat, compare_models, make_engine, resolve_taps)
-from spectrascope.taps import TapError, TapSpec
+from spectrascope.ops.cka import MinibatchCKA, hsic, linear_cka, u_centre
+from spectrascope.analysis.cka import (TorchCKACompat, compare_models, make_engine, resolve_taps)
+from spectrascope.probe.probe import TapError, TapSpec
 
 F64 = torch.float64
 
@@ -187,7 +187,7 @@ def test_debiasing_on_independent_gaussians():
 def test_shifted_gram_equals_the_product_of_shifted_features(n, p, chunk):
     """The chunked (and, for large products on CPUs, block-halved) Gram product is exactly the
     Gram matrix of the features shifted by the first example, symmetric, whatever the chunking."""
-    from spectrascope.cka import Workspace, shifted_gram
+    from spectrascope.ops.cka import Workspace, shifted_gram
     g = torch.Generator().manual_seed(11)
     x = torch.randn(n, p, generator=g, dtype=F64) * 2 + 7
     xs = x - x[:1]
@@ -493,8 +493,8 @@ def test_resolve_taps_specs():
 
 # ---------------------------------------------------------------------------- report
 def test_report_files_heatmap_conventions_and_best_matches(tmp_path):
-    from spectrascope.cka_compare import CKAResult
-    from spectrascope.cka_report import FILES, best_matches, plot_heatmap, write_report
+    from spectrascope.analysis.cka import CKAResult
+    from spectrascope.report.cka import FILES, best_matches, plot_heatmap, write_report
     ta = [TapSpec(f"a{i}", "block", f"a{i}", "NCHW", stage=1 + i // 2) for i in range(4)]
     tb = [TapSpec(f"b{j}", "block", f"b{j}", "NCHW", stage=1 + j // 2) for j in range(3)]
     mat = torch.tensor([[0.9, 0.2, 0.1], [0.3, 0.8, float("nan")], [-0.1, 0.4, 0.7], [0.2, 0.95, 0.6]], dtype=F64)

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 import spectrascope
 from spectrascope.cli import main
-from spectrascope.data import load_batch, paths_digest, sample_images
-from spectrascope.inference import build_for_inference
-from spectrascope.spectral import relative_log_amplitude
-from spectrascope.taps import Probe, model_taps
+from spectrascope.io.images import load_batch, paths_digest, sample_images
+from spectrascope.zoo.build import build_for_inference
+from spectrascope.ops.fourier import relative_log_amplitude
+from spectrascope.probe.probe import Probe, model_taps
 
 TINY_KW = ["--model-kwargs", "depths=1,1,2,1", "--model-kwargs", "dims=8,16,24,32"]
 FAST = ["--img-size", "64", "--num-images", "2"]
@@ -275,8 +275,8 @@ def fake_recipes(tmp_path, monkeypatch):
     folder = tmp_path / "recipes"
     folder.mkdir()
     (folder / "fake_fig.py").write_text(textwrap.dedent('''
-        from spectrascope.figures import FigureSpec
-        from spectrascope.amplitude import amplitude_analysis, write_results
+        from spectrascope.report.recipes import FigureSpec
+        from spectrascope.analysis.fourier import amplitude_analysis, write_results
         FIGURE = FigureSpec(name="fake-fig", title="A test figure", paper="nobody 2024, Fig. 0",
                             models=("dfformer_s18", "not_a_model"), num_images=1)
         def run(ctx):
@@ -288,7 +288,7 @@ def fake_recipes(tmp_path, monkeypatch):
             return {"n": payload["images"]["count"]}
     '''))
     (folder / "broken_fig.py").write_text(textwrap.dedent('''
-        from spectrascope.figures import FigureSpec
+        from spectrascope.report.recipes import FigureSpec
         FIGURE = FigureSpec(name="broken-fig", title="fails", paper="-", models=("dfformer_s18",))
         def run(ctx):
             (ctx.output / "half.txt").write_text("half")

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import spectrascope
-from spectrascope import filters as fl
+from spectrascope.ops import filters as fl
 from spectrascope.cli import main
 
 DF_TINY = ["--img-size", "32", "--model-kwargs", "depths=1,1,1,1", "--model-kwargs", "dims=8,16,24,32"]
@@ -124,7 +124,7 @@ def test_cam_scorecam_grid_of_two_models(tmp_path):
 def test_cam_scorecam_batch_is_automatic_unless_given(tmp_path, monkeypatch):
     """Without --batch-size Score-CAM chooses its own masked-input batch (None reaches score_cam);
     with it, the given number is used."""
-    import spectrascope.cam_run as cam_run
+    import spectrascope.analysis.cam as cam_run
     seen = []
     real = cam_run.compute_cam
 
@@ -148,7 +148,7 @@ def test_cam_gradcam_with_class_and_target_layer(tmp_path):
 
 
 def test_cam_localisation_on_synthetic_boxes(tmp_path):
-    pytest.importorskip("spectrascope.datasets")
+    pytest.importorskip("spectrascope.io.datasets")
     out = tmp_path / "loc"
     ok(["cam", "--model", "dfformer_s18", *CAM_TINY, "--data", "synthetic:num_classes=4", "--num-images", "3",
         "--method", "gradcam", "--output", str(out)])
@@ -213,7 +213,7 @@ def test_existing_output_needs_overwrite(tmp_path):
 @pytest.mark.parametrize("figure,files", [("affnet-kernels", ["affnet/results.json"]),
                                           ("spanet-fig4", ["context/grid.png"])])
 def test_figure_recipes(tmp_path, figure, files):
-    figures = pytest.importorskip("spectrascope.figures")
+    figures = pytest.importorskip("spectrascope.report.recipes")
     get_figure, run_figure = figures.get_figure, figures.run_figure
     spec, _ = get_figure(figure)
     for m in spec.models:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from spectrascope.data import MEAN, STD, DataError, resolve_image_paths
-from spectrascope.datasets import (AugmentConfig, EvalTransform, MixupCutmix, RandAugmentPolicy, SyntheticConfig,
+from spectrascope.io.images import MEAN, STD, DataError, resolve_image_paths
+from spectrascope.io.datasets import (AugmentConfig, EvalTransform, MixupCutmix, RandAugmentPolicy, SyntheticConfig,
                                    SyntheticTextures, TrainTransform, TransformedDataset, apply_ra_op, load_cifar,
                                    load_data, materialize_images, one_hot_smooth, parse_data_spec, rand_augment,
                                    random_erase, random_resized_crop_box, safe_unpickle, texture_mask)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import spectrascope
-from spectrascope import filters as fl
-from spectrascope.taps import Probe, select_taps, model_taps
+from spectrascope.ops import filters as fl
+from spectrascope.probe.probe import Probe, select_taps, model_taps
 
 
 def _point_symmetric(a: torch.Tensor) -> torch.Tensor:
@@ -151,7 +151,7 @@ def test_affnet_mixer_is_a_circular_convolution_with_the_mask_kernel():
 
 
 def test_collect_filters_uses_the_built_grid():
-    from spectrascope.filters_run import collect_filters
+    from spectrascope.analysis.filters import collect_filters
     model = spectrascope.create_model("dfformer_s18", num_classes=3, img_size=(28, 36), depths=[1, 1, 1, 1],
                                       dims=[8, 16, 24, 32])
     layers = collect_filters(model)

@@ -6,11 +6,11 @@ import torch
 import torch.nn as nn
 
 import spectrascope
-from spectrascope.amplitude import choose_taps, parse_tap_request, reduce_spectra
+from spectrascope.analysis.fourier import choose_taps, parse_tap_request, reduce_spectra
 from spectrascope.models.base import TapSpec
-from spectrascope.reducers import AmplitudeReducer
-from spectrascope.spectral import relative_log_amplitude
-from spectrascope.taps import Probe, TapError, model_taps
+from spectrascope.engine.reducers import AmplitudeReducer
+from spectrascope.ops.fourier import relative_log_amplitude
+from spectrascope.probe.probe import Probe, TapError, model_taps
 
 TINY = dict(depths=[1, 1, 2, 1], dims=[8, 16, 24, 32])
 SPATIAL = ("NCHW", "NHWC", "NLC")
@@ -87,7 +87,7 @@ def test_in_place_op_after_tap_does_not_corrupt_capture():
     assert got.min().item() < 0 and torch.equal(got, ref)
     # the streaming reducer consumes the map inside the hook, before the in-place ReLU runs
     stats, n, _ = reduce_spectra(model, [x], [tap], dtype=torch.float64)
-    from spectrascope.spectral import curve_from_map
+    from spectrascope.ops.fourier import curve_from_map
     assert n == 2
     assert torch.allclose(curve_from_map(stats["conv"].mean_map()), relative_log_amplitude(ref.double()), atol=1e-12)
 
@@ -101,7 +101,7 @@ def test_streaming_reducer_equals_one_big_batch():
     full = probe.pop()
     stats, n, order = reduce_spectra(model, [x[:2], x[2:4], (x[4:], "labels")], taps, dtype=torch.float64)
     assert n == 6 and order == [t.name for t in taps]
-    from spectrascope.spectral import curve_from_map
+    from spectrascope.ops.fourier import curve_from_map
     for t in taps:
         ours = curve_from_map(stats[t.name].mean_map())
         ref = relative_log_amplitude(full[t.name])
@@ -132,7 +132,7 @@ def test_half_diagonal_reducer_keeps_only_the_curve():
     x = batch(3, seed=4)
     fast, _, _ = reduce_spectra(model, [x[:1], x[1:]], taps, maps=False)
     full, _, _ = reduce_spectra(model, [x], taps, maps=True)
-    from spectrascope.spectral import curve_from_map
+    from spectrascope.ops.fourier import curve_from_map
     for t in taps:
         H = full[t.name].size[0]
         assert fast[t.name].diag_sum.shape == (H - H // 2,)

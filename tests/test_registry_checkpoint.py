@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import spectrascope
-from spectrascope.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from spectrascope.zoo.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from parity import load_fixture, run_with_feats, tolerance
 
 TINY = dict(depths=[1, 1, 2, 1], dims=[8, 16, 24, 32])

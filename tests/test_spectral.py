@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from conftest import fixtures_dir
 
 import spectrascope
-from spectrascope.spectral import (SpectrumStats, ZeroMeanWarning, as_nchw, curve_from_map, diagonal_stats,
+from spectrascope.ops.fourier import (SpectrumStats, ZeroMeanWarning, as_nchw, curve_from_map, diagonal_stats,
                                    frequency_axis, high_frequency_delta, log_amplitude_map, normalised_depth,
                                    radial_log_amplitude, relative_log_amplitude, spectrum_map, spectrum_stats,
                                    zero_mean_fraction)

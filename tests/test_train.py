@@ -18,9 +18,9 @@ import torch
 from click.testing import CliRunner
 
 import spectrascope
-from spectrascope import train as tr
+from spectrascope.train import loop as tr
 from spectrascope.cli import main
-from spectrascope.train import (CosineWarmup, EpochBatchSampler, ModelEma, TrainConfig, TrainingInterrupted,
+from spectrascope.train.loop import (CosineWarmup, EpochBatchSampler, ModelEma, TrainConfig, TrainingInterrupted,
                                 derive_seed, resolve_config)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +208,7 @@ def test_training_learns_and_writes_its_outputs(reference_run):
 
 
 def test_checkpoints_load_with_create_model_and_evaluate(reference_run, one_thread):
-    from spectrascope.evaluate import evaluate
+    from spectrascope.train.evaluate import evaluate
     out, res = reference_run
     last = out / "last.pth"
     spec = tr.model_spec_from_checkpoint(last)
@@ -283,7 +283,7 @@ def test_resume_refuses_to_change_the_recipe(reference_run):
 
 
 def test_non_finite_loss_stops_the_run(tmp_path, monkeypatch, one_thread):
-    from spectrascope.datasets import TransformedDataset
+    from spectrascope.io.datasets import TransformedDataset
     orig = TransformedDataset.__getitem__
     calls = []
 

@@ -11,7 +11,7 @@ from conftest import fixtures_dir
 from parity import check_fixture, check_official_keys, load_fixture, meta_model, run_with_feats, tolerance
 from spectrascope.models import affnet as A
 from spectrascope.models.affnet_ablations import (GridError, dct2, dct_matrix, haar_dwt2, haar_idwt2, idct2)
-from spectrascope.taps import Probe, model_taps
+from spectrascope.probe.probe import Probe, model_taps
 
 #: a small layer table in the official format (channels 16/16/16/24/32, AFF blocks 1/2/1)
 TINY = {
@@ -69,7 +69,7 @@ def test_official_state_dict_file_loads_by_name(tmp_path):
     meta, tensors, state = load_fixture("affnet_tiny")
     path = tmp_path / "checkpoint_ema_score_0.pt"
     torch.save(state, path)  # cvnets EMA checkpoints are plain state_dicts
-    from spectrascope.inference import build_for_inference
+    from spectrascope.zoo.build import build_for_inference
     model, prep = build_for_inference("affnet_et", checkpoint=path, config=meta["constructor_args"]["config"])
     assert model.classifier.fc.out_features == 10  # head size read from the checkpoint
     assert prep["size"] == (256, 256) and prep["mean"] == (0.0, 0.0, 0.0) and prep["std"] == (1.0, 1.0, 1.0)
@@ -355,7 +355,7 @@ def test_gfn_filters_with_a_static_complex_weight_bound_to_the_grid(caplog):
         model(torch.randn(1, 3, 96, 96))
     other = tiny("affnet_gfn", (96, 128))
     with caplog.at_level("INFO", logger="spectrascope"):
-        report = spectrascope.checkpoint.load_state_dict(other, model.state_dict())
+        report = spectrascope.zoo.checkpoint.load_state_dict(other, model.state_dict())
     assert report.ok and len(report.adapted) == 4 and "bicubic" in caplog.text
     with torch.no_grad():
         assert other(torch.randn(1, 3, 96, 128)).shape == (1, 5)

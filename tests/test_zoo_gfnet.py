@@ -10,7 +10,7 @@ import spectrascope
 from conftest import fixtures_dir
 from parity import check_fixture, check_official_keys, load_fixture, meta_model, run_with_feats, tolerance
 from spectrascope.models.gfnet import GlobalFilter, InputSizeError
-from spectrascope.taps import Probe, to_nchw
+from spectrascope.probe.probe import Probe, to_nchw
 
 VARIANTS = ["gfnet_ti", "gfnet_xs", "gfnet_s", "gfnet_b", "gfnet_h_ti", "gfnet_h_s", "gfnet_h_b"]
 README_PARAMS_M = {"gfnet_ti": 7, "gfnet_xs": 16, "gfnet_s": 25, "gfnet_b": 43,
@@ -90,7 +90,7 @@ def test_224_checkpoint_is_resized_like_the_official_finetune(fixture, base, cap
     _, _, base_state = load_fixture(base)
     model = spectrascope.create_model(PARITY[fixture], num_classes=10, img_size=96, **overrides(meta))
     with caplog.at_level("INFO", logger="spectrascope"):
-        report = spectrascope.checkpoint.load_state_dict(model, base_state, strict=True)
+        report = spectrascope.zoo.checkpoint.load_state_dict(model, base_state, strict=True)
     assert sorted(k.split(":")[0] for k in report.adapted) == sorted(meta["resize"]["resized_keys"])
     assert "align_corners=False" in caplog.text and "align_corners=True" in caplog.text
     own = model.state_dict()
@@ -191,7 +191,7 @@ def test_odd_token_grids_follow_the_convolution_arithmetic():
 def test_square_checkpoint_into_non_square_model():
     _, _, base_state = load_fixture("gfnet_tiny")
     model = spectrascope.create_model("gfnet_ti", img_size=(64, 128), num_classes=10, **TINY)
-    report = spectrascope.checkpoint.load_state_dict(model, base_state, strict=True)
+    report = spectrascope.zoo.checkpoint.load_state_dict(model, base_state, strict=True)
     assert len(report.adapted) == 3
     pos, w0 = model.pos_embed.detach(), model.blocks[0].filter.complex_weight.detach()
     assert pos.shape == (1, 4 * 8, 32) and w0.shape == (4, 5, 32, 2)
@@ -201,7 +201,7 @@ def test_square_checkpoint_into_non_square_model():
         assert torch.allclose(w0[i, j], src[i, j], atol=1e-6)
     # bicubic resampling keeps a constant position embedding constant
     const = dict(base_state, pos_embed=torch.ones(1, 196, 32) * torch.arange(32.0))
-    spectrascope.checkpoint.load_state_dict(model, const, strict=True)
+    spectrascope.zoo.checkpoint.load_state_dict(model, const, strict=True)
     assert torch.allclose(model.pos_embed.detach(), torch.ones(1, 32, 32) * torch.arange(32.0), atol=1e-5)
 
 

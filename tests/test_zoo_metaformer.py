@@ -54,7 +54,7 @@ def test_checkpoint_at_another_resolution_is_resized_like_official(fixture, base
     model_name = PARITY[base]
     model = spectrascope.create_model(model_name, num_classes=10, img_size=(96, 128), **fixture_overrides(meta))
     with caplog.at_level("INFO", logger="spectrascope"):
-        report = spectrascope.checkpoint.load_state_dict(model, base_state, strict=True)
+        report = spectrascope.zoo.checkpoint.load_state_dict(model, base_state, strict=True)
     assert sorted(k.split(":")[0] for k in report.adapted) == sorted(meta["resize"]["resized_keys"])
     assert "bicubic" in caplog.text
     own = model.state_dict()

@@ -32,10 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import registry
-from .checkpoint import CheckpointError
-from .data import DataError
-from .results import OutputExistsError, default_output_dir, provenance, write_csv, write_json
+from spectrascope.zoo import registry
+from spectrascope.zoo.checkpoint import CheckpointError
+from spectrascope.io.images import DataError
+from spectrascope.io.results import OutputExistsError, default_output_dir, provenance, write_csv, write_json
 
 CHECKPOINT_FORMAT = "spectrascope-train"
 CHECKPOINT_VERSION = 1
@@ -418,7 +418,7 @@ class Dist:
 
 def init_distributed(device_pref: str) -> tuple[Dist, torch.device]:
     """Read torchrun's environment; nccl on CUDA, gloo on CPU."""
-    from .device import resolve_device
+    from spectrascope.engine.device import resolve_device
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(), resolve_device(device_pref)
@@ -524,7 +524,7 @@ class CheckpointModelSpec:
 def model_spec_from_checkpoint(path) -> CheckpointModelSpec | None:
     """Model name, number of classes, input size and constructor overrides stored in a
     spectrascope training checkpoint; None for other checkpoints (official/timm files)."""
-    from .checkpoint import read_checkpoint
+    from spectrascope.zoo.checkpoint import read_checkpoint
     return model_spec_from_info(read_checkpoint(path)[1])
 
 
@@ -613,10 +613,10 @@ class _StopFlag:
 
 def train(cfg: TrainConfig, *, resume: str | None = None, log=None) -> dict:
     """Train (or resume) and return the results dict also written to ``results.json``."""
-    from .datasets import (AugmentConfig, EvalTransform, TrainTransform, TransformedDataset, build_mixup, load_data,
+    from spectrascope.io.datasets import (AugmentConfig, EvalTransform, TrainTransform, TransformedDataset, build_mixup, load_data,
                            resolve_backend)
-    from .evaluate import evaluate_loader
-    from .inference import preprocessing
+    from spectrascope.train.evaluate import evaluate_loader
+    from spectrascope.zoo.build import preprocessing
 
     dist_info, device = init_distributed(cfg.device or "auto")
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -9,7 +9,7 @@ as figures, raw arrays and ``results.json``.
   kernels, with a numerical check of the equivalence on the model's own tensors.
 * SPANet: the spectral pooling masks per stage and lambda, and their spatial kernels.
 
-Amplitudes follow the official GFNet recipe (``spectrascope.filters.filter_amplitude``).
+Amplitudes follow the official GFNet recipe (``spectrascope.ops.filters.filter_amplitude``).
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import filters as fl
+from spectrascope.ops import filters as fl
 
-log = logging.getLogger("spectrascope.filters")
+log = logging.getLogger("spectrascope.ops.filters")
 
 __all__ = ["FilterLayer", "collect_filters", "select_layers", "run_filters", "routing_statistics",
            "aff_masks", "spf_masks"]
@@ -102,7 +102,7 @@ def select_layers(layers: list, spec: str | None) -> list:
 
 
 def _batches(model, cfg, paths, batch_size, device):
-    from .data import iter_batches
+    from spectrascope.io.images import iter_batches
     for batch, chunk in iter_batches(paths, batch_size, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"]):
         yield batch.to(device), chunk
 
@@ -111,7 +111,7 @@ def routing_statistics(model, batches, want_effective: int = 0, channels=(0, 1, 
     """Streamed DF routing statistics per layer: mean weights (N, 2C), share of
     (image, channel) pairs whose top basis is each basis, mean entropy; and the effective
     filters of the first ``want_effective`` images for ``channels`` (amplitudes)."""
-    from .taps import Probe, model_taps
+    from spectrascope.probe.probe import Probe, model_taps
     taps = [t for t in model_taps(model) if t.role in ("df_routing", "df_filter")]
     routing_taps = [t for t in taps if t.role == "df_routing"]
     if not routing_taps:
@@ -157,8 +157,8 @@ def aff_masks(model, x: torch.Tensor, check_channels: int = 2) -> list[dict]:
     """AFFNet masks for a batch: per AFF layer the mask (B, C, H, W//2+1), its equivalent
     kernels (B, C, H, W) and the max error of ``irfft2(M * rfft2(x)) == x (*) kernel``
     checked on the first image and ``check_channels`` channels of the model's own input."""
-    from .taps import Probe, model_taps
-    from .models.base import TapSpec
+    from spectrascope.probe.probe import Probe, model_taps
+    from spectrascope.models.base import TapSpec
     mask_taps = [t for t in model_taps(model) if t.role == "aff_mask"]
     if not mask_taps:
         raise ValueError("this model has no adaptive frequency masks (aff_mask taps)")
@@ -332,10 +332,10 @@ def run_filters(model_name: str, *, checkpoint=None, img_size=None, device="cpu"
                 channels=None, output: Path, overwrite=False, cmap=None) -> dict:
     """Build the model, extract its filters and write figures + ``filters.npz`` +
     ``results.json`` into ``output`` (staged: nothing is left behind on error)."""
-    from .data import paths_digest, resolve_image_paths
-    from .inference import build_for_inference
-    from .checkpoint import file_sha256
-    from .results import Stopwatch, provenance, staged_output, write_json
+    from spectrascope.io.images import paths_digest, resolve_image_paths
+    from spectrascope.zoo.build import build_for_inference
+    from spectrascope.zoo.checkpoint import file_sha256
+    from spectrascope.io.results import Stopwatch, provenance, staged_output, write_json
     clock = Stopwatch()
     model, cfg = build_for_inference(model_name, checkpoint=checkpoint, img_size=img_size, device=device,
                                      **(overrides or {}))
@@ -406,7 +406,7 @@ def run_filters(model_name: str, *, checkpoint=None, img_size=None, device="cpu"
                                    f"{model_name}: effective filters of {Path(paths[img_i]).name}{note}", [cmap or "viridis"])
                         summary["figures"].append(png.name)
         if has_aff:
-            from .data import load_batch
+            from spectrascope.io.images import load_batch
             x = load_batch(paths[: max(1, min(len(paths), 4))], cfg["size"], cfg["crop_pct"], cfg["mean"],
                            cfg["std"]).to(device)
             res = aff_masks(model, x)

@@ -4,7 +4,7 @@ A recipe is one small module in ``analyses/`` (imported as ``spectrascope.analys
 that composes library calls. Adding a figure needs nothing else than such a module::
 
     # analyses/mypaper_fig3.py
-    from spectrascope.figures import FigureSpec
+    from spectrascope.report.recipes import FigureSpec
 
     FIGURE = FigureSpec(name="mypaper-fig3", title="...", paper="Author et al. 2024, Fig. 3",
                         models=("dfformer_s18", "timm:vit_tiny_patch16_224"))
@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Mapping, Sequence
 
-log = logging.getLogger("spectrascope.figures")
+log = logging.getLogger("spectrascope.report.recipes")
 
 __all__ = ["FigureSpec", "FigureContext", "FigureError", "list_figures", "get_figure", "run_figure",
            "model_available"]
@@ -132,11 +132,11 @@ def get_figure(name: str) -> tuple[FigureSpec, ModuleType]:
 def model_available(name: str) -> tuple[bool, str]:
     """(available, reason) for a registry name or ``timm:<name>``."""
     if name.startswith("timm:"):
-        from .compat import timm_available
+        from spectrascope.compat import timm_available
         if not timm_available():
             return False, "needs timm (pip install 'spectrascope[timm]')"
         return True, ""
-    from .registry import UnknownModelError, resolve_name
+    from spectrascope.zoo.registry import UnknownModelError, resolve_name
     try:
         resolve_name(name)
     except UnknownModelError:
@@ -174,7 +174,7 @@ def run_figure(name: str, *, output="figures", overwrite: bool = False, checkpoi
                images=None, data: str | None = None, num_images: int | None = None, batch_size: int = 16,
                img_size=None, skip_unavailable: bool = False, progress: bool = False) -> tuple[Path, dict]:
     """Run the recipe ``name`` into ``<output>/<name>/``; returns (folder, figure.json content)."""
-    from .results import provenance, staged_output, write_json
+    from spectrascope.io.results import provenance, staged_output, write_json
     spec, mod = get_figure(name)
     cks = _parse_checkpoints(checkpoints, spec.models)
     avail, skipped = [], []

@@ -8,14 +8,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import registry
+from spectrascope.zoo import registry
 
 
 @torch.no_grad()
 def evaluate_loader(model, loader, device, amp_dtype=None, channels_last: bool = False, dist=None) -> dict:
     """Cross-entropy (no smoothing), top-1/top-5 (percent; k clipped to the number of
     classes) and images/s over ``loader``; sums are reduced over DDP ranks."""
-    from .train import _all_reduce, accuracy_counts
+    from spectrascope.train.loop import _all_reduce, accuracy_counts
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
@@ -51,11 +51,11 @@ def evaluate(model_name: str | None, *, checkpoint=None, data: str, img_size=Non
 
     A spectrascope training checkpoint supplies the architecture (overrides, input size,
     number of classes); for other checkpoints the head must match the data's classes."""
-    from .checkpoint import CheckpointError, file_sha256, read_checkpoint
-    from .datasets import EvalTransform, TransformedDataset, load_data
-    from .device import resolve_device
-    from .inference import num_classes_in, preprocessing
-    from .train import ShardSampler, _amp_dtype, model_spec_from_checkpoint
+    from spectrascope.zoo.checkpoint import CheckpointError, file_sha256, read_checkpoint
+    from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
+    from spectrascope.engine.device import resolve_device
+    from spectrascope.zoo.build import num_classes_in, preprocessing
+    from spectrascope.train.loop import ShardSampler, _amp_dtype, model_spec_from_checkpoint
 
     if batch_size < 1:
         raise ValueError("--batch-size must be >= 1")

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IMAGE_SUFFIXES, MEAN, STD, DataError, eval_transform
+from spectrascope.io.images import IMAGE_SUFFIXES, MEAN, STD, DataError, eval_transform
 
 SPEC_HELP = ("imagefolder:PATH | cifar10:PATH | cifar100:PATH | "
              "synthetic[:num_classes=8,train_size=2048,val_size=512,...] | samples")
@@ -713,7 +713,7 @@ def resolve_backend(backend: str) -> str:
         raise DataError(f"--aug-backend must be auto, builtin or timm, not {backend!r}")
     if backend == "builtin":
         return "builtin"
-    from .compat import timm_available
+    from spectrascope.compat import timm_available
     if timm_available():
         return "timm"
     if backend == "timm":
@@ -736,7 +736,7 @@ class TrainTransform:
 
     def _timm_transform(self):
         if self._timm is None:
-            from .compat import import_timm
+            from spectrascope.compat import import_timm
             timm = import_timm()
             self._timm = timm.data.create_transform(
                 input_size=(3, *self.size), is_training=True, scale=tuple(self.aug.scale), ratio=tuple(self.aug.ratio),
@@ -864,7 +864,7 @@ def build_mixup(backend: str, mixup: float, cutmix: float, prob: float, switch_p
     if mixup <= 0 and cutmix <= 0:
         return None
     if backend == "timm":
-        from .compat import import_timm
+        from spectrascope.compat import import_timm
         timm = import_timm()
         m = timm.data.Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, switch_prob=switch_prob,
                             mode="batch", label_smoothing=smoothing, num_classes=num_classes)

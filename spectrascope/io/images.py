@@ -93,9 +93,9 @@ def resolve_image_paths(images=None, data: str | None = None, num_images: int | 
         sub = root / "val" if (root / "val").is_dir() else root
         paths = list_images(sub)
     elif data.split(":", 1)[0] in ("synthetic", "cifar10", "cifar100"):
-        # validation images written once as lossless PNGs (spectrascope.datasets); labels and
+        # validation images written once as lossless PNGs (spectrascope.io.datasets); labels and
         # synthetic patch boxes are in labels.json beside them
-        from .datasets import materialize_images
+        from spectrascope.io.datasets import materialize_images
         paths = materialize_images(data, "val", num_images)
     else:
         raise DataError(f"--data {data!r} is not an image source for analyses "

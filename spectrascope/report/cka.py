@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .cka_compare import CKAResult
-from .results import provenance, staged_output, write_csv, write_json
+from spectrascope.analysis.cka import CKAResult
+from spectrascope.io.results import provenance, staged_output, write_csv, write_json
 
 __all__ = ["plot_heatmap", "best_matches", "matrix_rows", "write_report", "render_html", "FILES"]
 

@@ -11,10 +11,10 @@ import sys
 import click
 import torch
 
-from . import registry
-from .checkpoint import CheckpointError
-from .data import DataError
-from .results import OutputExistsError
+from spectrascope.zoo import registry
+from spectrascope.zoo.checkpoint import CheckpointError
+from spectrascope.io.images import DataError
+from spectrascope.io.results import OutputExistsError
 
 #: library errors that are the user's input, reported as one line
 USER_ERRORS = (registry.UnknownModelError, CheckpointError, DataError, OutputExistsError, ValueError,
@@ -174,9 +174,9 @@ def zoo_markdown(cards) -> str:
 @user_errors
 def predict_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, topk):
     """Run a model on images and print the top-k classes (a smoke test of a checkpoint)."""
-    from .data import iter_batches, resolve_image_paths
-    from .device import resolve_device
-    from .inference import build_for_inference
+    from spectrascope.io.images import iter_batches, resolve_image_paths
+    from spectrascope.engine.device import resolve_device
+    from spectrascope.zoo.build import build_for_inference
     dev = resolve_device(device)
     model, cfg = build_for_inference(model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size),
                                      device=dev, **parse_model_kwargs(model_kwargs))
@@ -234,10 +234,10 @@ def cka_cmd(model_a, model_b, checkpoint_a, checkpoint_b, taps, taps_a, taps_b, 
     import warnings
     from pathlib import Path
 
-    from .cka_compare import ModelSpec, init_distributed, run_cka
-    from .cka_report import write_report
-    from .device import resolve_device
-    from .results import OutputExistsError, default_output_dir
+    from spectrascope.analysis.cka import ModelSpec, init_distributed, run_cka
+    from spectrascope.report.cka import write_report
+    from spectrascope.engine.device import resolve_device
+    from spectrascope.io.results import OutputExistsError, default_output_dir
     size = parse_img_size(img_size)
     common = parse_model_kwargs(model_kwargs)
     spec_a = ModelSpec(model_a, checkpoint_a, size, {**common, **parse_model_kwargs(model_kwargs_a)})
@@ -276,7 +276,7 @@ def cka_cmd(model_a, model_b, checkpoint_a, checkpoint_b, taps, taps_a, taps_b, 
 
 def _train_options(fn):
     """timm's flag names (and the issue's short forms) for ``spectrascope train``."""
-    from .train import RECIPES
+    from spectrascope.train.loop import RECIPES
     opts = [
         click.option("--model", "model", default=None, help="registry name, alias or timm:<name> (required unless --resume)"),
         click.option("--data", default=None, help="imagefolder:PATH | cifar10:PATH | cifar100:PATH | synthetic[:k=v,...]"),
@@ -336,11 +336,11 @@ def _train_options(fn):
 @_train_options
 @user_errors
 def train_cmd(compile_, model_kwargs, img_size, no_progress, resume, **opts):
-    """Train a zoo model on a data spec (DDP: torchrun --nproc_per_node=N -m spectrascope.cli train ...).
+    """Train a zoo model on a data spec (DDP: torchrun --nproc_per_node=N -m spectrascope.cli.main train ...).
 
     Writes last.pth / best.pth (every epoch and on SIGTERM/SIGINT), metrics.csv and
     results.json into the run folder; --resume continues exactly."""
-    from .train import TrainConfig, TrainingError, TrainingInterrupted, train
+    from spectrascope.train.loop import TrainConfig, TrainingError, TrainingInterrupted, train
     kw = parse_model_kwargs(model_kwargs)
     cfg = TrainConfig(compile=compile_, model_kwargs=kw or None, img_size=parse_img_size(img_size),
                       progress=False if no_progress else None,
@@ -376,8 +376,8 @@ def evaluate_cmd(model_name, checkpoint, img_size, device, model_kwargs, data, b
     """Top-1/top-5 accuracy, loss and throughput on a data spec's validation split -> results.json."""
     from pathlib import Path
 
-    from .evaluate import evaluate
-    from .results import Stopwatch, default_output_dir, provenance, staged_output, write_json
+    from spectrascope.train.evaluate import evaluate
+    from spectrascope.io.results import Stopwatch, default_output_dir, provenance, staged_output, write_json
     watch = Stopwatch()
     out = Path(output) if output else default_output_dir("evaluate", model_name)
     occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
@@ -401,7 +401,7 @@ def evaluate_cmd(model_name, checkpoint, img_size, device, model_kwargs, data, b
 
 def _fourier_options(kind: str):
     """--taps/--stage/--blocks/--method/... shared by ``amplitude`` and ``spectrum``."""
-    from .amplitude import DEFAULT_AMPLITUDE_ROLES, DEFAULT_SPECTRUM_ROLES
+    from spectrascope.analysis.fourier import DEFAULT_AMPLITUDE_ROLES, DEFAULT_SPECTRUM_ROLES
     roles = ",".join(DEFAULT_SPECTRUM_ROLES if kind == "spectrum" else DEFAULT_AMPLITUDE_ROLES)
 
     def deco(fn):
@@ -448,8 +448,8 @@ def _run_fourier(kind: str, models, checkpoints, *, output, overwrite, taps, sta
     import warnings
     from pathlib import Path
 
-    from .amplitude import analyse, parse_tap_request, write_results
-    from .results import default_output_dir, staged_output
+    from spectrascope.analysis.fourier import analyse, parse_tap_request, write_results
+    from spectrascope.io.results import default_output_dir, staged_output
     roles, paths = parse_tap_request(taps)
     blocks = blocks if blocks in ("all", "first", "last") else _int_blocks(blocks)
     out = Path(output) if output else default_output_dir(kind, "-vs-".join(m.replace("timm:", "") for m in models))
@@ -466,7 +466,7 @@ def _run_fourier(kind: str, models, checkpoints, *, output, overwrite, taps, sta
             write_results(payload, stage, command=kind, wall_time_s=time.perf_counter() - t0)
     except ImportError as exc:
         raise click.ClickException(str(exc).splitlines()[0]) from None
-    from .spectral import ZeroMeanWarning
+    from spectrascope.ops.fourier import ZeroMeanWarning
     for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ZeroMeanWarning)):
         click.echo(f"warning: {msg}", err=True)
     rnd = [m["model"] for m in payload["models"] if m["random_weights"]]
@@ -558,7 +558,7 @@ def spectrum_cmd(models, checkpoints, img_size, device, model_kwargs, images, da
 def taps_cmd(model_name, img_size, model_kwargs, roles, stages, as_json):
     """List the hookable taps of a model in execution order (name, role, stage, layout, grid,
     module path), i.e. what --taps ROLE / path:<module.path> can address."""
-    from .taps import model_taps, select_taps
+    from spectrascope.probe.probe import model_taps, select_taps
     size = parse_img_size(img_size)
     if model_name.startswith("timm:"):
         try:
@@ -596,7 +596,7 @@ def taps_cmd(model_name, img_size, model_kwargs, roles, stages, as_json):
 @user_errors
 def plot_cmd(results, output, formats, freq_axis, cmap):
     """Redraw the figures of a results.json (amplitude or spectrum) from its data alone."""
-    from .amplitude import redraw
+    from spectrascope.analysis.fourier import redraw
     fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
     bad = [f for f in fmts if f not in ("png", "pdf", "svg")]
     if bad or not fmts:
@@ -611,13 +611,13 @@ class _FigureGroup(click.Group):
     """``figure list`` plus one sub-command per recipe module in ``spectrascope.analyses``."""
 
     def list_commands(self, ctx):
-        from .figures import list_figures
+        from spectrascope.report.recipes import list_figures
         return ["list"] + [f.name for f in list_figures()]
 
     def get_command(self, ctx, name):
         if name in self.commands:
             return self.commands[name]
-        from .figures import FigureError, get_figure
+        from spectrascope.report.recipes import FigureError, get_figure
         try:
             spec, _ = get_figure(name)
         except FigureError:
@@ -625,7 +625,7 @@ class _FigureGroup(click.Group):
         return _figure_command(spec)
 
     def resolve_command(self, ctx, args):
-        from .figures import FigureError, get_figure
+        from spectrascope.report.recipes import FigureError, get_figure
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             try:
                 get_figure(args[0])
@@ -642,7 +642,7 @@ def figure_group():
 @figure_group.command("list")
 def figure_list_cmd():
     """The figure recipes and the models they need."""
-    from .figures import list_figures, model_available
+    from spectrascope.report.recipes import list_figures, model_available
     figs = list_figures()
     if not figs:
         raise click.ClickException("no figure recipes found in spectrascope.analyses")
@@ -673,7 +673,7 @@ def _figure_command(spec):
             batch_size):
         import warnings
 
-        from .figures import run_figure
+        from spectrascope.report.recipes import run_figure
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -683,7 +683,7 @@ def _figure_command(spec):
                                          skip_unavailable=skip_unavailable, progress=True)
         except ImportError as exc:
             raise click.ClickException(str(exc).splitlines()[0]) from None
-        from .spectral import ZeroMeanWarning
+        from spectrascope.ops.fourier import ZeroMeanWarning
         for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ZeroMeanWarning)):
             click.echo(f"warning: {msg}", err=True)
         for s in doc["skipped_models"]:
@@ -701,7 +701,7 @@ def _figure_command(spec):
 def _output_dir(output, command: str, tag: str, overwrite: bool):
     from pathlib import Path
 
-    from .results import default_output_dir
+    from spectrascope.io.results import default_output_dir
     out = Path(output) if output else default_output_dir(command, tag)
     if not overwrite and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
         raise OutputExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
@@ -743,8 +743,8 @@ def filters_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, 
                 routing, effective, channels, cmap, output, overwrite):
     """Frequency filters of a model: DFFormer bases (Fig. 9), GFNet/GFFormer global filters
     (Fig. 2), AFFNet adaptive masks and their equivalent kernels, SPANet SPF masks."""
-    from .device import resolve_device
-    from .filters_run import run_filters
+    from spectrascope.engine.device import resolve_device
+    from spectrascope.analysis.filters import run_filters
     if effective < 0:
         raise click.BadParameter("must be >= 0", param_hint="--effective")
     out = _output_dir(output, "filters", model_name, overwrite)
@@ -792,8 +792,8 @@ def cam_cmd(model_names, checkpoints, method, flavour, score, target_layer, targ
     chosen automatically, at most 8 on CPUs and 64 on GPUs)."""
     from pathlib import Path
 
-    from .device import resolve_device
-    from .cam_run import run_cam
+    from spectrascope.engine.device import resolve_device
+    from spectrascope.analysis.cam import run_cam
     cks = _pair_checkpoints(model_names, checkpoints)
     for _, ck in cks:
         if ck is not None and not Path(ck).is_file():
@@ -845,8 +845,8 @@ def context_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, 
                 output, overwrite):
     """SPANet context maps (Fig. 4 / S1): each SPG's output and the aggregated context of a
     SPAM block, channel-mean, resized to the image and overlaid."""
-    from .device import resolve_device
-    from .cam_run import run_context
+    from spectrascope.engine.device import resolve_device
+    from spectrascope.analysis.cam import run_context
     out = _output_dir(output, "context", model_name, overwrite)
     payload = run_context(model_name, checkpoint=checkpoint, block=block, images=images, data=data,
                           num_images=num_images, img_size=parse_img_size(img_size), device=resolve_device(device),
@@ -880,10 +880,10 @@ def throughput_cmd(models, resolutions, batch_size, warmup, iters, amp, channels
     resolution. Peak memory is measured on CUDA only."""
     from pathlib import Path
 
-    from .device import resolve_device
-    from .plots import save_figure
-    from .results import Stopwatch, default_output_dir, provenance, staged_output, write_csv, write_json
-    from .throughput import figures, sweep
+    from spectrascope.engine.device import resolve_device
+    from spectrascope.report.fourier import save_figure
+    from spectrascope.io.results import Stopwatch, default_output_dir, provenance, staged_output, write_csv, write_json
+    from spectrascope.analysis.throughput import figures, sweep
     res = [parse_img_size(r) for r in resolutions.split(",") if r.strip()]
     if not res or batch_size < 1 or iters < 1 or warmup < 0:
         raise click.ClickException("--resolutions needs at least one size; --batch-size/--iters must be >= 1")
@@ -912,6 +912,3 @@ def throughput_cmd(models, resolutions, batch_size, warmup, iters, amp, channels
             save_figure(fig, stage, stem)
     click.echo(f"throughput of {len(models)} model(s) at {len(res)} resolution(s) -> {out}")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -3,7 +3,7 @@
 
 Both models see the same images in the same order (one shared input tensor when their
 preprocessing agrees, otherwise the same files through each model's own transform). Taps
-are captured by ``spectrascope.taps.Probe`` in callback mode under ``inference_mode``:
+are captured by ``spectrascope.probe.probe.Probe`` in callback mode under ``inference_mode``:
 each tap is reduced to its Gram matrix the moment its hook fires, so no feature map
 outlives its hook. Rows and columns follow the order in which the hooks fired (execution
 order), labelled with the tap names. A model compared with itself runs one forward per
@@ -11,7 +11,7 @@ batch with both probes attached (distinct captures, unit diagonal).
 
 Engines:
 
-* ``spectrascope`` (default): ``spectrascope.cka.MinibatchCKA`` (centred features, float64
+* ``spectrascope`` (default): ``spectrascope.ops.cka.MinibatchCKA`` (centred features, float64
   accumulation; Gram products in float32 for float32 features unless ``dtype`` says otherwise).
 * ``torch-cka``: the computation of torch-cka 0.21 (``torch_cka.CKA._HSIC`` on float32
   Gram matrices of uncentred features, its accumulation and ratio) on features captured
@@ -37,8 +37,8 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from .cka import ESTIMATORS, Gram, MinibatchCKA, distributed_sum
-from .taps import Probe, TapError, TapList, TapSpec, model_taps
+from spectrascope.ops.cka import ESTIMATORS, Gram, MinibatchCKA, distributed_sum
+from spectrascope.probe.probe import Probe, TapError, TapList, TapSpec, model_taps
 
 __all__ = ["PRESETS", "ENGINES", "FIG7_PAIRS", "resolve_taps", "TorchCKACompat", "make_engine", "CKAResult",
            "compare_models", "ModelSpec", "run_cka", "init_distributed", "shard"]
@@ -431,7 +431,7 @@ class ModelSpec:
 
 
 def _build(spec: ModelSpec, device, seed: int):
-    from .inference import build_for_inference
+    from spectrascope.zoo.build import build_for_inference
     torch.manual_seed(seed)
     return build_for_inference(spec.name, checkpoint=spec.checkpoint, img_size=spec.img_size, device=device,
                                **spec.overrides)
@@ -439,7 +439,7 @@ def _build(spec: ModelSpec, device, seed: int):
 
 def _images_digest(paths) -> str:
     import hashlib
-    from .data import paths_digest
+    from spectrascope.io.images import paths_digest
     if len(paths) <= 2000:
         return paths_digest(paths)
     h = hashlib.sha256()  # large sets: names and sizes only (reading 50k files twice is not worth it)
@@ -458,8 +458,8 @@ def run_cka(spec_a: ModelSpec, spec_b: ModelSpec, *, taps: str = "fig7", taps_a:
 
     Identical specs (same name, checkpoint, size and overrides) share one model object, so
     a model compared with itself gives a unit diagonal even with random weights."""
-    from .data import iter_batches, resolve_image_paths
-    from .results import Stopwatch
+    from spectrascope.io.images import iter_batches, resolve_image_paths
+    from spectrascope.io.results import Stopwatch
     clock = Stopwatch()
     if estimator not in ESTIMATORS:
         raise ValueError(f"--estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")

@@ -3,9 +3,9 @@ the preprocessing its card asks for."""
 from __future__ import annotations
 
 
-from . import registry
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint
-from .registry import IMAGENET_MEAN, IMAGENET_STD, create_model
+from spectrascope.zoo import registry
+from spectrascope.zoo.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from spectrascope.zoo.registry import IMAGENET_MEAN, IMAGENET_STD, create_model
 
 
 def preprocessing(model, img_size=None) -> dict:
@@ -36,7 +36,7 @@ def build_for_inference(name: str, *, checkpoint=None, img_size=None, device="cp
     if preread is not None:
         # a spectrascope training checkpoint knows its architecture: its input size and
         # constructor overrides apply unless given explicitly
-        from .train import model_spec_from_info
+        from spectrascope.train.loop import model_spec_from_info
         spec = model_spec_from_info(preread[1])
         if spec is not None:
             if name.startswith("timm:") or registry.resolve_name(spec.name) != registry.resolve_name(name):

@@ -30,7 +30,7 @@ def model_taps(model: nn.Module, input_size=None) -> TapList:
     caches the result on the model."""
     if hasattr(model, "taps") and callable(model.taps):
         return TapList(model.taps())
-    from .timm_taps import infer_taps  # timm and other foreign models
+    from spectrascope.probe.infer import infer_taps  # timm and other foreign models
     key = None if input_size is None else (tuple(input_size) if not isinstance(input_size, int) else input_size)
     cache = model.__dict__.setdefault("_spectrascope_inferred_taps", {})
     if key not in cache:

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import iter_batches, paths_digest, resolve_image_paths
-from .models.base import TapList, TapSpec
-from .reducers import AmplitudeReducer, check_spatial_taps
-from .results import SCHEMA_VERSION, provenance, write_csv, write_json
-from .spectral import (EPS, ZERO_MEAN_WARN_FRACTION, DiagonalStats, ZeroMeanWarning, curve_from_map, frequency_axis,
+from spectrascope.io.images import iter_batches, paths_digest, resolve_image_paths
+from spectrascope.models.base import TapList, TapSpec
+from spectrascope.engine.reducers import AmplitudeReducer, check_spatial_taps
+from spectrascope.io.results import SCHEMA_VERSION, provenance, write_csv, write_json
+from spectrascope.ops.fourier import (EPS, ZERO_MEAN_WARN_FRACTION, DiagonalStats, ZeroMeanWarning, curve_from_map, frequency_axis,
                        normalised_depth)
-from .taps import Probe, TapError, model_taps, select_taps
+from spectrascope.probe.probe import Probe, TapError, model_taps, select_taps
 
 __all__ = ["DEFAULT_AMPLITUDE_ROLES", "DEFAULT_SPECTRUM_ROLES", "parse_tap_request", "choose_taps", "reduce_spectra",
            "analyse", "amplitude_analysis", "spectrum_analysis", "write_results", "load_results", "redraw"]
@@ -230,8 +230,8 @@ def analyse(models, *, kind: str = "amplitude", checkpoints=None, images=None, d
     ``payload["arrays"]``, written to maps.npz); it is implied by ``kind="spectrum"`` and
     ``method="radial"``. Without it the diagonal curves come from the fast half-diagonal
     reduction (square maps only)."""
-    from .device import resolve_device
-    from .inference import build_for_inference, preprocessing
+    from spectrascope.engine.device import resolve_device
+    from spectrascope.zoo.build import build_for_inference, preprocessing
     if kind not in ("amplitude", "spectrum"):
         raise ValueError(f"unknown analysis kind {kind!r}")
     if method not in ("diagonal", "radial"):
@@ -365,7 +365,7 @@ def write_results(payload: dict, out_dir, *, command: str, wall_time_s: float | 
                   maps: Mapping[str, np.ndarray] | None = None) -> list[Path]:
     """Write ``results.json`` (payload + provenance), ``<kind>.csv``, the figures and, when
     given, ``maps.npz`` into ``out_dir`` (normally a ``staged_output`` directory)."""
-    from .plots import figures_for, save_figure
+    from spectrascope.report.fourier import figures_for, save_figure
     out_dir = Path(out_dir)
     names = [m["model"] for m in payload["models"]]
     shas = [m["checkpoint_sha256"] for m in payload["models"]]
@@ -413,7 +413,7 @@ def redraw(results, output=None, *, formats: Sequence[str] = ("png", "pdf"), fre
            cmap: str | None = None) -> list[Path]:
     """Draw the figures of a ``results.json`` again (from its data alone) into ``output``
     (default: the folder of the results file)."""
-    from .plots import figures_for, save_figure
+    from spectrascope.report.fourier import figures_for, save_figure
     src = Path(results)
     doc = load_results(src)
     out = Path(output) if output else (src if src.is_dir() else src.parent)

@@ -12,9 +12,9 @@ from typing import Sequence
 
 import torch
 
-from .models.base import TapList, TapSpec
-from .spectral import EPS, LAYOUTS, DiagonalStats, SpectrumStats, diagonal_stats, spectrum_stats
-from .taps import TapError
+from spectrascope.models.base import TapList, TapSpec
+from spectrascope.ops.fourier import EPS, LAYOUTS, DiagonalStats, SpectrumStats, diagonal_stats, spectrum_stats
+from spectrascope.probe.probe import TapError
 
 __all__ = ["AmplitudeReducer", "SpectrumReducer", "check_spatial_taps", "SPATIAL_LAYOUTS"]
 
@@ -46,10 +46,10 @@ class AmplitudeReducer:
     """Batch/channel sums of ``log(|F| + eps)`` per tap (float64 accumulators).
 
     With ``maps=True`` the whole half-plane is accumulated: ``stats[name]`` is a
-    :class:`~spectrascope.spectral.SpectrumStats` from which the relative curve, its radial
+    :class:`~spectrascope.ops.fourier.SpectrumStats` from which the relative curve, its radial
     variant and the 2-D spectrum map follow (``spectral.curve_from_map(stats.mean_map())``).
     With ``maps=False`` (the fast default for curves) only the half-diagonal is accumulated
-    (:class:`~spectrascope.spectral.DiagonalStats`, ``stats[name].curve()``; square maps only).
+    (:class:`~spectrascope.ops.fourier.DiagonalStats`, ``stats[name].curve()``; square maps only).
     The accumulators stay on the device of the captured tensors until :meth:`finalise`
     moves them to the CPU."""
 

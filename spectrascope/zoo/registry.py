@@ -188,7 +188,7 @@ def create_model(name: str, *, checkpoint=None, num_classes: int = 1000, img_siz
     (``depths``, ``dims``, ``token_mixers``, ``layers``, ``embed_dims``, ...).
     """
     if name.startswith("timm:"):
-        from .compat import create_timm_model
+        from spectrascope.compat import create_timm_model
         model = create_timm_model(name[5:], num_classes=num_classes, img_size=img_size, **overrides)
     else:
         card = get_card(name)
@@ -201,7 +201,7 @@ def create_model(name: str, *, checkpoint=None, num_classes: int = 1000, img_siz
         model.card = card
         model.spectrascope_name = card.name
     if checkpoint is not None:
-        from .checkpoint import load_checkpoint
+        from spectrascope.zoo.checkpoint import load_checkpoint
         load_checkpoint(model, checkpoint, strict=strict, use_ema=use_ema)
     return model
 

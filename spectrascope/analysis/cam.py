@@ -12,9 +12,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cam import compute_cam, localisation_scores, normalize_maps, resize_maps, resolve_target_layer
+from spectrascope.ops.cam import compute_cam, localisation_scores, normalize_maps, resize_maps, resolve_target_layer
 
-log = logging.getLogger("spectrascope.cam")
+log = logging.getLogger("spectrascope.ops.cam")
 
 __all__ = ["overlay", "denormalize", "load_images", "run_cam", "run_context", "context_maps", "ImageSet"]
 
@@ -51,7 +51,7 @@ def load_images(cfg: dict, images=None, data=None, num_images=None) -> ImageSet:
     """Photos (``--images`` / ``--data samples|imagefolder:PATH``) with the model's eval
     transform, or the ``synthetic`` data set's validation images with their boxes."""
     if data and data.split(":", 1)[0] == "synthetic":
-        from .datasets import load_data, to_float, _normalize
+        from spectrascope.io.datasets import load_data, to_float, _normalize
         bundle = load_data(data, img_size=tuple(cfg["size"]))
         val = bundle.val
         n = min(num_images or 8, len(val))
@@ -63,7 +63,7 @@ def load_images(cfg: dict, images=None, data=None, num_images=None) -> ImageSet:
             labels.append(int(label))
             names.append(f"synthetic_{i:03d}")
         return ImageSet(torch.stack(xs), names, boxes, labels, digest=f"synthetic:{data}")
-    from .data import load_batch, paths_digest, resolve_image_paths
+    from spectrascope.io.images import load_batch, paths_digest, resolve_image_paths
     paths = resolve_image_paths(images, data, num_images)
     x = load_batch(paths, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"])
     return ImageSet(x, [Path(p).stem for p in paths], digest=paths_digest(paths))
@@ -108,7 +108,7 @@ def _safe(name: str) -> str:
 
 
 def _build(name, checkpoint, img_size, device, overrides):
-    from .inference import build_for_inference
+    from spectrascope.zoo.build import build_for_inference
     return build_for_inference(name, checkpoint=checkpoint, img_size=img_size, device=device, **(overrides or {}))
 
 
@@ -119,8 +119,8 @@ def run_cam(models: Sequence[tuple[str, str | None]], *, method="scorecam", flav
     """CAM maps of every model on the same images. ``models``: (name, checkpoint or None).
     ``batch_size``: images per pass; ``mask_batch_size``: masked inputs per Score-CAM forward
     (None: ``score_cam``'s automatic choice)."""
-    from .checkpoint import file_sha256
-    from .results import Stopwatch, provenance, staged_output, write_json
+    from spectrascope.zoo.checkpoint import file_sha256
+    from spectrascope.io.results import Stopwatch, provenance, staged_output, write_json
     clock = Stopwatch()
     if not models:
         raise ValueError("give at least one --model")
@@ -214,7 +214,7 @@ def _block_prefix(taps, block: str | None) -> str:
 def context_maps(model, x: torch.Tensor, block: str | None = None) -> dict:
     """Channel-mean SPG outputs and aggregated context of one SPAM block, resized to the
     input and min-max normalised per image: name -> (B, H, W)."""
-    from .taps import Probe, model_taps
+    from spectrascope.probe.probe import Probe, model_taps
     taps = model_taps(model)
     prefix = _block_prefix(taps, block)
     sel = [t for t in taps if t.name.rsplit(".", 1)[0] == prefix and t.role in ("spg", "context")]
@@ -231,11 +231,11 @@ def context_maps(model, x: torch.Tensor, block: str | None = None) -> dict:
 
 def run_context(model_name: str, *, checkpoint=None, block=None, images=None, data=None, num_images=None,
                 img_size=None, device="cpu", overrides=None, output: Path, overwrite=False) -> dict:
-    from .checkpoint import file_sha256
-    from .results import Stopwatch, provenance, staged_output, write_json
+    from spectrascope.zoo.checkpoint import file_sha256
+    from spectrascope.io.results import Stopwatch, provenance, staged_output, write_json
     clock = Stopwatch()
     model, cfg = _build(model_name, checkpoint, img_size, device, overrides)
-    from .taps import model_taps
+    from spectrascope.probe.probe import model_taps
     prefix = _block_prefix(model_taps(model), block)
     lambdas = getattr(model.get_submodule(_mixer_path(model, prefix)), "lambdas", None)
     imgs = load_images(cfg, images, data, num_images)
@@ -276,7 +276,7 @@ def run_context(model_name: str, *, checkpoint=None, block=None, images=None, da
 
 
 def _mixer_path(model, prefix: str) -> str:
-    from .taps import model_taps
+    from spectrascope.probe.probe import model_taps
     for t in model_taps(model):
         if t.name == f"{prefix}.context":
             return t.path.rsplit(".", 1)[0]

@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 
 from spectrascope.models.base import TapList, TapSpec, block_depths
-from .taps import TapError
+from spectrascope.probe.probe import TapError
 
-log = logging.getLogger("spectrascope.taps")
+log = logging.getLogger("spectrascope.probe.probe")
 
 __all__ = ["infer_taps"]
 
