@@ -42,10 +42,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spectrascope.zoo.registry import register_model
 from .affnet_ablations import (ConvMixer, DFFMixer, FFCMixer, FNOMixer, GFNMixer, IdentityMixer, _SlotMixer,
                                dct2, haar_dwt2, haar_idwt2, idct2, pad_even)
-from .base import TapList, TapSpec, ZooModel, block_depths
+from .base import TapList, TapSpec, ZooModel, block_depths, register_model
 from .layers import DropPath, TapPoint, normalize_name, spectral_region
 
 PAPER_AFFNET = "Adaptive Frequency Filters As Efficient Global Token Mixers (Huang et al., ICCV 2023)"

@@ -25,13 +25,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .base import InputSizeError
 from .layers import TapPoint, resize_complex_weight, spectral_region, to_2tuple
 
 __all__ = ["dct_matrix", "dct2", "idct2", "haar_dwt2", "haar_idwt2", "IdentityMixer", "ConvMixer",
            "GFNMixer", "FNOMixer", "FFCMixer", "DFFMixer", "GridError"]
 
 
-class GridError(RuntimeError):
+class GridError(InputSizeError):
     """A resolution-bound mixer (GFN, FNO) fed a grid it was not built for."""
 
 

@@ -1,77 +1,42 @@
-"""What every zoo model declares: its taps (hookable points addressed by role) and how
-official checkpoints are adapted to the built configuration."""
+"""What every zoo model declares: its taps (hookable points addressed by role), its registry
+entry (``register_model``: name, builder and model-card fields, read by ``spectrascope.zoo``)
+and how official checkpoints are adapted to the built configuration.
+
+Model code imports nothing of the toolkit but ``spectrascope.errors`` and the probe's
+``TapSpec`` types."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, asdict
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
+
+from spectrascope.errors import UserError
+from spectrascope.probe.spec import LAYOUTS, ROLES, TapList, TapSpec  # noqa: F401  (re-exported)
 
 from .layers import resize_complex_weight
 
 log = logging.getLogger("spectrascope.models")
 
-#: Tensor layouts a tap can carry. ``NLC`` are tokens (B, L, C), row-major over (H, W),
-#: possibly preceded by ``num_prefix_tokens`` class/register tokens; ``NC`` is pooled;
-#: ``raw`` is anything else (routing weights, complex filters, masks) and is described in
-#: ``TapSpec.note``.
-LAYOUTS = ("NCHW", "NHWC", "NLC", "NC", "raw")
-
-#: Roles. Spatial roles produce feature maps; spectral roles are model specific.
-ROLES = (
-    "stem", "downsample", "stage", "block", "mixer", "residual", "mlp", "pool",
-    # spectral / model-specific taps
-    "df_routing", "df_filter", "aff_mask", "spf", "spg", "context",
-)
+#: every entry point the model files register: (name, builder, model-card fields), in order
+ENTRIES: list[tuple[str, Callable[..., nn.Module], dict]] = []
 
 
-@dataclass(frozen=True)
-class TapSpec:
-    """One hookable point of a model.
+def register_model(name: str, **card_fields):
+    """Decorator recording ``builder(num_classes, img_size, **overrides) -> nn.Module`` under ``name``
+    with its model-card fields (family, paper, aliases, weights, preprocessing, ...)."""
 
-    ``path`` is the module path (``model.get_submodule(path)``); ``hook`` says whether the
-    tensor is the module's output (``"forward"``) or its first input (``"pre"``: e.g. the
-    residual stream after the token mixer is the input of ``norm2``). ``stage`` is
-    1-based as in the papers; ``index`` is the block index inside the stage (0-based) or
-    None. ``depth`` is the position among all blocks in [0, 1] (None for non-block taps).
-    """
+    def deco(fn):
+        ENTRIES.append((name, fn, dict(card_fields)))
+        return fn
 
-    name: str
-    role: str
-    path: str
-    layout: str
-    stage: int | None = None
-    index: int | None = None
-    hook: str = "forward"
-    num_prefix_tokens: int = 0
-    grid: tuple[int, int] | None = None
-    depth: float | None = None
-    note: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+    return deco
 
 
-class TapList(list):
-    """A list of TapSpec with small selection helpers."""
-
-    def by_role(self, *roles: str) -> "TapList":
-        return TapList(t for t in self if t.role in roles)
-
-    def by_stage(self, *stages: int) -> "TapList":
-        return TapList(t for t in self if t.stage in stages)
-
-    def names(self) -> list[str]:
-        return [t.name for t in self]
-
-    def roles(self) -> list[str]:
-        seen: list[str] = []
-        for t in self:
-            if t.role not in seen:
-                seen.append(t.role)
-        return seen
+class InputSizeError(UserError, RuntimeError):
+    """An input that does not fit the size a model (or a size-bound layer) was built for."""
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spectrascope.zoo.registry import register_model
+from .base import InputSizeError, register_model
 from .layers import Mlp, StarReLU, TapPoint, make_activation, resize_complex_weight, spectral_region, to_2tuple
 from .metaformer import _metaformer_builder, register_token_mixer
 
@@ -21,8 +21,8 @@ SRC_DFFORMER = "okojoalg/dfformer@2b757c51:models/dfformer.py"
 URL = "https://github.com/okojoalg/dfformer/releases/download/weights"
 
 
-def _grid_error(name: str, built: tuple, got: tuple) -> RuntimeError:
-    return RuntimeError(
+def _grid_error(name: str, built: tuple, got: tuple) -> InputSizeError:
+    return InputSizeError(
         f"{name} filters were built for a {built[0]}x{built[1]} frequency grid but the input gives "
         f"{got[0]}x{got[1]}; build the model for this input (create_model(..., img_size=(H, W)) resizes "
         f"checkpoint filters on load) or pass weight_resize=True to resample the filters at every forward")

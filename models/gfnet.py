@@ -49,8 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spectrascope.zoo.registry import register_model
-from .base import AdaptNote, TapList, TapSpec, ZooModel, block_depths
+from .base import AdaptNote, InputSizeError, TapList, TapSpec, ZooModel, block_depths, register_model
 from .layers import (Mlp, TapPoint, drop_path_or_identity, drop_path_rates, normalize_name, spectral_region,
                      to_2tuple, trunc_normal_)
 
@@ -68,10 +67,6 @@ _URLS = {
     "gfnet_h_s": "https://cloud.tsinghua.edu.cn/f/5229cb4d1daf48e69675/?dl=1",
     "gfnet_h_b": "https://cloud.tsinghua.edu.cn/f/954c5af21e824ba6b40c/?dl=1",
 }
-
-
-class InputSizeError(ValueError):
-    """An input whose size differs from the size the model was built for."""
 
 
 def _resolve_norm(norm_layer):

@@ -13,8 +13,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from spectrascope.zoo.registry import register_model
-from .base import TapList, TapSpec, ZooModel, block_depths
+from .base import TapList, TapSpec, ZooModel, block_depths, register_model
 from .layers import (LayerNormGeneral, LayerNormWithoutBias, Mlp, MlpHead, Scale, SquaredReLU,
                      StarReLU, as_list, drop_path_or_identity, drop_path_rates, make_activation,
                      normalize_name, trunc_normal_)

@@ -23,8 +23,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from spectrascope.zoo.registry import register_model
-from .base import TapList, TapSpec, ZooModel, block_depths
+from .base import TapList, TapSpec, ZooModel, block_depths, register_model
 from .layers import TapPoint, as_list, drop_path_or_identity, make_activation, normalize_name, to_2tuple, trunc_normal_
 from .metaformer import execution_order
 

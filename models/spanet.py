@@ -28,8 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from spectrascope.zoo.registry import register_model
-from .base import AdaptNote
+from .base import AdaptNote, register_model
 from .layers import TapPoint, as_list, spectral_region
 from .poolformer import ChannelsFirstBlock, ChannelsFirstMetaFormer, GroupNorm, conv_out_size, resolve_nchw_norm
 
@@ -294,7 +293,7 @@ class SPANet(ChannelsFirstMetaFormer):
         model was built for another size). Masks missing from the checkpoint (e.g. stripped
         for dense fine-tuning) are derived. A mask built with other settings raises
         ``CheckpointError`` naming the setting it looks like."""
-        from spectrascope.zoo.checkpoint import CheckpointError
+        from spectrascope.errors import CheckpointError
 
         out = dict(state)
         notes: list[AdaptNote] = []

@@ -11,14 +11,12 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from spectrascope.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-
-class DataError(ValueError):
-    """Bad image input (missing folder, no images, undecodable file)."""
 
 
 def sample_images() -> list[Path]:

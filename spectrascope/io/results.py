@@ -19,12 +19,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import torch
+from spectrascope.errors import OutputExistsError
 
 SCHEMA_VERSION = 1
 
-
-class OutputExistsError(FileExistsError):
-    pass
 
 
 def default_output_dir(command: str, tag: str) -> Path:

@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from spectrascope.errors import CamError
 
 __all__ = [
     "FLAVOURS", "METHODS", "TargetLayer", "resolve_target_layer", "default_target_layer", "score_cam", "grad_cam",
@@ -46,9 +47,6 @@ __all__ = [
 FLAVOURS = ("gradcam-lib", "authors", "torchcam")
 METHODS = ("scorecam", "gradcam", "gradcam++")
 
-
-class CamError(ValueError):
-    """A CAM request that does not fit the model or the inputs."""
 
 
 # ---------------------------------------------------------------------------- target layers

@@ -14,12 +14,10 @@ import torch
 import torch.nn as nn
 
 from spectrascope.models.base import TapList, TapSpec
+from spectrascope.errors import TapError
 
 __all__ = ["TapSpec", "TapList", "Probe", "model_taps", "select_taps", "to_nchw", "TapError"]
 
-
-class TapError(ValueError):
-    """A tap selection that does not fit the model."""
 
 
 def model_taps(model: nn.Module, input_size=None) -> TapList:

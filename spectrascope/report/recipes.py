@@ -30,15 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Mapping, Sequence
+from spectrascope.errors import FigureError
 
 log = logging.getLogger("spectrascope.report.recipes")
 
 __all__ = ["FigureSpec", "FigureContext", "FigureError", "list_figures", "get_figure", "run_figure",
            "model_available"]
 
-
-class FigureError(ValueError):
-    """A figure that does not exist or cannot run with the given inputs."""
 
 
 @dataclass(frozen=True)

@@ -36,25 +36,13 @@ from spectrascope.zoo import registry
 from spectrascope.zoo.checkpoint import CheckpointError
 from spectrascope.io.images import DataError
 from spectrascope.io.results import OutputExistsError, default_output_dir, provenance, write_csv, write_json
+from spectrascope.errors import TrainingError, NonFiniteLossError, TrainingInterrupted
 
 CHECKPOINT_FORMAT = "spectrascope-train"
 CHECKPOINT_VERSION = 1
 
 
-class TrainingError(RuntimeError):
-    """A training run that cannot go on (reported as one line by the CLI)."""
 
-
-class NonFiniteLossError(TrainingError):
-    pass
-
-
-class TrainingInterrupted(TrainingError):
-    """SIGTERM/SIGINT: a checkpoint was written; ``exit_code`` is 128 + signal number."""
-
-    def __init__(self, msg: str, signum: int):
-        super().__init__(msg)
-        self.exit_code = 128 + int(signum)
 
 
 # ---------------------------------------------------------------------------- configuration

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from spectrascope.errors import CheckpointError
 
 log = logging.getLogger("spectrascope")
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model."""
 
 
 def _safe_globals() -> list:

@@ -1,4 +1,9 @@
-"""Model registry: names, official aliases, model cards and ``create_model``."""
+"""Model registry: names, official aliases, model cards and ``create_model``.
+
+The model files (``spectrascope.models``) record their entry points with
+``spectrascope.models.base.register_model``; the registry turns those records into
+``ModelCard``s the first time a name is looked up. ``register_model`` here registers a
+user's own builder directly."""
 from __future__ import annotations
 
 import difflib
@@ -12,14 +17,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from spectrascope.errors import UnknownModelError
+
 log = logging.getLogger("spectrascope")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class UnknownModelError(ValueError):
-    """Raised for a model name that is neither registered nor an alias."""
 
 
 @dataclass
@@ -128,7 +131,10 @@ def _ensure_loaded() -> None:
     global _LOADED
     if not _LOADED:
         _LOADED = True
+        base = importlib.import_module("spectrascope.models.base")
         importlib.import_module("spectrascope.models")
+        for name, builder, card_fields in base.ENTRIES:
+            register_model(name, **card_fields)(builder)
 
 
 def resolve_name(name: str) -> str:

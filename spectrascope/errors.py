@@ -1,0 +1,114 @@
+"""The one error hierarchy of spectrascope.
+
+Every error the toolkit raises on purpose derives from :class:`SpectrascopeError`. Two
+kinds matter to callers:
+
+* :class:`UserError` -- the input was wrong (an option value, a model name, a checkpoint
+  that does not fit, an image that cannot be decoded, an output folder that would lose
+  data, non-finite weights). The command line prints such an error as one line and exits
+  with status 2; nothing is written. ``UserError`` is also a ``ValueError`` so that code
+  written against plain Python conventions keeps working.
+* everything else -- a bug. The command line never hides a bug behind a one-liner: an
+  :class:`InternalError`, or any builtin ``ValueError`` / ``KeyError`` raised by our own
+  code, ends with its traceback.
+
+:class:`Interrupted` is neither: SIGTERM/SIGINT ended the run cleanly (exit code
+``128 + signal``), with nothing half-written.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "SpectrascopeError", "UserError", "InternalError", "OptionError", "UnknownModelError", "CheckpointError",
+    "DataError", "TapError", "CamError", "OutputError", "OutputExistsError", "FigureError", "NonFiniteError",
+    "TrainingError", "NonFiniteLossError", "Interrupted", "TrainingInterrupted",
+]
+
+
+class SpectrascopeError(Exception):
+    """Base of every error spectrascope raises on purpose."""
+
+
+class UserError(SpectrascopeError, ValueError):
+    """Bad input: reported as one line (naming the option and what is accepted), exit status 2.
+
+    ``option`` names the command-line option the value came from (``"--img-size"``); the
+    message is then shown as ``--img-size: <message>``."""
+
+    exit_code = 2
+
+    def __init__(self, message: str = "", *, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        if self.option and not msg.startswith(self.option):
+            return f"{self.option}: {msg}"
+        return msg
+
+
+class InternalError(SpectrascopeError, RuntimeError):
+    """A bug in spectrascope (an invariant that does not hold); never shown as a one-liner."""
+
+
+class OptionError(UserError):
+    """An option value that is not accepted (wrong type, out of range, unknown key)."""
+
+
+class UnknownModelError(UserError):
+    """A model name that is neither registered nor an alias."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read safely or does not fit the model."""
+
+
+class DataError(UserError):
+    """Bad image or data input (missing folder, no images, undecodable file, bad data spec)."""
+
+
+class TapError(UserError):
+    """A tap selection that does not fit the model."""
+
+
+class CamError(UserError):
+    """A CAM request that does not fit the model or the inputs."""
+
+
+class OutputError(UserError):
+    """An output path that cannot be written without losing data (or cannot be written at all)."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """The output folder exists and is not empty (``--overwrite`` not given)."""
+
+
+class FigureError(UserError):
+    """A figure recipe that does not exist or cannot run with the given inputs."""
+
+
+class NonFiniteError(UserError):
+    """A non-finite value (NaN/inf) appeared in a model output or a tap: the run stopped, nothing was written."""
+
+
+class TrainingError(SpectrascopeError, RuntimeError):
+    """A training run that cannot go on (reported as one line)."""
+
+    exit_code = 1
+
+
+class NonFiniteLossError(TrainingError):
+    """The training loss became non-finite; the update was not applied."""
+
+
+class Interrupted(SpectrascopeError):
+    """SIGTERM/SIGINT ended the run cleanly; ``exit_code`` is ``128 + signal number``."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = 128 + int(signum)
+
+
+class TrainingInterrupted(Interrupted, TrainingError):
+    """SIGTERM/SIGINT during training: a checkpoint was written first."""
