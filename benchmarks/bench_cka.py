@@ -58,7 +58,7 @@ def build(config: str, img_size: int, n_images: int, device: str):
         x = torch.randn(n_images, 3, img_size, img_size, generator=g)
     else:
         import spectrascope
-        from spectrascope.probe.probe import model_taps
+        from spectrascope.probe import model_taps
         torch.manual_seed(0)
         a = spectrascope.create_model("gfformer_s18", img_size=img_size).eval()
         b = spectrascope.create_model("dfformer_s18", img_size=img_size).eval()
@@ -177,7 +177,7 @@ def worker(args) -> dict:
         mat = cka.export()["CKA"].double()
     else:
         from spectrascope.analysis.cka import compare_models
-        from spectrascope.probe.probe import TapSpec
+        from spectrascope.probe import TapSpec
         ta = [TapSpec(name=n, role="path", path=n, layout="raw") for n in names_a]
         tb = [TapSpec(name=n, role="path", path=n, layout="raw") for n in names_b]
         dtype = {"auto": None, "float32": torch.float32, "float64": torch.float64}[args.precision]

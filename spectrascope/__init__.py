@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from spectrascope.zoo.registry import ModelCard, UnknownModelError, create_model, get_card, list_models, register_model
 from spectrascope.zoo.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint
-from spectrascope.probe.probe import Probe, TapError, model_taps, select_taps
+from spectrascope.probe import Probe, TapError, model_taps, select_taps
 from spectrascope.ops.fourier import (ZeroMeanWarning, high_frequency_delta, radial_log_amplitude, relative_log_amplitude,
                        spectrum_map)
 from spectrascope.engine.reducers import AmplitudeReducer

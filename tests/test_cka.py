@@ -19,7 +19,7 @@ from conftest import fixtures_dir
 import spectrascope
 from spectrascope.ops.cka import MinibatchCKA, hsic, linear_cka, u_centre
 from spectrascope.analysis.cka import (TorchCKACompat, compare_models, make_engine, resolve_taps)
-from spectrascope.probe.probe import TapError, TapSpec
+from spectrascope.probe import TapError, TapSpec
 
 F64 = torch.float64
 

@@ -17,7 +17,7 @@ from spectrascope.cli import main
 from spectrascope.io.images import load_batch, paths_digest, sample_images
 from spectrascope.zoo.build import build_for_inference
 from spectrascope.ops.fourier import relative_log_amplitude
-from spectrascope.probe.probe import Probe, model_taps
+from spectrascope.probe import Probe, model_taps
 
 TINY_KW = ["--model-kwargs", "depths=1,1,2,1", "--model-kwargs", "dims=8,16,24,32"]
 FAST = ["--img-size", "64", "--num-images", "2"]

@@ -8,7 +8,7 @@ import torch
 
 import spectrascope
 from spectrascope.ops import filters as fl
-from spectrascope.probe.probe import Probe, select_taps, model_taps
+from spectrascope.probe import Probe, select_taps, model_taps
 
 
 def _point_symmetric(a: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from spectrascope.analysis.fourier import choose_taps, parse_tap_request, reduce
 from spectrascope.models.base import TapSpec
 from spectrascope.engine.reducers import AmplitudeReducer
 from spectrascope.ops.fourier import relative_log_amplitude
-from spectrascope.probe.probe import Probe, TapError, model_taps
+from spectrascope.probe import Probe, TapError, model_taps
 
 TINY = dict(depths=[1, 1, 2, 1], dims=[8, 16, 24, 32])
 SPATIAL = ("NCHW", "NHWC", "NLC")

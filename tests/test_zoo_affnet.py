@@ -11,7 +11,7 @@ from conftest import fixtures_dir
 from parity import check_fixture, check_official_keys, load_fixture, meta_model, run_with_feats, tolerance
 from spectrascope.models import affnet as A
 from spectrascope.models.affnet_ablations import (GridError, dct2, dct_matrix, haar_dwt2, haar_idwt2, idct2)
-from spectrascope.probe.probe import Probe, model_taps
+from spectrascope.probe import Probe, model_taps
 
 #: a small layer table in the official format (channels 16/16/16/24/32, AFF blocks 1/2/1)
 TINY = {

@@ -10,7 +10,7 @@ import spectrascope
 from conftest import fixtures_dir
 from parity import check_fixture, check_official_keys, load_fixture, meta_model, run_with_feats, tolerance
 from spectrascope.models.gfnet import GlobalFilter, InputSizeError
-from spectrascope.probe.probe import Probe, to_nchw
+from spectrascope.probe import Probe, to_nchw
 
 VARIANTS = ["gfnet_ti", "gfnet_xs", "gfnet_s", "gfnet_b", "gfnet_h_ti", "gfnet_h_s", "gfnet_h_b"]
 README_PARAMS_M = {"gfnet_ti": 7, "gfnet_xs": 16, "gfnet_s": 25, "gfnet_b": 43,

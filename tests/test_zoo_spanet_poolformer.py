@@ -8,7 +8,7 @@ import torch
 import spectrascope
 from spectrascope.zoo.checkpoint import CheckpointError, load_state_dict
 from spectrascope.models.spanet import SPF, chunk_sizes, spf_mask
-from spectrascope.probe.probe import Probe, model_taps, select_taps
+from spectrascope.probe import Probe, model_taps, select_taps
 from conftest import fixtures_dir
 from parity import check_fixture, check_official_keys, load_fixture, meta_model, run_with_feats, tolerance
 

@@ -214,7 +214,7 @@ def _block_prefix(taps, block: str | None) -> str:
 def context_maps(model, x: torch.Tensor, block: str | None = None) -> dict:
     """Channel-mean SPG outputs and aggregated context of one SPAM block, resized to the
     input and min-max normalised per image: name -> (B, H, W)."""
-    from spectrascope.probe.probe import Probe, model_taps
+    from spectrascope.probe import Probe, model_taps
     taps = model_taps(model)
     prefix = _block_prefix(taps, block)
     sel = [t for t in taps if t.name.rsplit(".", 1)[0] == prefix and t.role in ("spg", "context")]
@@ -235,7 +235,7 @@ def run_context(model_name: str, *, checkpoint=None, block=None, images=None, da
     from spectrascope.io.results import Stopwatch, provenance, staged_output, write_json
     clock = Stopwatch()
     model, cfg = _build(model_name, checkpoint, img_size, device, overrides)
-    from spectrascope.probe.probe import model_taps
+    from spectrascope.probe import model_taps
     prefix = _block_prefix(model_taps(model), block)
     lambdas = getattr(model.get_submodule(_mixer_path(model, prefix)), "lambdas", None)
     imgs = load_images(cfg, images, data, num_images)
@@ -276,7 +276,7 @@ def run_context(model_name: str, *, checkpoint=None, block=None, images=None, da
 
 
 def _mixer_path(model, prefix: str) -> str:
-    from spectrascope.probe.probe import model_taps
+    from spectrascope.probe import model_taps
     for t in model_taps(model):
         if t.name == f"{prefix}.context":
             return t.path.rsplit(".", 1)[0]

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from spectrascope.ops.cka import ESTIMATORS, Gram, MinibatchCKA, distributed_sum
-from spectrascope.probe.probe import Probe, TapError, TapList, TapSpec, model_taps
+from spectrascope.probe import Probe, TapError, TapList, TapSpec, model_taps
 
 __all__ = ["PRESETS", "ENGINES", "FIG7_PAIRS", "resolve_taps", "TorchCKACompat", "make_engine", "CKAResult",
            "compare_models", "ModelSpec", "run_cka", "init_distributed", "shard"]

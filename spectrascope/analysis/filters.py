@@ -111,7 +111,7 @@ def routing_statistics(model, batches, want_effective: int = 0, channels=(0, 1, 
     """Streamed DF routing statistics per layer: mean weights (N, 2C), share of
     (image, channel) pairs whose top basis is each basis, mean entropy; and the effective
     filters of the first ``want_effective`` images for ``channels`` (amplitudes)."""
-    from spectrascope.probe.probe import Probe, model_taps
+    from spectrascope.probe import Probe, model_taps
     taps = [t for t in model_taps(model) if t.role in ("df_routing", "df_filter")]
     routing_taps = [t for t in taps if t.role == "df_routing"]
     if not routing_taps:
@@ -157,7 +157,7 @@ def aff_masks(model, x: torch.Tensor, check_channels: int = 2) -> list[dict]:
     """AFFNet masks for a batch: per AFF layer the mask (B, C, H, W//2+1), its equivalent
     kernels (B, C, H, W) and the max error of ``irfft2(M * rfft2(x)) == x (*) kernel``
     checked on the first image and ``check_channels`` channels of the model's own input."""
-    from spectrascope.probe.probe import Probe, model_taps
+    from spectrascope.probe import Probe, model_taps
     from spectrascope.models.base import TapSpec
     mask_taps = [t for t in model_taps(model) if t.role == "aff_mask"]
     if not mask_taps:

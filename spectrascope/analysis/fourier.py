@@ -26,7 +26,7 @@ from spectrascope.engine.reducers import AmplitudeReducer, check_spatial_taps
 from spectrascope.io.results import SCHEMA_VERSION, provenance, write_csv, write_json
 from spectrascope.ops.fourier import (EPS, ZERO_MEAN_WARN_FRACTION, DiagonalStats, ZeroMeanWarning, curve_from_map, frequency_axis,
                        normalised_depth)
-from spectrascope.probe.probe import Probe, TapError, model_taps, select_taps
+from spectrascope.probe import Probe, TapError, model_taps, select_taps
 
 __all__ = ["DEFAULT_AMPLITUDE_ROLES", "DEFAULT_SPECTRUM_ROLES", "parse_tap_request", "choose_taps", "reduce_spectra",
            "analyse", "amplitude_analysis", "spectrum_analysis", "write_results", "load_results", "redraw"]

@@ -558,7 +558,7 @@ def spectrum_cmd(models, checkpoints, img_size, device, model_kwargs, images, da
 def taps_cmd(model_name, img_size, model_kwargs, roles, stages, as_json):
     """List the hookable taps of a model in execution order (name, role, stage, layout, grid,
     module path), i.e. what --taps ROLE / path:<module.path> can address."""
-    from spectrascope.probe.probe import model_taps, select_taps
+    from spectrascope.probe import model_taps, select_taps
     size = parse_img_size(img_size)
     if model_name.startswith("timm:"):
         try:

@@ -14,7 +14,7 @@ import torch
 
 from spectrascope.models.base import TapList, TapSpec
 from spectrascope.ops.fourier import EPS, LAYOUTS, DiagonalStats, SpectrumStats, diagonal_stats, spectrum_stats
-from spectrascope.probe.probe import TapError
+from spectrascope.probe import TapError
 
 __all__ = ["AmplitudeReducer", "SpectrumReducer", "check_spatial_taps", "SPATIAL_LAYOUTS"]
 

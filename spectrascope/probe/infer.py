@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
 
-from spectrascope.models.base import TapList, TapSpec, block_depths
-from spectrascope.probe.probe import TapError
+from spectrascope.errors import TapError
+from spectrascope.models.base import block_depths
+from spectrascope.probe.layouts import infer_layout
+from spectrascope.probe.probe import Probe
+from spectrascope.probe.spec import TapList, TapSpec
 
 log = logging.getLogger("spectrascope.probe.probe")
 
-__all__ = ["infer_taps"]
+__all__ = ["model_taps", "infer_taps", "resolve_layouts"]
 
 MIXER_CHILDREN = ("token_mixer", "attn", "modulation", "conv_dw", "mixer")
 MIXER_FALLBACK = "drop_path1"
@@ -139,86 +143,40 @@ def _channel_hints(model: nn.Module, stages) -> dict:
 
 
 def _dry_run(model: nn.Module, points: list[tuple[str, str]], size) -> dict:
+    """Output (or input) shapes of ``points`` in one forward of a batch of 2 random images."""
     shapes: dict[tuple[str, str], tuple] = {}
-    handles = []
+    taps = [TapSpec(f"{path}|{hook}", "path", path, "raw", hook=hook) for path, hook in points]
 
-    def rec(key, value):
-        t = value if isinstance(value, torch.Tensor) else (value[0] if isinstance(value, (tuple, list)) and value
-                                                           and isinstance(value[0], torch.Tensor) else None)
+    def rec(tap, x):
+        key = (tap.path, tap.hook)
         if key not in shapes:
-            shapes[key] = tuple(t.shape) if t is not None else None
-
+            shapes[key] = tuple(x.shape)
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
+    dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    if dev.type == "meta":
+        raise TapError("cannot infer taps on the meta device")
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0)).to(dev, dt)
+    was_training = model.training
+    model.eval()
     try:
-        for path, hook in points:
-            mod = model.get_submodule(path)
-            key = (path, hook)
-            if hook == "pre":
-                handles.append(mod.register_forward_pre_hook(lambda _m, a, key=key: rec(key, a)))
-            else:
-                handles.append(mod.register_forward_hook(lambda _m, _i, o, key=key: rec(key, o)))
-        p = next(model.parameters(), None)
-        dev = p.device if p is not None else torch.device("cpu")
-        dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
-        if dev.type == "meta":
-            raise TapError("cannot infer taps on the meta device")
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 3, *size, generator=gen).to(dev, dt)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                model(x)
-        except Exception as exc:   # a model that cannot run at this size
-            raise TapError(f"cannot infer taps for {type(model).__name__}: a dry forward at {size[0]}x{size[1]} "
-                           f"failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-        finally:
-            model.train(was_training)
+        with Probe(model, taps, callback=rec, nchw=False, clone=False, skip_non_tensor=True), \
+                torch.inference_mode():
+            model(x)
+    except TapError:
+        raise
+    except Exception as exc:   # a model that cannot run at this size
+        raise TapError(f"cannot infer taps for {type(model).__name__}: a dry forward at {size[0]}x{size[1]} "
+                       f"failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     finally:
-        for h in handles:
-            h.remove()
+        model.train(was_training)
     return shapes
-
-
-def _plausible(h: int, w: int, size) -> bool:
-    H, W = size
-    if h < 1 or w < 1 or h > H or w > W:
-        return False
-    rh, rw = H / h, W / w
-    return abs(rh - rw) <= 0.25 * max(rh, rw)
 
 
 def _layout(shape, size, channels, grid, num_prefix, single_stage):
     """(layout, grid, num_prefix_tokens) for a recorded shape, or None when it is not a map of the batch."""
-    if shape is None or len(shape) < 2 or shape[0] != 2:
-        return None
-    if len(shape) == 2:
-        return ("NC", None, 0)
-    if len(shape) == 4:
-        cands = []
-        for lay, c, hw in (("NCHW", shape[1], (shape[2], shape[3])), ("NHWC", shape[3], (shape[1], shape[2]))):
-            if _plausible(*hw, size) and (channels is None or c == channels):
-                cands.append((lay, hw, 0))
-        if len(cands) == 1:
-            return cands[0]
-        if len(cands) == 2 and grid is not None:
-            cands = [c for c in cands if c[1] == tuple(grid)] or cands
-            if len(cands) == 1:
-                return cands[0]
-        return ("?", shape, 0) if cands else None
-    if len(shape) == 3:
-        L, C = shape[1], shape[2]
-        if channels is not None and C != channels:
-            return None
-        if grid is not None:
-            p = L - grid[0] * grid[1]
-            if p == 0 or (single_stage and p == num_prefix):
-                return ("NLC", tuple(grid), p)
-        n = L - (num_prefix if single_stage else 0)
-        h = math.isqrt(max(n, 0))
-        if n > 0 and h * h == n:
-            return ("NLC", (h, h), L - n)
-        return None
-    return None
+    return infer_layout(shape, size, batch=2, channels=channels, grid=grid, num_prefix_tokens=num_prefix,
+                        prefix_allowed=single_stage)
 
 
 def infer_taps(model: nn.Module, input_size=None) -> TapList:
@@ -332,3 +290,47 @@ def infer_taps(model: nn.Module, input_size=None) -> TapList:
     if not any(t.role == "block" for t in taps):
         raise TapError(f"cannot infer taps for {type(model).__name__}: no block outputs found")
     return taps
+
+
+def model_taps(model: nn.Module, input_size=None) -> TapList:
+    """The taps a model declares (zoo models) or that can be inferred (timm and other models).
+
+    ``input_size`` (S or (H, W)) is the input the taps will see; inference for foreign
+    models runs one dry forward at that size (default: the model's own input size) and
+    caches the result on the model."""
+    if hasattr(model, "taps") and callable(model.taps):
+        return TapList(model.taps())
+    key = None if input_size is None else (tuple(input_size) if not isinstance(input_size, int) else input_size)
+    cache = model.__dict__.setdefault("_spectrascope_inferred_taps", {})
+    if key not in cache:
+        cache[key] = TapList(infer_taps(model, input_size=input_size))
+    return TapList(cache[key])
+
+
+def resolve_layouts(model: nn.Module, taps, input_size=None) -> TapList:
+    """Taps whose layout is ``"auto"`` get the layout, grid and prefix tokens read from their
+    tensor in one dry forward at ``input_size`` (the others are returned as they are).
+
+    A 4-D map that fits both NCHW and NHWC, or a tensor that is not a map of the batch,
+    is refused with a ``TapError`` naming the module and the syntax that settles it."""
+    taps = TapList(taps)
+    todo = [t for t in taps if t.layout == "auto"]
+    if not todo:
+        return taps
+    size = _default_size(model, input_size)
+    shapes = _dry_run(model, list(dict.fromkeys((t.path, t.hook) for t in todo)), size)
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    out = TapList()
+    for t in taps:
+        if t.layout != "auto":
+            out.append(t)
+            continue
+        shp = shapes.get((t.path, t.hook))
+        res = infer_layout(shp, size, batch=2, grid=t.grid, num_prefix_tokens=prefix)
+        if res is None or res[0] == "?":
+            what = "fits both NCHW and NHWC" if res else "is not a feature map of the batch"
+            raise TapError(f"the output of {t.path} (shape {shp}) {what}; give its layout as "
+                           f"path:{t.path}:NCHW|NHWC|NLC[:HxW]")
+        layout, grid, p = res
+        out.append(replace(t, layout=layout, grid=grid if layout != "NC" else None, num_prefix_tokens=p))
+    return out

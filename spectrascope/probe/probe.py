@@ -1,103 +1,48 @@
-"""Probes: forward hooks on taps addressed by role, stage or module path.
+"""``Probe``: the only place where spectrascope installs hooks on a model.
 
-A tap (``spectrascope.models.TapSpec``) names a module output (or input, ``hook="pre"``)
-and its tensor layout. ``Probe`` attaches the hooks, captures clones of the tensors in
-execution order (or hands them to a callback, for streaming reducers), normalises spatial
-layouts to NCHW on request, and always removes its hooks, also on error.
+A probe attaches one hook per hooked point (module output, ``hook="forward"``, or first
+module input, ``hook="pre"``) for a list of ``TapSpec``s, captures the tensors in execution
+order -- or hands each one to a callback as it is produced (streaming reducers) -- and
+optionally registers a tensor hook on each output to capture its gradient (Grad-CAM).
+Hooks are removed on exit, also on error.
+
+Per forward pass (between ``begin()`` and ``end()``, which the engine's runner calls) a
+probe also
+
+* records which taps fired and refuses a tap whose module ran twice (``once=True``),
+* checks every captured tensor for NaN/inf (``check_finite=True``) with one reduction per
+  tap and one host synchronisation per forward (``end()`` names the first bad tap in
+  execution order),
+* stops the forward pass once every tap has fired (``stop_early=True``, raising
+  ``StopForward``, which the runner catches): a run whose taps end at stage k never runs
+  the stages after it.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
-from spectrascope.models.base import TapList, TapSpec
 from spectrascope.errors import TapError
+from spectrascope.probe.layouts import is_spatial, to_nchw
+from spectrascope.probe.spec import TapList, TapSpec
 
-__all__ = ["TapSpec", "TapList", "Probe", "model_taps", "select_taps", "to_nchw", "TapError"]
-
-
-
-def model_taps(model: nn.Module, input_size=None) -> TapList:
-    """The taps a model declares (zoo models) or that can be inferred (timm models).
-
-    ``input_size`` (S or (H, W)) is the input the taps will see; inference for foreign
-    models runs one dry forward at that size (default: the model's own input size) and
-    caches the result on the model."""
-    if hasattr(model, "taps") and callable(model.taps):
-        return TapList(model.taps())
-    from spectrascope.probe.infer import infer_taps  # timm and other foreign models
-    key = None if input_size is None else (tuple(input_size) if not isinstance(input_size, int) else input_size)
-    cache = model.__dict__.setdefault("_spectrascope_inferred_taps", {})
-    if key not in cache:
-        cache[key] = TapList(infer_taps(model, input_size=input_size))
-    return TapList(cache[key])
+__all__ = ["Probe", "StopForward", "ForwardReport"]
 
 
-def select_taps(taps: Sequence[TapSpec], roles: Iterable[str] | None = None, stages: Iterable[int] | None = None,
-                paths: Iterable[str] | None = None, names: Iterable[str] | None = None) -> TapList:
-    """Filter taps by role, 1-based stage, exact module path or tap name.
-
-    Module paths that no declared tap covers become ad-hoc taps with layout ``raw``
-    (``to_nchw`` then leaves them as they are)."""
-    taps = TapList(taps)
-    out = TapList(taps)
-    if roles:
-        roles = list(roles)
-        known = set(taps.roles())
-        bad = [r for r in roles if r not in known]
-        if bad:
-            raise TapError(f"unknown tap role(s) {', '.join(bad)}; this model has: {', '.join(taps.roles())}")
-        out = TapList(t for t in out if t.role in roles)
-    if stages:
-        stages = [int(s) for s in stages]
-        have = sorted({t.stage for t in taps if t.stage is not None})
-        bad = [s for s in stages if s not in have]
-        if bad:
-            raise TapError(f"stage(s) {bad} not in this model (stages {have})")
-        out = TapList(t for t in out if t.stage in stages)
-    if names:
-        names = list(names)
-        by_name = {t.name: t for t in taps}
-        bad = [n for n in names if n not in by_name]
-        if bad:
-            raise TapError(f"unknown tap name(s) {', '.join(bad)}")
-        out = TapList(t for t in out if t.name in names)
-    if paths:
-        extra = TapList()
-        by_path = {}
-        for t in taps:
-            if t.hook == "forward":
-                by_path.setdefault(t.path, t)
-        for p in paths:
-            extra.append(by_path.get(p) or TapSpec(name=p, role="path", path=p, layout="raw"))
-        out = extra if not (roles or stages or names) else TapList(list(out) + [t for t in extra if t not in out])
-    if not out:
-        raise TapError("the tap selection is empty")
-    return out
+class StopForward(Exception):
+    """Raised from a hook when every tap of a ``stop_early`` probe has fired (caught by the runner)."""
 
 
-def to_nchw(x: torch.Tensor, tap: TapSpec) -> torch.Tensor:
-    """Normalise a captured spatial map to (B, C, H, W); other layouts are returned as is."""
-    if tap.layout == "NCHW":
-        return x
-    if tap.layout == "NHWC":
-        return x.permute(0, 3, 1, 2)
-    if tap.layout == "NLC":
-        if tap.num_prefix_tokens:
-            x = x[:, tap.num_prefix_tokens:]
-        B, L, C = x.shape
-        if tap.grid is not None and tap.grid[0] * tap.grid[1] == L:
-            h, w = tap.grid
-        else:
-            h = int(math.isqrt(L))
-            if h * h != L:
-                raise TapError(f"tap {tap.name}: {L} tokens do not form a square grid and no grid is declared")
-            w = h
-        return x.transpose(1, 2).reshape(B, C, h, w)
-    return x
+class ForwardReport:
+    """What ``Probe.end()`` found about one forward pass."""
+
+    def __init__(self, fired: list[str], missing: list[str], nonfinite: str | None):
+        self.fired = fired
+        self.missing = missing
+        #: name of the first tap (execution order) holding NaN/inf, or None
+        self.nonfinite = nonfinite
 
 
 def _first_tensor(obj):
@@ -108,84 +53,188 @@ def _first_tensor(obj):
     return None
 
 
+def _finite_probe(x: torch.Tensor):
+    """A 0-d float32 tensor that is finite iff ``x`` is (one pass, no host sync)."""
+    if x.is_complex():
+        x = torch.view_as_real(x)
+    if not x.is_floating_point():
+        return None
+    return x.sum(dtype=torch.float32)
+
+
 class Probe:
-    """Context manager capturing tap tensors.
+    """Context manager capturing the tensors of ``taps`` during forward passes of ``model``.
 
-    Without ``callback`` the captures accumulate in ``self.captures`` (name -> list of
-    tensors, one per forward) and ``pop()`` returns and clears the latest ones. With
-    ``callback(tap, tensor)`` nothing is stored: the callback consumes each tensor as it
-    is produced (streaming reducers keep memory flat in the number of images).
+    Args:
+        model: the module to hook.
+        taps: the ``TapSpec``s to capture; taps sharing a module and hook kind share one hook.
+        callback: ``callback(tap, tensor)`` consumes every capture as it is produced and
+            nothing is stored (memory flat in the number of images); without it the
+            captures accumulate in ``self.captures`` (name -> list, one per forward) and
+            ``pop()`` returns the latest ones.
+        nchw: give spatial taps as (B, C, H, W) (``spectrascope.probe.layouts.to_nchw``).
+        dtype: cast real captures to this dtype.
+        clone: store copies (in-place ops after the tap cannot change them). Callbacks that
+            consume the tensor inside the hook need no copy.
+        grads: also capture the gradient of every tapped output (``self.grads``, same
+            layout conversion); needs autograd enabled during the forward.
+        once: a tap whose module runs twice in one forward is an error (checked by ``end()``).
+        check_finite: ``end()`` reports the first tap whose tensor held NaN/inf.
+        stop_early: raise ``StopForward`` once every tap fired in the current forward.
+        skip_non_tensor: ignore outputs that are not tensors (dry runs over arbitrary modules)
+            instead of raising ``TapError``.
 
-    Tensors are detached clones (in-place ops after the tap cannot change them),
-    optionally normalised to NCHW and cast with ``dtype``. ``self.order`` lists tap
-    names in the order their hooks fired during the first forward.
+    ``self.order`` lists the tap names in the order they first fired.
     """
 
     def __init__(self, model: nn.Module, taps: Sequence[TapSpec], *, callback: Callable | None = None,
-                 nchw: bool = True, dtype: torch.dtype | None = None, clone: bool = True):
+                 nchw: bool = True, dtype: torch.dtype | None = None, clone: bool = True, grads: bool = False,
+                 once: bool = False, check_finite: bool = False, stop_early: bool = False,
+                 skip_non_tensor: bool = False):
         self.model = model
         self.taps = TapList(taps)
+        if not self.taps:
+            raise TapError("no taps selected")
+        names = self.taps.names()
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise TapError(f"tap name(s) {', '.join(dup)} selected twice")
         self.callback = callback
         self.nchw = nchw
         self.dtype = dtype
         self.clone = clone
+        self.grads_enabled = grads
+        self.once = once
+        self.check_finite = check_finite
+        self.stop_early = stop_early
+        self.skip_non_tensor = skip_non_tensor
         self.captures: dict[str, list[torch.Tensor]] = {}
+        self.grads: dict[str, list[torch.Tensor]] = {}
         self.order: list[str] = []
+        self._points: dict[tuple[str, str], list[TapSpec]] = {}
+        for t in self.taps:
+            if t.hook not in ("forward", "pre"):
+                raise TapError(f"tap {t.name}: hook must be 'forward' or 'pre', not {t.hook!r}")
+            self._points.setdefault((t.path, t.hook), []).append(t)
         self._handles: list = []
         self._seen: set[str] = set()
+        self._fired: dict[str, int] = {}
+        self._fired_points: set[tuple[str, str]] = set()
+        self._finite: list[tuple[str, torch.Tensor]] = []
 
-    # -- hooks
-    def _record(self, tap: TapSpec, value):
-        x = _first_tensor(value)
-        if x is None:
-            raise TapError(f"tap {tap.name} ({tap.path}) produced {type(value).__name__}, not a tensor")
-        x = x.detach()
-        if self.nchw:
+    # ------------------------------------------------------------------ hooks
+    def _convert(self, tap: TapSpec, x: torch.Tensor) -> torch.Tensor:
+        if self.nchw and is_spatial(tap.layout):
             x = to_nchw(x, tap)
         if self.dtype is not None and not x.is_complex():
             x = x.to(self.dtype)
-        if self.clone:
-            x = x.clone()
-        if tap.name not in self._seen:
-            self._seen.add(tap.name)
-            self.order.append(tap.name)
-        if self.callback is not None:
-            self.callback(tap, x)
-        else:
-            self.captures.setdefault(tap.name, []).append(x)
+        return x
 
-    def __enter__(self):
+    def _record(self, key: tuple[str, str], value) -> None:
+        raw = _first_tensor(value)
+        taps = self._points[key]
+        if raw is None:
+            if self.skip_non_tensor:
+                return
+            raise TapError(f"tap {taps[0].name} ({taps[0].path}) produced {type(value).__name__}, not a tensor")
+        x = raw.detach()
+        if self.check_finite:
+            f = _finite_probe(x)
+            if f is not None:
+                self._finite.append((taps[0].name, f))
+        for tap in taps:
+            self._fired[tap.name] = self._fired.get(tap.name, 0) + 1
+            if tap.name not in self._seen:
+                self._seen.add(tap.name)
+                self.order.append(tap.name)
+            y = self._convert(tap, x)
+            if self.clone:
+                y = y.clone()
+            if self.callback is not None:
+                self.callback(tap, y)
+            else:
+                self.captures.setdefault(tap.name, []).append(y)
+            if self.grads_enabled:
+                self._hook_grad(tap, raw)
+        self._fired_points.add(key)
+        if self.stop_early and len(self._fired_points) == len(self._points):
+            raise StopForward
+
+    def _hook_grad(self, tap: TapSpec, raw: torch.Tensor) -> None:
+        if not raw.requires_grad:
+            raise TapError(f"tap {tap.name} ({tap.path}): its output carries no gradient (run the forward with "
+                           "autograd enabled and inputs or weights that require grad)")
+
+        def keep(g, tap=tap):
+            self.grads.setdefault(tap.name, []).append(self._convert(tap, g.detach()))
+        raw.register_hook(keep)
+
+    def __enter__(self) -> "Probe":
         try:
-            for tap in self.taps:
+            for key in self._points:
+                path, hook = key
                 try:
-                    mod = self.model.get_submodule(tap.path)
+                    mod = self.model.get_submodule(path)
                 except AttributeError:
-                    raise TapError(f"tap {tap.name}: no module {tap.path!r} in this model") from None
-                if tap.hook == "pre":
-                    h = mod.register_forward_pre_hook(lambda _m, args, tap=tap: self._record(tap, args))
+                    raise TapError(f"tap {self._points[key][0].name}: no module {path!r} in this model") from None
+                if hook == "pre":
+                    h = mod.register_forward_pre_hook(lambda _m, args, key=key: self._record(key, args))
                 else:
-                    h = mod.register_forward_hook(lambda _m, _i, out, tap=tap: self._record(tap, out))
+                    h = mod.register_forward_hook(lambda _m, _i, out, key=key: self._record(key, out))
                 self._handles.append(h)
         except BaseException:
             self.remove()
             raise
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         self.remove()
         return False
 
-    def remove(self):
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
 
-    # -- results
+    # ------------------------------------------------------------------ per forward
+    def begin(self) -> None:
+        """Start a forward pass: clears the per-forward bookkeeping."""
+        self._fired.clear()
+        self._fired_points.clear()
+        self._finite.clear()
+
+    def end(self, *, stopped: bool = False) -> ForwardReport:
+        """Finish a forward pass: which taps fired, the first non-finite tap (one host sync).
+
+        Raises ``TapError`` when ``once`` and a tap fired more than once."""
+        if self.once:
+            twice = [n for n, k in self._fired.items() if k > 1]
+            if twice:
+                tap = next(t for t in self.taps if t.name == twice[0])
+                raise TapError(f"tap {tap.name!r} ({tap.path}) fired {self._fired[tap.name]} times in one forward "
+                               "(its module is called more than once); choose another tap")
+        bad = None
+        if self._finite:
+            flags = torch.isfinite(torch.stack([f.to(self._finite[0][1].device) for _, f in self._finite]))
+            if not bool(flags.all()):
+                bad = self._finite[int((~flags).nonzero()[0])][0]
+        fired = [n for n in self.order if n in self._fired]
+        missing = [t.name for t in self.taps if t.name not in self._fired]
+        return ForwardReport(fired, missing, bad)
+
+    # ------------------------------------------------------------------ results
     def pop(self) -> dict[str, torch.Tensor]:
         """Latest capture per tap, in execution order; clears the store."""
         names = self.order + [t.name for t in self.taps if t.name not in self.order]
         out = {n: self.captures[n][-1] for n in names if n in self.captures}
         self.captures.clear()
+        return out
+
+    def pop_grads(self) -> dict[str, torch.Tensor]:
+        """Latest gradient per tap; clears the store."""
+        out = {n: g[-1] for n, g in self.grads.items()}
+        self.grads.clear()
         return out
 
     def ordered_taps(self) -> TapList:
