@@ -516,7 +516,7 @@ def test_report_files_heatmap_conventions_and_best_matches(tmp_path):
     dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
     assert len(dashed) == 1 + 1                           # one row boundary (stage 1|2), one column boundary
     out = write_report(res, tmp_path / "rep")
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(FILES)
     assert (out / "cka.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "cka.pdf").read_bytes()[:5] == b"%PDF-"
     rows = list(csv.reader(open(out / "cka_matrix.csv")))

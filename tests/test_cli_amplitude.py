@@ -242,9 +242,18 @@ def test_existing_output_needs_overwrite(tmp_path):
             "--output", out]
     assert_one_line_error(run(args), "exists and is not empty")
     assert (out / "keep.txt").exists()
+    # --overwrite never deletes a file spectrascope did not write
+    assert_one_line_error(run(args + ["--overwrite"]), "did not write")
+    assert (out / "keep.txt").read_text() == "x" and sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    # a folder of its own outputs is replaced
+    mine = tmp_path / "mine"
+    args[-1] = mine
+    assert run(args).exit_code == 0
+    assert_one_line_error(run(args), "exists and is not empty")
+    (mine / "results.json").write_text("{}")
     res = run(args + ["--overwrite"])
     assert res.exit_code == 0, res.output
-    assert (out / "results.json").exists() and not (out / "keep.txt").exists()
+    assert json.loads((mine / "results.json").read_text())["kind"] == "amplitude"
 
 
 def test_taps_listing():

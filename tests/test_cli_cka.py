@@ -46,7 +46,7 @@ def test_cka_report_on_sample_photos(tmp_path):
                "--output", str(out)])
     assert res.exit_code == 0, res.output
     assert "random weights" in res.output and "12x12 over 5 images" in res.output
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == sorted(["cka.png", "cka.pdf", "cka_matrix.csv", "best_match.csv", "results.json", "report.html"])
     js = json.loads((out / "results.json").read_text())
     # the Fig. 7 preset in execution order: per stage the downsampling output, then (residual, block) per block

@@ -1,28 +1,54 @@
-"""Result directories and provenance.
+"""The one output layer: staged result directories, the overwrite policy, atomic files,
+strict JSON and provenance.
 
-Every command writes into a staging directory and renames it into place only when the
-whole output is written, so a failed run leaves nothing half-written. ``results.json``
-always carries the provenance block from ``provenance()``."""
+Every command writes into a staging folder beside its output (``.NAME.partial-HOST-PID``)
+and moves the files into place only when everything was written, so a failed or
+interrupted run leaves nothing half-written. The folder then holds a manifest
+(``MANIFEST``) listing the files spectrascope wrote and which command wrote them.
+
+Overwrite policy (``--overwrite``), checked before any work starts:
+
+* a missing or empty folder is always fine;
+* a non-empty folder needs ``--overwrite``, and then may hold only files that the same
+  command recorded in its manifest: a folder with any other file (photos, another
+  command's outputs, training checkpoints) is refused, never emptied;
+* an output folder that is one of the command's inputs (images, data root, checkpoint) or
+  contains one is refused, with or without ``--overwrite``;
+* staging folders of processes that no longer run (``kill -9``) are removed the next time
+  a command writes to the same place; SIGTERM/SIGINT remove the current one.
+
+JSON is strict: a NaN or infinity in a payload is a bug (``InternalError``); defined
+undefined values (the CKA of a constant tap) must be given as ``None`` (``null``) by the
+code that produces them, with a diagnostic.
+"""
 from __future__ import annotations
 
 import contextlib
 import csv
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from spectrascope.errors import OutputExistsError
+
+from spectrascope.errors import InternalError, OutputError, OutputExistsError
+
+__all__ = ["SCHEMA_VERSION", "MANIFEST", "default_output_dir", "check_output", "StagedOutput", "staged_output",
+           "read_manifest", "atomic_write", "write_json", "dumps", "loads", "write_csv", "provenance",
+           "library_versions", "device_info", "Stopwatch"]
 
 SCHEMA_VERSION = 1
-
+#: the manifest a result folder carries: which files spectrascope wrote, and which command
+MANIFEST = ".spectrascope-manifest.json"
 
 
 def default_output_dir(command: str, tag: str) -> Path:
@@ -31,31 +57,268 @@ def default_output_dir(command: str, tag: str) -> Path:
     return Path("runs") / command / f"{safe}-{stamp}"
 
 
-@contextlib.contextmanager
-def staged_output(final: Path, overwrite: bool = False):
-    """Yield a staging directory; on success it replaces ``final``, on error it is removed."""
-    final = Path(final)
-    occupied = final.is_file() or (final.is_dir() and any(final.iterdir()))
-    if occupied and not overwrite:
-        raise OutputExistsError(f"output directory {final} exists and is not empty (use --overwrite)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = final.parent / f".{final.name}.partial-{os.getpid()}"
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir()
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        final.rename(old)
-        stage.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        stage.rename(final)
+# ---------------------------------------------------------------------------- manifest + policy
 
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest of ``folder`` (``{"command": ..., "files": [...]}``), or None."""
+    p = Path(folder) / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
+        return None
+    return doc
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _contains(parent: Path, child: Path) -> bool:
+    try:
+        child.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def check_output(final, *, command: str, overwrite: bool = False, inputs: Iterable = (),
+                 option: str = "--output") -> Path:
+    """Validate an output folder before any work (the policy of the module doc); returns its absolute path."""
+    final = Path(os.path.abspath(Path(final).expanduser()))
+    for item in inputs or ():
+        if item is None:
+            continue
+        src = Path(os.path.abspath(Path(item).expanduser()))
+        if src == final or _contains(final, src):
+            raise OutputError(f"{final} is or contains this command's input {src}; choose another folder",
+                              option=option)
+    for parent in [final, *final.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                what = "is a file" if parent == final else f"lies under the file {parent}"
+                raise OutputError(f"{final} {what}; give a folder", option=option)
+            break
+    if final.is_dir():
+        present = [f for f in _files_under(final) if f != MANIFEST]
+        if present:
+            if not overwrite:
+                raise OutputExistsError(f"output directory {final} exists and is not empty (use --overwrite)",
+                                        option=option)
+            man = read_manifest(final)
+            if man is None:
+                raise OutputError(f"{final} holds {len(present)} file(s) spectrascope did not write (e.g. "
+                                  f"{present[0]}); --overwrite only replaces a folder of spectrascope outputs: "
+                                  "choose another folder", option=option)
+            if man.get("command") != command:
+                raise OutputError(f"{final} holds the outputs of `spectrascope {man.get('command')}`; --overwrite "
+                                  f"only replaces outputs of `spectrascope {command}`: choose another folder",
+                                  option=option)
+            foreign = sorted(set(present) - set(man["files"]))
+            if foreign:
+                raise OutputError(f"{final} holds {len(foreign)} file(s) spectrascope did not write (e.g. "
+                                  f"{foreign[0]}); --overwrite only replaces spectrascope's own files: choose "
+                                  "another folder", option=option)
+    _check_writable(final, option)
+    return final
+
+
+def _check_writable(final: Path, option: str) -> None:
+    base = next(p for p in [final, *final.parents] if p.exists())
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {base} (permission denied)", option=option)
+
+
+# ---------------------------------------------------------------------------- staging
+
+_HOST = socket.gethostname().replace("-", "_") or "host"
+
+
+def _stage_name(final: Path) -> str:
+    return f".{final.name}.partial-{_HOST}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_stages(final: Path) -> list[Path]:
+    """Remove staging folders for ``final`` left by dead processes of this host."""
+    removed = []
+    parent = final.parent
+    if not parent.is_dir():
+        return removed
+    for p in parent.glob(f".{final.name}.partial-*"):
+        tail = p.name.rsplit(".partial-", 1)[1]
+        host, _, pid = tail.rpartition("-")
+        if host not in ("", _HOST) or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+class StagedOutput:
+    """``with StagedOutput(final, command=...) as stage:`` -- write into ``stage``; on success the
+    files move into ``final`` with a manifest, on any error (or signal) the staging folder is
+    removed and ``final`` is untouched. ``enabled=False`` (non-zero ranks) stages nothing and
+    yields None."""
+
+    def __init__(self, final, *, command: str, overwrite: bool = False, inputs: Iterable = (),
+                 option: str = "--output", enabled: bool = True):
+        self.command = command
+        self.enabled = enabled
+        self.final = check_output(final, command=command, overwrite=overwrite, inputs=inputs, option=option) \
+            if enabled else Path(final)
+        self.stage: Path | None = None
+
+    def __enter__(self) -> Path | None:
+        if not self.enabled:
+            return None
+        clean_stale_stages(self.final)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.stage = self.final.parent / _stage_name(self.final)
+        if self.stage.exists():
+            shutil.rmtree(self.stage)
+        self.stage.mkdir()
+        return self.stage
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self.enabled:
+            return False
+        if exc_type is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            return False
+        try:
+            self._commit()
+        except BaseException:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            raise
+        return False
+
+    def _commit(self) -> None:
+        stage, final = self.stage, self.final
+        new = [f for f in _files_under(stage) if f != MANIFEST]
+        doc = {"command": self.command, "files": new,
+               "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        if not final.exists() or (final.is_dir() and not any(final.iterdir())):
+            (stage / MANIFEST).write_text(dumps(doc) + "\n")
+            if final.exists():
+                final.rmdir()
+            os.replace(stage, final)
+            return
+        old = read_manifest(final) or {"files": []}
+        # a manifest that lists old and new files first: a crash midway never leaves unlisted files
+        union = dict(doc, files=sorted(set(old["files"]) | set(new)))
+        atomic_write(final / MANIFEST, lambda p: p.write_text(dumps(union) + "\n"))
+        for rel in new:
+            dst = final / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / rel, dst)
+        for rel in sorted(set(old["files"]) - set(new)):
+            with contextlib.suppress(FileNotFoundError):
+                (final / rel).unlink()
+        for d in sorted((p for p in final.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()                                  # folders emptied by the replacement
+        atomic_write(final / MANIFEST, lambda p: p.write_text(dumps(doc) + "\n"))
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def staged_output(final, overwrite: bool = False, *, command: str = "output", inputs: Iterable = (),
+                  enabled: bool = True) -> StagedOutput:
+    """``StagedOutput(final, command=command, overwrite=overwrite, inputs=inputs)``."""
+    return StagedOutput(final, command=command, overwrite=overwrite, inputs=inputs, enabled=enabled)
+
+
+def atomic_write(path, write) -> None:
+    """``write(tmp_path)`` then fsync and rename over ``path``: never a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ---------------------------------------------------------------------------- strict JSON
+
+def _jsonable(o):
+    if isinstance(o, torch.Tensor):
+        return o.detach().cpu().tolist()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (tuple, set, frozenset)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _find_nonfinite(o, path="$"):
+    if isinstance(o, float):
+        return None if math.isfinite(o) else path
+    if isinstance(o, Mapping):
+        for k, v in o.items():
+            hit = _find_nonfinite(v, f"{path}.{k}")
+            if hit:
+                return hit
+    elif isinstance(o, (list, tuple)):
+        for i, v in enumerate(o):
+            hit = _find_nonfinite(v, f"{path}[{i}]")
+            if hit:
+                return hit
+    return None
+
+
+def dumps(payload, indent: int | None = 1) -> str:
+    """Strict JSON text: a NaN or infinity anywhere is an ``InternalError`` naming where it is."""
+    try:
+        return json.dumps(payload, indent=indent, default=_jsonable, allow_nan=False)
+    except ValueError:
+        plain = json.loads(json.dumps(payload, default=_jsonable, allow_nan=True))
+        raise InternalError(f"a non-finite number reached the results at {_find_nonfinite(plain)}; "
+                            "it must be reported (and written as null) by the code that produced it") from None
+
+
+def loads(text: str):
+    """Parse strict JSON (NaN / Infinity tokens are refused)."""
+    def refuse(tok):
+        raise ValueError(f"non-standard JSON token {tok}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def write_json(path, payload: Mapping) -> None:
+    text = dumps(payload) + "\n"
+    atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def write_csv(path, rows: Iterable[Mapping], fieldnames: list[str] | None = None) -> None:
+    rows = list(rows)
+    fieldnames = fieldnames or (list(rows[0]) if rows else [])
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fieldnames)
+        w.writeheader()
+        w.writerows(rows)
+
+
+# ---------------------------------------------------------------------------- provenance
 
 def library_versions() -> dict:
     import importlib.metadata as md
@@ -82,7 +345,12 @@ def device_info(device: torch.device | str | None = None) -> dict:
 
 def provenance(*, command: str, model: str | None = None, checkpoint_sha256: str | None = None,
                images_sha256: str | None = None, device=None, wall_time_s: float | None = None,
-               random_weights: bool | None = None, extra: Mapping | None = None) -> dict:
+               random_weights: bool | None = None, world_size: int | None = None,
+               extra: Mapping | None = None) -> dict:
+    """The provenance block of every results.json (``world_size``: processes that computed it)."""
+    if world_size is None:
+        from spectrascope.engine import dist
+        world_size = dist.current().world
     d = {
         "schema_version": SCHEMA_VERSION,
         "command": command,
@@ -94,38 +362,12 @@ def provenance(*, command: str, model: str | None = None, checkpoint_sha256: str
         "images_sha256": images_sha256,
         "versions": library_versions(),
         "device": device_info(device),
+        "world_size": int(world_size),
         "wall_time_s": wall_time_s,
     }
     if extra:
         d.update(extra)
     return d
-
-
-def _jsonable(o):
-    if isinstance(o, torch.Tensor):
-        return o.detach().cpu().tolist()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def write_json(path: Path, payload: Mapping) -> None:
-    Path(path).write_text(json.dumps(payload, indent=1, default=_jsonable, allow_nan=True) + "\n")
-
-
-def write_csv(path: Path, rows: Iterable[Mapping], fieldnames: list[str] | None = None) -> None:
-    rows = list(rows)
-    fieldnames = fieldnames or (list(rows[0]) if rows else [])
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fieldnames)
-        w.writeheader()
-        w.writerows(rows)
 
 
 class Stopwatch:

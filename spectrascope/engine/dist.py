@@ -1,0 +1,180 @@
+"""The one torch.distributed layer (every analysis command and training run under ``torchrun``).
+
+``init(device)`` joins the process group a launcher describes in the environment
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``/``PORT`` as
+``torchrun`` sets them, single node or many): nccl with one GPU per local rank on CUDA,
+gloo on CPU. Without a launcher it returns a one-process ``Dist`` and nothing is
+initialised. ``init_process_group`` is called here and nowhere else.
+
+Analyses are sharded by *batches* exactly as one process would form them (batch ``i`` of
+the image list goes to rank ``i mod world``): no image is seen twice, no padding, and
+statistics that depend on batch composition (mini-batch CKA) equal a one-process run.
+Reducers all-reduce their sufficient statistics (float64 sums); per-image outputs are
+gathered to rank 0, which alone writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from spectrascope.errors import OptionError
+
+__all__ = ["Dist", "init", "current", "shutdown", "session", "launched"]
+
+
+@dataclass
+class Dist:
+    """Rank and world of this process; a one-process ``Dist`` makes every collective a no-op."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ sharding
+    def shard(self, items: Sequence) -> list:
+        """Every ``world``-th item starting at ``rank`` (item i goes to rank i mod world)."""
+        return list(items[self.rank::self.world])
+
+    # ------------------------------------------------------------------ collectives
+    def _device_for(self, t: torch.Tensor) -> torch.device:
+        if self.backend == "nccl" and t.device.type != "cuda":
+            return torch.device("cuda", torch.cuda.current_device())
+        if self.backend == "gloo" and t.device.type != "cpu":
+            return torch.device("cpu")
+        return t.device
+
+    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """A reduced copy of ``t`` (``op`` = sum, max or min) on ``t``'s device; ``t`` itself in one process."""
+        if not self.enabled:
+            return t
+        import torch.distributed as td
+        ops = {"sum": td.ReduceOp.SUM, "max": td.ReduceOp.MAX, "min": td.ReduceOp.MIN}
+        out = t.detach().to(self._device_for(t), copy=True)
+        td.all_reduce(out, op=ops[op])
+        return out.to(t.device)
+
+    def all_gather_object(self, obj: Any) -> list:
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as td
+        out: list = [None] * self.world
+        td.all_gather_object(out, obj)
+        return out
+
+    def gather_object(self, obj: Any) -> list | None:
+        """Every rank's ``obj`` in rank order on rank 0 (None elsewhere)."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as td
+        out = [None] * self.world if self.main else None
+        td.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        import torch.distributed as td
+        box = [obj]
+        td.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank."""
+        if not self.enabled:
+            return bool(flag)
+        return bool(self.all_reduce(torch.tensor([float(bool(flag))]), "max").item() > 0)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as td
+            td.barrier()
+
+
+_CURRENT = Dist()
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun) asked for more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def current() -> Dist:
+    """The ``Dist`` of this process (one process until ``init`` joined a group)."""
+    return _CURRENT
+
+
+def init(device: torch.device | str = "cpu") -> tuple[Dist, torch.device]:
+    """Join the process group the launcher describes; returns ``(dist, device)``.
+
+    On CUDA every local rank takes its own GPU (``cuda:LOCAL_RANK``) and nccl; on CPU gloo,
+    with the CPU threads shared out among the local ranks. Without a launcher:
+    ``(Dist(), device)``."""
+    global _CURRENT
+    device = torch.device(device)
+    import torch.distributed as td
+    if td.is_available() and td.is_initialized():
+        _CURRENT = Dist(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
+                        int(os.environ.get("LOCAL_WORLD_SIZE", td.get_world_size())), td.get_backend())
+        if device.type == "cuda":
+            device = torch.device("cuda", _CURRENT.local_rank)
+        return _CURRENT, device
+    if not launched():
+        _CURRENT = Dist()
+        return _CURRENT, device
+    if not td.is_available():
+        raise OptionError("this PyTorch build has no torch.distributed; run without torchrun")
+    world = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise OptionError(f"local rank {local_rank} has no GPU (this node has {torch.cuda.device_count()}): "
+                              "use --nproc_per_node <= the number of GPUs", option="--device")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+        backend = "gloo"
+    td.init_process_group(backend=backend)
+    _CURRENT = Dist(td.get_rank(), td.get_world_size(), local_rank, local_world, backend)
+    return _CURRENT, device
+
+
+def shutdown() -> None:
+    """Leave the process group (if this process joined one)."""
+    global _CURRENT
+    import torch.distributed as td
+    if td.is_available() and td.is_initialized():
+        with contextlib.suppress(Exception):
+            td.destroy_process_group()
+    _CURRENT = Dist()
+
+
+@contextlib.contextmanager
+def session(device: torch.device | str = "cpu"):
+    """``with session(device) as (dist, device):`` joins the group for the block and leaves it after
+    (only when this call joined it)."""
+    import torch.distributed as td
+    joined_here = not (td.is_available() and td.is_initialized()) and launched()
+    d, dev = init(device)
+    try:
+        yield d, dev
+    finally:
+        if joined_here:
+            shutdown()

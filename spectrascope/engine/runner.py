@@ -1,0 +1,246 @@
+"""The one forward loop of every analysis (and of evaluation).
+
+``Runner.run(model, dataset, probe)`` does, per batch of this rank's shard: decode through
+the dataset (optionally in DataLoader workers), move to the device (``channels_last`` on
+request), run the model under ``inference_mode`` (or with autograd for gradient methods)
+and autocast (``amp`` = bf16 / fp16; the zoo's FFT mixers stay float32 inside), hand the
+output to ``on_batch``, and check the output and every tap for NaN/inf. A non-finite value
+stops the run with a ``NonFiniteError`` naming the first tap (execution order), the batch
+and the likely cause (weights, input or overflow). When the caller needs no model output
+the forward stops as soon as the last tap fired (``Probe(stop_early=True)``).
+
+Datasets are anything with ``len()`` and ``[i]`` returning an image tensor (C, H, W) or a
+tuple ``(image, *extra)``; batches are formed from consecutive indices exactly as one
+process would form them, and batch ``i`` goes to rank ``i mod world`` (see ``engine.dist``).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from spectrascope.engine import dist as _dist
+from spectrascope.engine.device import resolve_device
+from spectrascope.errors import NonFiniteError, OptionError
+from spectrascope.probe.probe import Probe, StopForward
+
+__all__ = ["AMP_DTYPES", "RunConfig", "Batch", "RunStats", "Runner", "autocast", "batch_chunks", "nonfinite_cause"]
+
+#: ``--amp`` values and the autocast dtypes they select
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str | None):
+    """The autocast context of ``--amp`` (a no-op context for ``off``)."""
+    dtype = AMP_DTYPES.get(amp or "off")
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass
+class RunConfig:
+    """How the runner batches and runs: the shared analysis options."""
+
+    device: torch.device | str = "cpu"
+    batch_size: int = 16
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 0
+    progress: bool = False
+    check_finite: bool = True
+    desc: str = ""
+
+    def __post_init__(self):
+        self.device = resolve_device(self.device)
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise OptionError(f"{self.batch_size!r} is not a batch size (an integer >= 1)", option="--batch-size")
+        if (self.amp or "off") not in AMP_DTYPES:
+            raise OptionError(f"{self.amp!r} is not accepted; use {', '.join(AMP_DTYPES)}", option="--amp")
+        self.amp = self.amp or "off"
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise OptionError(f"{self.workers!r} is not a number of workers (an integer >= 0)", option="--workers")
+
+
+@dataclass
+class Batch:
+    """One batch: its global number (as one process would count), dataset indices, input, extra fields."""
+
+    number: int
+    indices: list[int]
+    x: torch.Tensor
+    extra: tuple = ()
+
+
+@dataclass
+class RunStats:
+    """What one ``Runner.run`` did on this rank."""
+
+    images: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    order: list[str] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def batch_chunks(n: int, batch_size: int) -> list[list[int]]:
+    """Consecutive index chunks ``[0, b), [b, 2b), ...`` of ``n`` items."""
+    return [list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)]
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return i, self.base[i]
+
+
+def _collate(items):
+    idx = [i for i, _ in items]
+    first = [it[0] if isinstance(it, (tuple, list)) else it for _, it in items]
+    rest = [tuple(it[1:]) if isinstance(it, (tuple, list)) else () for _, it in items]
+    extra = tuple(list(col) for col in zip(*rest)) if rest and rest[0] else ()
+    return idx, torch.stack(first), extra
+
+
+def nonfinite_cause(model: nn.Module, x: torch.Tensor | None = None) -> str:
+    """The likely cause of a non-finite value: the weights, the input, or overflow in the forward."""
+    bad = [(n, int((~torch.isfinite(t)).sum())) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        total = sum(k for _, k in bad)
+        return (f"the model weights hold {total} non-finite value(s) in {len(bad)} tensor(s), e.g. {bad[0][0]}: "
+                "check the checkpoint")
+    if x is not None and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        return "the input images hold non-finite values"
+    return ("the weights and inputs are finite, so the forward pass overflowed (values beyond the dtype's range: "
+            "try --amp off, or check the checkpoint's scale)")
+
+
+class Runner:
+    """Batches a dataset over this rank's shard and runs a model on it (see the module doc)."""
+
+    def __init__(self, config: RunConfig | None = None, dist: _dist.Dist | None = None):
+        self.config = config or RunConfig()
+        self.dist = dist or _dist.current()
+
+    @property
+    def device(self) -> torch.device:
+        return self.config.device
+
+    # ------------------------------------------------------------------ model
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """``eval()``, on the device, channels-last weights on request."""
+        model.eval().to(self.device)
+        if self.config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    # ------------------------------------------------------------------ data
+    def chunks(self, n: int) -> list[tuple[int, list[int]]]:
+        """(global batch number, indices) of this rank's batches."""
+        return self.dist.shard(list(enumerate(batch_chunks(n, self.config.batch_size))))
+
+    def batches(self, dataset) -> Iterator[Batch]:
+        """This rank's batches of ``dataset`` (inputs on the device)."""
+        mine = self.chunks(len(dataset))
+        if not mine:
+            return
+        numbers = [k for k, _ in mine]
+        sampler = [idx for _, idx in mine]
+        w = self.config.workers
+        loader = torch.utils.data.DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=w,
+                                             collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        for k, (idx, x, extra) in zip(numbers, loader):
+            x = x.to(self.device, non_blocking=True)
+            if self.config.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield Batch(k, idx, x, extra)
+
+    def _bar(self, total: int, desc: str):
+        if not (self.config.progress and self.dist.main):
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=total, desc=desc or self.config.desc, unit="batch", file=sys.stderr, leave=False,
+                    disable=None)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, model, batch: Batch | torch.Tensor, probe: Probe | None = None, *, need_output: bool = True,
+                grad: bool = False):
+        """One forward of ``batch`` (a ``Batch`` or an input tensor on the device) with the checks
+        of the module doc. Returns the output, or None when the probe stopped the forward early."""
+        b = batch if isinstance(batch, Batch) else Batch(0, list(range(int(batch.shape[0]))), batch)
+        if probe is not None:
+            probe.stop_early = not need_output and not grad and not self.config.compile
+            probe.check_finite = self.config.check_finite
+            probe.begin()
+        mode = contextlib.nullcontext() if grad else torch.inference_mode()
+        out, stopped = None, False
+        with mode, autocast(self.device, self.config.amp):
+            try:
+                out = model(b.x)
+            except StopForward:
+                stopped = True
+        report = probe.end(stopped=stopped) if probe is not None else None
+        if self.config.check_finite:
+            self._check_finite(model, b, out, report)
+        return out
+
+    def _check_finite(self, model, b: Batch, out, report) -> None:
+        where = None
+        if report is not None and report.nonfinite is not None:
+            where = f"tap {report.nonfinite}"
+        elif isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            where = "the model output"
+        if where is None:
+            return
+        first, last = b.indices[0], b.indices[-1]
+        raise NonFiniteError(f"non-finite values (NaN/inf) first appeared at {where} in batch {b.number + 1} "
+                             f"(images {first + 1}-{last + 1}): {nonfinite_cause(model, b.x)}; nothing was written")
+
+    def run(self, model, dataset, probe: Probe | None = None, *, on_batch: Callable | None = None,
+            need_output: bool = False, grad: bool = False, desc: str = "") -> RunStats:
+        """Run ``model`` over this rank's shard of ``dataset``; ``on_batch(batch, output)`` sees every
+        batch (output None when the forward stopped early). The probe must be entered by the caller."""
+        stats = RunStats()
+        t0 = time.perf_counter()
+        fn = torch.compile(model) if self.config.compile else model
+        mine = self.chunks(len(dataset))
+        bar = self._bar(len(mine), desc)
+        try:
+            for b in self.batches(dataset):
+                out = self.forward(fn, b, probe, need_output=need_output, grad=grad)
+                if out is None and probe is not None:
+                    stats.stopped_early = True
+                if on_batch is not None:
+                    on_batch(b, out)
+                stats.images += len(b.indices)
+                stats.batches += 1
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        stats.seconds = time.perf_counter() - t0
+        if probe is not None:
+            stats.order = list(probe.order)
+        return stats
+
+    def total(self, n: int | float) -> int | float:
+        """The sum of ``n`` over all ranks."""
+        if not self.dist.enabled:
+            return n
+        v = self.dist.all_reduce(torch.tensor([float(n)], dtype=torch.float64)).item()
+        return int(v) if isinstance(n, int) else v
