@@ -1,4 +1,6 @@
-"""The ``spectrascope`` command line: the click group and one module per command group."""
-from spectrascope.cli.main import main
+"""The ``spectrascope`` command line: the click group (``app``), shared options (``options``) and one
+module per command group; every command is a thin wrapper over the pipelines."""
+from spectrascope.cli.app import main
+from spectrascope.cli import zoo, fourier, cka, cam, filters, throughput, train, figure  # noqa: F401,E402
 
 __all__ = ["main"]

@@ -1,0 +1,118 @@
+"""Shared options of the command line and how their values are parsed and validated; the
+wrapper that turns user errors into one line."""
+from __future__ import annotations
+
+import functools
+
+import click
+
+from spectrascope.zoo import registry
+from spectrascope.errors import CheckpointError, DataError, OutputExistsError
+
+#: library errors that are the user's input, reported as one line
+USER_ERRORS = (registry.UnknownModelError, CheckpointError, DataError, OutputExistsError, ValueError,
+               FileNotFoundError, KeyError)
+
+
+def user_errors(fn):
+    """Turn library errors caused by the input into a one-line ClickException."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except USER_ERRORS as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise click.ClickException(str(msg).splitlines()[0] if msg else type(exc).__name__) from None
+
+    return wrapper
+
+
+def parse_img_size(value):
+    """'224' -> 224, '96x128' -> (96, 128)."""
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in str(value).lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not S or HxW") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return tuple(parts)
+    raise click.BadParameter(f"{value!r} is not S or HxW")
+
+
+def _scalar(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _given(param: str) -> bool:
+    """Whether the user set a click parameter (rather than its default)."""
+    from click.core import ParameterSource
+    return click.get_current_context().get_parameter_source(param) not in (ParameterSource.DEFAULT, None)
+
+
+def parse_model_kwargs(items) -> dict:
+    """``("dims=32,64,96,128", "drop_path_rate=0.1", "token_mixers=sepconv,df")`` -> overrides dict.
+    Comma-separated values become lists; numbers, true/false and none are converted."""
+    out = {}
+    for item in items or ():
+        for part in [item] if "=" in item and item.count("=") == 1 else item.split():
+            if "=" not in part:
+                raise click.BadParameter(f"{part!r} is not KEY=VALUE", param_hint="--model-kwargs")
+            key, value = part.split("=", 1)
+            vals = [_scalar(v) for v in value.split(",")] if "," in value else _scalar(value)
+            out[key.strip()] = vals
+    return out
+
+
+def runtime_options(fn):
+    """--img-size/--device/--model-kwargs: how every analysed model is built and where it runs."""
+    fn = click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE",
+                      help="constructor overrides with the official argument names (every model), "
+                           "e.g. dims=32,64,96,128")(fn)
+    fn = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")(fn)
+    fn = click.option("--img-size", default=None, help="input size S or HxW (default: each model's)")(fn)
+    return fn
+
+
+def model_options(fn):
+    """--model/--checkpoint/--img-size/--device/--model-kwargs, shared by the analysis commands."""
+    fn = runtime_options(fn)
+    fn = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                      help="official .pth, timm .pth.tar, spectrascope checkpoint or .safetensors")(fn)
+    fn = click.option("--model", "model_name", required=True, help="registry name, alias or timm:<name>")(fn)
+    return fn
+
+
+def image_options(fn):
+    """--images/--data/--num-images/--batch-size, shared by the analysis commands."""
+    fn = click.option("--batch-size", default=16, show_default=True, type=int)(fn)
+    fn = click.option("--num-images", default=None, type=int, help="use the first N images")(fn)
+    fn = click.option("--data", default=None, help="samples | imagefolder:PATH")(fn)
+    fn = click.option("--images", type=click.Path(file_okay=False), default=None,
+                      help="folder of images (default: the bundled sample photos)")(fn)
+    return fn
+
+
+def _output_dir(output, command: str, tag: str, overwrite: bool):
+    from pathlib import Path
+
+    from spectrascope.io.results import default_output_dir
+    out = Path(output) if output else default_output_dir(command, tag)
+    if not overwrite and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
+        raise OutputExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
+    return out

@@ -1,0 +1,116 @@
+"""``spectrascope models``, ``predict`` and ``taps``: the zoo and its taps."""
+from __future__ import annotations
+
+import json
+
+import click
+import torch
+
+from spectrascope.cli.app import main
+from spectrascope.cli.options import (image_options, model_options, parse_img_size, parse_model_kwargs, user_errors)
+from spectrascope.zoo import registry
+from spectrascope.probe.grammar import parse_stages
+
+
+@main.command("models")
+@click.argument("pattern", required=False)
+@click.option("--json", "as_json", is_flag=True, help="print the model cards as JSON")
+@click.option("--markdown", is_flag=True, help="print a markdown table (ours vs the paper's parameter counts)")
+@user_errors
+def models_cmd(pattern, as_json, markdown):
+    """List the model zoo (name, family, params, default resolution). PATTERN filters names
+    (substring or shell pattern such as 'dfformer*')."""
+    names = registry.list_models(pattern)
+    if not names:
+        raise click.ClickException(f"no model matches {pattern!r}")
+    cards = [registry.get_card(n) for n in names]
+    if as_json:
+        click.echo(json.dumps([c.as_dict() for c in cards], indent=1))
+        return
+    if markdown:
+        click.echo(zoo_markdown(cards))
+        return
+    rows = [(c.name, c.family, f"{c.params / 1e6:.2f}M", f"{c.default_input_size[1]}x{c.default_input_size[2]}",
+             "yes" if c.weight_file else "-") for c in cards]
+    header = ("name", "family", "params", "input", "weights")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    click.echo(fmt.format(*header))
+    for r in rows:
+        click.echo(fmt.format(*r))
+
+
+def zoo_markdown(cards) -> str:
+    lines = ["| model | family | params (ours) | trainable | paper/README | input | official weights | notes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in cards:
+        paper = f"{c.paper_params_m:g}M" if c.paper_params_m is not None else "-"
+        trainable = f"{c.params_trainable / 1e6:.2f}M" if c.params_trainable != c.params else "="
+        lines.append(f"| `{c.name}` | {c.family} | {c.params / 1e6:.2f}M | {trainable} | {paper} | "
+                     f"{c.default_input_size[1]}x{c.default_input_size[2]} | {c.weight_file or '-'} | "
+                     f"{c.description} |")
+    return "\n".join(lines)
+
+
+@main.command("predict")
+@model_options
+@image_options
+@click.option("--topk", default=5, show_default=True, type=int)
+@user_errors
+def predict_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, topk):
+    """Run a model on images and print the top-k classes (a smoke test of a checkpoint)."""
+    from spectrascope.io.images import iter_batches, resolve_image_paths
+    from spectrascope.engine.device import resolve_device
+    from spectrascope.zoo.build import build_for_inference
+    dev = resolve_device(device)
+    model, cfg = build_for_inference(model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size),
+                                     device=dev, **parse_model_kwargs(model_kwargs))
+    if checkpoint is None:
+        click.echo(f"note: {model_name} has random weights (no --checkpoint); the classes are meaningless", err=True)
+    paths = resolve_image_paths(images, data, num_images)
+    with torch.inference_mode():
+        for batch, chunk in iter_batches(paths, batch_size, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"]):
+            probs = model(batch.to(dev)).float().softmax(-1)
+            p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+            for path, pi, ii in zip(chunk, p.tolist(), idx.tolist()):
+                top = ", ".join(f"{c}:{q:.3f}" for c, q in zip(ii, pi))
+                click.echo(f"{path.name}: logits {tuple(probs.shape[1:])} top-{len(ii)} [{top}]")
+
+
+@main.command("taps")
+@click.option("--model", "model_name", required=True, help="registry name, alias or timm:<name>")
+@click.option("--img-size", default=None, help="input size S or HxW (default: the model's)")
+@click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE", help="constructor overrides")
+@click.option("--role", "roles", default=None, metavar="ROLE,...", help="only these roles")
+@click.option("--stage", "stages", default=None, metavar="K[,K]", help="only these 1-based stages")
+@click.option("--json", "as_json", is_flag=True, help="print the taps as JSON")
+@user_errors
+def taps_cmd(model_name, img_size, model_kwargs, roles, stages, as_json):
+    """List the hookable taps of a model in execution order (name, role, stage, layout, grid,
+    module path), i.e. what --taps ROLE / path:<module.path> can address."""
+    from spectrascope.probe import model_taps, select_taps
+    size = parse_img_size(img_size)
+    if model_name.startswith("timm:"):
+        try:
+            model = registry.create_model(model_name, img_size=size, **parse_model_kwargs(model_kwargs)).eval()
+        except ImportError as exc:
+            raise click.ClickException(str(exc).splitlines()[0]) from None
+    else:
+        with torch.device("meta"):
+            model = registry.create_model(model_name, img_size=size, **parse_model_kwargs(model_kwargs))
+    hw = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
+    taps = model_taps(model, input_size=hw)
+    if roles or stages:
+        taps = select_taps(taps, roles=roles.split(",") if roles else None, stages=parse_stages(stages) or None)
+    if as_json:
+        click.echo(json.dumps([t.as_dict() for t in taps], indent=1))
+        return
+    rows = [(t.name, t.role, "" if t.stage is None else str(t.stage), t.layout + (f"+{t.num_prefix_tokens}"
+             if t.num_prefix_tokens else ""), "" if t.grid is None else f"{t.grid[0]}x{t.grid[1]}",
+             t.path + (" (input)" if t.hook == "pre" else "")) for t in taps]
+    header = ("name", "role", "stage", "layout", "grid", "module")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    click.echo(fmt.format(*header).rstrip())
+    for r in rows:
+        click.echo(fmt.format(*r).rstrip())
