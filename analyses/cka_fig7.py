@@ -73,7 +73,7 @@ def compute(out_dir="figures/cka_fig7", *, checkpoint_dir=None, checkpoints: dic
         progress: bool = True, overrides: dict | None = None, pairs=PAIRS) -> dict[str, CKAResult]:
     """Compute the three panels and write their reports plus the combined figure into ``out_dir``
     (nothing is left there if a panel fails)."""
-    with staged_output(Path(out_dir), overwrite=overwrite) as stage:
+    with staged_output(Path(out_dir), overwrite=overwrite, command="figure dfformer-fig7") as stage:
         return _write_panels(stage, checkpoint_dir=checkpoint_dir, checkpoints=checkpoints, images=images, data=data,
                              num_images=num_images, batch_size=batch_size, device=device, img_size=img_size,
                              estimator=estimator, engine=engine, progress=progress, overrides=overrides, pairs=pairs)

@@ -131,7 +131,7 @@ def run_cam(models: Sequence[tuple[str, str | None]], *, method="scorecam", flav
         model, cfg = _build(name, ck, img_size, device, overrides)
         tl = resolve_target_layer(model, target_layer)
         built.append((name, ck, model, cfg, tl))
-    with staged_output(Path(output), overwrite) as out:
+    with staged_output(Path(output), overwrite, command="cam") as out:
         for name, ck, model, cfg, tl in built:
             imgs = load_images(cfg, images, data, num_images)
             if first is None:
@@ -239,7 +239,7 @@ def run_context(model_name: str, *, checkpoint=None, block=None, images=None, da
     prefix = _block_prefix(model_taps(model), block)
     lambdas = getattr(model.get_submodule(_mixer_path(model, prefix)), "lambdas", None)
     imgs = load_images(cfg, images, data, num_images)
-    with staged_output(Path(output), overwrite) as out:
+    with staged_output(Path(output), overwrite, command="context") as out:
         res = context_maps(model, imgs.x.to(device), prefix)
         keys = list(res["maps"])
         labels = []

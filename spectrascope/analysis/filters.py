@@ -353,7 +353,7 @@ def run_filters(model_name: str, *, checkpoint=None, img_size=None, device="cpu"
                      "layers": []}
     arrays: dict[str, np.ndarray] = {}
     output = Path(output)
-    with staged_output(output, overwrite) as out:
+    with staged_output(output, overwrite, command="filters") as out:
         if banks:
             banks = select_layers(banks, layers)
             amps = [fl.filter_amplitude(b.filters, width=b.width) for b in banks]

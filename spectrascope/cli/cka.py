@@ -50,14 +50,13 @@ def cka_cmd(model_a, model_b, checkpoint_a, checkpoint_b, taps, taps_a, taps_b, 
     from spectrascope.analysis.cka import ModelSpec, init_distributed, run_cka
     from spectrascope.report.cka import write_report
     from spectrascope.engine.device import resolve_device
-    from spectrascope.io.results import OutputExistsError, default_output_dir
+    from spectrascope.io.results import check_output, default_output_dir
     size = parse_img_size(img_size)
     common = parse_model_kwargs(model_kwargs)
     spec_a = ModelSpec(model_a, checkpoint_a, size, {**common, **parse_model_kwargs(model_kwargs_a)})
     spec_b = ModelSpec(model_b, checkpoint_b, size, {**common, **parse_model_kwargs(model_kwargs_b)})
     out = Path(output) if output else default_output_dir("cka", f"{model_a}-vs-{model_b}")
-    if not overwrite and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
-        raise OutputExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
+    check_output(out, command="cka", overwrite=overwrite)
     rank, world, dev = init_distributed(resolve_device(device))
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -65,7 +65,7 @@ def _run_fourier(kind: str, models, checkpoints, *, output, overwrite, taps, sta
     out = Path(output) if output else default_output_dir(kind, "-vs-".join(m.replace("timm:", "") for m in models))
     t0 = time.perf_counter()
     try:
-        with staged_output(out, overwrite=overwrite) as stage, warnings.catch_warnings(record=True) as caught:
+        with staged_output(out, overwrite=overwrite, command=kind) as stage, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             payload = analyse(models, kind=kind, checkpoints=checkpoints, images=images, data=data,
                               num_images=num_images, img_size=parse_img_size(img_size), roles=roles,

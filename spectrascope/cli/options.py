@@ -2,30 +2,78 @@
 wrapper that turns user errors into one line."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
+import sys
+import threading
 
 import click
 
-from spectrascope.zoo import registry
-from spectrascope.errors import CheckpointError, DataError, OutputExistsError
+from spectrascope.errors import Interrupted, SpectrascopeError, TrainingError, UserError
 
-#: library errors that are the user's input, reported as one line
-USER_ERRORS = (registry.UnknownModelError, CheckpointError, DataError, OutputExistsError, ValueError,
-               FileNotFoundError, KeyError)
+#: builtin exceptions still accepted as the user's input (legacy; being replaced by UserError)
+LEGACY_USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+class OneLineError(click.ClickException):
+    """A user error shown as ``Error: <one line>`` with the error's exit status."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        from spectrascope.engine import dist
+        if dist.current().main:                  # under torchrun one rank speaks for all
+            super().show(file)
+
+
+def _first_line(exc: BaseException) -> str:
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return str(msg).strip().splitlines()[0] if str(msg).strip() else type(exc).__name__
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGTERM and SIGINT raise ``Interrupted`` (so staged outputs are removed and the run ends
+    with status 128 + signal, like training)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}; nothing was written", signum)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def user_errors(fn):
-    """Turn library errors caused by the input into a one-line ClickException."""
+    """Run a command: user errors become one line (exit 2), signals end it cleanly (128 + signal);
+    anything else is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with interruptible():
+                return fn(*args, **kwargs)
         except click.ClickException:
             raise
-        except USER_ERRORS as exc:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            raise click.ClickException(str(msg).splitlines()[0] if msg else type(exc).__name__) from None
+        except Interrupted as exc:
+            from spectrascope.engine import dist
+            if dist.current().main:
+                click.echo(str(exc), err=True)
+            sys.exit(exc.exit_code)
+        except (UserError, TrainingError) as exc:
+            raise OneLineError(_first_line(exc), getattr(exc, "exit_code", 2)) from None
+        except LEGACY_USER_ERRORS as exc:
+            if isinstance(exc, SpectrascopeError):
+                raise
+            raise OneLineError(_first_line(exc), 1) from None
 
     return wrapper
 
@@ -111,8 +159,7 @@ def image_options(fn):
 def _output_dir(output, command: str, tag: str, overwrite: bool):
     from pathlib import Path
 
-    from spectrascope.io.results import default_output_dir
+    from spectrascope.io.results import check_output, default_output_dir
     out = Path(output) if output else default_output_dir(command, tag)
-    if not overwrite and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
-        raise OutputExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
+    check_output(out, command=command, overwrite=overwrite)
     return out

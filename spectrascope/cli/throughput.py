@@ -41,7 +41,7 @@ def throughput_cmd(models, resolutions, batch_size, warmup, iters, amp, channels
     dev = resolve_device(device)
     out = Path(output) if output else default_output_dir("throughput", "-vs-".join(m.replace("timm:", "") for m in models))
     watch = Stopwatch()
-    with staged_output(out, overwrite=overwrite) as stage:
+    with staged_output(out, overwrite=overwrite, command="throughput") as stage:
         rows = sweep(models, res, batch_size=batch_size, device=dev, warmup=warmup, iters=iters,
                      amp=None if amp == "off" else amp, channels_last=channels_last,
                      model_kwargs=parse_model_kwargs(model_kwargs),

@@ -1,7 +1,6 @@
 """``spectrascope train`` and ``evaluate``."""
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -75,18 +74,12 @@ def train_cmd(compile_, model_kwargs, img_size, no_progress, resume, **opts):
 
     Writes last.pth / best.pth (every epoch and on SIGTERM/SIGINT), metrics.csv and
     results.json into the run folder; --resume continues exactly."""
-    from spectrascope.train.loop import TrainConfig, TrainingError, TrainingInterrupted, train
+    from spectrascope.train.loop import TrainConfig, train
     kw = parse_model_kwargs(model_kwargs)
     cfg = TrainConfig(compile=compile_, model_kwargs=kw or None, img_size=parse_img_size(img_size),
                       progress=False if no_progress else None,
                       **{k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in opts.items()})
-    try:
-        res = train(cfg, resume=resume)
-    except TrainingInterrupted as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(exc.exit_code)
-    except TrainingError as exc:
-        raise click.ClickException(str(exc)) from None
+    res = train(cfg, resume=resume)
     if res and res.get("final"):
         f = res["final"]
         click.echo(f"done: top-1 {f['top1']:.2f}  top-5 {f['top5']:.2f}  best top-1 {res['best']['top1']:.2f} "
@@ -121,7 +114,7 @@ def evaluate_cmd(model_name, checkpoint, img_size, device, model_kwargs, data, b
     res = evaluate(model_name, checkpoint=checkpoint, data=data, img_size=parse_img_size(img_size),
                    batch_size=batch_size, device=device, amp=amp, use_ema=use_ema, channels_last=channels_last,
                    workers=workers, limit_batches=limit_batches, model_kwargs=parse_model_kwargs(model_kwargs))
-    with staged_output(out, overwrite=overwrite) as stage:
+    with staged_output(out, overwrite=overwrite, command="evaluate") as stage:
         write_json(stage / "results.json", provenance(
             command="evaluate", model=res["model"], checkpoint_sha256=res["checkpoint_sha256"], device=res["device"],
             wall_time_s=watch.elapsed, random_weights=checkpoint is None, extra={"results": res}))

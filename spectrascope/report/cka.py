@@ -230,7 +230,7 @@ def write_report(result: CKAResult, out_dir, *, title: str | None = None, overwr
                       extra={"checkpoint_sha256_a": meta_a.get("checkpoint_sha256"),
                              "checkpoint_sha256_b": meta_b.get("checkpoint_sha256")})
     best = best_matches(result)
-    with staged_output(out_dir, overwrite=overwrite) as stage:
+    with staged_output(out_dir, overwrite=overwrite, command=command) as stage:
         plot_heatmap(result, stage / "cka.png", stage / "cka.pdf")
         head, rows = matrix_rows(result)
         write_csv(stage / "cka_matrix.csv", rows, head)

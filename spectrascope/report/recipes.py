@@ -186,7 +186,7 @@ def run_figure(name: str, *, output="figures", overwrite: bool = False, checkpoi
         raise FigureError(f"figure {spec.name}: none of its models is available")
     final = Path(output) / spec.name
     t0 = time.perf_counter()
-    with staged_output(final, overwrite=overwrite) as stage:
+    with staged_output(final, overwrite=overwrite, command=f"figure {spec.name}") as stage:
         ctx = FigureContext(spec=spec, output=Path(stage), checkpoints=cks, device=device, images=images, data=data,
                             num_images=num_images if num_images is not None else spec.num_images,
                             batch_size=batch_size, img_size=img_size, progress=progress, models=avail,
