@@ -81,7 +81,7 @@ def amplitude(model, batches, taps, dev, maps=False):
 def in_run_share(model, batches, taps, dev, maps=False):
     """Fraction of an amplitude run spent inside the reducer callbacks (timed in the same run,
     so machine load affects the forward and the reduction alike)."""
-    from spectrascope.engine.reducers import AmplitudeReducer
+    from spectrascope.engine.reducers.amplitude import AmplitudeReducer
     from spectrascope.probe import Probe
     red = AmplitudeReducer(taps, maps=maps)
     spent = [0.0]

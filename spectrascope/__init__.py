@@ -13,7 +13,7 @@ from spectrascope.zoo.checkpoint import CheckpointError, LoadReport, load_checkp
 from spectrascope.probe import Probe, TapError, model_taps, select_taps
 from spectrascope.ops.fourier import (ZeroMeanWarning, high_frequency_delta, radial_log_amplitude, relative_log_amplitude,
                        spectrum_map)
-from spectrascope.engine.reducers import AmplitudeReducer
+from spectrascope.engine.reducers.amplitude import AmplitudeReducer
 from spectrascope.analysis.fourier import amplitude_analysis, redraw, spectrum_analysis, write_results
 from spectrascope.ops.cka import MinibatchCKA, linear_cka
 from spectrascope.ops.cam import (CamError, box_mask, compute_cam, default_target_layer, energy_in_box, grad_cam,

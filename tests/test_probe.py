@@ -8,7 +8,7 @@ import torch.nn as nn
 import spectrascope
 from spectrascope.analysis.fourier import choose_taps, parse_tap_request, reduce_spectra
 from spectrascope.models.base import TapSpec
-from spectrascope.engine.reducers import AmplitudeReducer
+from spectrascope.engine.reducers.amplitude import AmplitudeReducer
 from spectrascope.ops.fourier import relative_log_amplitude
 from spectrascope.probe import Probe, TapError, model_taps
 

@@ -37,7 +37,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from spectrascope.ops.cka import ESTIMATORS, Gram, MinibatchCKA, distributed_sum
+from spectrascope.ops.cka import ESTIMATORS, MinibatchCKA, distributed_sum
 from spectrascope.probe import Probe, TapError, TapList, TapSpec, model_taps
 
 __all__ = ["PRESETS", "ENGINES", "FIG7_PAIRS", "resolve_taps", "TorchCKACompat", "make_engine", "CKAResult",

@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from spectrascope.io.images import iter_batches, paths_digest, resolve_image_paths
 from spectrascope.models.base import TapList, TapSpec
-from spectrascope.engine.reducers import AmplitudeReducer, check_spatial_taps
+from spectrascope.engine.reducers.amplitude import AmplitudeReducer
+from spectrascope.probe.grammar import check_spatial as check_spatial_taps
 from spectrascope.io.results import SCHEMA_VERSION, provenance, write_csv, write_json
 from spectrascope.ops.fourier import (EPS, ZERO_MEAN_WARN_FRACTION, DiagonalStats, ZeroMeanWarning, curve_from_map, frequency_axis,
                        normalised_depth)

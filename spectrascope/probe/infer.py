@@ -18,7 +18,6 @@ token mixer), ``mlp`` and ``block``; plus ``stem``, ``downsample``, ``stage`` an
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import replace
 
 import torch

@@ -55,7 +55,8 @@ def evaluate(model_name: str | None, *, checkpoint=None, data: str, img_size=Non
     from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
     from spectrascope.engine.device import resolve_device
     from spectrascope.zoo.build import num_classes_in, preprocessing
-    from spectrascope.train.loop import ShardSampler, _amp_dtype, model_spec_from_checkpoint
+    from spectrascope.train.loop import ShardSampler, _amp_dtype
+    from spectrascope.zoo.build import model_spec_from_checkpoint
 
     if batch_size < 1:
         raise ValueError("--batch-size must be >= 1")

@@ -33,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spectrascope.zoo import registry
+from spectrascope.zoo.build import (CheckpointModelSpec, create_model_from_checkpoint,  # noqa: F401  (re-exported)
+                                    model_spec_from_checkpoint)
 from spectrascope.zoo.checkpoint import CheckpointError
 from spectrascope.io.images import DataError
 from spectrascope.io.results import OutputExistsError, default_output_dir, provenance, write_csv, write_json
@@ -490,50 +492,6 @@ def _set_rng_state(st: dict) -> None:
     if "cuda" in st and torch.cuda.is_available():
         with contextlib.suppress(Exception):
             torch.cuda.set_rng_state_all(st["cuda"])
-
-
-@dataclass
-class CheckpointModelSpec:
-    """What is needed to rebuild the model of a training checkpoint."""
-
-    name: str
-    num_classes: int
-    img_size: tuple | None
-    overrides: dict
-    has_ema: bool = False
-    classes: list | None = None
-    data: str | None = None
-
-    def create(self, checkpoint=None, use_ema: bool = False, **extra):
-        return registry.create_model(self.name, checkpoint=checkpoint, num_classes=self.num_classes,
-                                     img_size=self.img_size, use_ema=use_ema, **dict(self.overrides, **extra))
-
-
-def model_spec_from_checkpoint(path) -> CheckpointModelSpec | None:
-    """Model name, number of classes, input size and constructor overrides stored in a
-    spectrascope training checkpoint; None for other checkpoints (official/timm files)."""
-    from spectrascope.zoo.checkpoint import read_checkpoint
-    return model_spec_from_info(read_checkpoint(path)[1])
-
-
-def model_spec_from_info(info: dict) -> CheckpointModelSpec | None:
-    """``model_spec_from_checkpoint`` on the ``info`` of an earlier ``read_checkpoint``."""
-    args = info.get("args") or {}
-    if not isinstance(args, dict) or "model" not in args or "spectrascope" not in args:
-        return None
-    sp = args["spectrascope"]
-    size = sp.get("img_size")
-    return CheckpointModelSpec(name=sp["model"], num_classes=int(sp["num_classes"]),
-                               img_size=tuple(size) if size else None, overrides=dict(sp.get("overrides") or {}),
-                               has_ema=bool(sp.get("has_ema")), classes=sp.get("classes"), data=args.get("data"))
-
-
-def create_model_from_checkpoint(path, use_ema: bool = False, **extra) -> nn.Module:
-    """``create_model`` with the architecture stored in a training checkpoint, weights loaded."""
-    spec = model_spec_from_checkpoint(path)
-    if spec is None:
-        raise CheckpointError(f"{path}: not a spectrascope training checkpoint; use create_model(name, checkpoint=...)")
-    return spec.create(checkpoint=path, use_ema=use_ema, **extra)
 
 
 # ---------------------------------------------------------------------------- helpers

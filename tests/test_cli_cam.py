@@ -1,5 +1,4 @@
-"""`spectrascope filters`, `cam` and `context` on tiny models: outputs, values that can be
-checked against the library, and bad inputs (one clear line, non-zero exit, nothing written)."""
+"""spectrascope cam and context: CAM maps and SPANet context maps (CLI)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +9,6 @@ import torch
 from click.testing import CliRunner
 
 import spectrascope
-from spectrascope.ops import filters as fl
 from spectrascope.cli import main
 
 DF_TINY = ["--img-size", "32", "--model-kwargs", "depths=1,1,1,1", "--model-kwargs", "dims=8,16,24,32"]
@@ -32,78 +30,6 @@ def ok(args):
 def need(name):
     if name not in spectrascope.list_models():
         pytest.skip(f"{name} is not in the zoo yet")
-
-
-def test_filters_dfformer_bases_routing_effective(tmp_path):
-    model = spectrascope.create_model("dfformer_s18", num_classes=1000, img_size=32, depths=[1, 1, 1, 1],
-                                      dims=[8, 16, 24, 32])
-    ck = tmp_path / "tiny.pth"
-    torch.save(model.state_dict(), ck)
-    out = tmp_path / "out"
-    res = ok(["filters", "--model", "dfformer_s18", "--checkpoint", str(ck), *DF_TINY, "--routing",
-              "--effective", "1", "--num-images", "2", "--output", str(out)])
-    assert "basis_filters.png" in res.output
-    doc = json.loads((out / "results.json").read_text())
-    assert [x["name"] for x in doc["layers"]] == ["s1.b0", "s2.b0", "s3.b0", "s4.b0"]
-    assert doc["provenance"]["random_weights"] is False and doc["provenance"]["checkpoint_sha256"]
-    npz = np.load(out / "filters.npz")
-    ref = fl.filter_amplitude(fl.param_to_filters(model.stages[3][0].token_mixer.complex_weights.detach()))
-    assert np.abs(npz["amplitude/s4.b0"] - ref.numpy()).max() <= 1e-6
-    assert npz["amplitude/s1.b0"].shape == (4, 8, 8)
-    share = doc["routing"]["s2.b0"]["argmax_share"]
-    assert len(share) == 4 and abs(sum(share) - 1) < 1e-5
-    assert npz["routing_mean/s3.b0"].shape == (4, 48)
-    assert npz["effective_amplitude/s1.b0"].shape == (1, 4, 8, 8)
-    for f in ("basis_filters.png", "routing.png"):
-        assert (out / f).stat().st_size > 1000
-
-
-def test_filters_layer_selection_and_global_filters(tmp_path):
-    out = tmp_path / "gf"
-    ok(["filters", "--model", "gfformer_s18", *DF_TINY, "--layers", "3,s4.*", "--channels", "0-5",
-        "--output", str(out)])
-    doc = json.loads((out / "results.json").read_text())
-    assert [x["name"] for x in doc["layers"]] == ["s3.b0", "s4.b0"]
-    assert doc["layers"][0]["kind"] == "global" and doc["layers"][0]["filters"] == 48
-    assert doc["provenance"]["random_weights"] is True
-    assert (out / "global_filters.png").exists()
-
-
-def test_filters_gfnet(tmp_path):
-    need("gfnet_ti")
-    out = tmp_path / "gfnet"
-    ok(["filters", "--model", "gfnet_ti", "--img-size", "64", "--model-kwargs", "depth=2", "--model-kwargs",
-        "embed_dim=16", "--output", str(out)])
-    doc = json.loads((out / "results.json").read_text())
-    assert [x["grid"] for x in doc["layers"]] == [[4, 4], [4, 4]]
-    assert doc["layers"][0]["parameter"] == "blocks.0.filter.complex_weight"
-
-
-def test_filters_affnet_masks_and_kernel_equivalence(tmp_path):
-    need("affnet_et")
-    out = tmp_path / "aff"
-    res = ok(["filters", "--model", "affnet_et", "--img-size", "64", "--num-images", "1", "--layers", "s5.*",
-              "--output", str(out)])
-    assert "circular convolution" in res.output
-    doc = json.loads((out / "results.json").read_text())
-    assert [a["name"] for a in doc["aff"]] == ["s5.b0", "s5.b1", "s5.b2"]
-    for a in doc["aff"]:
-        assert a["equivalence_max_abs_error"] <= 1e-4
-    npz = np.load(out / "filters.npz")
-    mask, kernel = npz["aff_mask/s5.b0"], npz["aff_kernel/s5.b0"]
-    assert mask.shape[-2:] == (2, 2) and kernel.shape[-2:] == (2, 2)
-    assert np.abs(fl.equivalent_kernel(torch.from_numpy(mask), width=2).numpy() - kernel).max() <= 1e-6
-
-
-def test_filters_spanet_masks(tmp_path):
-    need("spanet_s")
-    out = tmp_path / "spf"
-    ok(["filters", "--model", "spanet_s", *SPANET_TINY, "--output", str(out)])
-    doc = json.loads((out / "results.json").read_text())
-    assert len(doc["spf"]) == 12                                     # 4 stages x 3 lambdas
-    s1 = [r for r in doc["spf"] if r["stage"] == 1][0]
-    assert s1["radius"] == 2 and s1["grid"] == [8, 8]
-    assert s1["values"] == pytest.approx(sorted([0.3, 1 / 3, 0.7]), abs=1e-5)
 
 
 def test_cam_scorecam_grid_of_two_models(tmp_path):
@@ -179,10 +105,6 @@ def test_context_maps(tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["filters", "--model", "nope"], "unknown model"),
-    (["filters", "--model", "convformer_s18", *DF_TINY], "no frequency filters"),
-    (["filters", "--model", "dfformer_s18", *DF_TINY, "--layers", "s9.*"], "matches none"),
-    (["filters", "--model", "dfformer_s18", *DF_TINY, "--channels", "a-b"], "channel list"),
     (["cam", "--model", "dfformer_s18", *DF_TINY, "--target-layer", "stages.9"], "neither a tap"),
     (["cam", "--model", "dfformer_s18", *DF_TINY, "--class", "5000", "--num-images", "1"], "outside"),
     (["cam", "--model", "dfformer_s18", "--model", "gfformer_s18", "--checkpoint", "a.pth"], "2 models"),
@@ -201,17 +123,7 @@ def test_bad_inputs_fail_clearly(tmp_path, args, msg):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
 
 
-def test_existing_output_needs_overwrite(tmp_path):
-    out = tmp_path / "busy"
-    out.mkdir()
-    (out / "keep.txt").write_text("x")
-    res = run(["filters", "--model", "dfformer_s18", *DF_TINY, "--output", str(out)])
-    assert res.exit_code != 0 and "--overwrite" in res.output
-    assert (out / "keep.txt").exists()
-
-
-@pytest.mark.parametrize("figure,files", [("affnet-kernels", ["affnet/results.json"]),
-                                          ("spanet-fig4", ["context/grid.png"])])
+@pytest.mark.parametrize("figure,files", [("spanet-fig4", ["context/grid.png"])])
 def test_figure_recipes(tmp_path, figure, files):
     figures = pytest.importorskip("spectrascope.report.recipes")
     get_figure, run_figure = figures.get_figure, figures.run_figure
