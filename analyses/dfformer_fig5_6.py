@@ -2,7 +2,7 @@
 import torch
 
 from spectrascope.report.recipes import FigureSpec
-from spectrascope.report.fourier import save_figure
+from spectrascope.report.style import save_figure
 from spectrascope.io.results import write_csv
 from spectrascope.analysis.throughput import figures, sweep
 

@@ -83,7 +83,7 @@ def sweep(models: Sequence[str], resolutions: Iterable, *, batch_size: int = 4, 
 
 def figures(rows: Sequence[dict], *, labels=None, title_suffix: str = "") -> dict:
     """Throughput vs resolution and (CUDA) peak memory vs resolution, one line per model."""
-    from spectrascope.report.fourier import MARKERS, new_figure
+    from spectrascope.report.style import MARKERS, new_figure
     labels = labels or {}
     out = {}
     metrics = [("throughput", "throughput_img_s", "throughput (images / s)")]

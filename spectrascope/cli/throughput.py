@@ -29,7 +29,7 @@ def throughput_cmd(models, resolutions, batch_size, warmup, iters, amp, channels
     from pathlib import Path
 
     from spectrascope.engine.device import resolve_device
-    from spectrascope.report.fourier import save_figure
+    from spectrascope.report.style import save_figure
     from spectrascope.io.results import Stopwatch, default_output_dir, provenance, staged_output, write_csv, write_json
     from spectrascope.analysis.throughput import figures, sweep
     res = [parse_img_size(r) for r in resolutions.split(",") if r.strip()]

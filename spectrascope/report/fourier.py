@@ -12,12 +12,9 @@ frequency at the centre with a shared colour scale across panels.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
@@ -25,49 +22,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 import numpy as np
 
+from spectrascope.report.style import (DEPTH_CMAP, MARKERS, PAPER_RC, RANDOM_COLOR, SPECTRUM_CMAP,  # noqa: F401
+                                       new_figure, save_figure)
+
 __all__ = ["PAPER_RC", "new_figure", "save_figure", "depth_colors", "pi_formatter", "amplitude_figure",
            "highfreq_figure", "spectrum_figure", "figures_for", "random_weights_note"]
-
-#: rc settings applied to every figure of the toolkit
-PAPER_RC = {
-    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
-    "legend.fontsize": 7, "axes.linewidth": 0.7, "lines.linewidth": 1.0, "xtick.major.width": 0.6,
-    "ytick.major.width": 0.6, "savefig.bbox": "tight", "savefig.pad_inches": 0.04, "pdf.fonttype": 42,
-    "axes.spines.top": False, "axes.spines.right": False,
-}
-DEPTH_CMAP = "plasma"
-SPECTRUM_CMAP = "viridis"
-MARKERS = ("o", "D", "s", "^", "v", "P", "X", "*")
-RANDOM_COLOR = "#b22222"
-
-
-def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
-    """A Figure with an Agg canvas, the toolkit's rc settings and (by default) constrained layout."""
-    with matplotlib.rc_context(PAPER_RC):
-        fig = Figure(figsize=(width, height), dpi=150, layout=layout)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig: Figure, directory, stem: str, formats: Iterable[str] = ("png", "pdf"),
-                dpi: int = 300) -> list[Path]:
-    """Write ``directory/stem.<fmt>`` for every format (atomically: temp file + rename)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    out = []
-    with matplotlib.rc_context(PAPER_RC):
-        for fmt in formats:
-            path = directory / f"{stem}.{fmt}"
-            tmp = directory / f".{stem}.{os.getpid()}.tmp.{fmt}"
-            try:
-                fig.savefig(tmp, format=fmt, dpi=dpi)
-                os.replace(tmp, path)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
-            out.append(path)
-    return out
-
 
 def depth_colors(depths: Sequence[float], cmap: str = DEPTH_CMAP):
     cm = matplotlib.colormaps[cmap]
