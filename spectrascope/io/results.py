@@ -43,7 +43,7 @@ import torch
 from spectrascope.errors import InternalError, OutputError, OutputExistsError
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST", "default_output_dir", "check_output", "StagedOutput", "staged_output",
-           "read_manifest", "atomic_write", "write_json", "dumps", "loads", "write_csv", "provenance",
+           "read_manifest", "record_outputs", "atomic_write", "write_json", "dumps", "loads", "write_csv", "provenance",
            "library_versions", "device_info", "Stopwatch"]
 
 SCHEMA_VERSION = 1
@@ -233,6 +233,20 @@ class StagedOutput:
                 d.rmdir()                                  # folders emptied by the replacement
         atomic_write(final / MANIFEST, lambda p: p.write_text(dumps(doc) + "\n"))
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def record_outputs(folder, *, command: str, files: Iterable[str]) -> None:
+    """Add ``files`` (paths relative to ``folder``) to the manifest of a folder a command writes in
+    place (training runs: checkpoints are written there during the run); atomic."""
+    folder = Path(folder)
+    old = read_manifest(folder)
+    if old is not None and old.get("command") != command:
+        raise InternalError(f"{folder} is recorded as an output of {old.get('command')!r}, not {command!r}")
+    listed = set(old["files"]) if old else set()
+    doc = {"command": command, "files": sorted(listed | {str(f) for f in files}),
+           "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / MANIFEST, lambda p: p.write_text(dumps(doc) + "\n"))
 
 
 def staged_output(final, overwrite: bool = False, *, command: str = "output", inputs: Iterable = (),
