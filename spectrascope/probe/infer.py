@@ -47,10 +47,22 @@ def _child(mod: nn.Module, name: str):
     return c if isinstance(c, nn.Module) else None
 
 
+def _first_stem(model: nn.Module, names) -> tuple[str, str] | None:
+    for name in names:
+        m = _child(model, name)
+        if m is not None and not isinstance(m, nn.Identity):
+            return (name, "forward")
+    return None
+
+
 def _structure(model: nn.Module):
     """(stem (path, hook) | None, [(stage_path | None, downsample_path | None, [block paths])], single_stage)."""
     blocks = _child(model, "blocks")
     if _is_seq(blocks) and not _child(model, "stages") and not _child(model, "layers"):
+        if all(_is_seq(c) for c in blocks.children()):        # EfficientNet / MobileNet: blocks = stages
+            stages = [(f"blocks.{i}", None, [f"blocks.{i}.{n}" for n, _ in st.named_children()])
+                      for i, st in enumerate(blocks)]
+            return _first_stem(model, ("bn1", "conv_stem", "stem")), stages, False
         paths = [f"blocks.{i}" for i in range(len(blocks))]
         if hasattr(model, "num_prefix_tokens") or hasattr(model, "pos_embed"):
             stem = ("blocks.0", "pre")      # patch embedding + prefix tokens + position embedding
@@ -76,23 +88,11 @@ def _structure(model: nn.Module):
             ds = _child(st, "downsample")
             dpath = f"{attr}.{i}.downsample" if ds is not None and not isinstance(ds, nn.Identity) else None
             stages.append((f"{attr}.{i}", dpath, bpaths))
-        stem = None
-        for name in ("patch_embed", "stem"):
-            m = _child(model, name)
-            if m is not None and not isinstance(m, nn.Identity):
-                stem = (name, "forward")
-                break
-        return stem, stages, False
+        return _first_stem(model, ("patch_embed", "stem")), stages, False
     if all(_is_seq(_child(model, f"layer{i}")) for i in range(1, 5)):      # ResNet family
         stages = [(f"layer{i}", None, [f"layer{i}.{n}" for n, _ in getattr(model, f"layer{i}").named_children()])
                   for i in range(1, 5)]
-        stem = None
-        for name in ("maxpool", "act1", "relu"):
-            m = _child(model, name)
-            if m is not None and not isinstance(m, nn.Identity):
-                stem = (name, "forward")
-                break
-        return stem, stages, False
+        return _first_stem(model, ("maxpool", "act1", "relu")), stages, False
     raise TapError(f"cannot infer taps for {type(model).__name__}: it declares none and is not a supported "
                    "family (ViT-like blocks, stages/layers with blocks, ResNet layers); pass module paths with "
                    "--taps path:<module.path>[:LAYOUT]")
@@ -106,8 +106,9 @@ def _pool_tap(model: nn.Module):
             return "head.fc"
         if isinstance(head, nn.Linear):
             return "head"
-    if isinstance(_child(model, "fc"), nn.Linear):
-        return "fc"
+    for name in ("fc", "classifier"):                 # ResNet / EfficientNet, MobileNet
+        if isinstance(_child(model, name), nn.Linear):
+            return name
     return None
 
 
@@ -178,117 +179,162 @@ def _layout(shape, size, channels, grid, num_prefix, single_stage):
                         prefix_allowed=single_stage)
 
 
-def infer_taps(model: nn.Module, input_size=None) -> TapList:
-    """Taps for a model that declares none (timm ViT/DeiT, Swin, ConvNeXt, FocalNet,
-    MetaFormer, ResNet ...), ordered by execution; raises TapError when it cannot."""
-    stem, stages, single = _structure(model)
-    size = _default_size(model, input_size)
-    hints = _channel_hints(model, stages)
-    num_prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
-    pe_grid = None
+def _patch_grid(model: nn.Module, size, input_size, single: bool):
     pe = _child(model, "patch_embed")
-    if pe is not None and getattr(pe, "grid_size", None) is not None and single:
-        gs = pe.grid_size
-        pe_grid = (int(gs[0]), int(gs[1]))
-        if input_size is not None and getattr(pe, "patch_size", None) is not None:
-            ps = pe.patch_size if not isinstance(pe.patch_size, int) else (pe.patch_size, pe.patch_size)
-            pe_grid = (size[0] // ps[0], size[1] // ps[1])
+    if pe is None or getattr(pe, "grid_size", None) is None or not single:
+        return None
+    grid = (int(pe.grid_size[0]), int(pe.grid_size[1]))
+    if input_size is not None and getattr(pe, "patch_size", None) is not None:
+        ps = pe.patch_size if not isinstance(pe.patch_size, int) else (pe.patch_size, pe.patch_size)
+        grid = (size[0] // ps[0], size[1] // ps[1])
+    return grid
 
-    # candidate points: (name, role, path, hook, stage0, index, depth)
+
+def _mixer_point(blk: nn.Module, bp: str):
+    """(path, hook, note) of a block's token-mixer output, or None."""
+    if _child(blk, "transformer") is not None and _child(blk, "conv_proj") is not None:   # MobileViT block
+        return (f"{bp}.conv_proj", "pre", "global representation (transformer over unfolded patches) folded back "
+                                          "to a map: the input of conv_proj")
+    for mname in MIXER_CHILDREN:
+        c = _child(blk, mname)
+        if c is not None and not isinstance(c, nn.Identity):       # byobnet blocks carry Identity placeholders
+            return (f"{bp}.{mname}", "forward", "")
+    return None
+
+
+def _candidates(model: nn.Module, stem, stages, single: bool) -> list[tuple]:
+    """Candidate points: (name, role, path, hook, stage0, index, depth, note), in execution order."""
     cand = []
     if stem is not None:
-        cand.append(("stem", "stem", stem[0], stem[1], 0, None, None))
-    depths = [len(b) for _, _, b in stages]
-    depth_of = {(s, j): d for s, j, d in block_depths(depths)}
+        cand.append(("stem", "stem", stem[0], stem[1], 0, None, None, ""))
+    depth_of = {(s, j): d for s, j, d in block_depths([len(b) for _, _, b in stages])}
     for s, (spath, dpath, bpaths) in enumerate(stages):
         if dpath is not None:
-            cand.append((f"downsample{s + 1}", "downsample", dpath, "forward", s, None, None))
+            cand.append((f"downsample{s + 1}", "downsample", dpath, "forward", s, None, None, ""))
         for j, bp in enumerate(bpaths):
             blk = model.get_submodule(bp)
-            pre = f"s{s + 1}.b{j}"
-            d = depth_of[(s, j)]
-            for mname in MIXER_CHILDREN:
-                if _child(blk, mname) is not None:
-                    cand.append((f"{pre}.mixer", "mixer", f"{bp}.{mname}", "forward", s, j, d))
-                    break
+            pre, d = f"s{s + 1}.b{j}", depth_of[(s, j)]
+            mix = _mixer_point(blk, bp)
+            if mix is not None:
+                cand.append((f"{pre}.mixer", "mixer", mix[0], mix[1], s, j, d, mix[2]))
             if _child(blk, "norm2") is not None and _child(blk, "mlp") is not None:
-                cand.append((f"{pre}.residual", "residual", f"{bp}.norm2", "pre", s, j, d))
+                cand.append((f"{pre}.residual", "residual", f"{bp}.norm2", "pre", s, j, d, ""))
             if _child(blk, "mlp") is not None:
-                cand.append((f"{pre}.mlp", "mlp", f"{bp}.mlp", "forward", s, j, d))
-            cand.append((f"{pre}.block", "block", bp, "forward", s, j, d))
+                cand.append((f"{pre}.mlp", "mlp", f"{bp}.mlp", "forward", s, j, d, ""))
+            cand.append((f"{pre}.block", "block", bp, "forward", s, j, d, ""))
         if spath is not None and not single:
-            cand.append((f"stage{s + 1}", "stage", spath, "forward", s, None, None))
+            cand.append((f"stage{s + 1}", "stage", spath, "forward", s, None, None, ""))
     pool = _pool_tap(model)
     if pool is not None:
-        cand.append(("pool", "pool", pool, "pre", None, None, None))
-    fallbacks = {}
-    for name, role, path, hook, s, j, d in cand:
-        if role == "mixer":
-            bp = path.rsplit(".", 1)[0]
-            if _child(model.get_submodule(bp), MIXER_FALLBACK) is not None:
-                fallbacks[name] = f"{bp}.{MIXER_FALLBACK}"
+        cand.append(("pool", "pool", pool, "pre", None, None, None, ""))
+    return cand
 
-    points = list(dict.fromkeys([(c[2], c[3]) for c in cand] + [(p, "forward") for p in fallbacks.values()]))
-    shapes = _dry_run(model, points, size)
 
-    def channels_for(s, path):
+def _second_size(size) -> tuple[int, int]:
+    return tuple(int(v) + 32 * max(1, int(v) // 128) for v in size)
+
+
+def _spatial_axis_test(model, keys, size) -> dict:
+    """Settle NCHW vs NHWC for 4-D maps that fit both, from a second dry forward at another size:
+    the channel axis is the one that does not change."""
+    if not keys:
+        return {}
+    other = _dry_run(model, keys, _second_size(size))
+    return {k: v for k, v in other.items()}
+
+
+class _Reader:
+    """Layouts of the recorded shapes, with the channel hints, stage grids and the second-size test."""
+
+    def __init__(self, model, size, shapes, hints, num_prefix, single):
+        self.model, self.size, self.shapes, self.hints = model, size, shapes, hints
+        self.num_prefix, self.single = num_prefix, single
+        self.grids: dict[int, tuple[int, int]] = {}
+        self.other: dict = {}
+
+    def channels(self, s, path):
         if s is None:
             return None
         for key in (path.rsplit(".", 1)[0] if "." in path else path, path):
-            if key in hints:
-                return hints[key]
-        return hints.get(s)
+            if key in self.hints:
+                return self.hints[key]
+        return self.hints.get(s)
 
-    # the spatial grid of each stage, from the first resolvable 4-D map of that stage
-    stage_grid: dict[int, tuple[int, int]] = {}
-    if single and pe_grid is not None:
-        stage_grid[0] = pe_grid
-    for name, role, path, hook, s, j, d in cand:
-        if s is None or s in stage_grid or role not in ("block", "downsample", "stage"):
-            continue
-        shp = shapes.get((path, hook))
-        if shp is not None and len(shp) == 4:
-            res = _layout(shp, size, channels_for(s, path), None, num_prefix, single)
+    def layout(self, path, hook, s, role):
+        shp = self.shapes.get((path, hook))
+        # a mixer may work at another width than its stage (expanded depthwise convs, MobileViT's transformer)
+        ch = None if role in ("stem", "mixer") else self.channels(s, path)
+        res = _layout(shp, self.size, ch, self.grids.get(s), self.num_prefix, self.single)
+        if role == "stem" and res is None:
+            res = _layout(shp, self.size, None, None, self.num_prefix, self.single)
+        if res is not None and res[0] == "?":
+            res = self._settle(path, hook, shp)
+        return res
+
+    def _settle(self, path, hook, shp):
+        if (path, hook) not in self.other:
+            self.other.update(_spatial_axis_test(self.model, [(path, hook)], self.size))
+        two = self.other.get((path, hook))
+        if two is not None and len(two) == 4:
+            if two[1] == shp[1] and two[3] != shp[3]:
+                return ("NCHW", (shp[2], shp[3]), 0)
+            if two[3] == shp[3] and two[1] != shp[1]:
+                return ("NHWC", (shp[1], shp[2]), 0)
+        return ("?", shp, 0)
+
+
+def infer_taps(model: nn.Module, input_size=None) -> TapList:
+    """Taps for a model that declares none (timm ViT/DeiT, Swin, ConvNeXt, FocalNet, MetaFormer,
+    ResNet, EfficientNet/MobileNet, MobileViT ...), ordered by execution; raises TapError when it cannot."""
+    stem, stages, single = _structure(model)
+    size = _default_size(model, input_size)
+    cand = _candidates(model, stem, stages, single)
+    fallbacks = {c[0]: f"{c[2].rsplit('.', 1)[0]}.{MIXER_FALLBACK}" for c in cand if c[1] == "mixer"
+                 and c[3] == "forward" and _child(model.get_submodule(c[2].rsplit(".", 1)[0]), MIXER_FALLBACK)}
+    points = list(dict.fromkeys([(c[2], c[3]) for c in cand] + [(p, "forward") for p in fallbacks.values()]))
+    rd = _Reader(model, size, _dry_run(model, points, size), _channel_hints(model, stages),
+                 int(getattr(model, "num_prefix_tokens", 0) or 0), single)
+    grid = _patch_grid(model, size, input_size, single)
+    if grid is not None:
+        rd.grids[0] = grid
+    for name, role, path, hook, s, j, d, note in cand:       # each stage's grid, from its first 4-D map
+        if s is not None and s not in rd.grids and role in ("block", "downsample", "stage"):
+            res = rd.layout(path, hook, s, role)
             if res and res[0] in ("NCHW", "NHWC"):
-                stage_grid[s] = res[1]
-
-    def is_map(res):
-        return res is not None and res[0] in ("NCHW", "NHWC", "NLC")
-
+                rd.grids[s] = res[1]
     # a family whose mixer output is not a map in some block (Swin: windows) uses the fallback everywhere
     use_fallback = bool(fallbacks) and any(
-        not is_map(_layout(shapes.get((path, hook)), size, channels_for(s, path), stage_grid.get(s), num_prefix,
-                           single))
-        for name, role, path, hook, s, j, d in cand if role == "mixer")
+        (rd.layout(c[2], c[3], c[4], "mixer") or ("-",))[0] not in ("NCHW", "NHWC", "NLC")
+        for c in cand if c[1] == "mixer")
     taps = TapList()
-    for name, role, path, hook, s, j, d in cand:
-        grid = stage_grid.get(s) if s is not None else None
-        ch = None if role == "stem" else channels_for(s, path)
-        shp = shapes.get((path, hook))
-        res = _layout(shp, size, ch, grid, num_prefix, single)
-        note = ""
+    for name, role, path, hook, s, j, d, note in cand:
         if role == "mixer" and use_fallback and name in fallbacks:
-            fb = fallbacks[name]
-            res = _layout(shapes.get((fb, "forward")), size, ch, grid, num_prefix, single)
-            path, hook, note = fb, "forward", "token-mixer output after the window merge (taken at drop_path1)"
-        if role == "stem" and res is None:
-            res = _layout(shp, size, None, grid, num_prefix, single)
-        if res is None:
-            if role in ("block",):
-                raise TapError(f"cannot infer the layout of {path} (output shape {shp}) in {type(model).__name__}")
-            log.info("timm taps: skipping %s (%s): output shape %s is not a map of the batch", name, path, shp)
-            continue
-        if res[0] == "?":
-            raise TapError(f"cannot tell NCHW from NHWC for {path} (output shape {shp}) in {type(model).__name__}; "
-                           "pass it as --taps path:<module.path>:LAYOUT")
-        layout, g, prefix = res
-        if role == "pool" and layout != "NC":
-            continue
-        taps.append(TapSpec(name, role, path, layout, stage=None if s is None else s + 1, index=j, hook=hook,
-                            num_prefix_tokens=prefix, grid=g, depth=d, note=note))
+            path, hook, note = fallbacks[name], "forward", "token-mixer output after the window merge (taken at " \
+                                                           "drop_path1)"
+        tap = _tap_from(rd, model, name, role, path, hook, s, j, d, note)
+        if tap is not None:
+            taps.append(tap)
     if not any(t.role == "block" for t in taps):
         raise TapError(f"cannot infer taps for {type(model).__name__}: no block outputs found")
     return taps
+
+
+def _tap_from(rd: _Reader, model, name, role, path, hook, s, j, d, note):
+    res = rd.layout(path, hook, s, role)
+    shp = rd.shapes.get((path, hook))
+    if res is None:
+        if role == "block":
+            raise TapError(f"cannot infer the layout of {path} (output shape {shp}) in {type(model).__name__}")
+        log.info("timm taps: skipping %s (%s): output shape %s is not a map of the batch", name, path, shp)
+        return None
+    if res[0] == "?":
+        raise TapError(f"cannot tell NCHW from NHWC for {path} (output shape {shp}) in {type(model).__name__}; "
+                       f"pass it as --taps path:{path}:NCHW|NHWC")
+    layout, g, prefix = res
+    if role == "pool" and layout != "NC":
+        return None
+    return TapSpec(name, role, path, layout, stage=None if s is None else s + 1, index=j, hook=hook,
+                   num_prefix_tokens=prefix, grid=g, depth=d, note=note)
 
 
 def model_taps(model: nn.Module, input_size=None) -> TapList:
@@ -326,6 +372,8 @@ def resolve_layouts(model: nn.Module, taps, input_size=None) -> TapList:
             continue
         shp = shapes.get((t.path, t.hook))
         res = infer_layout(shp, size, batch=2, grid=t.grid, num_prefix_tokens=prefix)
+        if res is not None and res[0] == "?":
+            res = _Reader(model, size, shapes, {}, prefix, True)._settle(t.path, t.hook, shp)
         if res is None or res[0] == "?":
             what = "fits both NCHW and NHWC" if res else "is not a feature map of the batch"
             raise TapError(f"the output of {t.path} (shape {shp}) {what}; give its layout as "
