@@ -10,7 +10,7 @@ import threading
 
 import click
 
-from spectrascope.errors import Interrupted, SpectrascopeError, TrainingError, UserError
+from spectrascope.errors import Interrupted, OptionError, SpectrascopeError, TrainingError, UserError
 
 #: builtin exceptions still accepted as the user's input (legacy; being replaced by UserError)
 LEGACY_USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
@@ -78,19 +78,25 @@ def user_errors(fn):
     return wrapper
 
 
-def parse_img_size(value):
-    """'224' -> 224, '96x128' -> (96, 128)."""
+#: largest accepted side of an input (px): beyond it no zoo model fits in memory
+MAX_SIDE = 8192
+
+
+def parse_img_size(value, option: str = "--img-size"):
+    """'224' -> 224, '96x128' -> (96, 128); sides are integers in [1, MAX_SIDE]."""
     if value is None:
         return None
+    text = str(value).strip().lower().replace(",", "x")
     try:
-        parts = [int(v) for v in str(value).lower().replace(",", "x").split("x")]
+        parts = [int(v) for v in text.split("x")]
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not S or HxW") from None
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return tuple(parts)
-    raise click.BadParameter(f"{value!r} is not S or HxW")
+        raise OptionError(f"{value!r} is not S or HxW (e.g. 224 or 192x256)", option=option) from None
+    if len(parts) not in (1, 2):
+        raise OptionError(f"{value!r} is not S or HxW (e.g. 224 or 192x256)", option=option)
+    bad = [v for v in parts if not 1 <= v <= MAX_SIDE]
+    if bad:
+        raise OptionError(f"{value!r}: every side must be between 1 and {MAX_SIDE} pixels", option=option)
+    return parts[0] if len(parts) == 1 else tuple(parts)
 
 
 def _scalar(text: str):
@@ -120,7 +126,9 @@ def parse_model_kwargs(items) -> dict:
     for item in items or ():
         for part in [item] if "=" in item and item.count("=") == 1 else item.split():
             if "=" not in part:
-                raise click.BadParameter(f"{part!r} is not KEY=VALUE", param_hint="--model-kwargs")
+                raise OptionError(f"{part!r} is not KEY=VALUE (e.g. dims=32,64,96,128)", option="--model-kwargs")
+            if not part.split("=", 1)[0].strip():
+                raise OptionError(f"{part!r} has no key (KEY=VALUE)", option="--model-kwargs")
             key, value = part.split("=", 1)
             vals = [_scalar(v) for v in value.split(",")] if "," in value else _scalar(value)
             out[key.strip()] = vals
