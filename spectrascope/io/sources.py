@@ -81,6 +81,7 @@ class ImageSource:
     description: str = "samples"
     roots: list[Path] = field(default_factory=list)
     synthetic: str | None = None          # spec rendered at the model's size (render=True)
+    notes: list[str] = field(default_factory=list)
     _digest: str | None = None
 
     @classmethod
@@ -99,12 +100,15 @@ class ImageSource:
             val = load_data(data).val
             n = min(num_images or default_count or len(val), len(val))
             labels = [int(val.label(i)) for i in range(n)]
-            return cls([], [f"synthetic_{i:03d}" for i in range(n)], labels, None, data, [], data,
-                       f"synthetic:{data}")
+            src = cls([], [f"synthetic_{i:03d}" for i in range(n)], labels, None, data, [], data,
+                      _digest=f"synthetic:{data}")
+            src._note_count(num_images, len(val), data)
+            return src
         paths = resolve_image_paths(images, data, num_images)
         if not paths:
             raise DataError("no images to analyse")
         src = cls(list(paths), [Path(p).stem for p in paths], description=str(images) if images else (data or "samples"))
+        src._note_count(num_images, len(paths), src.description)
         if images:
             src.roots = [Path(images)]
         elif data and data.startswith("imagefolder:"):
@@ -117,6 +121,10 @@ class ImageSource:
             if doc.get("boxes"):
                 src.boxes = [[tuple(doc["boxes"][i])] for i in idx]
         return src
+
+    def _note_count(self, asked: int | None, have: int, where: str) -> None:
+        if asked is not None and have < asked:
+            self.notes.append(f"--num-images {asked}: {where} holds only {have} image(s); using {have}")
 
     def __len__(self) -> int:
         return len(self.names)
