@@ -5,7 +5,7 @@ PIP_FLAGS ?= --disable-pip-version-check
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench gpu-check clean
 
 # idempotent: re-running only re-installs what changed
 setup: $(BIN)/spectrascope
@@ -33,6 +33,10 @@ bench: setup
 	$(BIN)/python benchmarks/bench_scorecam.py --device $(DEVICE) --img-size 224 --num-images 1 | tee runs/bench/scorecam.txt
 	$(BIN)/python benchmarks/bench_amplitude.py --device $(DEVICE) | tee runs/bench/amplitude.txt
 	$(BIN)/python benchmarks/bench_train.py --device $(DEVICE) --loop | tee runs/bench/train.txt
+
+# on a GPU machine (<= 8 min): CUDA parity per family, AMP, compile training steps, torchrun nccl, make bench
+gpu-check: setup
+	MPLBACKEND=Agg $(BIN)/python benchmarks/gpu_check.py | tee runs/gpu-check.txt
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

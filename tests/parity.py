@@ -1,7 +1,11 @@
-"""Helpers to check our models against the official-code fixtures in ../shared/fixtures/parity."""
+"""Helpers to check our models against the official-code fixtures in ../shared/fixtures/parity.
+
+``SPECTRASCOPE_TEST_DEVICE=cuda`` runs the fixture comparisons on that device (float32, TF32
+off) against the same official CPU outputs and the same tolerance (``make gpu-check``)."""
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 from safetensors.torch import load_file
@@ -24,13 +28,26 @@ def tolerance(ref: torch.Tensor) -> float:
     return 1e-5 * max(1.0, ref.abs().max().item())
 
 
+def test_device() -> torch.device:
+    dev = torch.device(os.environ.get("SPECTRASCOPE_TEST_DEVICE", "cpu"))
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return dev
+
+
 def run_with_feats(model, x, paths):
+    """Output and module outputs at ``paths`` (two forwards: a warm-up, then the compared one),
+    on the test device; returned on the CPU."""
+    dev = test_device()
+    model = model.to(dev)
+    x = x.to(dev)
     feats, handles = {}, []
     for p in paths:
         mod = model.get_submodule(p)
 
         def hook(_m, _i, out, p=p):
-            feats[p] = out.detach().clone()
+            feats[p] = out.detach().cpu().clone()
         handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -39,7 +56,7 @@ def run_with_feats(model, x, paths):
     finally:
         for h in handles:
             h.remove()
-    return y, feats
+    return y.cpu(), feats
 
 
 def check_fixture(name: str, model_name: str, overrides: dict, *, num_classes: int = 10):
