@@ -36,6 +36,7 @@ bench: setup
 
 # on a GPU machine (<= 8 min): CUDA parity per family, AMP, compile training steps, torchrun nccl, make bench
 gpu-check: setup
+	mkdir -p runs
 	MPLBACKEND=Agg $(BIN)/python benchmarks/gpu_check.py | tee runs/gpu-check.txt
 
 clean:
