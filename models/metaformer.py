@@ -13,7 +13,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from .base import TapList, TapSpec, ZooModel, block_depths, register_model
+from .base import InputSizeError, TapList, TapSpec, ZooModel, block_depths, register_model
 from .layers import (LayerNormGeneral, LayerNormWithoutBias, Mlp, MlpHead, Scale, SquaredReLU,
                      StarReLU, as_list, drop_path_or_identity, drop_path_rates, make_activation,
                      normalize_name, trunc_normal_)
@@ -63,7 +63,7 @@ class RandomMixing(nn.Module):
     def forward(self, x):
         B, H, W, C = x.shape
         if H * W != self.random_matrix.shape[0]:
-            raise RuntimeError(f"RandomMixing was built for {self.random_matrix.shape[0]} tokens, "
+            raise InputSizeError(f"RandomMixing was built for {self.random_matrix.shape[0]} tokens, "
                                f"got {H}x{W}; build the model with img_size matching the input")
         x = torch.einsum("mn, bnc -> bmc", self.random_matrix, x.reshape(B, H * W, C))
         return x.reshape(B, H, W, C)
@@ -187,6 +187,26 @@ class Downsampling(nn.Module):
         return self.post_norm(x)
 
 
+def stage_sizes(hw, layers) -> list[tuple[int, int]]:
+    """The (H, W) after each downsampling layer: its strided convolution's real output size
+    (``(n + 2p - k) // s + 1``, i.e. the ceiling for the 3x3/2 layers at odd sizes). The official
+    code divides by ``2 ** (i + 2)``, which agrees at 224 and at every size divisible by 32, and
+    builds filter grids that do not fit the feature maps at others (112, 200, 240, ...)."""
+    out, (h, w) = [], (int(hw[0]), int(hw[1]))
+    for i, layer in enumerate(layers):
+        conv = getattr(layer, "conv", None)
+        if isinstance(conv, nn.Conv2d) and not isinstance(conv.padding, str):
+            (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+            (ph, pw), (dh, dw) = conv.padding, conv.dilation
+            h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+            w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        else:
+            f = 4 if i == 0 else 2
+            h, w = h // f, w // f
+        out.append((h, w))
+    return out
+
+
 def default_downsample_layers():
     ln = partial(LayerNormGeneral, bias=False, eps=1e-6)
     return [partial(Downsampling, kernel_size=7, stride=4, padding=2, post_norm=ln)] + \
@@ -264,11 +284,10 @@ class MetaFormer(ZooModel):
         mixer_kwargs = dict(mixer_kwargs or {})
 
         self.stages = nn.ModuleList()
-        self.stage_sizes = []
+        self.stage_sizes = stage_sizes(self.input_size[1:], self.downsample_layers)
         cur = 0
         for i in range(n):
-            size = (self.input_size[1] // (2 ** (i + 2)), self.input_size[2] // (2 ** (i + 2)))
-            self.stage_sizes.append(size)
+            size = self.stage_sizes[i]
             mixer_cls, has_act = resolve_token_mixer(mixers[i])
             kw = dict(mixer_kwargs)
             if act_layer is not None and has_act:

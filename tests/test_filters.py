@@ -156,7 +156,7 @@ def test_collect_filters_uses_the_built_grid():
                                       dims=[8, 16, 24, 32])
     layers = collect_filters(model)
     assert [(x.name, x.kind, x.grid) for x in layers[:2]] == [("s1.b0", "dynamic-basis", (7, 9)),
-                                                               ("s2.b0", "dynamic-basis", (3, 4))]
+                                                               ("s2.b0", "dynamic-basis", (4, 5))]   # 3x3/2 of 7x9
     amp = fl.filter_amplitude(layers[0].filters, width=layers[0].width)
     assert amp.shape == (4, 7, 9)
     ref = fl.param_to_filters(model.stages[0][0].token_mixer.complex_weights.detach())
