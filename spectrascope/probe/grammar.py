@@ -73,7 +73,7 @@ def _parse_path(token: str, option: str) -> _PathToken:
             grid = (int(g.group(1)), int(g.group(2)))
         elif up in ("PRE", "FORWARD"):
             hook = up.lower()
-        elif up.split("+")[0] in LAYOUTS:
+        elif up.split("+")[0] in {lay.upper() for lay in LAYOUTS}:
             base, _, p = up.partition("+")
             layout = base if base != "RAW" else "raw"
             if p:
