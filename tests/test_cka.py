@@ -51,6 +51,9 @@ def paths_taps(model: nn.Module, names=None):
     return [TapSpec(name=n, role="path", path=n, layout="raw") for n in names]
 
 
+F64_FIXTURE_ATOL = 1e-6
+
+
 @functools.lru_cache(maxsize=None)
 def fixture_result(case, pair, dtype=torch.float64):
     """Our matrix for a fixture case and pair (cached: several tests read the same run)."""
@@ -300,11 +303,13 @@ def test_fixture_float64_reference(case):
         assert r.labels_a == meta["runs"][pair]["firing_order_rows"]
         assert r.labels_b == meta["runs"][pair]["firing_order_cols"]
         ref = d[f"f64_{pair}"]
-        assert (r.matrix - ref).abs().max() < 1e-10
+        # the fixture's tolerance for a float64 engine (fixtures/methods/README.md, 2a): the models' float32
+        # forward passes round differently on other CPUs (observed 7e-8 here against the generating machine)
+        assert (r.matrix - ref).abs().max() < F64_FIXTURE_ATOL
         for k in ("xy", "xx", "yy"):
             want = d[f"f64_{pair}_hsic_{k}"]
             got = getattr(r, f"hsic_{k}")
-            assert ((got - want).abs() <= 1e-10 * want.abs().max()).all()
+            assert ((got - want).abs() <= F64_FIXTURE_ATOL * want.abs().max()).all()
         if pair == "AA":
             assert (r.matrix - r.matrix.T).abs().max() < 1e-12
             assert (torch.diagonal(r.matrix) - 1).abs().max() < 1e-12
@@ -325,7 +330,7 @@ def test_fixture_torch_cka_agreement_and_where_ours_stays_right():
     tc_ab, tc_aa = d2["torchcka_AB"].double(), d2["torchcka_AA"].double()
     assert (tc_ab - d2["f64_AB"]).abs().max() > 0.5          # torch-cka is far off
     assert tc_ab.min() < -0.5 and d2["f64_AB"].min() > -0.1  # ... with a spurious strong negative value
-    assert (ab - d2["f64_AB"]).abs().max() < 1e-10           # we are not
+    assert (ab - d2["f64_AB"]).abs().max() < F64_FIXTURE_ATOL  # we are not
     assert (tc_aa - tc_aa.T).abs().max() > 0.1 and (aa - aa.T).abs().max() < 1e-12
     assert tc_aa.max() > 1.0 and aa.max() <= 1 + 1e-12
 
@@ -364,9 +369,10 @@ def test_layer_order_regression_labels_follow_execution():
     # taps given in registration order (torch-cka's label order), the root module included
     ta = paths_taps(A, meta["export_model1_layers"])
     tb = paths_taps(B, meta["export_model2_layers"])
-    # the float64 path to 1e-10, the default path (float32 Gram products of centred features) to 1e-6,
+    # the float64 path to the fixture tolerance (1e-6, see above), the default path (float32 Gram products of
+    # centred features) to 1e-6,
     # the torch-cka engine to 1e-6
-    for engine, dtype, tol in (("spectrascope", F64, 1e-10), ("spectrascope", None, 1e-6), ("torch-cka", None, 1e-6)):
+    for engine, dtype, tol in (("spectrascope", F64, F64_FIXTURE_ATOL), ("spectrascope", None, 1e-6), ("torch-cka", None, 1e-6)):
         r = compare_models(A.eval(), B.eval(), list(d["data"].split(16)), taps_a=ta, taps_b=tb, engine=engine,
                            num_batches=4, dtype=dtype)
         assert r.labels_a == meta["firing_order_rows (what torchcka_matrix rows really are)"]

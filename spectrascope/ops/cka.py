@@ -127,7 +127,7 @@ def shifted_gram(x: torch.Tensor, dtype: torch.dtype | None = None, *, chunk_ele
             buf.copy_(part)
             buf.sub_(buf[:1].clone())
         _add_gram(K, buf)
-    K = _mirror_lower(K) if _halved(n, step, x.device) else K
+    K = _mirror_lower(K)
     eps = torch.finfo(x.dtype).eps if x.dtype.is_floating_point else 0.0
     return Gram(K, ref_energy, eps)
 
@@ -151,9 +151,10 @@ def _add_gram(K: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def _mirror_lower(K: torch.Tensor) -> torch.Tensor:
-    h = K.shape[0] // 2
-    K[:h, h:] = K[h:, :h].T
-    return K
+    """Exactly symmetric from the lower triangle: a threaded BLAS does not promise that the
+    two halves of ``x xᵀ`` (or of its diagonal blocks) round alike, and ``_add_gram`` may not
+    have written the upper-right block at all."""
+    return torch.tril(K) + torch.tril(K, -1).T
 
 
 def _double_centre(K: torch.Tensor) -> torch.Tensor:
