@@ -24,9 +24,17 @@ class OneLineError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        from spectrascope.engine import dist
-        if dist.current().main:                  # under torchrun one rank speaks for all
+        if speaks():                             # under torchrun one rank speaks for all
             super().show(file)
+
+
+def speaks() -> bool:
+    """Whether this process reports for the run: rank 0 of the group, or of the launcher's
+    environment once the group is left (errors are shown after the session ended)."""
+    import os
+
+    from spectrascope.engine import dist
+    return dist.current().main and os.environ.get("RANK", "0") == "0"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -64,8 +72,7 @@ def user_errors(fn):
         except click.ClickException:
             raise
         except Interrupted as exc:
-            from spectrascope.engine import dist
-            if dist.current().main:
+            if speaks():
                 click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
         except (UserError, TrainingError) as exc:

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import torch
 
 from spectrascope.engine.runner import Runner
-from spectrascope.errors import CheckpointError, OptionError
+from spectrascope.errors import CheckpointError, NonFiniteError, OptionError
 from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
 from spectrascope.train.metrics import AccuracyReducer
 from spectrascope.zoo import registry
 from spectrascope.zoo.build import model_spec_from_checkpoint, num_classes_in, preprocessing
 from spectrascope.zoo.checkpoint import file_sha256, read_checkpoint
 
-__all__ = ["evaluate", "evaluate_model", "eval_dataset", "first_batches", "EvalModel", "resolve_eval_model"]
+__all__ = ["evaluate", "evaluate_model", "agreed", "eval_dataset", "first_batches", "EvalModel", "resolve_eval_model"]
 
 
 def eval_dataset(split, pre, center_crop: bool) -> TransformedDataset:
@@ -37,6 +37,19 @@ def first_batches(dataset, limit_batches: int | None, batch_size: int):
     return torch.utils.data.Subset(dataset, range(limit_batches * batch_size))
 
 
+def agreed(d, fn):
+    """``fn()`` on every rank; when it stops on a non-finite value on any rank, every rank stops
+    (so no rank waits in a collective for one that gave up)."""
+    error = None
+    try:
+        result = fn()
+    except NonFiniteError as exc:
+        error, result = exc, None
+    if d.any(error is not None):
+        raise error or NonFiniteError("another process stopped on non-finite values (NaN/inf); nothing was written")
+    return result
+
+
 def evaluate_model(model, dataset, runner: Runner) -> dict:
     """Cross-entropy (no smoothing), top-1/top-5 (percent; k clipped to the number of
     classes) and images/s of ``model`` over ``dataset`` (sums over every rank of the runner's
@@ -50,7 +63,7 @@ def evaluate_model(model, dataset, runner: Runner) -> dict:
 
     t0 = time.perf_counter()
     try:
-        runner.run(model, dataset, on_batch=on_batch, need_output=True)
+        agreed(runner.dist, lambda: runner.run(model, dataset, on_batch=on_batch, need_output=True))
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - t0
