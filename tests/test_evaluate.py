@@ -230,3 +230,32 @@ def test_sigterm_during_train_through_the_cli(tmp_path, monkeypatch):
     assert (ck["epoch"], ck["step"]) == (0, 4)      # the signal came while update 4 fetched its batch
     assert sorted(p.name for p in out.iterdir()) == [".spectrascope-manifest.json", "args.json", "last.pth"]
     assert not [p for p in out.iterdir() if ".tmp-" in p.name] and os.path.getsize(out / "last.pth") > 0
+
+
+@pytest.mark.parametrize("args, words", [
+    (["evaluate", "--limit-batches", "0"], ["--limit-batches"]),
+    (["evaluate", "-b", "0"], ["--batch-size"]),
+    (["evaluate", "--device", "foo"], ["--device", "foo"]),
+    (["evaluate", "--model-kwargs", "img_size=64"], ["--model-kwargs", "--img-size"]),
+    (["evaluate", "--model-kwargs", "colour=3"], ["--model-kwargs", "colour"]),
+    (["evaluate", "--data", "samples"], ["train/evaluate need"]),
+    (["predict", "--topk", "0"], ["--topk"]),
+    (["predict", "--batch-size", "0"], ["--batch-size"]),
+    (["predict", "--model-kwargs", "colour=3"], ["--model-kwargs", "colour"]),
+])
+def test_bad_evaluate_and_predict_options_are_one_line(tmp_path, args, words):
+    out = tmp_path / "out"
+    cmd, *rest = args
+    base = ["--model", "dfformer_s18", *KW_ARGS, "--img-size", "32"]
+    if cmd == "evaluate":
+        base += ["--data", DATA, "--output", out] if "--data" not in rest else ["--output", out]
+    r = _cli(cmd, *base, *rest)
+    _one_line_error(r, *words)
+    assert not out.exists()
+
+
+def test_evaluate_output_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = _cli("evaluate", "--model", "dfformer_s18", *KW_ARGS, "--data", DATA, "--output", tmp_path / "file" / "sub")
+    _one_line_error(r, "file")
+    assert (tmp_path / "file").read_text() == "x"
