@@ -259,3 +259,14 @@ def test_evaluate_output_under_a_file_is_one_line(tmp_path):
     r = _cli("evaluate", "--model", "dfformer_s18", *KW_ARGS, "--data", DATA, "--output", tmp_path / "file" / "sub")
     _one_line_error(r, "file")
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_predict_under_torchrun_prints_what_one_process_prints(run_dir, tmp_path, one_thread):
+    args = ["predict", "--model", "dfformer_s18", "--checkpoint", run_dir / "last.pth", "--data", DATA,
+            "--num-images", "7", "--batch-size", "2", "--topk", "3", "--device", "cpu"]
+    r = torchrun(args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = _cli(*args)
+    assert one.exit_code == 0, one.output
+    lines = [line for line in r.stdout.splitlines() if "top-3" in line]
+    assert len(lines) == 7 and lines == [line for line in one.output.splitlines() if "top-3" in line]

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spectrascope.errors import NonFiniteLossError
+from spectrascope.errors import NonFiniteError, NonFiniteLossError
 from spectrascope.train.evaluate import evaluate_model
 from spectrascope.train.metrics import soft_cross_entropy
 from spectrascope.train.prepare import Run
@@ -130,6 +130,16 @@ def _train_steps(run: Run, epoch: int, skip: int, stats: dict, stop: StopFlag, m
     return lr, t0
 
 
+def _evaluate(run: Run, model, epoch: int) -> dict:
+    """The validation metrics of ``model``; non-finite logits end the run (nothing of this epoch is saved)."""
+    try:
+        return evaluate_model(model, run.val_ds, run.val_runner)
+    except NonFiniteError as exc:
+        raise NonFiniteLossError(f"epoch {epoch + 1}: the evaluation stopped: {exc}. The last good checkpoint is "
+                                 f"{run.out / 'last.pth'} if one was written; try a lower --lr, --clip-grad or "
+                                 "--amp bf16/off") from None
+
+
 def run_epoch(run: Run, epoch: int, skip: int, part: dict | None, stop: StopFlag, make_state) -> dict:
     """Train ``epoch`` from update ``skip`` (``part``: the statistics of its first updates) and
     evaluate; returns the epoch's metrics row. ``make_state(epoch, step, part)`` builds a checkpoint."""
@@ -143,13 +153,13 @@ def run_epoch(run: Run, epoch: int, skip: int, part: dict | None, stop: StopFlag
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_time = stats["time"] + time.perf_counter() - t0
-    ev = evaluate_model(run.model, run.val_ds, run.val_runner)
+    ev = _evaluate(run, run.model, epoch)
     peak, kind = peak_memory_mb(device)
     row = {"epoch": epoch + 1, "train_loss": stats["loss_sum"] / max(1, stats["updates"]), "val_loss": ev["loss"],
            "top1": ev["top1"], "top5": ev["top5"], "lr": lr,
            "throughput_img_s": stats["images"] / max(train_time, 1e-9), "epoch_time_s": train_time,
            "eval_time_s": ev["time_s"], "peak_mem_mb": peak, "peak_mem_kind": kind}
     if run.ema is not None:
-        ev_ema = evaluate_model(run.ema.module, run.val_ds, run.val_runner)
+        ev_ema = _evaluate(run, run.ema.module, epoch)
         row.update(ema_val_loss=ev_ema["loss"], ema_top1=ev_ema["top1"], ema_top5=ev_ema["top5"])
     return row
