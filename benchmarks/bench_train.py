@@ -109,10 +109,9 @@ def bench_eval(args, dev) -> dict:
     n = args.batch_size * (args.steps + args.warmup)
     bundle = load_data(f"synthetic:num_classes=8,train_size=8,val_size={n},size={args.img_size}")
     ds = TransformedDataset(bundle.val, EvalTransform((args.img_size, args.img_size), center_crop=False))
-    batches = [(torch.stack([ds[i][0] for i in range(j, min(n, j + args.batch_size))]),
-                torch.tensor([ds[i][1] for i in range(j, min(n, j + args.batch_size))]))
-               for j in range(0, n, args.batch_size)]
-    cached = [(x, y) for x, y in batches]
+    cached = [(torch.stack([ds[i][0] for i in range(j, min(n, j + args.batch_size))]),
+               torch.tensor([ds[i][1] for i in range(j, min(n, j + args.batch_size))]))
+              for j in range(0, n, args.batch_size)]
 
     class Cached(torch.utils.data.Dataset):       # decoded once: both sides time the forward and the metric
         def __len__(self):
