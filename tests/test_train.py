@@ -341,3 +341,18 @@ def test_torchrun_two_processes_match_one_process(tmp_path, one_thread):
     ref = tr.train(_cfg(single, epochs=1, limit_train_batches=4, limit_val_batches=2, val_batch_size=16))
     _assert_same_state(_load(out / "last.pth"), _load(single / "last.pth"), exact=False, atol=2e-5)
     assert res["final"]["val_loss"] == pytest.approx(ref["final"]["val_loss"], rel=1e-4)
+
+
+def test_torchrun_refused_output_stops_every_process(tmp_path):
+    """Rank 0 checks the run folder; when it refuses, every rank stops (none waits in a collective)."""
+    from tests.distributed import torchrun
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    r = torchrun(["train", "--model", "dfformer_s18", "--model-kwargs", "depths=1,1,1,1", "--model-kwargs",
+                  "dims=16,32,48,64", "--data", DATA, "--epochs", "1", "-b", "8", "--output", out, "--overwrite",
+                  "--no-progress"], cwd=tmp_path, timeout=240)
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "did not write" in errors[0], r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
