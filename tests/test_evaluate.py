@@ -270,3 +270,16 @@ def test_predict_under_torchrun_prints_what_one_process_prints(run_dir, tmp_path
     assert one.exit_code == 0, one.output
     lines = [line for line in r.stdout.splitlines() if "top-3" in line]
     assert len(lines) == 7 and lines == [line for line in one.output.splitlines() if "top-3" in line]
+
+
+def test_a_run_never_writes_into_another_commands_folder(tmp_path):
+    from spectrascope.errors import OutputError
+    from spectrascope.io.results import StagedOutput
+    from spectrascope.train.state import prepare_output
+    folder = tmp_path / "ev"
+    with StagedOutput(folder, command="evaluate") as st:
+        (st / "results.json").write_text("{}")
+    for resuming in (False, True):
+        with pytest.raises(OutputError, match="spectrascope evaluate"):
+            prepare_output(folder, True, resuming=resuming)
+    assert sorted(p.name for p in folder.iterdir()) == [".spectrascope-manifest.json", "results.json"]

@@ -93,6 +93,10 @@ def prepare_output(out: Path, overwrite: bool, *, resuming: bool = False, inputs
             for name in RUN_FILES:        # only files this command recorded (the policy checked it)
                 with contextlib.suppress(FileNotFoundError):
                     (out / name).unlink()
+    man = read_manifest(out) if out.is_dir() else None
+    if man is not None and man.get("command") != "train":
+        raise OutputError(f"{out} holds the outputs of `spectrascope {man.get('command')}`; a training run writes "
+                          "into its own folder: choose another --output", option="--output")
     record_outputs(out, command="train", files=RUN_FILES)
     for stale in out.glob(".*.tmp-*"):     # left by a kill during a save
         with contextlib.suppress(OSError):
