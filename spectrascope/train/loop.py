@@ -16,6 +16,7 @@ This module also re-exports the names of the training package that callers use.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -102,7 +103,7 @@ def _epochs(run: Run, wall0: float) -> None:
                             lambda e, s, p: make_state(run, e, s, p))
             _end_of_epoch(run, epoch, row, wall0)
             if run.dist.any(bool(stop.signum)) and epoch + 1 < run.cfg.epochs:
-                interrupt(stop.signum or 15, run.out, epoch + 1, 0)
+                interrupt(stop.signum or signal.SIGTERM, run.out, epoch + 1, 0)
 
 
 def _start(run: Run) -> None:
