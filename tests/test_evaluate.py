@@ -109,14 +109,19 @@ def test_evaluate_limit_batches_is_global(run_dir, tmp_path, one_thread):
 
 # ---------------------------------------------------------------------------- NaN weights
 
-@pytest.fixture
-def nan_checkpoint(tmp_path):
+def _bad_weights(folder, value: str):
+    """A tiny model whose classifier weights are all ``value`` (nan or inf)."""
     model = spectrascope.create_model("dfformer_s18", num_classes=4, img_size=32, **MODEL_KW)
     state = model.state_dict()
-    state["head.fc2.weight"] = torch.full_like(state["head.fc2.weight"], float("nan"))
-    path = tmp_path / "nan.pth"
+    state["head.fc2.weight"] = torch.full_like(state["head.fc2.weight"], float(value))
+    path = folder / f"{value}.pth"
     torch.save({"model": state}, path)
     return path
+
+
+@pytest.fixture(params=["nan", "inf"])
+def nan_checkpoint(tmp_path, request):
+    return _bad_weights(tmp_path, request.param)
 
 
 def test_nan_weights_stop_evaluate_with_one_line(nan_checkpoint, tmp_path):
@@ -134,7 +139,8 @@ def test_nan_weights_stop_predict_with_one_line(nan_checkpoint):
     assert "top-" not in r.output
 
 
-def test_nan_weights_stop_evaluate_under_torchrun(nan_checkpoint, tmp_path):
+def test_nan_weights_stop_evaluate_under_torchrun(tmp_path):
+    nan_checkpoint = _bad_weights(tmp_path, "nan")
     out = tmp_path / "ev2"
     r = torchrun(["evaluate", "--model", "dfformer_s18", "--checkpoint", nan_checkpoint, *KW_ARGS, "--data", DATA,
                   "-b", "8", "--device", "cpu", "--output", out], cwd=tmp_path)
