@@ -91,8 +91,10 @@ def test_evaluate_under_torchrun_equals_one_process(run_dir, tmp_path, one_threa
     assert two["world_size"] == 2 and one["world_size"] == 1 and two["results"]["world_size"] == 2
     a, b = one["results"], two["results"]
     assert a["n"] == b["n"] == 44                            # 6 batches of 8 (the last of 4) over 2 ranks, none twice
-    for key in ("top1", "top5", "loss"):
-        assert a[key] == b[key], key                         # exact: per-batch sums, merged without rounding
+    assert (a["top1"], a["top5"]) == (b["top1"], b["top5"])   # counts: exact
+    # the per-batch sums are merged without rounding, so the loss is identical whenever both sides run the
+    # forward with the same number of threads (as here); the bound for sums is 1e-6 relative
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=0)
     c1, c5, loss = _direct_counts(ckpt)
     assert a["top1"] == pytest.approx(100 * c1 / 44, abs=1e-12) and a["top5"] == pytest.approx(100 * c5 / 44)
     assert a["loss"] == pytest.approx(loss, rel=1e-5)
