@@ -79,7 +79,7 @@ def _figure_command(spec):
             from spectrascope.cli.options import fill_pretrained
             kw = {"checkpoints": checkpoints}
             for m in fill_pretrained(kw, weights_dir, models=list(spec.models), skip_missing=True):
-                click.echo(f"note: {m} has no released weights; it keeps random weights", err=True)
+                click.echo(f"note: {m} has no official weights for --pretrained; it keeps random weights", err=True)
             checkpoints = kw["checkpoints"]
 
         from spectrascope.report.recipes import run_figure

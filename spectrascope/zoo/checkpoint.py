@@ -171,6 +171,15 @@ def convert_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[di
     return state, None
 
 
+def _layout_hint(state: dict, converted: str | None) -> str:
+    from spectrascope.zoo import formats
+    found = None if converted else formats.detect(state)
+    if found is None:
+        return ""
+    return (f" (the file is in the {found[0]} layout of a {found[1].replace('_', ' ')} model; "
+            "spectrascope convert --to official|timm converts between the two)")
+
+
 def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, strict: bool = True) -> LoadReport:
     """Convert the layout (``convert_layout``), adapt (``model.adapt_state_dict``) and load a state
     dict; one readable report. ``strict=False`` tolerates missing or extra keys, but a checkpoint
@@ -190,7 +199,7 @@ def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, strict:
     report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
                          if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if strict and not report.ok:
-        raise CheckpointError("checkpoint does not fit the model: " + report.format())
+        raise CheckpointError("checkpoint does not fit the model: " + report.format() + _layout_hint(state, layout_note))
     fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     total = sum(v.numel() for v in own.values())
     report.fraction = sum(v.numel() for v in fitting.values()) / total if total else 1.0
