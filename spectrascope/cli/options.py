@@ -158,9 +158,11 @@ def fill_pretrained(kwargs: dict, weights_dir=None, models=None, *, skip_missing
     (``spectrascope.zoo.weights.resolve``); ``models`` names them where no model option does
     (figure recipes). Returns the models left with random weights (``skip_missing``: no release)."""
     left: list[str] = []
+    done: set[str] = set()
     for model_key, ck_key in _CHECKPOINT_KWARGS:
-        if ck_key not in kwargs or (model_key not in kwargs and models is None):
+        if ck_key in done or ck_key not in kwargs or (model_key not in kwargs and models is None):
             continue
+        done.add(ck_key)
         names = models if model_key not in kwargs else kwargs[model_key]
         if isinstance(names, str):
             if kwargs[ck_key] is None:
