@@ -2,7 +2,8 @@
 forward shape without NaN, ``forward_features`` -> ``forward_head`` = ``forward``, ``pre_logits`` =
 pooled features = the output of a ``num_classes=0`` model, ``feature_info`` consistent with
 ``forward_intermediates`` (channels, reductions, the last level = ``forward_features`` where that
-is the unnormed last map), ``features_only=True`` without timm, and the card's pretrained config.
+is the unnormed last map), ``features_only=True`` without timm, ``num_classes=0`` and the card's
+pretrained config.
 
 Small inputs (64 px); the smallest variant of each family runs by default, the others are marked
 slow (full-width models take several seconds each on a small CPU)."""
@@ -12,11 +13,12 @@ import pytest
 import torch
 
 import spectrascope
+from spectrascope.models.base import FeaturesOnly
 from spectrascope.zoo import registry
 
 SIZE = 64
-FAST = {"convformer_s18", "caformer_s18", "identityformer_s12", "poolformerv2_s12", "dfformer_s18",
-        "cdfformer_s18", "poolformer_s12", "spanet_s", "gfnet_ti", "gfnet_h_ti", "affnet", "affnet_et"}
+FAST = {"caformer_s18", "poolformerv2_s12", "dfformer_s18", "poolformer_s12", "spanet_s", "gfnet_ti", "gfnet_h_ti",
+        "affnet_et"}
 
 
 def _params():
@@ -65,12 +67,27 @@ def test_timm_api(name):
     model.reset_classifier(0)
     with torch.no_grad():
         torch.testing.assert_close(model(x), pooled, rtol=0, atol=0)
-    torch.manual_seed(0)
-    headless = spectrascope.create_model(name, img_size=SIZE, num_classes=0).eval()
-    with torch.no_grad():
-        assert headless(x).shape == pooled.shape
 
-    only = spectrascope.create_model(name, img_size=SIZE, features_only=True, out_indices=(-2, -1)).eval()
+    only = FeaturesOnly(model, out_indices=(-2, -1))
     with torch.no_grad():
         maps = only(x)
     assert [m.shape[1] for m in maps] == only.feature_info.channels() == [d["num_chs"] for d in info[-2:]]
+    for m, ref in zip(maps, inter[-2:]):
+        torch.testing.assert_close(m, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["dfformer_s18", "poolformer_s12", "gfnet_ti", "gfnet_h_ti", "affnet_et"])
+def test_num_classes_zero_and_features_only_through_create_model(name):
+    torch.manual_seed(0)
+    headless = spectrascope.create_model(name, img_size=SIZE, num_classes=0).eval()
+    only = spectrascope.create_model(name, img_size=SIZE, features_only=True, out_indices=(1, -1)).eval()
+    only.model.load_state_dict(headless.state_dict())      # the head is pruned: same keys, same weights
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = headless(x)
+        maps = only(x)
+        ref = headless.forward_intermediates(x, indices=(1, -1), intermediates_only=True)
+    assert feats.shape == (1, headless.num_features) and torch.isfinite(feats).all()
+    assert only.spectrascope_name == name and only.pretrained_cfg["architecture"] == name
+    for m, r in zip(maps, ref):
+        torch.testing.assert_close(m, r, rtol=0, atol=0)
