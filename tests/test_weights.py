@@ -266,3 +266,16 @@ def test_weights_dir_without_pretrained_is_refused():
     from spectrascope.cli import main
     res = CliRunner().invoke(main, ["predict", "--model", NAME, "--weights-dir", "/tmp", "--num-images", "1"])
     assert res.exit_code == 2 and "--pretrained" in res.output
+
+
+def test_figure_recipe_pretrained_resolves_all_its_models_and_fails_in_one_line_offline(env, server, monkeypatch):
+    from spectrascope.cli import main
+    url = server.url
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", url)
+    res = CliRunner().invoke(main, ["figure", "dfformer-fig7", "--pretrained", "--output", str(env / "figs")])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and url in lines[0]
+    assert not (env / "figs").exists()
