@@ -111,9 +111,15 @@ def test_convert_command_round_trips(tmp_path):
     src = tmp_path / "caformer_s18.pth"
     torch.save(state, src)
     runner = CliRunner()
-    res = runner.invoke(main, ["convert", str(src), str(tmp_path / "t.safetensors"), "--to", "timm"])
+    args = ["convert", str(src), str(tmp_path / "t.safetensors"), "--to", "timm"]
+    from spectrascope.compat import timm_available
+    if timm_available():
+        args += ["--model", "caformer_s18"]           # the result loads strictly into timm's caformer_s18
+    res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "official -> timm" in res.output
+    res = runner.invoke(main, args)
+    assert res.exit_code == 2 and "--overwrite" in res.output
     res = runner.invoke(main, ["convert", str(tmp_path / "t.safetensors"), str(tmp_path / "o.pth"), "--to",
                                "official", "--model", "caformer_s18"])
     assert res.exit_code == 0, res.output
