@@ -19,6 +19,9 @@ from spectrascope.ops.cka import MinibatchCKA, linear_cka
 from spectrascope.ops.cam import (CamError, box_mask, compute_cam, default_target_layer, energy_in_box, grad_cam,
                   localisation_scores, pointing_game, score_cam)
 from spectrascope.ops.filters import dynamic_filters, equivalent_kernel, filter_amplitude, frequency_filter, spatial_kernel
+from spectrascope.zoo import timm as _timm_plugin
+
+_timm_plugin.install()   # the zoo inside timm.create_model (on timm's first import; compat shim first)
 
 __all__ = [
     "__version__",

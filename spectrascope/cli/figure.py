@@ -68,10 +68,19 @@ def _figure_command(spec):
     @click.option("--device", default="auto", show_default=True)
     @click.option("--skip-unavailable", is_flag=True, help="draw the available models when some are missing")
     @image_options
+    @click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+                  help="folder of official weight files (default: $SPECTRASCOPE_WEIGHTS)")
+    @click.option("--pretrained", is_flag=True, help="official weights for every model without --checkpoint")
     @user_errors
     def cmd(checkpoints, output, overwrite, img_size, device, skip_unavailable, images, data, num_images,
-            batch_size):
+            batch_size, pretrained=False, weights_dir=None):
         import warnings
+        if pretrained:
+            from spectrascope.cli.options import fill_pretrained
+            kw = {"checkpoints": checkpoints}
+            for m in fill_pretrained(kw, weights_dir, models=list(spec.models), skip_missing=True):
+                click.echo(f"note: {m} has no official weights for --pretrained; it keeps random weights", err=True)
+            checkpoints = kw["checkpoints"]
 
         from spectrascope.report.recipes import run_figure
         try:

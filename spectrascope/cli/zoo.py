@@ -1,5 +1,5 @@
-"""``spectrascope models`` and ``taps``: the zoo and its taps (``predict`` lives with ``evaluate`` in
-``cli.train``)."""
+"""``spectrascope models``, ``taps`` and ``convert``: the zoo, its taps and its checkpoint layouts
+(``predict`` lives with ``evaluate`` in ``cli.train``)."""
 from __future__ import annotations
 
 import json
@@ -90,3 +90,56 @@ def taps_cmd(model_name, img_size, model_kwargs, roles, stages, as_json):
     click.echo(fmt.format(*header).rstrip())
     for r in rows:
         click.echo(fmt.format(*r).rstrip())
+
+
+@main.command("convert")
+@click.argument("source", type=click.Path(dir_okay=False, exists=True))
+@click.argument("target", type=click.Path(dir_okay=False))
+@click.option("--to", "to", required=True, help="layout to write: timm or official")
+@click.option("--model", "model_name", default=None,
+              help="check the result by loading it strictly into this zoo model (official) or timm model (timm)")
+@click.option("--overwrite", is_flag=True, help="replace an existing TARGET")
+@user_errors
+def convert_cmd(source, target, to, model_name, overwrite):
+    """Convert a ConvFormer / CAFormer / PoolFormer (v1, v2) checkpoint between the official layout
+    and timm's (timm.models.metaformer). TARGET ending in .safetensors is written as safetensors,
+    anything else as a torch state dict."""
+    from pathlib import Path
+
+    from spectrascope.errors import OptionError, OutputExistsError
+    from spectrascope.zoo import formats
+    from spectrascope.zoo.checkpoint import load_state_dict, read_checkpoint, save_safetensors
+    if to not in (formats.TIMM, formats.OFFICIAL):
+        raise OptionError(f"{to!r}: choose timm or official", option="--to")
+    out = Path(target)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    state, _ = read_checkpoint(source)
+    found = formats.detect(state)
+    if found is None:
+        raise OptionError(f"{source}: not a ConvFormer / CAFormer / PoolFormer state dict in the official or timm "
+                          "layout (other families have one layout)", option="SOURCE")
+    converted = formats.convert(state, to)
+    if model_name:
+        if to == formats.OFFICIAL:
+            model = registry.create_model(model_name, num_classes=_classes(converted))
+        else:
+            model = registry.create_model(f"timm:{model_name.removeprefix('timm:')}", num_classes=_classes(converted))
+        with torch.device("cpu"):
+            load_state_dict(model, converted, strict=True)
+    if out.suffix == ".safetensors":
+        save_safetensors(converted, out)
+    else:
+        tmp = out.with_name(out.name + ".tmp")
+        torch.save(converted, tmp)
+        tmp.replace(out)
+    checked = f", loads into {model_name}" if model_name else ""
+    click.echo(f"{source}: {found[1]} {found[0]} -> {to} ({len(converted)} tensors{checked}) -> {out}")
+
+
+def _classes(state: dict) -> int:
+    from spectrascope.zoo.build import num_classes_in
+    for key in ("head.fc.fc2.bias", "head.fc.bias"):
+        if key in state:
+            return int(state[key].shape[0])
+    return num_classes_in(state) or 1000
