@@ -120,6 +120,16 @@ def _scalar(text: str):
     return text
 
 
+def _json_value(key: str, text: str):
+    """``mixer_kwargs={"num_filters": 2}`` / ``dims=[8,16]``: a JSON object or list."""
+    import json
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise OptionError(f"{key}={text}: not valid JSON ({exc.args[0] if exc.args else exc})",
+                          option="--model-kwargs") from None
+
+
 def _given(param: str) -> bool:
     """Whether the user set a click parameter (rather than its default)."""
     from click.core import ParameterSource
@@ -137,7 +147,10 @@ def parse_model_kwargs(items) -> dict:
             if not part.split("=", 1)[0].strip():
                 raise OptionError(f"{part!r} has no key (KEY=VALUE)", option="--model-kwargs")
             key, value = part.split("=", 1)
-            vals = [_scalar(v) for v in value.split(",")] if "," in value else _scalar(value)
+            if value.strip()[:1] in ("{", "["):
+                vals = _json_value(key, value)
+            else:
+                vals = [_scalar(v) for v in value.split(",")] if "," in value else _scalar(value)
             out[key.strip()] = vals
     return out
 
