@@ -57,6 +57,16 @@ def figure_list_cmd():
             click.echo(f"    models: {', '.join(marks)}")
 
 
+def _recipe_options(spec):
+    """Click options for the recipe's own ``FigureSpec.options`` (``--engine`` ...)."""
+    def add(fn):
+        for o in reversed(getattr(spec, "options", ()) or ()):
+            fn = click.option(f"--{o.name}", o.name.replace("-", "_"), default=o.default, show_default=True,
+                              type=click.Choice(list(o.choices)) if o.choices else str, help=o.help)(fn)
+        return fn
+    return add
+
+
 def _figure_command(spec):
     @click.command(spec.name, help=f"{spec.title}. {spec.paper}.\n\n{spec.summary}")
     @click.option("--checkpoint", "checkpoints", multiple=True, metavar="MODEL=PATH",
@@ -71,9 +81,10 @@ def _figure_command(spec):
     @click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
                   help="folder of official weight files (default: $SPECTRASCOPE_WEIGHTS)")
     @click.option("--pretrained", is_flag=True, help="official weights for every model without --checkpoint")
+    @_recipe_options(spec)
     @user_errors
     def cmd(checkpoints, output, overwrite, img_size, device, skip_unavailable, images, data, num_images,
-            batch_size, pretrained=False, weights_dir=None):
+            batch_size, pretrained=False, weights_dir=None, **recipe_options):
         import warnings
         if pretrained:
             from spectrascope.cli.options import fill_pretrained
@@ -89,12 +100,16 @@ def _figure_command(spec):
                 folder, doc = run_figure(spec.name, output=output, overwrite=overwrite, checkpoints=checkpoints,
                                          device=device, images=images, data=data, num_images=num_images,
                                          batch_size=batch_size, img_size=parse_img_size(img_size),
-                                         skip_unavailable=skip_unavailable, progress=True)
+                                         skip_unavailable=skip_unavailable, progress=True,
+                                         **({"options": recipe_options} if recipe_options else {}))
         except ImportError as exc:
             raise click.ClickException(str(exc).splitlines()[0]) from None
         from spectrascope.ops.fourier import ZeroMeanWarning
         for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ZeroMeanWarning)):
             click.echo(f"warning: {msg}", err=True)
+        summary = doc.get("summary")
+        for msg in (summary.get("warnings") or []) if isinstance(summary, dict) else []:
+            click.echo(f"warning: {msg}", err=True)       # what a recipe reports (e.g. skipped batches)
         for s in doc["skipped_models"]:
             click.echo(f"note: skipped {s['model']}: {s['reason']}", err=True)
         if doc["random_weights"]:

@@ -34,9 +34,20 @@ from spectrascope.errors import FigureError
 
 log = logging.getLogger("spectrascope.report.recipes")
 
-__all__ = ["FigureSpec", "FigureContext", "FigureError", "list_figures", "get_figure", "run_figure",
+__all__ = ["RecipeOption", "FigureSpec", "FigureContext", "FigureError", "list_figures", "get_figure", "run_figure",
            "model_available"]
 
+
+
+@dataclass(frozen=True)
+class RecipeOption:
+    """A recipe's own command-line option ``--NAME`` (a choice among ``choices`` when given);
+    its value reaches the recipe as ``ctx.options[NAME]``."""
+
+    name: str
+    default: str
+    choices: tuple[str, ...] = ()
+    help: str = ""
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,8 @@ class FigureSpec:
     num_images: int | None = None
     #: True when the figure is meaningful only with trained weights (shown in the listing)
     needs_weights: bool = True
+    #: the recipe's own options (``spectrascope figure NAME --OPTION``)
+    options: tuple[RecipeOption, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +86,8 @@ class FigureContext:
     progress: bool = False
     models: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: values of the recipe's own options (``FigureSpec.options``), defaults filled in
+    options: dict = field(default_factory=dict)
 
     def checkpoint(self, model: str) -> str | None:
         return self.checkpoints.get(model)
@@ -168,9 +183,25 @@ def _parse_checkpoints(items: Sequence[str] | Mapping[str, str] | None, models: 
     return pairs
 
 
+def _recipe_options(spec: FigureSpec, given: Mapping | None) -> dict:
+    given = dict(given or {})
+    unknown = [k for k in given if k not in {o.name for o in spec.options}]
+    if unknown:
+        raise FigureError(f"figure {spec.name} has no option {', '.join(unknown)}")
+    out = {}
+    for o in spec.options:
+        v = given.get(o.name)
+        v = o.default if v is None else v
+        if o.choices and v not in o.choices:
+            raise FigureError(f"--{o.name} must be one of {', '.join(o.choices)}, not {v!r}")
+        out[o.name] = v
+    return out
+
+
 def run_figure(name: str, *, output="figures", overwrite: bool = False, checkpoints=None, device: str = "auto",
                images=None, data: str | None = None, num_images: int | None = None, batch_size: int = 16,
-               img_size=None, skip_unavailable: bool = False, progress: bool = False) -> tuple[Path, dict]:
+               img_size=None, skip_unavailable: bool = False, progress: bool = False,
+               options: Mapping | None = None) -> tuple[Path, dict]:
     """Run the recipe ``name`` into ``<output>/<name>/``; returns (folder, figure.json content)."""
     from spectrascope.io.results import provenance, staged_output, write_json
     spec, mod = get_figure(name)
@@ -190,7 +221,7 @@ def run_figure(name: str, *, output="figures", overwrite: bool = False, checkpoi
         ctx = FigureContext(spec=spec, output=Path(stage), checkpoints=cks, device=device, images=images, data=data,
                             num_images=num_images if num_images is not None else spec.num_images,
                             batch_size=batch_size, img_size=img_size, progress=progress, models=avail,
-                            skipped=skipped)
+                            skipped=skipped, options=_recipe_options(spec, options))
         summary = mod.run(ctx) or {}
         wall = time.perf_counter() - t0
         doc = {
