@@ -337,13 +337,18 @@ def _source(images, data, num_images, image_paths) -> ImageSource:
     return ImageSource(paths, [p.stem for p in paths], description=str(images) if images else (data or "samples"))
 
 
-def _build(spec, ck, img_size, device, model_kwargs):
+def _build(spec, ck, img_size, device, model_kwargs, d: _dist.Dist):
+    """The model and its preprocessing; under torchrun, random weights are drawn from one seed
+    (rank 0's) so that every rank analyses the same network."""
     from spectrascope.zoo.build import build_for_inference, preprocessing
     if isinstance(spec, nn.Module):
         if ck is not None:
             raise OptionError("pass checkpoints only with model names (a built model is used as is)",
                               option="--checkpoint")
         return spec.eval().to(device), preprocessing(spec, img_size)
+    if ck is None and d.enabled:
+        seed = int(torch.randint(0, 2 ** 31 - 1, ()).item()) if d.main else None
+        torch.manual_seed(d.broadcast_object(seed))
     return build_for_inference(spec, checkpoint=ck, img_size=img_size, device=device, **dict(model_kwargs or {}))
 
 
@@ -371,7 +376,7 @@ def runner_total(d: _dist.Dist, n: int) -> int:
 
 def _analyse_model(k, spec, name, ck, ctx) -> tuple[dict, dict]:
     """One model: build, choose taps, reduce over the images, records. Returns (record, arrays)."""
-    model, cfg = _build(spec, ck, ctx["img_size"], ctx["runner"].device, ctx["model_kwargs"])
+    model, cfg = _build(spec, ck, ctx["img_size"], ctx["runner"].device, ctx["model_kwargs"], ctx["runner"].dist)
     model = ctx["runner"].prepare(model)
     taps = fourier_taps(model, ctx["request"], input_size=cfg["size"], kind=ctx["kind"], notes=ctx["notes"])
     if ctx["select"] is not None:

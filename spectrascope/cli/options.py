@@ -16,6 +16,15 @@ from spectrascope.errors import Interrupted, OptionError, SpectrascopeError, Tra
 LEGACY_USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
 
+def _speaks() -> bool:
+    """Whether this process prints for the command: rank 0 of a torchrun group (also after the
+    group was left), or the only process."""
+    import os
+
+    from spectrascope.engine import dist
+    return dist.current().main and os.environ.get("RANK", "0") == "0"
+
+
 class OneLineError(click.ClickException):
     """A user error shown as ``Error: <one line>`` with the error's exit status."""
 
@@ -24,8 +33,7 @@ class OneLineError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        from spectrascope.engine import dist
-        if dist.current().main:                  # under torchrun one rank speaks for all
+        if _speaks():                            # under torchrun one rank speaks for all
             super().show(file)
 
 
@@ -64,8 +72,7 @@ def user_errors(fn):
         except click.ClickException:
             raise
         except Interrupted as exc:
-            from spectrascope.engine import dist
-            if dist.current().main:
+            if _speaks():
                 click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
         except (UserError, TrainingError) as exc:

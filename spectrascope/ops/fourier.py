@@ -19,7 +19,8 @@ Implementation notes (same numbers as the reference up to rounding): the curve n
 with a cached cos/sin basis (no 2-D FFT, no copy of the maps); the 2-D maps
 (``spectrum_stats``) sum over the half-plane ``rfft2`` and are rebuilt by Hermitian symmetry.
 Everything is computed in float32, or float64 for float64 input, whatever the model dtype
-(half precision is upcast first).
+(half precision is upcast first). Layouts (NCHW, NHWC, NLC tokens) are read by the one
+conversion of ``probe.layouts``.
 
 Deviations, both documented and opt-in:
 
@@ -41,6 +42,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from spectrascope.probe.layouts import channels_last, to_nchw
 
 __all__ = [
     "EPS", "LAYOUTS", "ZeroMeanWarning", "SpectrumStats", "DiagonalStats", "as_nchw", "spectrum_stats",
@@ -66,50 +69,17 @@ class ZeroMeanWarning(UserWarning):
 
 # ---------------------------------------------------------------------------- layouts
 
-def _grid_for(L: int, grid) -> tuple[int, int]:
-    if grid is not None:
-        h, w = int(grid[0]), int(grid[1])
-        if h * w != L:
-            raise ValueError(f"{L} tokens do not match the grid {h}x{w}")
-        return h, w
-    h = math.isqrt(L)
-    if h * h != L:
-        raise ValueError(f"{L} tokens do not form a square grid; pass grid=(H, W)")
-    return h, h
-
-
 def _channels_last(x: torch.Tensor, layout: str, num_prefix_tokens: int = 0, grid=None) -> torch.Tensor:
-    """(B, H, W, C) view of a spatial tensor in any supported layout (no copy where possible)."""
-    layout = layout.upper()
-    if layout == "NCHW":
-        if x.ndim != 4:
-            raise ValueError(f"layout NCHW needs a 4-D tensor, got shape {tuple(x.shape)}")
-        return x.permute(0, 2, 3, 1)
-    if layout == "NHWC":
-        if x.ndim != 4:
-            raise ValueError(f"layout NHWC needs a 4-D tensor, got shape {tuple(x.shape)}")
-        return x
-    if layout == "NLC":
-        if x.ndim != 3:
-            raise ValueError(f"layout NLC needs a 3-D tensor (B, L, C), got shape {tuple(x.shape)}")
-        p = int(num_prefix_tokens or 0)
-        if p < 0 or p >= x.shape[1]:
-            raise ValueError(f"num_prefix_tokens={p} does not fit {x.shape[1]} tokens")
-        x = x[:, p:]
-        h, w = _grid_for(x.shape[1], grid)
-        return x.reshape(x.shape[0], h, w, x.shape[2])
-    raise ValueError(f"layout {layout!r} is not a spatial layout; use one of {', '.join(LAYOUTS)}")
+    """(B, H, W, C) view of a spatial tensor (the one conversion, ``probe.layouts.channels_last``)."""
+    return channels_last(x, layout, num_prefix_tokens, grid)
 
 
 def as_nchw(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None) -> torch.Tensor:
     """A (B, C, H, W) view of ``x``: NCHW as is, NHWC permuted, NLC tokens (row-major over
     the grid, ``num_prefix_tokens`` class/register tokens first) reshaped. The grid of
-    NLC tokens is ``grid`` or, when not given, the square ``isqrt(L)``; anything else raises."""
-    if layout.upper() == "NCHW":
-        if x.ndim != 4:
-            raise ValueError(f"layout NCHW needs a 4-D tensor, got shape {tuple(x.shape)}")
-        return x
-    return _channels_last(x, layout, num_prefix_tokens, grid).permute(0, 3, 1, 2)
+    NLC tokens is ``grid`` or, when not given, the square ``isqrt(L)``; anything else raises
+    (``probe.layouts.to_nchw``)."""
+    return to_nchw(x, layout, num_prefix_tokens, grid)
 
 
 def _compute_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
