@@ -16,15 +16,6 @@ from spectrascope.errors import Interrupted, OptionError, SpectrascopeError, Tra
 LEGACY_USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
 
-def _speaks() -> bool:
-    """Whether this process prints for the command: rank 0 of a torchrun group (also after the
-    group was left), or the only process."""
-    import os
-
-    from spectrascope.engine import dist
-    return dist.current().main and os.environ.get("RANK", "0") == "0"
-
-
 class OneLineError(click.ClickException):
     """A user error shown as ``Error: <one line>`` with the error's exit status."""
 
@@ -33,8 +24,17 @@ class OneLineError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        if _speaks():                            # under torchrun one rank speaks for all
+        if speaks():                             # under torchrun one rank speaks for all
             super().show(file)
+
+
+def speaks() -> bool:
+    """Whether this process reports for the run: rank 0 of the group, or of the launcher's
+    environment once the group is left (errors are shown after the session ended)."""
+    import os
+
+    from spectrascope.engine import dist
+    return dist.current().main and os.environ.get("RANK", "0") == "0"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -72,7 +72,7 @@ def user_errors(fn):
         except click.ClickException:
             raise
         except Interrupted as exc:
-            if _speaks():
+            if speaks():
                 click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
         except (UserError, TrainingError) as exc:
