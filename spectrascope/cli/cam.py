@@ -18,6 +18,8 @@ def _engine_options(fn):
 
 
 def _report(outcome) -> None:
+    if outcome.output is None:                               # not the reporting rank under torchrun
+        return
     for note in outcome.notes:
         click.echo(f"note: {note}", err=True)
     if outcome.summary:

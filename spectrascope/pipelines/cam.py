@@ -39,9 +39,19 @@ class _Model:
     layers: list
 
 
-def _build(name, ck, img_size, device, overrides, target_layer) -> _Model:
+def _same_random_weights(d, model: torch.nn.Module) -> None:
+    """Under torchrun, a model without checkpoint gets rank 0's random weights on every rank."""
+    if not d.enabled:
+        return
+    state = d.broadcast_object({k: v.detach().cpu() for k, v in model.state_dict().items()} if d.main else None)
+    model.load_state_dict(state)
+
+
+def _build(name, ck, img_size, device, overrides, target_layer, d=None) -> _Model:
     from spectrascope.zoo.build import build_for_inference
     model, pre = build_for_inference(name, checkpoint=ck, img_size=img_size, device=device, **(overrides or {}))
+    if ck is None and d is not None:
+        _same_random_weights(d, model)
     layers = resolve_target_layers(model, target_layer, input_size=tuple(pre["size"]))
     return _Model(name, ck, model, pre, layers)
 
@@ -157,7 +167,7 @@ def run_cam(models: Sequence[tuple[str, str | None]], *, method="scorecam", flav
         tag = "-".join(n for n, _ in models)
         stage = stage_output(output, command="cam", tag=tag, overwrite=overwrite, inputs=_inputs(source, models),
                              dist=d)
-        built = [_build(n, ck, img_size, dev, overrides, target_layer) for n, ck in models]
+        built = [_build(n, ck, img_size, dev, overrides, target_layer, d) for n, ck in models]
         runner = _cam_config(dev, d, method=method, batch_size=batch_size, channels_last=channels_last, amp=amp)
         cam_kw = {"output_size": "input"}
         if method == "scorecam":
@@ -183,6 +193,8 @@ def run_cam(models: Sequence[tuple[str, str | None]], *, method="scorecam", flav
                            "figures": figures}
                 write_json(out / "results.json", payload)
         final = stage.final
+        if not d.main:
+            return Outcome()                                 # rank 0 reports for every process
     return _cam_outcome(final, method, source, per_model, models, payload)
 
 
@@ -249,6 +261,8 @@ def run_context(model_name: str, *, checkpoint=None, block=None, images=None, da
                              inputs=_inputs(source, [(model_name, checkpoint)]), dist=d)
         model, pre = build_for_inference(model_name, checkpoint=checkpoint, img_size=img_size, device=dev,
                                          **(overrides or {}))
+        if checkpoint is None:
+            _same_random_weights(d, model)
         prefix, taps = context_taps(model, block)
         m = _Model(model_name, checkpoint, model, pre, [])
         runner = _cam_config(dev, d, method="context", batch_size=batch_size, channels_last=channels_last, amp=amp)
@@ -272,6 +286,8 @@ def run_context(model_name: str, *, checkpoint=None, block=None, images=None, da
                            "figures": ["grid.png", "overlays/"]}
                 write_json(out / "results.json", payload)
         final = stage.final
+        if not d.main:
+            return Outcome()
     notes = list(source.notes)
     if checkpoint is None:
         notes.insert(0, random_weights_note([model_name], "the maps are not meaningful"))
