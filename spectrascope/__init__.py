@@ -17,8 +17,8 @@ from spectrascope.engine.reducers.amplitude import AmplitudeReducer
 from spectrascope.analysis.fourier import amplitude_analysis, spectrum_analysis
 from spectrascope.report.fourier import redraw, write_results
 from spectrascope.ops.cka import MinibatchCKA, linear_cka
-from spectrascope.ops.cam import (CamError, box_mask, compute_cam, default_target_layer, energy_in_box, grad_cam,
-                  localisation_scores, pointing_game, score_cam)
+from spectrascope.ops.cam import CamError, box_mask, energy_in_box, localisation_scores, pointing_game
+from spectrascope.analysis.cam import compute_cam, default_target_layer, grad_cam, score_cam
 from spectrascope.ops.filters import dynamic_filters, equivalent_kernel, filter_amplitude, frequency_filter, spatial_kernel
 from spectrascope.zoo import timm as _timm_plugin
 
