@@ -73,9 +73,24 @@ class FigureContext:
     progress: bool = False
     models: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: the recipe options given on the command line (``FigureSpec.options`` names them)
+    options: dict = field(default_factory=dict)
+    #: warnings the recipe recorded (``warn``): stored in figure.json and re-printed by the command
+    warnings: list[str] = field(default_factory=list)
 
     def checkpoint(self, model: str) -> str | None:
         return self.checkpoints.get(model)
+
+    def option(self, name: str, default=None):
+        """A recipe option's value (``--cmap`` -> ``option("cmap")``), ``default`` when not given."""
+        value = self.options.get(name)
+        return default if value is None or value == () else value
+
+    def warn(self, *messages: str) -> None:
+        """Record warnings (each once) to re-print after the run."""
+        for m in messages:
+            if m and m not in self.warnings:
+                self.warnings.append(m)
 
     def analysis_kwargs(self) -> dict:
         """Keyword arguments for ``amplitude_analysis`` / ``spectrum_analysis`` (images, device, sizes)."""
