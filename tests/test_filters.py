@@ -3,6 +3,7 @@ convolution-theorem equivalence of frequency masks (AFFNet), DFFormer dynamic fi
 and SPANet masks, on plain tensors and on tiny zoo models."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -245,8 +246,14 @@ def test_filter_figures_are_pdf_and_png_at_200_dpi_with_labelled_bars_and_a_clea
     assert (tmp_path / "grid.pdf").read_bytes()[:4] == b"%PDF"
     bars = [ax for ax in fig.axes if ax.get_ylabel().startswith("stage")]
     assert len(bars) == 4 and all("amplitude" in ax.get_ylabel() for ax in bars)
-    assert fig.axes[0].images[0].get_cmap().name == "viridis"                 # yellow = high
+    maps = [ax for ax in fig.axes if ax.images and ax not in bars]
+    assert [t.get_text() for ax in maps for t in ax.get_yticklabels()] == ["s1.b0", "s2.b0", "s3.b0", "s4.b0"]
+    assert maps[0].images[0].get_cmap().name.startswith("viridis")           # yellow = high
+    # the mosaic holds the amplitudes themselves (stage 2: one 4x4 grid per basis, NaN gaps)
+    tile = maps[1].images[0].get_array()
+    assert np.allclose(np.asarray(tile)[0:4, 5:9], amps[1][1].numpy(), atol=1e-6)
     r = fig.canvas.get_renderer()
     title = fig._suptitle.get_window_extent(r)
-    heads = [ax.title.get_window_extent(r) for ax in fig.axes if ax.get_title()]
+    heads = [t.get_window_extent(r) for t in maps[0].get_xticklabels() if t.get_text()]
+    assert [t.get_text() for t in maps[0].get_xticklabels()] == ["basis 0", "basis 1", "basis 2", "basis 3"]
     assert heads and all(h.y1 <= title.y0 for h in heads)                      # no overlap with the headers

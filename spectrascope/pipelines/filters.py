@@ -221,7 +221,7 @@ def run_filters(model_name: str, *, checkpoint=None, img_size=None, device="auto
         with stage as out:
             job = _Job(model_name, model, built.pre, runner, note, cmap, channels, selection, source, out,
                        summary={"model": model_name, "family": _family(model), "input_size": list(built.pre.size),
-                                "figures": [], "layers": []})
+                                "colour_map": cmap or rf.DEFAULT_CMAP, "figures": [], "layers": []})
             if banks:
                 _banks(job, banks)
             if routing and dynamic:

@@ -44,47 +44,57 @@ def _save(fig, directory, stem: str) -> list[str]:
     return [p.name for p in save_figure(fig, Path(directory), stem, formats=FORMATS, dpi=DPI)]
 
 
-def _stage_limits(layers, amps, cols: int) -> dict:
-    lim: dict = {}
-    for layer, a in zip(layers, amps):
-        lo, hi = lim.get(layer.stage, (float("inf"), -float("inf")))
-        a = a[:cols]
-        lim[layer.stage] = (min(lo, float(a.min())), max(hi, float(a.max())))
-    return lim
+def _mosaic(amps: Sequence, cols: int) -> np.ndarray:
+    """Rows of maps tiled into one image with one-pixel NaN gaps (drawn blank)."""
+    h = max(int(a.shape[-2]) for a in amps)
+    w = max(int(a.shape[-1]) for a in amps)
+    out = np.full((len(amps) * (h + 1) - 1, cols * (w + 1) - 1), np.nan, dtype=np.float32)
+    for i, a in enumerate(amps):
+        a = np.asarray(a, dtype=np.float32)
+        for j in range(min(cols, a.shape[0])):
+            out[i * (h + 1): i * (h + 1) + a.shape[-2], j * (w + 1): j * (w + 1) + a.shape[-1]] = a[j]
+    return out
+
+
+def _stages(layers) -> list[list[int]]:
+    groups: dict = {}
+    for i, layer in enumerate(layers):
+        groups.setdefault(layer.stage, []).append(i)
+    return list(groups.values())
 
 
 def plot_filter_grid(layers, amps, columns: int, directory, stem: str, *, title: str, cmap: str = DEFAULT_CMAP,
                      col_label: str = "filter", cbar_label: str = AMPLITUDE_LABEL):
     """Rows = layers (grouped by stage), columns = the first ``columns`` filters; one colour
-    scale per stage with a labelled colour bar at the stage's last row. Returns (figure, files)."""
+    scale per stage with a labelled colour bar beside it (one image per stage, so large banks
+    draw quickly). Returns (figure, files)."""
+    import matplotlib
     cols = min(columns, max(a.shape[0] for a in amps))
-    rows = len(layers)
-    lim = _stage_limits(layers, amps, cols)
+    groups = _stages(layers)
     cell = 1.0 if cols <= 8 else 0.55
-    fig = _frame(cell * cols + 0.5, cell * rows, title)
-    axes = fig.subplots(rows, cols + 1, squeeze=False, gridspec_kw={"width_ratios": [1] * cols + [0.12]})
-    last_of_stage = {layer.stage: i for i, layer in enumerate(layers)}
-    for i, (layer, a) in enumerate(zip(layers, amps)):
-        lo, hi = lim[layer.stage]
-        im = None
-        for j in range(cols):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j < a.shape[0]:
-                im = ax.imshow(np.asarray(a[j]), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
-            else:
-                ax.axis("off")
-            if i == 0:
-                ax.set_title(f"{col_label} {j}", fontsize=6)
-        axes[i, 0].set_ylabel(layer.name, fontsize=6, rotation=0, ha="right", va="center")
-        cax = axes[i, cols]
-        if last_of_stage[layer.stage] == i and im is not None:
-            bar = fig.colorbar(im, cax=cax)
-            bar.set_label(f"stage {layer.stage}: {cbar_label}" if len(lim) > 1 else cbar_label, fontsize=5)
-            cax.tick_params(labelsize=5)
-        else:
-            cax.axis("off")
+    fig = _frame(cell * cols + 0.5, cell * len(layers) + 0.06 * len(groups), title)
+    grid = fig.add_gridspec(len(groups), 2, width_ratios=[cell * cols, 0.12],
+                            height_ratios=[len(g) for g in groups])
+    colour = matplotlib.colormaps[cmap].with_extremes(bad="white")
+    for k, idx in enumerate(groups):
+        tiles = [np.asarray(amps[i])[:cols] for i in idx]
+        lo = min(float(t.min()) for t in tiles)
+        hi = max(float(t.max()) for t in tiles)
+        mosaic = _mosaic(tiles, cols)
+        ax = fig.add_subplot(grid[k, 0])
+        im = ax.imshow(mosaic, cmap=colour, vmin=lo, vmax=hi, interpolation="nearest", aspect="auto")
+        th, tw = (mosaic.shape[0] + 1) / len(idx), (mosaic.shape[1] + 1) / cols
+        ax.set_yticks([(r + 0.5) * th - 1 for r in range(len(idx))], [layers[i].name for i in idx], fontsize=6)
+        ax.set_xticks([(c + 0.5) * tw - 1 for c in range(cols)], [f"{col_label} {c}" for c in range(cols)]
+                      if k == 0 else [], fontsize=6)
+        ax.xaxis.tick_top()
+        ax.tick_params(length=0)
+        for side in ax.spines.values():
+            side.set_visible(False)
+        bar = fig.colorbar(im, cax=fig.add_subplot(grid[k, 1]))
+        stage = layers[idx[0]].stage
+        bar.set_label(f"stage {stage}: {cbar_label}" if len(groups) > 1 else cbar_label, fontsize=5)
+        bar.ax.tick_params(labelsize=5)
     return fig, _save(fig, directory, stem)
 
 
