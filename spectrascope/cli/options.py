@@ -260,7 +260,8 @@ def image_options(fn):
     """--images/--data/--num-images/--batch-size, shared by the analysis commands."""
     fn = click.option("--batch-size", default=16, show_default=True, type=int)(fn)
     fn = click.option("--num-images", default=None, type=int, help="use the first N images")(fn)
-    fn = click.option("--data", default=None, help="samples | imagefolder:PATH")(fn)
+    fn = click.option("--data", default=None,
+                      help="samples | imagefolder:PATH | synthetic[:k=v,...] | cifar10:PATH | cifar100:PATH")(fn)
     fn = click.option("--images", type=click.Path(file_okay=False), default=None,
                       help="folder of images (default: the bundled sample photos)")(fn)
     return fn
