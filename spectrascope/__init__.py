@@ -19,6 +19,7 @@ from spectrascope.ops.cka import MinibatchCKA, linear_cka
 from spectrascope.ops.cam import (CamError, box_mask, compute_cam, default_target_layer, energy_in_box, grad_cam,
                   localisation_scores, pointing_game, score_cam)
 from spectrascope.ops.filters import dynamic_filters, equivalent_kernel, filter_amplitude, frequency_filter, spatial_kernel
+from spectrascope.analysis.flops import FlopCount, count_flops
 
 __all__ = [
     "__version__",
@@ -37,4 +38,6 @@ __all__ = [
     "localisation_scores", "box_mask",
     # filters
     "filter_amplitude", "spatial_kernel", "equivalent_kernel", "frequency_filter", "dynamic_filters",
+    # FLOPs
+    "count_flops", "FlopCount",
 ]

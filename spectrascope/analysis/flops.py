@@ -169,6 +169,13 @@ def stage_of(model: nn.Module) -> callable:
 
 def _build(name: str, input_size, device):
     from spectrascope.zoo.registry import create_model, get_card
+    if name.startswith("timm:"):
+        size = as_input_size(input_size) if input_size is not None else None
+        with torch.device(device):
+            model = create_model(name, img_size=size[1:] if size else None)
+        if size is None:
+            size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+        return model, size
     size = as_input_size(input_size) if input_size is not None else tuple(get_card(name).default_input_size)
     with torch.device(device):
         model = create_model(name, img_size=size[1:])
@@ -198,14 +205,19 @@ def count_flops(model, input_size=None, *, fft: str = "none", device: str = "met
     dev = param.device if param is not None else torch.device(device)
     x = torch.zeros((1, *size), device=dev) if dev.type != "meta" else torch.empty((1, *size), device="meta")
     was_training = model.training
+    grads = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     tracker = ModuleTracker()
     counter = _Counter(tracker)
-    try:
+    try:   # no parameter needs a gradient: a mixer handing out a parameter must not arm backward tracking
+        for p, _ in grads:
+            p.requires_grad_(False)
         with torch.no_grad(), tracker, counter, _FunctionCounter(counter):
             model(x)
     finally:
         model.train(was_training)
+        for p, flag in grads:
+            p.requires_grad_(flag)
     events = dict(counter.events)
     fft_total = sum(n for (_, kind), n in events.items() if kind == "fft")
     flops = sum(n for (_, kind), n in events.items() if kind != "fft")

@@ -33,7 +33,9 @@ __all__ = ["KINDS", "RULES", "FUNCTION_RULES", "ceil_log2", "numel", "matmul_mac
            "fft_nlogn", "rule_for"]
 
 #: the kinds a count belongs to (``fft`` is kept apart from the others)
-KINDS = ("conv", "linear", "matmul", "norm", "pool", "upsample", "attention", "fft")
+#: (``matmul`` holds linear layers, matmuls and einsums alike: after PyTorch's decomposition they
+#: are the same ``mm``/``bmm`` operators)
+KINDS = ("conv", "matmul", "norm", "pool", "upsample", "attention", "fft")
 
 Shape = tuple
 
@@ -95,11 +97,11 @@ def fft_nlogn(shape: Shape, dims: Sequence[int]) -> int:
 
 
 def _mm(args, outs):
-    return "linear", matmul_macs(args[0], args[1])
+    return "matmul", matmul_macs(args[0], args[1])
 
 
 def _addmm(args, outs):
-    return "linear", matmul_macs(args[1], args[2])
+    return "matmul", matmul_macs(args[1], args[2])
 
 
 def _bmm(args, outs):
@@ -111,11 +113,11 @@ def _baddbmm(args, outs):
 
 
 def _mv(args, outs):
-    return "linear", numel(args[0])
+    return "matmul", numel(args[0])
 
 
 def _addmv(args, outs):
-    return "linear", numel(args[1])
+    return "matmul", numel(args[1])
 
 
 def _convolution(args, outs):
