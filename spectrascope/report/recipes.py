@@ -141,6 +141,9 @@ def _discover() -> dict[str, tuple[FigureSpec, ModuleType]]:
         if not isinstance(spec, FigureSpec):
             spec = FigureSpec(**dict(spec))
         found[_norm(spec.name)] = (spec, mod)
+    from spectrascope.report.paper_tables import recipes as paper_table_recipes   # tables and bubble charts
+    for spec, mod in paper_table_recipes():
+        found.setdefault(_norm(spec.name), (spec, mod))
     return found
 
 
