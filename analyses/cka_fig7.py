@@ -33,7 +33,7 @@ from spectrascope.io.results import staged_output, write_json
 from spectrascope.io.sources import ImageSource
 from spectrascope.pipelines.cka import CKAOptions, compute as compute_pair, skip_warning
 from spectrascope.report.cka import plot_heatmap, write_files
-from spectrascope.report.recipes import FigureSpec, RecipeOption
+from spectrascope.report.recipes import FigureSpec
 from spectrascope.zoo.registry import get_card
 
 __all__ = ["FIGURE", "PAIRS", "DPI", "find_checkpoint", "compute", "run", "main"]
@@ -50,9 +50,7 @@ FIGURE = FigureSpec(
     summary="(a) GFFormer-S18 vs DFFormer-S18, (b) CAFormer-S18 vs CDFFormer-S18, (c) ConvFormer-S18 vs "
             "DFFormer-S18; 4 downsampling outputs, 18 residual streams after the token mixers and 18 after the "
             "channel MLPs, in execution order; one report per panel plus fig7.png/pdf.",
-    options=(RecipeOption("estimator", "unbiased", ("unbiased", "biased"), "mini-batch HSIC estimator"),
-             RecipeOption("engine", "spectrascope", ("spectrascope", "torch-cka"),
-                          "torch-cka: torch-cka 0.21's float32 computation (the paper's tool)")),
+    options=("estimator", "engine"),
 )
 
 

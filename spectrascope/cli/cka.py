@@ -4,10 +4,12 @@ from __future__ import annotations
 import click
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import (image_options, parse_img_size, parse_model_kwargs, user_errors)
+from spectrascope.cli.options import (image_options, parse_img_size, parse_model_kwargs, pretrained_options,
+                                      user_errors)
 
 
 @main.command("cka")
+@pretrained_options
 @click.option("--model-a", "model_a", required=True, help="model of the rows (registry name, alias or timm:<name>)")
 @click.option("--model-b", "model_b", required=True, help="model of the columns (may equal --model-a)")
 @click.option("--checkpoint-a", type=click.Path(dir_okay=False), default=None, help="checkpoint of model A")
