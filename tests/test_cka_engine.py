@@ -246,3 +246,22 @@ def test_amp_and_channels_last_go_through_the_runner(tmp_path, noise_images):
     assert j_bf["amp"] == "bf16" and j_bf["gram_products"] == ["float32"]
     m = np.array(j_bf["matrix"])
     assert np.abs(np.diag(m) - 1).max() < 1e-12 and np.abs(m - m.T).max() < 1e-12
+
+
+@pytest.mark.parametrize("engine", ["spectrascope", "torch-cka"])
+@pytest.mark.parametrize("where, value", [(0, float("nan")), (5, float("inf")), (7, float("-inf")), (3, float("nan"))])
+def test_the_gram_matrix_carries_the_nan_check_of_every_example(engine, where, value):
+    """The runner's non-finite check reads each tap's small Gram matrix: one bad value in any example
+    (the first one included) stops the comparison, naming the tap; large finite features do not."""
+    from spectrascope.errors import NonFiniteError
+    a = nn.Sequential(nn.Identity(), nn.Flatten()).eval()
+    b = nn.Sequential(nn.Flatten()).eval()
+    ta = [TapSpec("0", "path", "0", "raw"), TapSpec("1", "path", "1", "raw")]
+    tb = [TapSpec("0", "path", "0", "raw")]
+    x = torch.randn(8, 2, 3, 3, generator=torch.Generator().manual_seed(0)) * 1e8
+    ok = compare_models(a, b, [x], taps_a=ta, taps_b=tb, engine=engine)
+    assert torch.isfinite(ok.matrix).all()
+    bad = x.clone()
+    bad[where, 1, 2, 0] = value
+    with pytest.raises(NonFiniteError, match="tap 0 in batch 1"):
+        compare_models(a, b, [bad], taps_a=ta, taps_b=tb, engine=engine)

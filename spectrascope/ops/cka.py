@@ -165,8 +165,20 @@ def _add_gram(K: torch.Tensor, x: torch.Tensor) -> None:
 def _mirror_lower(K: torch.Tensor) -> torch.Tensor:
     """Exactly symmetric from the lower triangle: a threaded BLAS does not promise that the
     two halves of ``x xᵀ`` (or of its diagonal blocks) round alike, and ``_add_gram`` may not
-    have written the upper-right block at all."""
-    return torch.tril(K) + torch.tril(K, -1).T
+    have written the upper-right block at all. One ``where`` with a cached lower-triangle
+    mask (a single pass; small per-tap ops are what a busy CPU makes slow)."""
+    return torch.where(_lower_mask(K.shape[-1], K.device), K, K.mT)
+
+
+_MASKS: dict = {}
+
+
+def _lower_mask(n: int, device: torch.device) -> torch.Tensor:
+    key = (n, str(device))
+    mask = _MASKS.get(key)
+    if mask is None:
+        mask = _MASKS[key] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    return mask
 
 
 def _double_centre(K: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,10 @@ class Probe:
             layout conversion); needs autograd enabled during the forward.
         once: a tap whose module runs twice in one forward is an error (checked by ``end()``).
         check_finite: ``end()`` reports the first tap whose tensor held NaN/inf.
+        finite_from_callback: with ``check_finite``, the callback's return value (a tensor
+            that is finite iff the capture is, e.g. from the small statistic it just
+            computed) replaces the probe's own pass over the capture; a callback returning
+            None for a tap contributes nothing for it.
         stop_early: raise ``StopForward`` once every tap fired in the current forward.
         skip_non_tensor: ignore outputs that are not tensors (dry runs over arbitrary modules)
             instead of raising ``TapError``.
@@ -90,6 +94,7 @@ class Probe:
     def __init__(self, model: nn.Module, taps: Sequence[TapSpec], *, callback: Callable | None = None,
                  nchw: bool = True, dtype: torch.dtype | None = None, clone: bool = True, grads: bool = False,
                  once: bool = False, check_finite: bool = False, stop_early: bool = False,
+                 finite_from_callback: bool = False,
                  skip_non_tensor: bool = False):
         self.model = model
         self.taps = TapList(taps)
@@ -106,6 +111,7 @@ class Probe:
         self.grads_enabled = grads
         self.once = once
         self.check_finite = check_finite
+        self.finite_from_callback = finite_from_callback and callback is not None
         self.stop_early = stop_early
         self.skip_non_tensor = skip_non_tensor
         self.captures: dict[str, list[torch.Tensor]] = {}
@@ -138,7 +144,7 @@ class Probe:
                 return
             raise TapError(f"tap {taps[0].name} ({taps[0].path}) produced {type(value).__name__}, not a tensor")
         x = raw.detach()
-        if self.check_finite:
+        if self.check_finite and not self.finite_from_callback:
             f = _finite_probe(x)
             if f is not None:
                 self._finite.append((taps[0].name, f))
@@ -151,7 +157,9 @@ class Probe:
             if self.clone:
                 y = y.clone()
             if self.callback is not None:
-                self.callback(tap, y)
+                f = self.callback(tap, y)
+                if self.check_finite and self.finite_from_callback and isinstance(f, torch.Tensor):
+                    self._finite.append((tap.name, f.reshape(()).to(torch.float32)))
             else:
                 self.captures.setdefault(tap.name, []).append(y)
             if self.grads_enabled:

@@ -25,6 +25,14 @@ from spectrascope.probe.spec import TapList, TapSpec
 __all__ = ["CKAReducer"]
 
 
+def _finite_probe(g) -> torch.Tensor:
+    """A 0-d float32 tensor that is finite iff a tap's features were: a NaN/inf feature makes its
+    row of the Gram matrix (and, in the first example, the reference energy) non-finite."""
+    if isinstance(g, torch.Tensor):                      # torch-cka engine: the plain Gram matrix
+        return g.sum(dtype=torch.float32) * 0.0
+    return g.matrix.sum(dtype=torch.float32) * 0.0 + g.ref_energy.to(torch.float32) * 0.0
+
+
 class _Side:
     """The captures of one model of the pair during one forward (tap name -> Gram cache key)."""
 
@@ -35,14 +43,15 @@ class _Side:
         self.shapes: dict[str, list[int]] = {}
         self.order: list[str] | None = None
 
-    def __call__(self, tap: TapSpec, x: torch.Tensor, scope: str | None = None) -> None:
+    def __call__(self, tap: TapSpec, x: torch.Tensor, scope: str | None = None) -> torch.Tensor | None:
         if tap.name in self.fired:
             raise TapError(f"tap {tap.name!r} ({tap.path}) of model {self.label} fired twice in one forward "
                            "(its module is called more than once); choose another tap")
-        key = self.reducer.gram_of(tap, x, scope or self.label)
+        key, finite = self.reducer.gram_of(tap, x, scope or self.label)
         self.fired[tap.name] = key
         if tap.name not in self.shapes:
             self.shapes[tap.name] = list(x.shape[1:])
+        return finite
 
     def check(self) -> list[str]:
         """The fired order of this batch (the first batch fixes it; later ones must match)."""
@@ -66,7 +75,10 @@ class CKAReducer(Reducer):
     ``callback("AB")`` on one probe when A and B are the same model), ``end_batch()``.
     After the last batch: ``all_reduce(dist)`` then ``compute()``."""
 
-    probe_kwargs = {"nchw": False, "clone": False, "dtype": None}
+    #: the Probe feeding this reducer: raw layouts, consumed in the hook, and the runner's NaN/inf
+    #: check read from each tap's n x n Gram matrix (non-finite iff the features are) instead of a
+    #: second pass over every feature map
+    probe_kwargs = {"nchw": False, "clone": False, "dtype": None, "finite_from_callback": True}
 
     def __init__(self, taps_a: Sequence[TapSpec], taps_b: Sequence[TapSpec], *, estimator: str = "unbiased",
                  engine: str = "spectrascope", num_batches: int = 1, dtype: torch.dtype | None = None):
@@ -86,11 +98,12 @@ class CKAReducer(Reducer):
     # ------------------------------------------------------------------ capture
     def gram_of(self, tap: TapSpec, x: torch.Tensor, scope: str) -> tuple:
         """Reduce ``x`` to its Gram matrix once per hooked point of a model (``scope``) and batch;
-        returns its cache key."""
+        returns its cache key and, for a new Gram, its finiteness probe (None when cached)."""
         key = (scope, tap.path, tap.hook)
-        if key not in self._cache:
-            self._cache[key] = self.engine.gram(x)
-        return key
+        if key in self._cache:
+            return key, None
+        g = self._cache[key] = self.engine.gram(x)
+        return key, _finite_probe(g)
 
     def callback(self, sides: str = "AB"):
         """The ``Probe`` callback feeding side ``"A"``, ``"B"`` or both (one probe on a shared model)."""
@@ -100,10 +113,9 @@ class CKAReducer(Reducer):
             return self.b
 
         def both(tap: TapSpec, x: torch.Tensor) -> None:
-            if tap.name in self.a.names:
-                self.a(tap, x, "AB")
-            if tap.name in self.b.names:
-                self.b(tap, x, "AB")
+            fa = self.a(tap, x, "AB") if tap.name in self.a.names else None
+            fb = self.b(tap, x, "AB") if tap.name in self.b.names else None
+            return fa if fa is not None else fb
         return both
 
     def union_taps(self) -> TapList:
@@ -111,8 +123,8 @@ class CKAReducer(Reducer):
         names = set(self.taps_a.names())
         return TapList(list(self.taps_a) + [t for t in self.taps_b if t.name not in names])
 
-    def __call__(self, tap: TapSpec, x: torch.Tensor) -> None:
-        self.callback("AB")(tap, x)
+    def __call__(self, tap: TapSpec, x: torch.Tensor):
+        return self.callback("AB")(tap, x)
 
     # ------------------------------------------------------------------ batches
     def accepts(self, n: int) -> bool:
