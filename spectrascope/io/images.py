@@ -44,7 +44,10 @@ def paths_digest(paths: Sequence) -> str:
     h = hashlib.sha256()
     for p in paths:
         h.update(Path(p).name.encode())
-        h.update(Path(p).read_bytes())
+        try:
+            h.update(Path(p).read_bytes())
+        except OSError as exc:
+            raise DataError(f"cannot read image {p}: {exc.strerror or exc}") from None
     return h.hexdigest()
 
 
