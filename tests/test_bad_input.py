@@ -81,6 +81,10 @@ def ws(tmp_path, assets, monkeypatch):
     (mixed / "results.json").write_text("{}\n")
     record_outputs(mixed, command="amplitude", files=["results.json"])
     (mixed / "mine.txt").write_text("mine\n")
+    run = tmp_path / "trainrun"                                # a training run folder
+    run.mkdir()
+    (run / "last.pth").write_bytes(b"weights of a long run")
+    record_outputs(run, command="train", files=["last.pth"])
     return tmp_path
 
 
@@ -97,6 +101,7 @@ def snapshot(*roots: Path) -> dict:
 def fill(args, ws: Path, assets: Path) -> list[str]:
     names = {"ws": ws, "imgs": assets / "imgs", "badimgs": assets / "badimgs", "user": ws / "user",
              "afile": ws / "afile.txt", "out": ws / "out", "ours": ws / "ours", "mixed": ws / "mixed",
+             "trainrun": ws / "trainrun",
              **{k: assets / f"{k}.pth" for k in ("good", "nan", "inf", "garbage")}}
     return [str(a).format(**{k: str(v) for k, v in names.items()}) for a in args]
 
@@ -139,6 +144,9 @@ CASES = [
     _c("output-inside-images", [*AMP, "--output", "{imgs}/results"], "--output", "input"),
     _c("overwrite-other-commands-outputs", [*AMP, "--output", "{ours}", "--overwrite"], "--output", "spectrum"),
     _c("overwrite-mixed-folder", [*AMP, "--output", "{mixed}", "--overwrite"], "--output", "mine.txt"),
+    _c("overwrite-training-run", [*AMP, "--output", "{trainrun}", "--overwrite"], "--output", "train"),
+    _c("checkpoint-inside-output", [*AMP, "--checkpoint", "{trainrun}/last.pth", "--output", "{trainrun}",
+                                    "--overwrite"], "--output"),
     _c("output-is-a-file", [*AMP, "--output", "{afile}"], "--output", "file",
        xfail="--output is a click.Path(file_okay=False) in each command: click prints its usage block (3 lines), not one line"),
     _c("output-under-a-file", [*AMP, "--output", "{afile}/sub"], "--output", "file"),
@@ -169,6 +177,7 @@ CASES = [
     _c("img-size-zero-side", [*PRED, "--img-size", "64x0"], "--img-size"),
     _c("img-size-text", [*PRED, "--img-size", "big"], "--img-size"),
     _c("img-size-three-sides", [*PRED, "--img-size", "3x64x64"], "--img-size"),
+    _c("img-size-fraction", [*PRED, "--img-size", "64.5"], "--img-size"),
     _c("img-size-huge", [*PRED, "--img-size", "100000"], "--img-size", "8192"),
     _c("img-size-beyond-memory", ["predict", "--model", "caformer_s18", "--num-images", "1", "--images", "{imgs}",
                                   "--img-size", "8192"], "--img-size", "caformer_s18", "GiB"),
@@ -187,6 +196,7 @@ CASES = [
        "--model-kwargs", "depths"),
     _c("override-unknown-mixer", [*PRED, "--model-kwargs", "token_mixers=fourier"], "--model-kwargs", "fourier"),
     _c("override-not-key-value", [*PRED, "--model-kwargs", "depths"], "--model-kwargs"),
+    _c("override-empty-key", [*PRED, "--model-kwargs", "=3"], "--model-kwargs"),
     _c("override-bad-json", [*PRED, "--model-kwargs", "mixer_kwargs={{num_filters:"], "--model-kwargs", "JSON"),
     _c("override-own-option", [*PRED, "--model-kwargs", "input_size=3,64,64"], "--model-kwargs", "--img-size"),
     _c("evaluate-num-classes-override", ["evaluate", "--model", "dfformer_s18", *TINY, "--img-size", "32",
@@ -208,6 +218,10 @@ CASES = [
     _c("data-unknown-kind", [*AMP_NO_IMAGES, "--num-images", "2", "--data", "webdataset:/x"], "--data"),
     _c("data-empty-path", [*AMP_NO_IMAGES, "--num-images", "2", "--data", "imagefolder:"], "--data", "PATH"),
     _c("data-missing-folder", [*AMP_NO_IMAGES, "--num-images", "2", "--data", "imagefolder:{ws}/nowhere"], "nowhere"),
+    _c("data-cifar-missing", [*AMP_NO_IMAGES, "--num-images", "2", "--data", "cifar10:{ws}/nowhere"], "nowhere"),
+    _c("evaluate-classes-mismatch", ["evaluate", "--model", "dfformer_s18", *TINY, "--img-size", "32", "--checkpoint",
+                                     "{good}", "--data", SYNTH.replace("num_classes=4", "num_classes=8"), "--output",
+                                     "{out}"], "classes"),
     _c("images-and-data", [*AMP, "--data", "samples", "--output", "{out}"], "--data"),
     _c("images-missing", [*AMP_NO_IMAGES, "--images", "{ws}/nowhere"], "nowhere"),
     _c("images-undecodable", [*AMP_NO_IMAGES, "--images", "{badimgs}", "--num-images", "2"], "broken.png"),
@@ -237,6 +251,14 @@ def test_bad_input(case, ws, assets):
     if res.exception is not None and not isinstance(res.exception, SystemExit):
         raise res.exception
     assert_contract(res, [n.format(ws=ws) for n in case.needles], before, snapshot(ws, assets))
+
+
+def test_output_dot_with_overwrite_in_a_user_folder(ws, assets, monkeypatch):
+    """``--output . --overwrite`` inside a folder of the user's files: refused, no staging copy left."""
+    monkeypatch.chdir(ws / "user")
+    before = snapshot(ws, assets)
+    res = CliRunner().invoke(main, fill([*AMP, "--output", ".", "--overwrite"], ws, assets))
+    assert_contract(res, ["--output", "did not write"], before, snapshot(ws, assets))
 
 
 def test_at_least_forty_cases():
