@@ -182,7 +182,8 @@ CASES = [
     _c("img-size-beyond-memory", ["predict", "--model", "caformer_s18", "--num-images", "1", "--images", "{imgs}",
                                   "--img-size", "8192"], "--img-size", "caformer_s18", "GiB"),
     _c("img-size-below-minimum", ["predict", "--model", "gfnet_ti", "--num-images", "1", "--images", "{imgs}",
-                                  "--img-size", "8"], "--img-size", "gfnet_ti", "16x16"),
+                                  "--model-kwargs", "embed_dim=16", "--model-kwargs", "depth=1", "--img-size", "8"],
+       "--img-size", "gfnet_ti", "16x16"),
     # -- model overrides
     _c("override-unknown-name", [*PRED, "--model-kwargs", "no_such_arg=1"], "--model-kwargs", "no_such_arg",
        "depths", "token_mixers"),
@@ -233,6 +234,7 @@ CASES = [
     _c("checkpoint-missing", [*PRED, "--checkpoint", "{ws}/none.pth"], "none.pth"),
     _c("checkpoint-garbage", [*PRED, "--checkpoint", "{garbage}"], "garbage.pth"),
     _c("checkpoint-wrong-arch", ["predict", "--model", "dfformer_s18", "--num-images", "1", "--images", "{imgs}",
+                                 "--model-kwargs", "depths=1,1,2,1", "--model-kwargs", "dims=8,16,24,40",
                                  "--checkpoint", "{good}"], "good.pth"),
     # -- ranges and selections
     _c("channels-reversed-range", ["filters", "--model", "dfformer_s18", *TINY, *SMALL, "--images", "{imgs}",
@@ -268,7 +270,7 @@ def test_at_least_forty_cases():
 def test_huge_size_fails_at_once(ws, assets):
     t0 = time.perf_counter()
     res = CliRunner().invoke(main, fill(["predict", "--model", "caformer_s18", "--num-images", "1", "--images",
-                                         "{imgs}", "--img-size", "8192x8192"], ws, assets))
+                                         "{imgs}", "--img-size", "8192x8192"], ws, assets))   # the full model
     assert res.exit_code == 2 and "GiB" in res.stderr
     assert time.perf_counter() - t0 < 30
 
