@@ -102,10 +102,15 @@ def model_spec_from_info(info: dict) -> CheckpointModelSpec | None:
     if not isinstance(args, dict) or "model" not in args or "spectrascope" not in args:
         return None
     sp = args["spectrascope"]
-    size = sp.get("img_size")
-    return CheckpointModelSpec(name=sp["model"], num_classes=int(sp["num_classes"]),
-                               img_size=tuple(size) if size else None, overrides=dict(sp.get("overrides") or {}),
-                               has_ema=bool(sp.get("has_ema")), classes=sp.get("classes"), data=args.get("data"))
+    try:
+        size = sp.get("img_size")
+        return CheckpointModelSpec(name=str(sp["model"]), num_classes=int(sp["num_classes"]),
+                                   img_size=tuple(int(v) for v in size) if size else None,
+                                   overrides=dict(sp.get("overrides") or {}), has_ema=bool(sp.get("has_ema")),
+                                   classes=sp.get("classes"), data=args.get("data"))
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{info.get('path', 'checkpoint')}: its recorded architecture is damaged "
+                              f"({type(exc).__name__}: {exc})", option="--checkpoint") from None
 
 
 def model_spec_from_checkpoint(path) -> CheckpointModelSpec | None:
