@@ -58,19 +58,6 @@ def _explicit(model) -> None:
             m.forward = types.MethodType(forward, m)
 
 
-def _fused_norm(model) -> None:
-    """Channels-last LayerNormGeneral (statistics over C only) through ``F.layer_norm`` (reference timing)."""
-    import types
-
-    from spectrascope.models.layers import LayerNormGeneral
-
-    def forward(self, x):
-        return torch.nn.functional.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
-    for m in model.modules():
-        if isinstance(m, LayerNormGeneral) and m.normalized_dim == (-1,) and m.weight is not None:
-            m.forward = types.MethodType(forward, m)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--img-size", type=int, default=224)
@@ -79,7 +66,6 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--explicit", action="store_true", help="also time the explicit attention")
-    ap.add_argument("--fused-norm", action="store_true", help="also time F.layer_norm for the block norms")
     args = ap.parse_args(argv)
     try:
         timm = spectrascope.compat.import_timm()
@@ -96,18 +82,13 @@ def main(argv=None) -> int:
         import copy
         models["explicit"] = copy.deepcopy(ours)
         _explicit(models["explicit"])
-    if args.fused_norm:
-        import copy
-        models["fused_norm"] = copy.deepcopy(ours)
-        _fused_norm(models["fused_norm"])
     times = _time(models, x, args.warmup, args.iters)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"caformer_s18 forward, batch {args.batch_size} at {args.img_size} px on {dev} "
           f"(torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, "
           f"{args.iters} interleaved rounds, median)")
     print(f"  timm caformer_s18          {1e3 * med['timm']:9.1f} ms/batch")
-    label = {"ours": "spectrascope caformer_s18", "explicit": "ours, explicit attention",
-             "fused_norm": "ours, F.layer_norm norms"}
+    label = {"ours": "spectrascope caformer_s18", "explicit": "ours, explicit attention"}
     for k in [k for k in models if k != "timm"]:
         paired = statistics.median(a / b for a, b in zip(times[k], times["timm"]))
         print(f"  {label[k]:<26s} {1e3 * med[k]:9.1f} ms/batch   ours/timm {med[k] / med['timm']:.3f} "

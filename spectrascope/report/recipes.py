@@ -264,7 +264,8 @@ def run_figure(name: str, *, output="figures", overwrite: bool = False, checkpoi
     with staged_output(final, overwrite=overwrite, command=f"figure {spec.name}") as stage:
         ctx = FigureContext(spec=spec, output=Path(stage), checkpoints=cks, device=device, images=images, data=data,
                             num_images=num_images if num_images is not None else spec.num_images,
-                            batch_size=batch_size or spec.batch_size or 16, img_size=img_size, progress=progress, models=avail,
+                            batch_size=batch_size or spec.batch_size or 16, img_size=img_size, progress=progress,
+                            models=avail,
                             skipped=skipped, options=opts)
         with _warnings.catch_warnings(record=True) as caught:
             _warnings.simplefilter("always")
