@@ -41,13 +41,16 @@ def figure_group():
 
 #: the command-line form of every recipe option (``FigureSpec.options`` names them)
 def _recipe_option(name: str):
-    from spectrascope.report.recipes import FOCALNET_VARIANTS, RECIPE_OPTIONS
+    from spectrascope.report.recipes import FOCALNET_VARIANTS, RECIPE_CHOICES, RECIPE_OPTIONS
     text = RECIPE_OPTIONS.get(name, name)
     if name == "models":
         return click.option("--model", "models", multiple=True, metavar="NAME", help=text + " (repeat)")
     if name == "focalnet":
         return click.option("--focalnet", type=click.Choice(sorted(FOCALNET_VARIANTS)), default=None,
                             help=text + " [default: lrf]")
+    if name in RECIPE_CHOICES:
+        return click.option("--" + name.replace("_", "-"), name, type=click.Choice(RECIPE_CHOICES[name]),
+                            default=None, help=f"{text} [default: {RECIPE_CHOICES[name][0]}]")
     if name == "freq_axis":
         return click.option("--freq-axis", "freq_axis", type=click.Choice(["index", "true"]), default=None,
                             help=text + " [default: index]")
@@ -90,8 +93,14 @@ def _report(spec, doc, folder) -> None:
 
 def _figure_command(spec):
     def cmd(checkpoints, output, overwrite, img_size, device, skip_unavailable, images, data, num_images,
-            batch_size, **options):
-        from spectrascope.report.recipes import run_figure
+            batch_size, pretrained=False, weights_dir=None, **options):
+        from spectrascope.report.recipes import recipe_models, run_figure
+        if pretrained:
+            from spectrascope.cli.options import fill_pretrained
+            kw = {"checkpoints": checkpoints}
+            for m in fill_pretrained(kw, weights_dir, models=list(recipe_models(spec, options)), skip_missing=True):
+                click.echo(f"note: {m} has no official weights for --pretrained; it keeps random weights", err=True)
+            checkpoints = kw["checkpoints"]
         batch_size = batch_size if _given("batch_size") else None       # None: the recipe's default
         try:
             folder, doc = run_figure(spec.name, output=output, overwrite=overwrite, checkpoints=checkpoints,
@@ -106,7 +115,11 @@ def _figure_command(spec):
     for name in reversed(spec.options):
         cmd = _recipe_option(name)(cmd)
     cmd = image_options(cmd)
-    for deco in (click.option("--skip-unavailable", is_flag=True, help="draw the available models when some are "
+    for deco in (click.option("--pretrained", is_flag=True, help="official weights for every model without "
+                                                                   "--checkpoint"),
+                 click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+                              help="folder of official weight files (default: $SPECTRASCOPE_WEIGHTS)"),
+                 click.option("--skip-unavailable", is_flag=True, help="draw the available models when some are "
                                                                           "missing"),
                  click.option("--device", default="auto", show_default=True),
                  click.option("--img-size", default=None, help="input size S or HxW (default: each model's)"),

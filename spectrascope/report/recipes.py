@@ -35,7 +35,7 @@ from spectrascope.errors import FigureError
 log = logging.getLogger("spectrascope.report.recipes")
 
 __all__ = ["FigureSpec", "FigureContext", "FigureError", "list_figures", "get_figure", "run_figure",
-           "model_available", "RECIPE_OPTIONS", "FOCALNET_VARIANTS", "recipe_models"]
+           "model_available", "RECIPE_OPTIONS", "RECIPE_CHOICES", "FOCALNET_VARIANTS", "recipe_models"]
 
 #: the options a recipe may accept (``FigureSpec.options``) and what they mean
 RECIPE_OPTIONS = {
@@ -43,10 +43,13 @@ RECIPE_OPTIONS = {
     "focalnet": "FocalNet-T variant: lrf (large receptive field, the SPANet paper's 82.3 % row) or srf",
     "freq_axis": "x axis of the amplitude curves: index (Park & Kim's reference) or true (2k/H)",
     "cmap": "matplotlib colour map of the maps (default: the recipe's)",
+    "estimator": "mini-batch HSIC estimator: unbiased (the paper's) or biased",
+    "engine": "CKA engine: spectrascope, or torch-cka (torch-cka 0.21's float32 computation, the paper's tool)",
 }
+#: the accepted values of the recipe options that are choices
+RECIPE_CHOICES = {"estimator": ("unbiased", "biased"), "engine": ("spectrascope", "torch-cka")}
 #: FocalNet-T variants and their timm names
 FOCALNET_VARIANTS = {"lrf": "timm:focalnet_tiny_lrf", "srf": "timm:focalnet_tiny_srf"}
-
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,9 @@ def _discover() -> dict[str, tuple[FigureSpec, ModuleType]]:
         if not isinstance(spec, FigureSpec):
             spec = FigureSpec(**dict(spec))
         found[_norm(spec.name)] = (spec, mod)
+    from spectrascope.report.paper_tables import recipes as paper_table_recipes   # tables and bubble charts
+    for spec, mod in paper_table_recipes():
+        found.setdefault(_norm(spec.name), (spec, mod))
     return found
 
 
