@@ -77,7 +77,8 @@ def figure_list_cmd():
             click.echo(f"    models: {', '.join(marks)}")
         click.echo(f"    weights: {weights}")
         if f.options:
-            click.echo(f"    options: {', '.join('--' + o.replace('_', '-').replace('models', 'model') for o in f.options)}")
+            flags = ["--model" if o == "models" else "--" + o.replace("_", "-") for o in f.options]
+            click.echo(f"    options: {', '.join(flags)}")
 
 
 def _report(spec, doc, folder) -> None:
