@@ -279,3 +279,19 @@ def test_figure_recipe_pretrained_resolves_all_its_models_and_fails_in_one_line_
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and url in lines[0]
     assert not (env / "figs").exists()
+
+
+def test_concurrent_resolves_download_once(env, server, monkeypatch):
+    data, _ = _payload()
+    file = registry.get_card(NAME).weight_file
+    server.files[file] = data
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url)
+    out: list = []
+    threads = [threading.Thread(target=lambda: out.append(weights.resolve(_card(), progress=False)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 3 and all(p.read_bytes() == data for p in out)
+    assert len(server.requests) == 1
