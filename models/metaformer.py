@@ -45,9 +45,11 @@ class Attention(nn.Module):
         N = H * W
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        attn = (q @ k.transpose(-2, -1)) * self.scale
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        x = (attn @ v).transpose(1, 2).reshape(B, H, W, self.attention_dim)
+        # torch's fused kernel: softmax(q k^T * scale) v, attention dropout inside (training only);
+        # the official numbers within 1e-5 (parity fixtures) at a fraction of the explicit cost
+        p = self.attn_drop.p if self.training else 0.0
+        x = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+        x = x.transpose(1, 2).reshape(B, H, W, self.attention_dim)
         return self.proj_drop(self.proj(x))
 
 

@@ -24,9 +24,17 @@ class OneLineError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        from spectrascope.engine import dist
-        if dist.current().main:                  # under torchrun one rank speaks for all
+        if speaks():                             # under torchrun one rank speaks for all
             super().show(file)
+
+
+def speaks() -> bool:
+    """Whether this process reports for the run: rank 0 of the group, or of the launcher's
+    environment once the group is left (errors are shown after the session ended)."""
+    import os
+
+    from spectrascope.engine import dist
+    return dist.current().main and os.environ.get("RANK", "0") == "0"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -64,8 +72,7 @@ def user_errors(fn):
         except click.ClickException:
             raise
         except Interrupted as exc:
-            from spectrascope.engine import dist
-            if dist.current().main:
+            if speaks():
                 click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
         except (UserError, TrainingError) as exc:
@@ -113,6 +120,16 @@ def _scalar(text: str):
     return text
 
 
+def _json_value(key: str, text: str):
+    """``mixer_kwargs={"num_filters": 2}`` / ``dims=[8,16]``: a JSON object or list."""
+    import json
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise OptionError(f"{key}={text}: not valid JSON ({exc.args[0] if exc.args else exc})",
+                          option="--model-kwargs") from None
+
+
 def _given(param: str) -> bool:
     """Whether the user set a click parameter (rather than its default)."""
     from click.core import ParameterSource
@@ -130,7 +147,10 @@ def parse_model_kwargs(items) -> dict:
             if not part.split("=", 1)[0].strip():
                 raise OptionError(f"{part!r} has no key (KEY=VALUE)", option="--model-kwargs")
             key, value = part.split("=", 1)
-            vals = [_scalar(v) for v in value.split(",")] if "," in value else _scalar(value)
+            if value.strip()[:1] in ("{", "["):
+                vals = _json_value(key, value)
+            else:
+                vals = [_scalar(v) for v in value.split(",")] if "," in value else _scalar(value)
             out[key.strip()] = vals
     return out
 
@@ -240,7 +260,8 @@ def image_options(fn):
     """--images/--data/--num-images/--batch-size, shared by the analysis commands."""
     fn = click.option("--batch-size", default=16, show_default=True, type=int)(fn)
     fn = click.option("--num-images", default=None, type=int, help="use the first N images")(fn)
-    fn = click.option("--data", default=None, help="samples | imagefolder:PATH")(fn)
+    fn = click.option("--data", default=None,
+                      help="samples | imagefolder:PATH | synthetic[:k=v,...] | cifar10:PATH | cifar100:PATH")(fn)
     fn = click.option("--images", type=click.Path(file_okay=False), default=None,
                       help="folder of images (default: the bundled sample photos)")(fn)
     return fn

@@ -1,4 +1,5 @@
-"""``spectrascope models``, ``predict``, ``taps`` and ``convert``: the zoo, its taps and its checkpoint layouts."""
+"""``spectrascope models``, ``taps`` and ``convert``: the zoo, its taps and its checkpoint layouts
+(``predict`` lives with ``evaluate`` in ``cli.train``)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import click
 import torch
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import (image_options, model_options, parse_img_size, parse_model_kwargs, user_errors)
+from spectrascope.cli.options import parse_img_size, parse_model_kwargs, user_errors
 from spectrascope.zoo import registry
 from spectrascope.probe.grammar import parse_stages
 
@@ -50,32 +51,6 @@ def zoo_markdown(cards) -> str:
                      f"{c.default_input_size[1]}x{c.default_input_size[2]} | {c.weight_file or '-'} | "
                      f"{c.description} |")
     return "\n".join(lines)
-
-
-@main.command("predict")
-@model_options
-@image_options
-@click.option("--topk", default=5, show_default=True, type=int)
-@user_errors
-def predict_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, topk):
-    """Run a model on images and print the top-k classes (a smoke test of a checkpoint)."""
-    from spectrascope.io.images import iter_batches, resolve_image_paths
-    from spectrascope.engine.device import resolve_device
-    from spectrascope.zoo.build import build_for_inference
-    dev = resolve_device(device)
-    model, cfg = build_for_inference(model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size),
-                                     device=dev, **parse_model_kwargs(model_kwargs))
-    if checkpoint is None:
-        click.echo(f"note: {model_name} has random weights (no --checkpoint or --pretrained); the classes are "
-                   "meaningless", err=True)
-    paths = resolve_image_paths(images, data, num_images)
-    with torch.inference_mode():
-        for batch, chunk in iter_batches(paths, batch_size, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"]):
-            probs = model(batch.to(dev)).float().softmax(-1)
-            p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
-            for path, pi, ii in zip(chunk, p.tolist(), idx.tolist()):
-                top = ", ".join(f"{c}:{q:.3f}" for c, q in zip(ii, pi))
-                click.echo(f"{path.name}: logits {tuple(probs.shape[1:])} top-{len(ii)} [{top}]")
 
 
 @main.command("taps")

@@ -17,7 +17,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from spectrascope.errors import UnknownModelError
+from spectrascope.errors import OptionError, UnknownModelError
+from spectrascope.zoo.limits import check_input_size
+from spectrascope.zoo.overrides import builder_error, check_overrides
 
 log = logging.getLogger("spectrascope")
 
@@ -191,13 +193,18 @@ def list_models(pattern: str | None = None, *, include_aliases: bool = False) ->
 def _as_hw(img_size) -> tuple[int, int] | None:
     if img_size is None:
         return None
-    if isinstance(img_size, int):
-        return (img_size, img_size)
-    t = tuple(int(v) for v in img_size)
-    if len(t) == 3:
-        t = t[1:]
-    if len(t) != 2:
-        raise ValueError(f"img_size must be S, (H, W) or (3, H, W); got {img_size!r}")
+    if isinstance(img_size, int) and not isinstance(img_size, bool):
+        t = (img_size, img_size)
+    else:
+        try:
+            t = tuple(int(v) for v in img_size)
+        except (TypeError, ValueError):
+            t = ()
+        if len(t) == 3:
+            t = t[1:]
+    if len(t) != 2 or min(t) < 1:
+        raise OptionError(f"img_size must be S, (H, W) or (3, H, W) with positive sides; got {img_size!r}",
+                          option="--img-size")
     return t
 
 
@@ -233,11 +240,12 @@ def create_model(name: str, *, checkpoint=None, num_classes: int = 1000, img_siz
     else:
         card = get_card(name)
         hw = _as_hw(img_size)
+        check_overrides(card, overrides)
+        check_input_size(card, hw, overrides, num_classes)
         try:
             model = card.builder(num_classes=num_classes, img_size=hw, **overrides)
-        except TypeError as exc:
-            allowed = _builder_args(card.builder)
-            raise TypeError(f"{card.name}: {exc}" + (f"; accepted overrides: {', '.join(allowed)}" if allowed else "")) from None
+        except (TypeError, ValueError, KeyError) as exc:
+            raise builder_error(card, exc, overrides) from None
         model.card = card
         model.spectrascope_name = card.name
         model.pretrained_cfg = card.pretrained_cfg(model)
