@@ -148,12 +148,15 @@ class ModelSpec:
     overrides: Mapping = field(default_factory=dict)
     use_ema: bool = False
     num_classes: int | None = None
+    #: without ``checkpoint``: the card's official weights (``spectrascope.zoo.weights.resolve``)
+    pretrained: bool = False
+    weights_dir: str | None = None
 
     def key(self) -> tuple:
         """Identity of the built model (two equal keys build the same model)."""
         return (self.name, str(self.checkpoint) if self.checkpoint else None, _hw(self.img_size),
                 tuple(sorted((str(k), repr(v)) for k, v in dict(self.overrides).items())), self.use_ema,
-                self.num_classes)
+                self.num_classes) + (("pretrained",) if self.pretrained and not self.checkpoint else ())
 
 
 @dataclass
@@ -180,6 +183,12 @@ class Built:
 
 def build(spec: ModelSpec, device: torch.device | str = "cpu", *, seed: int | None = None) -> Built:
     """Build ``spec`` (random init under ``seed`` when given), load its checkpoint, ``eval()``, move to ``device``."""
+    if spec.pretrained and spec.checkpoint is None and not spec.name.startswith("timm:"):
+        from dataclasses import replace
+
+        from spectrascope.zoo import weights
+        spec = replace(spec, checkpoint=str(weights.resolve(registry.get_card(spec.name),
+                                                            weights_dir=spec.weights_dir)))
     if seed is not None:
         torch.manual_seed(seed)
     model, pre = build_for_inference(spec.name, checkpoint=spec.checkpoint, img_size=spec.img_size, device=device,
