@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from spectrascope.analysis.cka import FIG7_PAIRS, CKAResult, ModelSpec
@@ -57,12 +58,12 @@ FIGURE = FigureSpec(
 def run(ctx):
     """``spectrascope figure dfformer-fig7`` entry point (writes into the framework's staging folder)."""
     from spectrascope.engine.device import resolve_device
-    opts = getattr(ctx, "options", None) or {}
     res, summary = _write_panels(ctx.output, checkpoints=ctx.checkpoints, images=ctx.images, data=ctx.data,
-                                 num_images=ctx.num_images, batch_size=ctx.batch_size,
+                                 num_images=ctx.num_images, batch_size=ctx.batch_size or 16,
                                  device=resolve_device(ctx.device), img_size=ctx.img_size, progress=ctx.progress,
-                                 estimator=opts.get("estimator", "unbiased"),
-                                 engine=opts.get("engine", "spectrascope"))
+                                 estimator=ctx.option("estimator", "unbiased"),
+                                 engine=ctx.option("engine", "spectrascope"))
+    ctx.warn(*summary["warnings"])                  # re-printed by `spectrascope figure` (skipped batches ...)
     return {"panels": {p: f"{r.meta['model_a']['name']} vs {r.meta['model_b']['name']}" for p, r in res.items()},
             "images": summary["images"], "estimator": summary["estimator"], "engine": summary["engine"],
             "warnings": summary["warnings"]}
@@ -99,7 +100,9 @@ def compute(out_dir="figures/cka_fig7", *, checkpoint_dir=None, checkpoints: dic
 def _panel(panel, a, b, stage: Path, source, runner, opts, *, checkpoint_dir, checkpoints, img_size, overrides):
     spec_a = ModelSpec(a, find_checkpoint(a, checkpoint_dir, checkpoints), img_size, dict(overrides or {}))
     spec_b = ModelSpec(b, find_checkpoint(b, checkpoint_dir, checkpoints), img_size, dict(overrides or {}))
-    res = compute_pair(spec_a, spec_b, source, runner, opts)
+    with warnings.catch_warnings():          # reported once per panel below, with the totals over the run
+        warnings.filterwarnings("ignore", message="CKA: skipped", category=RuntimeWarning)
+        res = compute_pair(spec_a, spec_b, source, runner, opts)
     res.meta["panel"] = f"Fig. 7{panel}"
     sub = f"fig7{panel}_{a}_vs_{b}"
     (stage / sub).mkdir()

@@ -226,3 +226,23 @@ def test_fig7_figure_command_engine_estimator_footer_and_equal_panels(tmp_path, 
 def test_fig7_recipe_rejects_an_unknown_engine(tmp_path):
     res = CliRunner().invoke(main, ["figure", "dfformer-fig7", "--engine", "sklearn", "--output", str(tmp_path)])
     assert res.exit_code == 2 and "sklearn" in res.output and not (tmp_path / "dfformer-fig7").exists()
+
+
+# ---------------------------------------------------------------------------- runner options
+def test_amp_and_channels_last_go_through_the_runner(tmp_path, noise_images):
+    base = ["--model-a", "convformer_s18", "--model-b", "dfformer_s18", *TINY, "--images", str(noise_images),
+            "--batch-size", "6", "--taps", "stem,block"]
+    ref, cl, bf = tmp_path / "ref", tmp_path / "cl", tmp_path / "bf"
+    assert cka(base + ["--output", str(ref)]).exit_code == 0
+    assert cka(base + ["--channels-last", "--output", str(cl)]).exit_code == 0
+    res = cka(["--model-a", "convformer_s18", "--model-b", "convformer_s18", *TINY, "--images", str(noise_images),
+               "--batch-size", "6", "--taps", "stem,block", "--amp", "bf16", "--output", str(bf)])
+    assert res.exit_code == 0, res.output
+    j_ref, j_cl, j_bf = (strict(p / "results.json") for p in (ref, cl, bf))
+    assert (j_cl["channels_last"], j_ref["channels_last"]) == (True, False)
+    # the same convolutions in another memory order: the same matrix up to float32 rounding of the forward
+    assert np.abs(np.array(j_cl["matrix"]) - np.array(j_ref["matrix"])).max() < 1e-4
+    # bf16 features, float32 Gram products of the centred features: a self-comparison keeps its unit diagonal
+    assert j_bf["amp"] == "bf16" and j_bf["gram_products"] == ["float32"]
+    m = np.array(j_bf["matrix"])
+    assert np.abs(np.diag(m) - 1).max() < 1e-12 and np.abs(m - m.T).max() < 1e-12

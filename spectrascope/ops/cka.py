@@ -32,7 +32,13 @@ float64). ``dtype=torch.float64`` forces float64 products (tested at 1e-10).
 The unbiased mini-batch CKA can be negative and lies in [-1, 1] in exact arithmetic. A tap
 whose features are constant over all examples (zero variance, or variance below the
 rounding level of its input dtype) has no defined CKA: its cells are NaN and a diagnostic
-names it.
+names it (the output layer writes them as JSON null).
+
+Two engines behind ``--engine`` (``make_engine``): ``MinibatchCKA`` (``spectrascope``, the
+above) and ``TorchCKACompat`` (``torch-cka``: torch-cka 0.21's float32 computation on
+uncentred Gram matrices, for the numbers of papers made with it). Both expose their sums
+as ``state()`` / ``load_state()``; merging them over processes is the engine layer's job
+(``spectrascope.engine.reducers.cka``), so nothing here knows about torch.distributed.
 """
 from __future__ import annotations
 
