@@ -278,3 +278,14 @@ def test_figures_png_pdf_dpi_and_labelled_colour_bars(tmp_path, two_model_payloa
     absolute = spectrum_analysis(["dfformer_s18"], model_kwargs=TINY_KW, img_size=32, num_images=1, device="cpu",
                                  relative=False)
     assert "log amplitude" in [a.get_ylabel() for a in spectrum_figure(absolute).axes]
+
+
+def test_torchrun_refused_output_stops_every_rank(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    res = torchrun(["spectrum", "--model", "dfformer_s18", *TINY, "--img-size", "32", "--num-images", "2",
+                    "--output", out], cwd=tmp_path, nproc=2, timeout=240)
+    err = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error:")]
+    assert res.returncode != 0 and len(err) == 1 and "exists and is not empty" in err[0], res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "x"

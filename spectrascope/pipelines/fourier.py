@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 
 from spectrascope.analysis.fourier import analyse
-from spectrascope.errors import OptionError
+from spectrascope.errors import OptionError, OutputError, UserError
 from spectrascope.io.sources import ImageSource
 from spectrascope.ops.fourier import ZeroMeanWarning
 from spectrascope.pipelines.common import Outcome, random_weights_note, session, stage_output
@@ -48,6 +48,24 @@ def _summary(kind: str, payload: dict, out: Path) -> str:
     return f"{kind} over {payload['images']['count']} images ({ntaps}) -> {out}"
 
 
+def _staged(d, output, **kw):
+    """``stage_output`` with its checks agreed by every rank: only rank 0 checks the folder, so a
+    refusal there is raised on every rank (no rank waits alone in a collective)."""
+    error = None
+    try:
+        stage = stage_output(output, dist=d, **kw)
+    except UserError as exc:
+        error, stage = exc, None
+    if d.enabled:
+        msgs = d.all_gather_object(None if error is None else (type(error).__name__, str(error)))
+        first = next((m for m in msgs if m), None)
+        if error is None and first is not None:
+            raise OutputError(first[1])
+    if error is not None:
+        raise error
+    return stage
+
+
 def run_fourier(kind: str, models: Sequence[str], *, checkpoints=None, output=None, overwrite: bool = False,
                 taps=None, stages=None, blocks=None, method: str = "diagonal", precision: str = "float32",
                 img_size=None, device="auto", model_kwargs: Mapping | None = None, images=None,
@@ -60,8 +78,8 @@ def run_fourier(kind: str, models: Sequence[str], *, checkpoints=None, output=No
         raise OptionError(f"{precision!r} is not accepted; use {', '.join(PRECISIONS)}", option="--precision")
     models = list(models)
     with session(device) as (d, dev):
-        stage = stage_output(output, command=kind, tag=_tag(models), overwrite=overwrite,
-                             inputs=_inputs(images, data, checkpoints), dist=d)
+        stage = _staged(d, output, command=kind, tag=_tag(models), overwrite=overwrite,
+                        inputs=_inputs(images, data, checkpoints))
         out = Path(output) if output else stage.final
         t0 = time.perf_counter()
         with stage as folder, warnings.catch_warnings(record=True) as caught:
