@@ -5,7 +5,7 @@ PIP_FLAGS ?= --disable-pip-version-check
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: setup demo test test-fast bench gpu-check clean
+.PHONY: setup demo test test-fast bench gpu-check figures clean
 
 # idempotent: re-running only re-installs what changed
 setup: $(BIN)/spectrascope
@@ -38,6 +38,11 @@ bench: setup
 gpu-check: setup
 	mkdir -p runs
 	MPLBACKEND=Agg $(BIN)/python benchmarks/gpu_check.py | tee runs/gpu-check.txt
+
+# the committed weight-independent paper outputs: every table's params/FLOPs beside the paper's and the
+# FLOPs breakdowns of the main models -> figures/ (index: figures/index.md; a test fails when they are stale)
+figures: setup
+	MPLBACKEND=Agg $(BIN)/python -m spectrascope.report.paper_figures --output figures
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

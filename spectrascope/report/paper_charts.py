@@ -1,0 +1,122 @@
+"""Accuracy-vs-cost bubble charts from the papers' tables (``spanet-fig5``, ``affnet-fig1``).
+
+Accuracies are the papers' published top-1; parameters and FLOPs are our counts where the
+model is in the zoo (or timm, when installed), else the paper's (marked). ``--add
+NAME=results.json`` adds the user's own measured models: the JSON gives ``top1`` and either
+``model`` (a zoo / timm name, counted here) or ``params`` and ``flops`` (plain counts).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from spectrascope.errors import FigureError
+
+__all__ = ["CHARTS", "chart_points", "parse_add", "charts"]
+
+#: chart -> (table recipe, x axes, bubble size, families kept or None for all, title)
+CHARTS = {
+    "spanet-fig5": ("spanet-table2", ("flops", "params"), "params", None,
+                    "SPANet Fig. 5: ImageNet-1K top-1 vs FLOPs and vs params (bubble = params)"),
+    "affnet-fig1": ("affnet-table2", ("params",), "flops", ("MViT", "MViTv2", "EdgeNext", "AFFNet"),
+                    "AFFNet Fig. 1: ImageNet-1K top-1 vs params (bubble = FLOPs) of lightweight models"),
+}
+
+
+def _family(label: str) -> str:
+    base = label.split("-")[0].split(" ")[0]
+    return {"RSB": "ResNet"}.get(base, base)
+
+
+def parse_add(items) -> list[dict]:
+    """``NAME=results.json`` items -> points (counted when the JSON names a model)."""
+    from spectrascope.analysis.flops import count_flops
+    points = []
+    for item in items or ():
+        name, sep, path = str(item).partition("=")
+        if not sep or not name.strip():
+            raise FigureError(f"--add {item!r}: give NAME=results.json")
+        p = Path(path.strip())
+        if not p.is_file():
+            raise FigureError(f"--add {name}: {p} not found")
+        try:
+            doc = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise FigureError(f"--add {name}: {p} is not JSON ({exc.msg})") from None
+        if "top1" not in doc:
+            raise FigureError(f"--add {name}: {p} has no 'top1'")
+        if "params" in doc and "flops" in doc:
+            params, flops, source = int(doc["params"]), int(doc["flops"]), "given"
+        elif doc.get("model"):
+            c = count_flops(doc["model"], doc.get("img_size"))
+            params, flops, source = c.params, c.flops, "counted"
+        else:
+            raise FigureError(f"--add {name}: {p} needs 'model' or both 'params' and 'flops'")
+        points.append({"label": name.strip(), "family": "added", "top1": float(doc["top1"]),
+                       "params_m": params / 1e6, "flops_g": flops / 1e9, "source": source})
+    return points
+
+
+def chart_points(chart: str, added=()) -> list[dict]:
+    """One point per table row with a published top-1 (families filtered as in the paper's figure)."""
+    from spectrascope.report.paper_tables import table_rows
+    table, _, _, keep, _ = CHARTS[chart]
+    points = []
+    for r in table_rows(table):
+        fam = _family(r["model"])
+        if keep and fam not in keep or r["paper top-1"] == "":
+            continue
+        counted = r["_flops"] is not None
+        points.append({"label": r["model"], "family": fam, "top1": float(r["paper top-1"]),
+                       "params_m": r["_params"] / 1e6 if counted else float(r["paper params (M)"]),
+                       "flops_g": r["_flops"] / 1e9 if counted else float(r["paper FLOPs (G)"]),
+                       "source": "counted" if counted else "paper"})
+    return points + list(added)
+
+
+def _draw(points: list[dict], axes: tuple, size_key: str, title: str):
+    from spectrascope.report.style import new_figure
+    fig = new_figure(5.2 * len(axes), 4.2)
+    fams = list(dict.fromkeys(p["family"] for p in points))
+    cmap = __import__("matplotlib").colormaps["tab20"]
+    scale = max(p[f"{size_key}_m" if size_key == "params" else "flops_g"] for p in points) or 1.0
+    for i, ax_key in enumerate(axes):
+        ax = fig.add_subplot(1, len(axes), i + 1)
+        for k, fam in enumerate(fams):
+            sel = [p for p in points if p["family"] == fam]
+            xs = [p["flops_g"] if ax_key == "flops" else p["params_m"] for p in sel]
+            ss = [30 + 900 * (p["params_m"] if size_key == "params" else p["flops_g"]) / scale for p in sel]
+            ax.scatter(xs, [p["top1"] for p in sel], s=ss, alpha=0.55, color=cmap(k % 20), label=fam,
+                       edgecolors=["k" if p["source"] != "paper" else "none" for p in sel], linewidths=0.6)
+            ax.plot(xs, [p["top1"] for p in sel], color=cmap(k % 20), lw=0.8, alpha=0.7)
+        ax.set_xlabel("FLOPs (G)" if ax_key == "flops" else "Parameters (M)")
+        ax.set_ylabel("ImageNet-1K top-1 (%)")
+        ax.grid(alpha=0.3)
+    fig.axes[-1].legend(fontsize=7, loc="lower right", ncol=2)
+    fig.suptitle(title + "\n(black edge: our count; no edge: the paper's numbers)", fontsize=9)
+    return fig
+
+
+def _run_chart(chart: str):
+    def run(ctx):
+        from spectrascope.io.results import write_csv, write_json
+        from spectrascope.report.paper_tables import option
+        from spectrascope.report.style import save_figure
+        _, axes, size_key, _, title = CHARTS[chart]
+        points = chart_points(chart, parse_add(option(ctx, "add", ())))
+        write_csv(ctx.output / "points.csv", points)
+        write_json(ctx.output / "points.json", {"chart": chart, "points": points})
+        save_figure(_draw(points, axes, size_key, title), ctx.output, chart.replace("-", "_"), dpi=200)
+        return {"points": len(points), "counted": sum(p["source"] != "paper" for p in points)}
+    return run
+
+
+def charts(make_spec) -> list:
+    out = []
+    for chart, (table, _, _, _, title) in CHARTS.items():
+        spec = make_spec(name=chart, title=title, paper=f"from the {table} data", models=(), needs_weights=False,
+                         options=("add",),
+                         summary="Published top-1 with our counted params/FLOPs; --add NAME=results.json adds "
+                                 "a measured model (JSON with top1 and model, or params and flops).")
+        out.append((spec, _run_chart(chart)))
+    return out
