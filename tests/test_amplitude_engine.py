@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from distributed import ROOT, torchrun
-from spectrascope.analysis.fourier import amplitude_analysis, annotate_mixers, mixer_kind
+from spectrascope.analysis.fourier import annotate_mixers, mixer_kind
+from spectrascope.pipelines.fourier import amplitude_analysis
 from spectrascope.cli import main
 from spectrascope.engine.reducers.amplitude import AmplitudeReducer
 from spectrascope.probe import Probe, model_taps
@@ -271,7 +272,7 @@ def test_figures_png_pdf_dpi_and_labelled_colour_bars(tmp_path, two_model_payloa
         assert (tmp_path / "amp" / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
     amp = figures_for(two_model_payload)["amplitude"]
     assert "Normalized depth" in [a.get_ylabel() for a in amp.axes]
-    from spectrascope.analysis.fourier import spectrum_analysis
+    from spectrascope.pipelines.fourier import spectrum_analysis
     spec = spectrum_analysis(["dfformer_s18"], model_kwargs=TINY_KW, img_size=32, num_images=1, device="cpu")
     fig = spectrum_figure(spec)
     assert "\u0394 log amplitude (DC = 0)" in [a.get_ylabel() for a in fig.axes]

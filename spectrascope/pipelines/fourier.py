@@ -15,16 +15,44 @@ from typing import Mapping, Sequence
 import torch
 
 from spectrascope.analysis.fourier import analyse
-from spectrascope.errors import OptionError, OutputError, UserError
+from spectrascope.errors import DataError, OptionError, OutputError, UserError
 from spectrascope.io.sources import ImageSource
 from spectrascope.ops.fourier import ZeroMeanWarning
 from spectrascope.pipelines.common import Outcome, random_weights_note, session, stage_output
 from spectrascope.report.fourier import write_results
 
-__all__ = ["PRECISIONS", "run_fourier"]
+__all__ = ["PRECISIONS", "run_fourier", "image_source", "amplitude_analysis", "spectrum_analysis"]
 
 #: ``--precision`` values
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
+
+def image_source(images=None, data: str | None = None, num_images: int | None = None,
+                 image_paths: Sequence | None = None) -> ImageSource:
+    """The images of ``--images`` / ``--data`` / ``--num-images``, or of an explicit list of files."""
+    if image_paths is None:
+        return ImageSource.resolve(images, data, num_images)
+    paths = [Path(p) for p in image_paths][:num_images] if num_images is not None else [Path(p) for p in image_paths]
+    if not paths:
+        raise DataError("no images to analyse")
+    return ImageSource(paths, [p.stem for p in paths], description=str(images) if images else (data or "samples"))
+
+
+def amplitude_analysis(models, *, images=None, data: str | None = None, num_images: int | None = None,
+                       image_paths: Sequence | None = None, source: ImageSource | None = None, **kw) -> dict:
+    """Relative log-amplitude curves (``analysis.fourier.analyse``) of ``models`` on the images of
+    ``--images``/``--data`` (bundled photos by default); default taps: stem, downsample, residual
+    (after each token mixer) and block (after each MLP)."""
+    src = source if source is not None else image_source(images, data, num_images, image_paths)
+    return analyse(models, src, kind="amplitude", **kw)
+
+
+def spectrum_analysis(models, *, images=None, data: str | None = None, num_images: int | None = None,
+                      image_paths: Sequence | None = None, source: ImageSource | None = None, **kw) -> dict:
+    """2-D spectrum maps (``analysis.fourier.analyse``); default taps: the token mixer of the last
+    block of every stage (``blocks="last"``); ``relative=True`` puts the DC value at 0."""
+    src = source if source is not None else image_source(images, data, num_images, image_paths)
+    return analyse(models, src, kind="spectrum", **kw)
 
 
 def _inputs(images, data, checkpoints) -> list:
@@ -85,7 +113,7 @@ def run_fourier(kind: str, models: Sequence[str], *, checkpoints=None, output=No
         with stage as folder, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             source = ImageSource.resolve(images, data, num_images)
-            payload = analyse(models, kind=kind, checkpoints=checkpoints, source=source, img_size=img_size,
+            payload = analyse(models, source, kind=kind, checkpoints=checkpoints, img_size=img_size,
                               taps=taps, stages=stages, blocks=blocks, device=dev, batch_size=batch_size,
                               method=method, dtype=PRECISIONS[precision], progress=progress,
                               model_kwargs=model_kwargs, amp=amp, channels_last=channels_last, compile=compile,

@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter
 import numpy as np
 
 from spectrascope.errors import DataError, FigureError, OutputError
-from spectrascope.io.results import provenance, write_csv, write_json
+from spectrascope.io.results import SCHEMA_VERSION, provenance, write_csv, write_json
 from spectrascope.report.style import (DEPTH_CMAP, MARKERS, PAPER_RC, RANDOM_COLOR, SPECTRUM_CMAP,  # noqa: F401
                                        new_figure, save_figure)
 
@@ -354,7 +354,7 @@ def write_results(payload: dict, out_dir, *, command: str, wall_time_s: float | 
                       images_sha256=payload["images"]["sha256"], device=payload.get("device"),
                       wall_time_s=wall_time_s, random_weights=any(m["random_weights"] for m in payload["models"]),
                       world_size=(payload.get("run") or {}).get("world_size"), extra=extra)
-    doc = dict(payload)
+    doc = {"schema_version": SCHEMA_VERSION, **payload}
     arrays = dict(doc.pop("arrays", None) or {}, **(maps or {}))
     doc["provenance"] = prov
     if title:
