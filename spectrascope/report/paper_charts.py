@@ -57,12 +57,13 @@ def parse_add(items) -> list[dict]:
     return points
 
 
-def chart_points(chart: str, added=()) -> list[dict]:
-    """One point per table row with a published top-1 (families filtered as in the paper's figure)."""
+def chart_points(chart: str, added=(), use_timm: bool | None = None) -> list[dict]:
+    """One point per table row with a published top-1 (families filtered as in the paper's figure);
+    rows counted neither in the zoo nor with timm keep the paper's params/FLOPs (``source`` "paper")."""
     from spectrascope.report.paper_tables import table_rows
     table, _, _, keep, _ = CHARTS[chart]
     points = []
-    for r in table_rows(table):
+    for r in table_rows(table, use_timm=use_timm):
         fam = _family(r["model"])
         if keep and fam not in keep or r["paper top-1"] == "":
             continue
