@@ -1,25 +1,39 @@
 """Shared steps of the Fourier figure recipes (not a recipe itself: the name starts with '_')."""
 from __future__ import annotations
 
-from spectrascope.analysis.fourier import amplitude_analysis, spectrum_analysis, write_results
-from spectrascope.models.base import TapList
+from spectrascope.analysis.fourier import amplitude_analysis, spectrum_analysis
+from spectrascope.report.fourier import write_results
+from spectrascope.probe.spec import TapList
 
 
 def labels_for(ctx, labels: dict) -> list[str]:
     return [labels.get(m, m) for m in ctx.models]
 
 
+def models_title(base: str, ctx, labels: dict) -> str:
+    """``base (A vs B)`` over the models actually drawn (a skipped model leaves the title)."""
+    short = [labels.get(m, m).split(" (")[0] for m in ctx.models]
+    return f"{base} ({' vs '.join(short)})" if short else base
+
+
+def _analysis(ctx, analysis: dict) -> dict:
+    kw = dict(ctx.analysis_kwargs(), **analysis)
+    if ctx.option("freq_axis"):
+        kw["freq_axis"] = ctx.option("freq_axis")
+    return kw
+
+
 def amplitude_recipe(ctx, *, labels: dict, title: str, **analysis) -> dict:
     """Relative log-amplitude curves of ``ctx.models`` on the same images -> results + figures."""
-    payload = amplitude_analysis(ctx.models, labels=labels_for(ctx, labels), **ctx.analysis_kwargs(), **analysis)
+    payload = amplitude_analysis(ctx.models, labels=labels_for(ctx, labels), **_analysis(ctx, analysis))
     write_results(payload, ctx.output, command=f"figure {ctx.spec.name}", title=title)
-    return _summary(payload, ctx)
+    return dict(_summary(payload, ctx), title=title)
 
 
 def spectrum_recipe(ctx, *, labels: dict, title: str, **analysis) -> dict:
-    payload = spectrum_analysis(ctx.models, labels=labels_for(ctx, labels), **ctx.analysis_kwargs(), **analysis)
+    payload = spectrum_analysis(ctx.models, labels=labels_for(ctx, labels), **_analysis(ctx, analysis))
     write_results(payload, ctx.output, command=f"figure {ctx.spec.name}", title=title)
-    return _summary(payload, ctx)
+    return dict(_summary(payload, ctx), title=title)
 
 
 def _summary(payload, ctx) -> dict:

@@ -15,6 +15,7 @@ FIGURE = FigureSpec(
             "irfft2(M * rfft2(x)) equals the circular convolution of x with F^-1(M) (max abs error reported).",
     num_images=2,
     needs_weights=False,
+    options=("cmap",),
 )
 
 

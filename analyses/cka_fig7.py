@@ -8,14 +8,18 @@ The paper used the ImageNet-1K validation set and torch-cka; pass ``--engine tor
 that computation (it agrees with the default engine on well-conditioned features only).
 Usage::
 
-    spectrascope figure dfformer-fig7 --checkpoint gfformer_s18=gf.pth --data imagefolder:/data/imagenet
+    spectrascope figure dfformer-fig7 --checkpoint gfformer_s18=gf.pth --data imagefolder:/data/imagenet \\
+        --engine torch-cka --estimator unbiased
     python -m spectrascope.analyses.cka_fig7 --checkpoint-dir weights/ --data imagefolder:/data/imagenet \\
         --batch-size 64 --output figures/cka_fig7
 
 Checkpoints are looked up in ``--checkpoint-dir`` by each model card's ``weight_file`` (or
 passed explicitly with ``--checkpoint NAME=PATH``); models without one run with random
 weights, and every report says so. Writes one report directory per panel and ``fig7.png`` /
-``fig7.pdf`` with the three heatmaps side by side.
+``fig7.pdf`` (200 dpi) with the three heatmaps side by side at one size, one labelled colour
+bar, and a footer with the number of images, the estimator and engine and any skipped
+batch (also printed). ``summary.json`` records what the figure shows (panel boxes, footer,
+colour-bar label, dpi) so it can be checked without reading pixels.
 """
 from __future__ import annotations
 
@@ -23,15 +27,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from spectrascope.analysis.cka import FIG7_PAIRS, CKAResult, ModelSpec, run_cka
-from spectrascope.report.cka import plot_heatmap, write_report
+from spectrascope.analysis.cka import FIG7_PAIRS, CKAResult, ModelSpec
+from spectrascope.engine.runner import RunConfig, Runner
+from spectrascope.io.results import staged_output, write_json
+from spectrascope.io.sources import ImageSource
+from spectrascope.pipelines.cka import CKAOptions, compute as compute_pair, skip_warning
+from spectrascope.report.cka import plot_heatmap, write_files
 from spectrascope.report.recipes import FigureSpec
 from spectrascope.zoo.registry import get_card
-from spectrascope.io.results import staged_output, write_json
 
-__all__ = ["FIGURE", "PAIRS", "find_checkpoint", "compute", "run", "main"]
+__all__ = ["FIGURE", "PAIRS", "DPI", "find_checkpoint", "compute", "run", "main"]
 
 PAIRS = FIG7_PAIRS
+#: resolution of fig7.png and of the raster parts of fig7.pdf
+DPI = 200
 
 FIGURE = FigureSpec(
     name="dfformer-fig7",
@@ -41,16 +50,22 @@ FIGURE = FigureSpec(
     summary="(a) GFFormer-S18 vs DFFormer-S18, (b) CAFormer-S18 vs CDFFormer-S18, (c) ConvFormer-S18 vs "
             "DFFormer-S18; 4 downsampling outputs, 18 residual streams after the token mixers and 18 after the "
             "channel MLPs, in execution order; one report per panel plus fig7.png/pdf.",
+    options=("estimator", "engine"),
 )
 
 
 def run(ctx):
     """``spectrascope figure dfformer-fig7`` entry point (writes into the framework's staging folder)."""
     from spectrascope.engine.device import resolve_device
-    res = _write_panels(ctx.output, checkpoints=ctx.checkpoints, images=ctx.images, data=ctx.data,
-                        num_images=ctx.num_images, batch_size=ctx.batch_size, device=resolve_device(ctx.device),
-                        img_size=ctx.img_size, progress=ctx.progress)
-    return {"panels": {p: f"{r.meta['model_a']['name']} vs {r.meta['model_b']['name']}" for p, r in res.items()}}
+    opts = getattr(ctx, "options", None) or {}
+    res, summary = _write_panels(ctx.output, checkpoints=ctx.checkpoints, images=ctx.images, data=ctx.data,
+                                 num_images=ctx.num_images, batch_size=ctx.batch_size,
+                                 device=resolve_device(ctx.device), img_size=ctx.img_size, progress=ctx.progress,
+                                 estimator=opts.get("estimator", "unbiased"),
+                                 engine=opts.get("engine", "spectrascope"))
+    return {"panels": {p: f"{r.meta['model_a']['name']} vs {r.meta['model_b']['name']}" for p, r in res.items()},
+            "images": summary["images"], "estimator": summary["estimator"], "engine": summary["engine"],
+            "warnings": summary["warnings"]}
 
 
 def find_checkpoint(name: str, checkpoint_dir=None, checkpoints: dict | None = None) -> str | None:
@@ -68,47 +83,91 @@ def find_checkpoint(name: str, checkpoint_dir=None, checkpoints: dict | None = N
 
 
 def compute(out_dir="figures/cka_fig7", *, checkpoint_dir=None, checkpoints: dict | None = None, images=None,
-        data: str | None = None, num_images: int | None = None, batch_size: int = 16, device="cpu",
-        img_size=None, estimator: str = "unbiased", engine: str = "spectrascope", overwrite: bool = False,
-        progress: bool = True, overrides: dict | None = None, pairs=PAIRS) -> dict[str, CKAResult]:
-    """Compute the three panels and write their reports plus the combined figure into ``out_dir``
+            data: str | None = None, num_images: int | None = None, batch_size: int = 16, device="cpu",
+            img_size=None, estimator: str = "unbiased", engine: str = "spectrascope", overwrite: bool = False,
+            progress: bool = True, overrides: dict | None = None, pairs=PAIRS) -> dict[str, CKAResult]:
+    """Compute the panels and write their reports plus the combined figure into ``out_dir``
     (nothing is left there if a panel fails)."""
     with staged_output(Path(out_dir), overwrite=overwrite, command="figure dfformer-fig7") as stage:
-        return _write_panels(stage, checkpoint_dir=checkpoint_dir, checkpoints=checkpoints, images=images, data=data,
-                             num_images=num_images, batch_size=batch_size, device=device, img_size=img_size,
-                             estimator=estimator, engine=engine, progress=progress, overrides=overrides, pairs=pairs)
+        res, _ = _write_panels(stage, checkpoint_dir=checkpoint_dir, checkpoints=checkpoints, images=images,
+                               data=data, num_images=num_images, batch_size=batch_size, device=device,
+                               img_size=img_size, estimator=estimator, engine=engine, progress=progress,
+                               overrides=overrides, pairs=pairs)
+        return res
+
+
+def _panel(panel, a, b, stage: Path, source, runner, opts, *, checkpoint_dir, checkpoints, img_size, overrides):
+    spec_a = ModelSpec(a, find_checkpoint(a, checkpoint_dir, checkpoints), img_size, dict(overrides or {}))
+    spec_b = ModelSpec(b, find_checkpoint(b, checkpoint_dir, checkpoints), img_size, dict(overrides or {}))
+    res = compute_pair(spec_a, spec_b, source, runner, opts)
+    res.meta["panel"] = f"Fig. 7{panel}"
+    sub = f"fig7{panel}_{a}_vs_{b}"
+    (stage / sub).mkdir()
+    write_files(res, stage / sub, title=f"DFFormer Fig. 7{panel}: {a} vs {b}", command="figure dfformer-fig7")
+    info = {"model_a": a, "model_b": b, "report": sub, "taps": len(res.labels_a), "images": res.examples,
+            "batches": res.batches, "skipped_batches": res.skipped_batches,
+            "skipped_examples": res.skipped_examples, "diagnostics": list(res.diagnostics),
+            "random_weights": [s.name for s in (spec_a, spec_b) if s.checkpoint is None],
+            "wall_time_s": res.meta.get("wall_time_s")}
+    return res, info
 
 
 def _write_panels(stage: Path, *, checkpoint_dir=None, checkpoints=None, images=None, data=None, num_images=None,
                   batch_size=16, device="cpu", img_size=None, estimator="unbiased", engine="spectrascope",
-                  progress=True, overrides=None, pairs=PAIRS) -> dict[str, CKAResult]:
-    from matplotlib.figure import Figure
+                  progress=True, overrides=None, pairs=PAIRS) -> tuple[dict[str, CKAResult], dict]:
+    source = ImageSource.resolve(images, data, num_images)
+    runner = Runner(RunConfig(device=device, batch_size=batch_size, progress=progress))
+    opts = CKAOptions(taps="fig7", estimator=estimator, engine=engine)
     results: dict[str, CKAResult] = {}
-    summary = {}
+    panels = {}
     for panel, a, b in pairs:
-        spec_a = ModelSpec(a, find_checkpoint(a, checkpoint_dir, checkpoints), img_size, dict(overrides or {}))
-        spec_b = ModelSpec(b, find_checkpoint(b, checkpoint_dir, checkpoints), img_size, dict(overrides or {}))
-        res = run_cka(spec_a, spec_b, taps="fig7", images=images, data=data, num_images=num_images,
-                      batch_size=batch_size, estimator=estimator, engine=engine, device=device,
-                      progress=progress)
-        res.meta["panel"] = f"Fig. 7{panel}"
-        results[panel] = res
-        sub = f"fig7{panel}_{a}_vs_{b}"
-        write_report(res, stage / sub, title=f"DFFormer Fig. 7{panel}: {a} vs {b}")
-        summary[panel] = {"model_a": a, "model_b": b, "report": sub, "taps": len(res.labels_a),
-                          "random_weights": [s.name for s in (spec_a, spec_b) if s.checkpoint is None],
-                          "wall_time_s": res.meta.get("wall_time_s")}
-    fig = Figure(figsize=(6.4 * len(results), 6.8))
+        results[panel], panels[panel] = _panel(panel, a, b, Path(stage), source, runner, opts,
+                                               checkpoint_dir=checkpoint_dir, checkpoints=checkpoints,
+                                               img_size=img_size, overrides=overrides)
+    warn = list(source.notes) + [f"Fig. 7{p}: {w}" for p, r in results.items() for w in
+                                 filter(None, [skip_warning(r)] + list(r.diagnostics))]
+    footer = _footer(results, batch_size, estimator, engine)
+    layout = _draw(results, Path(stage), footer)
+    summary = {"figure": "DFFormer Fig. 7", "estimator": estimator, "engine": engine, "batch_size": batch_size,
+               "images": max((r.examples for r in results.values()), default=0), "warnings": warn,
+               "footer": footer, **layout, "panels": panels}
+    write_json(Path(stage) / "summary.json", summary)
+    return results, summary
+
+
+def _footer(results: dict[str, CKAResult], batch_size: int, estimator: str, engine: str) -> str:
+    """The line under the panels: images compared, batch size, estimator, engine, skipped batches."""
+    counts = sorted({r.examples for r in results.values()})
+    text = (f"{'/'.join(map(str, counts))} images (batch {batch_size}), {estimator} mini-batch linear CKA, "
+            f"engine {engine}")
+    skipped = [(p, r.skipped_batches, r.skipped_examples) for p, r in results.items() if r.skipped_batches]
+    if skipped:
+        text += "; skipped " + ", ".join(f"({p}) {k} batch(es) of {n} image(s)" for p, k, n in skipped)
+    return text
+
+
+def _draw(results: dict[str, CKAResult], stage: Path, footer: str) -> dict:
+    """Three equal panels and one labelled colour bar in its own axes; returns what was drawn."""
+    from matplotlib.figure import Figure
+    n = len(results)
+    fig = Figure(figsize=(5.6 * n + 1.0, 6.6))
+    grid = fig.add_gridspec(1, n + 1, width_ratios=[1.0] * n + [0.045], left=0.05, right=0.95, top=0.84,
+                            bottom=0.14, wspace=0.32)
+    axes = []
     for k, (panel, res) in enumerate(results.items()):
-        ax = fig.add_subplot(1, len(results), k + 1)
-        plot_heatmap(res, ax=ax, colorbar=k == len(results) - 1)
+        ax = fig.add_subplot(grid[0, k])
+        plot_heatmap(res, ax=ax, colorbar=False)
         ax.set_title(f"({panel}) " + ax.get_title(), fontsize=10)
-    fig.subplots_adjust(left=0.06, right=0.96, top=0.84, bottom=0.09, wspace=0.3)
-    fig.savefig(stage / "fig7.png", dpi=150)
-    fig.savefig(stage / "fig7.pdf")
-    write_json(stage / "summary.json", {"figure": "DFFormer Fig. 7", "estimator": estimator, "engine": engine,
-                                        "batch_size": batch_size, "panels": summary})
-    return results
+        axes.append(ax)
+    first = next(iter(results.values()))
+    label = f"CKA ({first.estimator}{', torch-cka engine' if first.engine == 'torch-cka' else ''})"
+    cbar = fig.colorbar(axes[0].images[0], cax=fig.add_subplot(grid[0, n]), label=label)
+    fig.text(0.5, 0.025, footer, ha="center", va="bottom", fontsize=9)
+    fig.savefig(stage / "fig7.png", dpi=DPI)
+    fig.savefig(stage / "fig7.pdf", dpi=DPI)
+    boxes = [[round(v, 6) for v in ax.get_position().bounds] for ax in axes]
+    return {"dpi": DPI, "panel_boxes": boxes, "colorbar_label": cbar.ax.get_ylabel(),
+            "figure_size_in": [float(v) for v in fig.get_size_inches()]}
 
 
 def main(argv=None) -> int:
@@ -127,16 +186,19 @@ def main(argv=None) -> int:
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     from spectrascope.engine.device import resolve_device
+    from spectrascope.errors import UserError
     ckpts = dict(item.split("=", 1) for item in args.checkpoint)
     try:
         res = compute(args.output, checkpoint_dir=args.checkpoint_dir, checkpoints=ckpts, images=args.images,
-                  data=args.data, num_images=args.num_images, batch_size=args.batch_size,
-                  device=resolve_device(args.device), img_size=args.img_size, estimator=args.estimator,
-                  engine=args.engine, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+                      data=args.data, num_images=args.num_images, batch_size=args.batch_size,
+                      device=resolve_device(args.device), img_size=args.img_size, estimator=args.estimator,
+                      engine=args.engine, overwrite=args.overwrite)
+    except UserError as exc:
+        print(f"Error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     for panel, r in res.items():
+        for w in filter(None, [skip_warning(r)] + list(r.diagnostics)):
+            print(f"warning: Fig. 7{panel}: {w}", file=sys.stderr)
         print(f"Fig. 7{panel}: {r.meta['model_a']['name']} vs {r.meta['model_b']['name']} "
               f"{len(r.labels_a)}x{len(r.labels_b)} over {r.examples} images")
     print(f"wrote {args.output}")

@@ -1,7 +1,7 @@
 """DFFormer Fig. 1: relative log amplitudes of Fourier-transformed feature maps, ViT vs GFNet."""
 from spectrascope.report.recipes import FigureSpec
 
-from ._fourier import amplitude_recipe
+from ._fourier import amplitude_recipe, models_title
 
 FIGURE = FigureSpec(
     name="dfformer-fig1",
@@ -10,11 +10,17 @@ FIGURE = FigureSpec(
     models=("timm:vit_tiny_patch16_224", "gfnet_ti"),
     summary="Park & Kim curves of the latents of a non-hierarchical ViT and GFNet (patch embedding, residual "
             "stream after every token mixer and every MLP; GFNet has one residual per block); the yellower, the "
-            "deeper. The paper does not name the sizes: ViT-Ti (Park & Kim's model) and GFNet-Ti are used.",
+            "deeper. The paper does not name the sizes: ViT-Ti (Park & Kim's model) and GFNet-Ti are used. The "
+            "title names the models drawn (GFNet only when --skip-unavailable drops ViT).",
+    options=("models", "freq_axis"),
 )
 
+BASE_TITLE = "Relative log amplitudes of Fourier transformed feature maps"
+
 LABELS = {"timm:vit_tiny_patch16_224": "ViT-Ti", "gfnet_ti": "GFNet-Ti"}
+#: the families the paper's title names
+SHORT = {"timm:vit_tiny_patch16_224": "ViT", "gfnet_ti": "GFNet"}
 
 
 def run(ctx):
-    return amplitude_recipe(ctx, labels=LABELS, title=FIGURE.title)
+    return amplitude_recipe(ctx, labels=LABELS, title=models_title(BASE_TITLE, ctx, SHORT))

@@ -10,11 +10,14 @@ FIGURE = FigureSpec(
           "(after Rao et al., GFNet, NeurIPS 2021, Fig. 4)",
     models=("gfnet_ti",),
     summary="The static per-channel global filters of the 12 GFNet-Ti layers (first 24 channels per layer), "
-            "amplitudes with zero frequency in the centre and one colour scale, as the official GFNet "
-            "visualisation draws them (YlGnBu). With trained weights neighbouring channels of a layer look alike "
-            "(the redundancy Fig. 9 contrasts with DFFormer's bases).",
+            "amplitudes with zero frequency in the centre and one colour scale per stage, with the colour key of "
+            "Fig. 9 (viridis: yellow = high amplitude) so the two figures compare directly; PNG and PDF. With "
+            "trained weights neighbouring channels of a layer look alike (the redundancy Fig. 9 contrasts with "
+            "DFFormer's bases).",
+    options=("models", "cmap"),
 )
 
 
 def run(ctx):
-    return filters_recipe(ctx, "gfnet_ti", channels=list(range(24)))
+    out = [filters_recipe(ctx, m, channels=list(range(24))) for m in ctx.models]
+    return out[0] if len(out) == 1 else {"models": out}

@@ -1,21 +1,24 @@
 """DFFormer Figs. 5-6: inference throughput and peak memory vs resolution."""
 import torch
 
+from spectrascope.analysis.throughput import MEMORY_NOTE, figures, sweep
+from spectrascope.engine.device import resolve_device
+from spectrascope.io.results import write_csv
 from spectrascope.report.recipes import FigureSpec
 from spectrascope.report.style import save_figure
-from spectrascope.io.results import write_csv
-from spectrascope.analysis.throughput import figures, sweep
 
 FIGURE = FigureSpec(
     name="dfformer-fig5-6",
     title="Throughput and peak memory vs resolution",
     paper="Tatsunami & Taki, FFT-based Dynamic Token Mixer for Vision (AAAI 2024), Figs. 5 and 6",
     models=("convformer_s18", "caformer_s18", "gfformer_s18", "dfformer_s18", "cdfformer_s18"),
-    summary="Batch 4, float32, random input, every model built for each resolution. On a GPU the sweep is "
-            "224..1024 px (the paper: V100, resolutions not recorded); on a CPU only a 64..160 px smoke sweep "
-            "without memory figures. The published figures swap colours (pink is DFFormer, blue CDFFormer, purple "
-            "GFFormer); ours are labelled by name.",
+    summary="Batch 4 (--batch-size), float32, random input, every model built for each resolution. On a GPU the "
+            "sweep is 224..1024 px (the paper: V100, resolutions not recorded); on a CPU only a 64..160 px smoke "
+            "sweep, and no memory figure (torch tracks CUDA allocations only; the run says so). The published "
+            "figures swap colours (pink is DFFormer, blue CDFFormer, purple GFFormer); ours are labelled by name.",
     needs_weights=False,
+    batch_size=4,
+    options=("models",),
 )
 
 LABELS = {"convformer_s18": "ConvFormer-S18", "caformer_s18": "CAFormer-S18", "gfformer_s18": "GFFormer-S18",
@@ -25,13 +28,15 @@ CPU_RESOLUTIONS = (64, 96, 128, 160)
 
 
 def run(ctx):
-    from spectrascope.engine.device import resolve_device
     device = resolve_device(ctx.device)
     gpu = device.type == "cuda"
-    rows = sweep(ctx.models, GPU_RESOLUTIONS if gpu else CPU_RESOLUTIONS, batch_size=4, device=device,
+    rows = sweep(ctx.models, GPU_RESOLUTIONS if gpu else CPU_RESOLUTIONS, batch_size=ctx.batch_size, device=device,
                  warmup=10 if gpu else 1, iters=40 if gpu else 2)
     write_csv(ctx.output / "throughput.csv", [dict(r, resolution=r["resolution"][0]) for r in rows])
     name = torch.cuda.get_device_name(device) if gpu else "CPU"
-    for stem, fig in figures(rows, labels=LABELS, title_suffix=f" ({name})").items():
+    figs = figures(rows, labels=LABELS, title_suffix=f" ({name}, batch {ctx.batch_size})")
+    if "memory_vs_resolution" not in figs:
+        ctx.warn(MEMORY_NOTE.format(device=name))
+    for stem, fig in figs.items():
         save_figure(fig, ctx.output, stem)
-    return {"device": name, "rows": rows}
+    return {"device": name, "batch_size": ctx.batch_size, "figures": sorted(figs), "rows": rows}

@@ -11,6 +11,7 @@ FIGURE = FigureSpec(
     summary="Stage 3 only (the downsampling into stage 3, then the residual stream after every token mixer and "
             "every MLP of its 9 blocks): with trained weights CAFormer-S18 (MHSA) acts as a high-pass filter and "
             "CDFFormer-S18 (dynamic filter) attenuates the high frequencies.",
+    options=("models", "freq_axis"),
 )
 
 LABELS = {"caformer_s18": "CAFormer-S18", "cdfformer_s18": "CDFFormer-S18"}

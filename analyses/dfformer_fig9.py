@@ -12,10 +12,12 @@ FIGURE = FigureSpec(
             "the centre (GFNet's recipe: irfft2, fft2, shift, |.|), rows grouped by stage with one colour scale "
             "per stage (yellow = high amplitude), plus which basis the channels use on the images. The paper's "
             "exact layout and colour map are not published; with trained weights high-, low- and band-pass bases "
-            "appear in many layers.",
+            "appear in many layers. PNG and PDF with labelled colour bars.",
     num_images=5,
+    options=("models", "cmap"),
 )
 
 
 def run(ctx):
-    return filters_recipe(ctx, "dfformer_s18", routing=True)
+    out = [filters_recipe(ctx, m, routing=True) for m in ctx.models]
+    return out[0] if len(out) == 1 else {"models": out}

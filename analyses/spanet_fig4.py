@@ -17,8 +17,8 @@ FIGURE = FigureSpec(
 
 
 def run(ctx):
-    from spectrascope.analysis.cam import run_context
+    from spectrascope.pipelines.cam import run_context
     payload = run_context("spanet_s", checkpoint=ctx.checkpoint("spanet_s"), images=ctx.images, data=ctx.data,
                           num_images=ctx.num_images, img_size=ctx.img_size, device=resolve_device(ctx.device),
-                          output=ctx.output / "context")
+                          output=ctx.output / "context").payload
     return {"block": payload["block"], "maps": payload["maps"], "images": payload["images"]}

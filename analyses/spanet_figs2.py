@@ -17,10 +17,10 @@ FIGURE = FigureSpec(
 
 
 def run(ctx):
-    from spectrascope.analysis.cam import run_cam
+    from spectrascope.pipelines.cam import run_cam
     payload = run_cam([(m, ctx.checkpoint(m)) for m in ctx.models], method="scorecam", flavour="gradcam-lib",
                       images=ctx.images, data=ctx.data, num_images=ctx.num_images, img_size=ctx.img_size,
                       device=resolve_device(ctx.device), batch_size=32, output=ctx.output / "cam",
-                      progress=ctx.progress)
+                      progress=ctx.progress).payload
     return {"models": [{"model": m["model"], "target_layer": m["target_layer"], "classes": m["classes"]}
                        for m in payload["models"]], "images": payload["images"]}

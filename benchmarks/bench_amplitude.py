@@ -1,21 +1,21 @@
-"""Cost of the streaming amplitude analysis relative to plain forward passes, and its
-peak memory as the number of images grows.
+"""Cost of the streaming amplitude analysis relative to plain forward passes, the early stop
+of a run whose taps end at stage 1, and peak memory as the number of images grows.
 
     python benchmarks/bench_amplitude.py                      # dfformer_s18, 224 px, auto device
     python benchmarks/bench_amplitude.py --model convformer_s18 --batch-size 32 --batches 8 --device cuda
 
-Prints two ratios:
+Prints three ratios, each the best of interleaved repeats (robust to a shared machine) with
+the medians beside it, on the same pre-generated images (decoding excluded from both sides):
 
-* time: (forward passes + hooks + FFT reduction + curves) / (the same forward passes alone),
-  on the same pre-generated batches (image decoding excluded from both), best of the
-  interleaved repeats (robust to a shared machine) with the medians and CPU-time ratios
-  beside it; for the default run (half-diagonal reduction) and with --save-maps (2-D maps);
-  target <= 1.10;
-* memory: memory with N_large images / with N_small images (flat = 1.00), each N in a fresh
-  subprocess. On CUDA: ``torch.cuda.max_memory_allocated``. On CPU: the largest resident set
-  peak resident set size (ru_maxrss, model and runtime included) and the resident size sampled
-  after every batch, with glibc told to serve large blocks from mmap so that freed memory
-  leaves the resident set (otherwise the allocator's high-water mark varies by +-10%).
+* ``amplitude run / plain forward``: what ``spectrascope amplitude`` does per model (engine
+  runner batching the images, Probe hooks, half-diagonal FFT reduction, non-finite check,
+  curves) over the same forward passes alone (``model(x)`` under inference mode); target
+  <= 1.02; the 2-D map reduction (``--save-maps``) is printed beside it;
+* ``--stage 1 run / full forward``: the same run with the stage-1 taps only, which stops the
+  forward after stage 1 (``Probe(stop_early=True)``): well under 1;
+* memory (unless ``--skip-memory``): peak memory with N_large images / with N_small images
+  (flat = 1.00), each N in a fresh subprocess (CUDA ``max_memory_allocated``; on CPU the peak
+  resident set, with glibc serving large blocks from mmap so that freed memory leaves it).
 """
 from __future__ import annotations
 
@@ -29,12 +29,13 @@ import time
 
 import torch
 
-from spectrascope.analysis.fourier import choose_taps, reduce_spectra
+from spectrascope.analysis.fourier import choose_taps, reduce_dataset
+from spectrascope.engine import dist as _dist
 from spectrascope.engine.device import resolve_device
+from spectrascope.engine.runner import RunConfig, Runner
 from spectrascope.zoo.build import build_for_inference
-from spectrascope.ops.fourier import curve_from_map
 
-TARGET = 1.10
+TARGET = 1.02
 
 
 def sync(dev):
@@ -42,64 +43,40 @@ def sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def make_batches(n_batches, batch, size, dev, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, 3, *size, generator=g).to(dev) for _ in range(n_batches)]
+class Images(torch.utils.data.Dataset):
+    """Pre-generated normalised images (what the runner batches)."""
+
+    def __init__(self, n, size, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, *size, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i]
 
 
-def lazy_batches(n_images, batch, size, dev):
-    """Batches generated on the fly: the input never holds more than one batch."""
-    g = torch.Generator().manual_seed(0)
-    done = 0
-    while done < n_images:
-        b = min(batch, n_images - done)
-        yield torch.randn(b, 3, *size, generator=g).to(dev)
-        done += b
-
-
-def plain(model, batches, dev):
-    sync(dev)
-    t, c = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
-        for x in batches:
-            model(x)
-    sync(dev)
-    return time.perf_counter() - t, time.process_time() - c
-
-
-def amplitude(model, batches, taps, dev, maps=False):
-    """What `spectrascope amplitude` does per model: hooks + streaming reduction + curves."""
-    sync(dev)
-    t, c = time.perf_counter(), time.process_time()
-    stats, _, _ = reduce_spectra(model, batches, taps, device=dev, maps=maps)
-    curves = [curve_from_map(s.mean_map()) if maps else s.curve() for s in stats.values()]
-    sync(dev)
-    assert all(cv[0].item() == 0.0 for cv in curves)
-    return time.perf_counter() - t, time.process_time() - c
-
-
-def in_run_share(model, batches, taps, dev, maps=False):
-    """Fraction of an amplitude run spent inside the reducer callbacks (timed in the same run,
-    so machine load affects the forward and the reduction alike)."""
-    from spectrascope.engine.reducers.amplitude import AmplitudeReducer
-    from spectrascope.probe import Probe
-    red = AmplitudeReducer(taps, maps=maps)
-    spent = [0.0]
-
-    def timed(tap, x):
-        sync(dev)
-        t = time.perf_counter()
-        red(tap, x)
-        sync(dev)
-        spent[0] += time.perf_counter() - t
+def plain(model, ds, batch, dev):
+    """The forward passes alone, on the same batches already stacked on the device."""
+    xs = [ds.x[i:i + batch].to(dev) for i in range(0, len(ds), batch)]
     sync(dev)
     t = time.perf_counter()
-    with torch.inference_mode(), Probe(model, taps, callback=timed, **red.probe_kwargs):
-        for x in batches:
+    with torch.inference_mode():
+        for x in xs:
             model(x)
     sync(dev)
-    total = time.perf_counter() - t
-    return spent[0], total
+    return time.perf_counter() - t
+
+
+def amplitude(model, ds, taps, runner, maps=False):
+    """What `spectrascope amplitude` does per model: runner + hooks + streaming reduction + curves."""
+    t = time.perf_counter()
+    stats, n, _, run = reduce_dataset(model, ds, taps, runner, maps=maps)
+    curves = [s.curve() if not maps else s.mean_map() for s in stats.values()]
+    sync(runner.device)
+    assert n == len(ds) and curves
+    return time.perf_counter() - t, run.stopped_early
 
 
 def build(args, dev):
@@ -114,26 +91,77 @@ def _rss() -> int:
 
 
 def memory_child(args):
-    """One N in a fresh process: prints JSON with the peak memory and, on CPU, the resident
-    set size sampled after every batch (glibc's allocator makes ru_maxrss noisy)."""
+    """One N in a fresh process: prints JSON with the peak memory (and the resident set after the run on CPU)."""
     import resource
     dev = resolve_device(args.device)
     model, cfg, taps = build(args, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    samples = []
-
-    def batches():
-        for x in lazy_batches(args.child_n, args.batch_size, cfg["size"], dev):
-            yield x
-            if dev.type != "cuda":
-                samples.append(_rss())
-    reduce_spectra(model, batches(), taps, device=dev)
-    if dev.type != "cuda":
-        samples.append(_rss())
+    runner = Runner(RunConfig(device=dev, batch_size=args.batch_size), dist=_dist.Dist())
+    reduce_dataset(model, Images(args.child_n, cfg["size"]), taps, runner, maps=False)
     peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"n": args.child_n, "peak_bytes": peak, "rss_after_batches": samples[1:]}))
+    print(json.dumps({"n": args.child_n, "peak_bytes": peak, "rss_after": _rss()}))
+
+
+def _ratio_line(label, num, den, target=None) -> str:
+    best = min(num) / min(den)
+    med = statistics.median(num) / statistics.median(den)
+    tail = f"  target <= {target:.2f}: {'ok' if best <= target else 'MISSED'}" if target else ""
+    return f"{label} = {best:.3f} (best of {len(num)}; median {med:.3f}){tail}"
+
+
+def timing(args, dev) -> dict:
+    model, cfg, taps = build(args, dev)
+    stage1 = choose_taps(model, roles=args.taps.split(",") if args.taps else None, stages=[1],
+                         input_size=cfg["size"])
+    ds = Images(args.batches * args.batch_size, cfg["size"])
+    runner = Runner(RunConfig(device=dev, batch_size=args.batch_size), dist=_dist.Dist())
+    print(f"model {args.model} on {dev} ({torch.get_num_threads()} threads), input {cfg['size'][0]}x{cfg['size'][1]}, "
+          f"{len(taps)} taps ({len(stage1)} at stage 1), {len(ds)} images per run in batches of {args.batch_size}")
+    plain(model, ds, args.batch_size, dev)                     # warm-up (first-call costs)
+    amplitude(model, ds, taps, runner)
+    amplitude(model, ds, taps, runner, maps=True)
+    amplitude(model, ds, stage1, runner)
+    runs = {"plain forward": [], "amplitude": [], "amplitude --save-maps": [], "amplitude --stage 1": []}
+    stopped = True
+    for _ in range(args.repeats):                              # interleaved, so drifting load hits all alike
+        runs["plain forward"].append(plain(model, ds, args.batch_size, dev))
+        runs["amplitude"].append(amplitude(model, ds, taps, runner)[0])
+        runs["amplitude --save-maps"].append(amplitude(model, ds, taps, runner, maps=True)[0])
+        t, s = amplitude(model, ds, stage1, runner)
+        runs["amplitude --stage 1"].append(t)
+        stopped = stopped and s
+    n = len(ds)
+    for k, v in runs.items():
+        print(f"{k:22s}: best {min(v):.3f} s ({1e3 * min(v) / n:.1f} ms/image), median {statistics.median(v):.3f} s"
+              f"  runs {[round(w, 3) for w in v]}")
+    p = runs["plain forward"]
+    print(_ratio_line("time ratio amplitude run / plain forward", runs["amplitude"], p, TARGET))
+    print(_ratio_line("time ratio amplitude --save-maps / plain forward", runs["amplitude --save-maps"], p))
+    print(_ratio_line("time ratio amplitude --stage 1 / full forward", runs["amplitude --stage 1"], p)
+          + f"  (stopped early: {stopped})")
+    return runs
+
+
+def memory(args, dev) -> None:
+    small, large = (int(v) for v in args.memory_n.split(","))
+    res = {}
+    for k in (small, large):
+        cmd = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--img-size", str(args.img_size),
+               "--batch-size", str(args.batch_size), "--device", args.device, "--child-n", str(k)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        if args.taps:
+            cmd += ["--taps", args.taps]
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="0")
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
+        res[k] = json.loads(out)
+    mib = 2 ** 20
+    ps, pl = res[small]["peak_bytes"], res[large]["peak_bytes"]
+    what = "CUDA max_memory_allocated" if dev.type == "cuda" else "peak RSS"
+    print(f"peak memory ({what}): N={small}: {ps / mib:.0f} MiB, N={large}: {pl / mib:.0f} MiB")
+    print(f"memory ratio N={large}/N={small} = {pl / ps:.3f}  (flat = 1.00)")
 
 
 def main(argv=None):
@@ -141,7 +169,7 @@ def main(argv=None):
     ap.add_argument("--model", default="dfformer_s18")
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--batches", type=int, default=4, help="batches per timed run")
+    ap.add_argument("--batches", type=int, default=3, help="batches per timed run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--taps", default=None, help="roles (default: the amplitude command's)")
     ap.add_argument("--device", default="auto")
@@ -154,65 +182,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.child_n is not None:
         return memory_child(args)
-
     dev = resolve_device(args.device)
-    model, cfg, taps = build(args, dev)
-    batches = make_batches(args.batches, args.batch_size, cfg["size"], dev)
-    n = args.batches * args.batch_size
-    print(f"model {args.model} on {dev} ({torch.get_num_threads()} threads), input {cfg['size'][0]}x{cfg['size'][1]}, "
-          f"{len(taps)} taps, {n} images per run in batches of {args.batch_size}")
-    plain(model, batches[:1], dev)                      # warm-up (first-call costs)
-    amplitude(model, batches[:1], taps, dev)
-    amplitude(model, batches[:1], taps, dev, maps=True)
-    runs = {"plain": [], "amplitude": [], "amplitude --save-maps": []}
-    for _ in range(args.repeats):                       # interleaved, so drifting load hits all alike
-        runs["plain"].append(plain(model, batches, dev))
-        runs["amplitude"].append(amplitude(model, batches, taps, dev))
-        runs["amplitude --save-maps"].append(amplitude(model, batches, taps, dev, maps=True))
-    best = {k: min(w for w, _ in v) for k, v in runs.items()}
-    med = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
-    cpu = {k: min(c for _, c in v) for k, v in runs.items()}
-    for k in runs:
-        print(f"{k:22s}: best {best[k]:.3f} s ({1e3 * best[k] / n:.1f} ms/image), median {med[k]:.3f} s, "
-              f"cpu {cpu[k]:.3f} s  runs {[round(w, 3) for w, _ in runs[k]]}")
-    for k in ("amplitude", "amplitude --save-maps"):
-        ratio = best[k] / best["plain"]
-        print(f"time ratio {k}/forward = {ratio:.3f} (best of {args.repeats}; median {med[k] / med['plain']:.3f}; "
-              f"cpu time {cpu[k] / cpu['plain']:.3f})  target <= {TARGET:.2f}: {'ok' if ratio <= TARGET else 'MISSED'}")
-
-    shares = [in_run_share(model, batches, taps, dev) for _ in range(args.repeats)]
-    spent, total = min(shares, key=lambda st: st[0] / st[1])
-    med = statistics.median(sp / (tt - sp) for sp, tt in shares)
-    print(f"in-run estimate: reduction {spent:.3f} s of {total:.3f} s -> ratio {total / (total - spent):.3f} "
-          f"(median over runs {1 + med:.3f}); the reduction alone, measured inside the same forward passes")
-
-    if args.skip_memory:
-        return 0
-    small, large = (int(v) for v in args.memory_n.split(","))
-    runs = {}
-    for k in (small, large):
-        cmd = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--img-size", str(args.img_size),
-               "--batch-size", str(args.batch_size), "--device", args.device, "--child-n", str(k)]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        if args.taps:
-            cmd += ["--taps", args.taps]
-        # large blocks straight from mmap, so freed memory leaves the resident set at once (glibc)
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="0")
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
-        runs[k] = json.loads(out)
-    mib = 2 ** 20
-    if dev.type == "cuda":
-        ps, pl = runs[small]["peak_bytes"], runs[large]["peak_bytes"]
-        print(f"peak memory (CUDA max_memory_allocated): N={small}: {ps / mib:.0f} MiB, N={large}: {pl / mib:.0f} MiB")
-        print(f"memory ratio N={large}/N={small} = {pl / ps:.3f}  (flat = 1.00)")
-        return 0
-    ps, pl = runs[small]["peak_bytes"], runs[large]["peak_bytes"]
-    rs, rl = max(runs[small]["rss_after_batches"]), max(runs[large]["rss_after_batches"])
-    print(f"resident memory after each batch (max): N={small}: {rs / mib:.0f} MiB, N={large}: {rl / mib:.0f} MiB "
-          f"(samples of the N={large} run: {[round(v / mib) for v in runs[large]['rss_after_batches']]})")
-    print(f"peak RSS (ru_maxrss): N={small}: {ps / mib:.0f} MiB, N={large}: {pl / mib:.0f} MiB")
-    print(f"memory ratio N={large}/N={small} = {pl / ps:.3f} peak, {rl / rs:.3f} between batches  (flat = 1.00)")
+    timing(args, dev)
+    if not args.skip_memory:
+        memory(args, dev)
     return 0
 
 

@@ -64,7 +64,7 @@ class PeakRSS:
 
 def build(args):
     import spectrascope
-    from spectrascope.ops.cam import default_target_layer
+    from spectrascope.analysis.cam import default_target_layer
     torch.manual_seed(0)
     kw = json.loads(args.model_kwargs) if args.model_kwargs else {}
     model = spectrascope.create_model(args.model, num_classes=1000, img_size=args.img_size, **kw).eval()
@@ -130,9 +130,14 @@ def worker(args):
             return naive_score_cam(model, tl.module, tl.to_nchw, x, classes, args.batch_size)
     else:
         from spectrascope import score_cam
+        runner = None
+        if args.channels_last is not None:
+            from spectrascope.engine.runner import RunConfig, Runner
+            runner = Runner(RunConfig(device=args.device, channels_last=bool(args.channels_last)))
+            runner.prepare(model)
 
         def call():
-            return score_cam(model, tl, x, classes, batch_size=args.batch_size or None)
+            return score_cam(model, tl, x, classes, batch_size=args.batch_size or None, runner=runner)
     with torch.no_grad():
         model(x)                                                  # warm-up
     cuda = x.device.type == "cuda"
@@ -164,6 +169,8 @@ def run_worker(args, impl):
            "--device", args.device, "--repeats", str(args.repeats), "--threads", str(args.threads)]
     if args.model_kwargs:
         cmd += ["--model-kwargs", args.model_kwargs]
+    if impl == "spectrascope" and args.channels_last is not None:
+        cmd += ["--channels-last", str(args.channels_last)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{impl} failed:\n{res.stderr[-3000:]}")
@@ -186,6 +193,9 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--channels-last", type=int, choices=(0, 1), default=None,
+                   help="spectrascope only: 1 = channels-last weights and inputs, 0 = contiguous "
+                        "(default: score_cam's own default)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

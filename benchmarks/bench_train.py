@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                                   # GPU: dfformer_s18, 224 px
     python benchmarks/bench_train.py --device cpu                      # CPU: a reduced model at 64 px
     python benchmarks/bench_train.py --compile --loop                  # + torch.compile, + the full loop
+    python benchmarks/bench_train.py --device cpu --eval               # + evaluation through the runner
 
 Two measurements:
 
@@ -15,6 +16,10 @@ Two measurements:
   ``synthetic`` at the same size (data generation, augmentation, loader, EMA and per-step
   loss checks included), with the fastest step configuration; prints the loop's img/s as
   reported in its results.json and its ratio to the bare step.
+* ``eval`` (with ``--eval``): ``spectrascope.train.evaluate.evaluate_model`` (the engine's runner:
+  batching, inference mode, the non-finite check, the exact per-batch accuracy sums) on a
+  synthetic validation split against a bare ``inference_mode`` loop over the same batches;
+  prints both img/s and the ratio (runner / bare; 1.00 means no overhead).
 """
 from __future__ import annotations
 
@@ -95,6 +100,52 @@ def bench_loop(args, dev, amp: bool, channels_last: bool, compile_: bool) -> dic
         shutil.rmtree(out, ignore_errors=True)
 
 
+def bench_eval(args, dev) -> dict:
+    from spectrascope.engine.runner import RunConfig, Runner
+    from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
+    from spectrascope.train.evaluate import evaluate_model
+    torch.manual_seed(0)
+    model = spectrascope.create_model(args.model, num_classes=8, img_size=args.img_size, **args.kw).to(dev).eval()
+    n = args.batch_size * (args.steps + args.warmup)
+    bundle = load_data(f"synthetic:num_classes=8,train_size=8,val_size={n},size={args.img_size}")
+    ds = TransformedDataset(bundle.val, EvalTransform((args.img_size, args.img_size), center_crop=False))
+    cached = [(torch.stack([ds[i][0] for i in range(j, min(n, j + args.batch_size))]),
+               torch.tensor([ds[i][1] for i in range(j, min(n, j + args.batch_size))]))
+              for j in range(0, n, args.batch_size)]
+
+    class Cached(torch.utils.data.Dataset):       # decoded once: both sides time the forward and the metric
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            x, y = cached[i // args.batch_size]
+            return x[i % args.batch_size], int(y[i % args.batch_size])
+
+    def bare():
+        hits = 0
+        with torch.inference_mode():
+            for x, y in cached:
+                hits += int((model(x.to(dev)).argmax(-1).cpu() == y).sum())
+        return hits
+
+    runner = Runner(RunConfig(device=dev, batch_size=args.batch_size))
+
+    def timed(fn) -> float:
+        sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        sync(dev)
+        return time.perf_counter() - t0
+
+    bare()
+    evaluate_model(model, Cached(), runner)                 # both warmed up, then the best of 3 alternating runs
+    t_bare, t_run = float("inf"), float("inf")
+    for _ in range(3):
+        t_bare = min(t_bare, timed(bare))
+        t_run = min(t_run, timed(lambda: evaluate_model(model, Cached(), runner)))
+    return {"bare_img_s": n / t_bare, "runner_img_s": n / t_run, "ratio": t_run / t_bare}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="dfformer_s18")
@@ -105,6 +156,7 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--loop", action="store_true", help="also time the full training loop")
+    p.add_argument("--eval", action="store_true", help="also time evaluation through the runner")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--model-kwargs", default=None, help='JSON, e.g. \'{"dims": [32, 64, 96, 128]}\'')
     args = p.parse_args()
@@ -131,6 +183,10 @@ def main():
         r = bench_loop(args, dev, amp, cl, comp)
         print(f"loop  {label:28s} {r['img_s']:9.1f} img/s  peak {r['peak_mb']:8.0f} MB  "
               f"x{r['img_s'] / results[label]['img_s']:.2f} of the bare step")
+    if args.eval:
+        r = bench_eval(args, dev)
+        print(f"eval  runner {r['runner_img_s']:9.1f} img/s  bare loop {r['bare_img_s']:9.1f} img/s  "
+              f"runner/bare time x{r['ratio']:.2f}")
 
 
 if __name__ == "__main__":

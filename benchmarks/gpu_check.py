@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
                         "SPECTRASCOPE_FIXTURES", str(ROOT.parent / "shared" / "fixtures"))})]
     results.append(step("bf16/fp16 autocast per family", [PY, "-c", AMP_CODE], 120))
     train = OUT / "train"
+    shutil.rmtree(train, ignore_errors=True)      # --overwrite never replaces a run's checkpoints
     results.append(step("training: channels_last + compile + bf16", [
         PY, "-m", "spectrascope.cli", "train", "--model", "dfformer_s18", *TINY, "--data", "synthetic:size=64",
         "--epochs", "1", "-b", "32", "--amp", "bf16", "--channels-last", "--compile", "--limit-train-batches", "8",

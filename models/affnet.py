@@ -618,12 +618,24 @@ class AFFNet(ZooModel):
         self.classifier.add_module("global_pool", GlobalPool(global_pool))
         if 0.0 < classifier_dropout < 1.0:
             self.classifier.add_module("dropout", nn.Dropout(p=classifier_dropout))
-        self.classifier.add_module("fc", nn.Linear(exp, num_classes, bias=True))
         self.num_features = exp
+        self.classifier.add_module("fc", self._make_fc(num_classes))
+        reductions, r = [], 2
+        for k in range(1, 6):
+            r *= cfg[f"layer{k}"].get("stride", 1)
+            reductions.append(r)
+        self.feature_info = self._feature_info([cfg[f"layer{k}"]["out_channels"] for k in range(1, 6)], reductions,
+                                               [f"layer_{k}" for k in range(1, 6)])
+
+    def _make_fc(self, num_classes: int) -> nn.Module:
         # official init: cvnets' initialize_weights is a no-op for this model (PyTorch
         # defaults everywhere); the classifier's LinearLayer is xavier-uniform, bias 0.
-        nn.init.xavier_uniform_(self.classifier.fc.weight)
-        nn.init.zeros_(self.classifier.fc.bias)
+        if num_classes <= 0:
+            return nn.Identity()
+        fc = nn.Linear(self.num_features, num_classes, bias=True)
+        nn.init.xavier_uniform_(fc.weight)
+        nn.init.zeros_(fc.bias)
+        return fc
 
     @staticmethod
     def _make_mobilenet_layer(in_ch, cfg, conv_kw):
@@ -650,20 +662,33 @@ class AFFNet(ZooModel):
         return nn.Sequential(*blocks), in_ch
 
     # ------------------------------------------------------------------ forward
-    def forward_features(self, x):
+    first_conv = "conv_1.block.conv"
+    classifier_name = "classifier.fc"
+
+    def _stages_forward(self, x):
         x = self.conv_1(x)
         for k in range(1, 6):
-            x = getattr(self, f"layer_{k}")(x)
+            x = self._run_blocks(getattr(self, f"layer_{k}"), x)
+            yield x
+
+    def _final_features(self, x):
+        """The ``conv_1x1_exp`` map (B, num_features, H/32, W/32)."""
         return self.conv_1x1_exp(x)
 
-    def forward_head(self, x):
-        return self.classifier(x)
+    def forward_head(self, x, pre_logits: bool = False):
+        """Global pool (and dropout): ``pre_logits``; then the classifier."""
+        x = self.classifier.global_pool(x)
+        if "dropout" in self.classifier._modules:
+            x = self.classifier.dropout(x)
+        return x if pre_logits else self.classifier.fc(x)
 
-    def forward(self, x):
-        return self.classifier(self.forward_features(x))
+    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
+        self.num_classes = num_classes
+        self.classifier.fc = self._make_fc(num_classes)
 
-    def get_classifier(self) -> nn.Module:
-        return self.classifier.fc
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^conv_1\.", blocks=[(r"^layer_(\d+)" if coarse else r"^layer_(\d+)\.(\d+)", None),
+                                               (r"^conv_1x1_exp", (99999,))])
 
     # ------------------------------------------------------------------ taps
     def taps(self) -> TapList:

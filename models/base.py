@@ -1,6 +1,9 @@
 """What every zoo model declares: its taps (hookable points addressed by role), its registry
-entry (``register_model``: name, builder and model-card fields, read by ``spectrascope.zoo``)
-and how official checkpoints are adapted to the built configuration.
+entry (``register_model``: name, builder and model-card fields, read by ``spectrascope.zoo``),
+how official checkpoints are adapted to the built configuration, and timm's model API
+(``feature_info``, ``forward_intermediates``, ``forward_head(pre_logits=)``,
+``reset_classifier``, ``set_grad_checkpointing``, ``group_matcher``, ``pretrained_cfg``) on
+top of each family's ``_stages_forward`` / ``_final_features`` / ``forward_head``.
 
 Model code imports nothing of the toolkit but ``spectrascope.errors`` and the probe's
 ``TapSpec`` types."""
@@ -12,6 +15,7 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from spectrascope.errors import UserError
 from spectrascope.probe.spec import LAYOUTS, ROLES, TapList, TapSpec  # noqa: F401  (re-exported)
@@ -45,14 +49,118 @@ class AdaptNote:
     what: str
 
 
+def feature_take_indices(n: int, indices=None) -> tuple[list[int], int]:
+    """timm's ``indices`` rule: None = every level, an int k = the last k levels, a sequence =
+    those levels (negative from the end). Returns (sorted indices, largest index)."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise UserError(f"indices={indices}: this model has {n} feature levels (1..{n})", option="indices")
+        take = list(range(n - indices, n))
+    else:
+        take = sorted({int(i) + n if int(i) < 0 else int(i) for i in indices})
+        bad = [i for i in take if not 0 <= i < n]
+        if bad or not take:
+            raise UserError(f"indices={list(indices)}: this model has feature levels 0..{n - 1}", option="indices")
+    return take, max(take)
+
+
 class ZooModel(nn.Module):
     """Mixin-like base for zoo models.
 
     Subclasses implement ``taps()``; they may extend ``adapt_state_dict`` for
-    checkpoint conversions (resolution changes, derived buffers)."""
+    checkpoint conversions (resolution changes, derived buffers).
+
+    timm's API: a family implements ``_stages_forward(x)`` (yields the native output of every
+    feature level), ``_to_nchw(x, i)``, ``_final_features(x)`` (what ``forward_features``
+    returns: the unpooled last map), ``forward_head(x, pre_logits=False)`` and
+    ``reset_classifier``, and sets ``feature_info`` (timm's list of ``num_chs``, ``reduction``,
+    ``module``) and ``num_features``."""
 
     #: tensor layout between blocks, for cards and probes
     feature_layout: str = "NCHW"
+    #: timm's ``first_conv`` / ``classifier`` entries of the pretrained config (module paths)
+    first_conv: str = ""
+    classifier_name: str = "head"
+    grad_checkpointing: bool = False
+    pretrained_cfg: dict | None = None
+    feature_info: list | None = None
+
+    # ------------------------------------------------------------------ timm API
+    @property
+    def default_cfg(self) -> dict | None:
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, value) -> None:
+        self.pretrained_cfg = value
+
+    def _stages_forward(self, x) -> Iterator[torch.Tensor]:  # pragma: no cover - every family overrides
+        raise NotImplementedError
+
+    def _to_nchw(self, x, i: int) -> torch.Tensor:
+        return x
+
+    def _final_features(self, x):
+        return x
+
+    def forward_features(self, x):
+        for x in self._stages_forward(x):
+            pass
+        return self._final_features(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's ``forward_intermediates``: the outputs of the feature levels ``indices`` as NCHW
+        maps (``output_fmt='NHWC'`` permutes them; token models also give ``'NLC'``) and, unless
+        ``intermediates_only``, the ``forward_features`` output. ``norm`` is accepted for timm's
+        signature; the families here have no per-level norm."""
+        if output_fmt not in ("NCHW", "NHWC", "NLC"):
+            raise UserError(f"output_fmt={output_fmt!r}: choose NCHW, NHWC or NLC", option="output_fmt")
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        out = []
+        for i, x in enumerate(self._stages_forward(x)):
+            if i in take:
+                y = x if output_fmt == "NLC" and x.ndim == 3 else self._to_nchw(x, i)
+                out.append(y.permute(0, 2, 3, 1) if output_fmt == "NHWC" else y)
+            if (stop_early or intermediates_only) and i >= last:
+                break
+        if intermediates_only:
+            return out
+        return self._final_features(x), out
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
+        """timm's pruning hook: the head is dropped (``prune_head``); the levels kept are returned.
+        Levels after the last one are not run by ``forward_intermediates(intermediates_only=True)``."""
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = bool(enable)
+
+    def _run_blocks(self, blocks, x):
+        """Run a sequence of blocks, each under activation checkpointing when enabled."""
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            for blk in blocks:
+                x = _checkpoint(blk, x, use_reentrant=False)
+            return x
+        if isinstance(blocks, (list, tuple)):
+            for blk in blocks:
+                x = blk(x)
+            return x
+        return blocks(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.get_submodule(self.classifier_name)
+
+    def _feature_info(self, chans, reductions, modules) -> list[dict]:
+        return [dict(num_chs=int(c), reduction=int(r), module=m) for c, r, m in zip(chans, reductions, modules)]
 
     def taps(self) -> TapList:  # pragma: no cover - every family overrides
         raise NotImplementedError
@@ -86,3 +194,35 @@ def block_depths(stage_depths: list[int]) -> Iterator[tuple[int, int, float]]:
         for j in range(d):
             yield s, j, (k / (total - 1) if total > 1 else 0.0)
             k += 1
+
+
+class FeaturesOnly(nn.Module):
+    """``features_only=True`` without timm: the model's ``forward_intermediates`` at ``out_indices``
+    (a list of NCHW maps), with timm's ``feature_info`` helpers (``channels()``, ``reduction()``)."""
+
+    def __init__(self, model: ZooModel, out_indices=None, output_fmt: str = "NCHW"):
+        super().__init__()
+        n = len(model.feature_info)
+        self.out_indices, _ = feature_take_indices(n, out_indices if out_indices is not None else n)
+        self.model = model
+        self.output_fmt = output_fmt
+        model.prune_intermediate_layers(self.out_indices)
+        self.feature_info = _FeatureInfo([model.feature_info[i] for i in self.out_indices])
+
+    def forward(self, x):
+        return self.model.forward_intermediates(x, indices=self.out_indices, output_fmt=self.output_fmt,
+                                                intermediates_only=True)
+
+
+class _FeatureInfo(list):
+    def channels(self, idx=None):
+        return [d["num_chs"] for d in self] if idx is None else self[idx]["num_chs"]
+
+    def reduction(self, idx=None):
+        return [d["reduction"] for d in self] if idx is None else self[idx]["reduction"]
+
+    def module_name(self, idx=None):
+        return [d["module"] for d in self] if idx is None else self[idx]["module"]
+
+    def get_dicts(self):
+        return list(self)

@@ -230,22 +230,24 @@ class _GFNetBase(ZooModel):
     def no_weight_decay(self):
         return {"pos_embed", "cls_token"}
 
-    def get_classifier(self):
-        return self.head
+    first_conv = "patch_embed.proj"
 
-    def reset_classifier(self, num_classes, global_pool=""):
+    def reset_classifier(self, num_classes, global_pool=None):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_head(self, x):
-        return self.head(self.final_dropout(self.pre_logits(x)))
+    def _final_features(self, x):
+        """The final LayerNorm on the tokens (B, N, C)."""
+        return self.norm(x)
 
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
+    def forward_head(self, x, pre_logits: bool = False):
+        """Mean over tokens (official order: after the final norm), pre-logits, classifier."""
+        x = self.pre_logits(self.pool_tap(x.mean(1)))
+        return x if pre_logits else self.head(self.final_dropout(x))
 
-    def _pool(self, x):
-        # final LayerNorm on the tokens, then the mean over tokens (official order)
-        return self.pool_tap(self.norm(x).mean(1))
+    def _tokens_to_nchw(self, x, grid):
+        B, N, C = x.shape
+        return x.transpose(1, 2).reshape(B, C, grid[0], grid[1])
 
     # ------------------------------------------------------------------ checkpoints
     def adapt_state_dict(self, state):
@@ -308,14 +310,23 @@ class GFNet(_GFNetBase):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.final_dropout = nn.Dropout(p=dropcls) if dropcls > 0 else nn.Identity()
 
+        self.feature_info = self._feature_info([embed_dim] * depth, [self.patch_embed.patch_size[0]] * depth,
+                                               [f"blocks.{i}" for i in range(depth)])
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_init_weights)
 
-    def forward_features(self, x):
+    def _stages_forward(self, x):
+        """Every block is a feature level (as timm's ViTs)."""
         x = self.pos_drop(self.patch_embed(x) + self.pos_embed)
         for blk in self.blocks:
-            x = blk(x)
-        return self._pool(x)
+            x = self._run_blocks([blk], x)
+            yield x
+
+    def _to_nchw(self, x, i: int):
+        return self._tokens_to_nchw(x, self.grid)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
     def taps(self) -> TapList:
         g = self.grid
@@ -393,16 +404,29 @@ class GFNetPyramid(_GFNetBase):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.final_dropout = nn.Dropout(p=dropcls) if dropcls > 0 else nn.Identity()
 
+        self.feature_info = self._feature_info(embed_dim, [stem.patch_size[0] * 2 ** i for i in range(n)],
+                                               [f"blocks.{i}" for i in range(n)])
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_init_weights)
 
-    def forward_features(self, x):
+    first_conv = "patch_embed.0.proj"
+
+    def _stages_forward(self, x):
         for i in range(self.num_stage):
             x = self.patch_embed[i](x)
             if i == 0:
                 x = x + self.pos_embed
-            x = self.blocks[i](x)
-        return self._pool(x)
+            x = self._run_blocks(self.blocks[i], x)
+            yield x
+
+    def _to_nchw(self, x, i: int):
+        return self._tokens_to_nchw(x, self.stage_sizes[i])
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^pos_embed|^patch_embed\.0",
+                    blocks=[(r"^patch_embed\.(\d+)", None),
+                            (r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)", None),
+                            (r"^norm", (99999,))])
 
     def taps(self) -> TapList:
         t = TapList()

@@ -239,6 +239,14 @@ class ChannelsFirstMetaFormer(ZooModel):
             self.norm = norm_layer(embed_dims[-1])
             self.global_pool = TapPoint()
             self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.num_features = embed_dims[-1]
+        reductions, r = [], in_stride
+        for i in range(n):
+            if i in self.down_index:
+                r *= down_stride
+            reductions.append(r)
+        self.feature_info = self._feature_info(embed_dims, reductions,
+                                               [f"network.{idx}" for idx in self.stage_index])
         self.apply(self._cls_init_weights)
 
     @staticmethod
@@ -248,24 +256,39 @@ class ChannelsFirstMetaFormer(ZooModel):
             if m.bias is not None:
                 nn.init.constant_(m.bias, 0)
 
-    def forward_features(self, x):
-        x = self.patch_embed(x)
-        outs = []
-        for idx, block in enumerate(self.network):
-            x = block(x)
-            if self.fork_feat and idx in self.out_indices:
-                outs.append(getattr(self, f"norm{idx}")(x))
-        return outs if self.fork_feat else x
+    # ------------------------------------------------------------------ forward (timm's API)
+    first_conv = "patch_embed.proj"
 
-    def forward_head(self, x):
-        return self.head(self.global_pool(self.norm(x).mean([-2, -1])))
+    def _stages_forward(self, x):
+        x = self.patch_embed(x)
+        for i, idx in enumerate(self.stage_index):
+            if i in self.down_index:
+                x = self.network[self.down_index[i]](x)
+            x = self._run_blocks(self.network[idx], x)
+            yield x
+
+    def forward_features(self, x):
+        """The last stage's map (B, C, H, W) before the output norm; with ``fork_feat`` the normed stage maps."""
+        if not self.fork_feat:
+            return super().forward_features(x)
+        return [getattr(self, f"norm{idx}")(y) for idx, y in zip(self.out_indices, self._stages_forward(x))]
+
+    def forward_head(self, x, pre_logits: bool = False):
+        """Output GroupNorm on the map, global mean (``pre_logits``), classifier."""
+        x = self.global_pool(self.norm(x).mean([-2, -1]))
+        return x if pre_logits else self.head(x)
 
     def forward(self, x):
         x = self.forward_features(x)
         return x if self.fork_feat else self.forward_head(x)
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
+    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^patch_embed", blocks=[(r"^network\.(\d+)" if coarse else r"^network\.(\d+)\.(\d+)",
+                                                   None), (r"^norm", (99999,))])
 
     # ------------------------------------------------------------------ taps
     def taps(self) -> TapList:

@@ -14,12 +14,16 @@ from spectrascope.probe import Probe, TapError, model_taps, select_taps
 from spectrascope.ops.fourier import (ZeroMeanWarning, high_frequency_delta, radial_log_amplitude, relative_log_amplitude,
                        spectrum_map)
 from spectrascope.engine.reducers.amplitude import AmplitudeReducer
-from spectrascope.analysis.fourier import amplitude_analysis, redraw, spectrum_analysis, write_results
+from spectrascope.analysis.fourier import amplitude_analysis, spectrum_analysis
+from spectrascope.report.fourier import redraw, write_results
 from spectrascope.ops.cka import MinibatchCKA, linear_cka
-from spectrascope.ops.cam import (CamError, box_mask, compute_cam, default_target_layer, energy_in_box, grad_cam,
-                  localisation_scores, pointing_game, score_cam)
+from spectrascope.ops.cam import CamError, box_mask, energy_in_box, localisation_scores, pointing_game
+from spectrascope.analysis.cam import compute_cam, default_target_layer, grad_cam, score_cam
 from spectrascope.ops.filters import dynamic_filters, equivalent_kernel, filter_amplitude, frequency_filter, spatial_kernel
 from spectrascope.analysis.flops import FlopCount, count_flops
+from spectrascope.zoo import timm as _timm_plugin
+
+_timm_plugin.install()   # the zoo inside timm.create_model (on timm's first import; compat shim first)
 
 __all__ = [
     "__version__",

@@ -214,10 +214,10 @@ def test_bad_inputs_one_line_and_nothing_written(tmp_path, bad_dirs):
     empty, text, corrupt = bad_dirs
     out = tmp_path / "out"
     base = ["amplitude", "--model", "dfformer_s18", *TINY_KW, "--img-size", "64", "--output", out]
-    assert_one_line_error(run(base + ["--taps", "bogus"]), "unknown tap role(s) bogus")
+    assert_one_line_error(run(base + ["--taps", "bogus"]), "unknown tap 'bogus'")
     assert_one_line_error(run(base + ["--taps", "df_routing"]), "layout raw", "spatial")
     assert_one_line_error(run(base + ["--taps", "path:stages.9"]), "no module")
-    assert_one_line_error(run(base + ["--stage", "9"]), "stage(s) [9]")
+    assert_one_line_error(run(base + ["--stage", "9"]), "stage(s) 9 not in this model")
     assert_one_line_error(run(base + ["--images", empty]), "no images")
     assert_one_line_error(run(base + ["--images", text]), "no images")
     assert_one_line_error(run(base + ["--images", corrupt]), "cannot decode image")
@@ -285,7 +285,8 @@ def fake_recipes(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "fake_fig.py").write_text(textwrap.dedent('''
         from spectrascope.report.recipes import FigureSpec
-        from spectrascope.analysis.fourier import amplitude_analysis, write_results
+        from spectrascope.analysis.fourier import amplitude_analysis
+        from spectrascope.report.fourier import write_results
         FIGURE = FigureSpec(name="fake-fig", title="A test figure", paper="nobody 2024, Fig. 0",
                             models=("dfformer_s18", "not_a_model"), num_images=1)
         def run(ctx):

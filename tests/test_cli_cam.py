@@ -50,15 +50,15 @@ def test_cam_scorecam_grid_of_two_models(tmp_path):
 def test_cam_scorecam_batch_is_automatic_unless_given(tmp_path, monkeypatch):
     """Without --batch-size Score-CAM chooses its own masked-input batch (None reaches score_cam);
     with it, the given number is used."""
-    import spectrascope.analysis.cam as cam_run
+    import spectrascope.pipelines.cam as cam_run
     seen = []
-    real = cam_run.compute_cam
+    real = cam_run.make_cam
 
     def spy(*args, **kw):
         seen.append(kw["batch_size"])
         return real(*args, **kw)
 
-    monkeypatch.setattr(cam_run, "compute_cam", spy)
+    monkeypatch.setattr(cam_run, "make_cam", spy)
     base = ["cam", "--model", "dfformer_s18", *CAM_TINY, "--num-images", "1"]
     ok(base + ["--output", str(tmp_path / "auto")])
     ok(base + ["--batch-size", "12", "--output", str(tmp_path / "given")])
@@ -105,9 +105,9 @@ def test_context_maps(tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["cam", "--model", "dfformer_s18", *DF_TINY, "--target-layer", "stages.9"], "neither a tap"),
+    (["cam", "--model", "dfformer_s18", *DF_TINY, "--target-layer", "stages.9"], "unknown tap"),
     (["cam", "--model", "dfformer_s18", *DF_TINY, "--class", "5000", "--num-images", "1"], "outside"),
-    (["cam", "--model", "dfformer_s18", "--model", "gfformer_s18", "--checkpoint", "a.pth"], "2 models"),
+    (["cam", "--model", "dfformer_s18", "--model", "gfformer_s18", "--checkpoint", "a.pth"], "2 model(s)"),
     (["cam", "--model", "dfformer_s18", "--checkpoint", "missing.pth"], "not found"),
     (["cam", "--model", "dfformer_s18", *DF_TINY, "--images", "no_such_dir"], "not found"),
     (["context", "--model", "dfformer_s18", *DF_TINY], "context taps"),

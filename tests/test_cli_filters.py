@@ -146,3 +146,71 @@ def test_figure_recipes(tmp_path, figure, files):
         assert doc["summary"]["equivalence_max_abs_error"] <= 1e-4
     if figure == "spanet-fig4":
         assert doc["summary"]["block"] == "s4.b3"
+
+
+def _tiny_checkpoint(tmp_path, poison=None):
+    torch.manual_seed(1)
+    model = spectrascope.create_model("dfformer_s18", num_classes=1000, img_size=32, depths=[1, 1, 1, 1],
+                                      dims=[8, 16, 24, 32])
+    state = model.state_dict()
+    if poison is not None:
+        key, value = poison
+        state[key] = state[key].clone()
+        state[key].view(-1)[0] = value
+    ck = tmp_path / f"tiny-{abs(hash(str(poison))) % 1000}.pth"
+    torch.save(state, ck)
+    return ck
+
+
+@pytest.mark.parametrize("key,value,routing", [
+    ("stages.2.0.token_mixer.complex_weights", float("nan"), False),     # the filters themselves
+    ("stages.0.0.mlp.fc1.weight", float("inf"), True),                   # elsewhere in the weights
+])
+def test_nonfinite_checkpoint_stops_in_one_line_and_writes_nothing(tmp_path, key, value, routing):
+    ck = _tiny_checkpoint(tmp_path, (key, value))
+    out = tmp_path / "never"
+    res = run(["filters", "--model", "dfformer_s18", "--checkpoint", str(ck), *DF_TINY, "--num-images", "2",
+               *(["--routing"] if routing else []), "--output", str(out)])
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "non-finite" in errors[0] and key in errors[0], res.output
+    assert "Traceback" not in res.output
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
+
+
+def test_nonfinite_forward_names_the_first_tap(tmp_path):
+    """Finite weights, a NaN pixel in image 4: the runner names the first non-finite tap, the batch and the cause."""
+    from spectrascope.analysis.filters import routing_statistics
+    from spectrascope.engine.runner import RunConfig, Runner
+    from spectrascope.errors import NonFiniteError
+    model = spectrascope.create_model("dfformer_s18", num_classes=3, img_size=32, depths=[1, 1, 1, 1],
+                                      dims=[8, 16, 24, 32]).eval()
+    data = [torch.randn(3, 32, 32) for _ in range(4)]
+    data[3][1, 5, 7] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"tap s1\.b0\.df_routing in batch 2 \(images 3-4\).*input"):
+        routing_statistics(model, data, Runner(RunConfig("cpu", batch_size=2)))
+
+
+def test_routing_under_torchrun_equals_one_process(tmp_path):
+    from tests.distributed import torchrun
+    ck = _tiny_checkpoint(tmp_path)
+    args = ["filters", "--model", "dfformer_s18", "--checkpoint", str(ck), *DF_TINY, "--routing", "--num-images", "5",
+            "--batch-size", "2", "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    ok([*args, "--output", str(one)])
+    res = torchrun([*args, "--output", str(two)], cwd=tmp_path, nproc=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("filters of dfformer_s18") == 1                # rank 0 reports
+    d1, d2 = (json.loads((p / "results.json").read_text()) for p in (one, two))
+    assert d1["provenance"]["world_size"] == 1 and d2["provenance"]["world_size"] == 2
+    assert list(d1["routing"]) == list(d2["routing"]) == ["s1.b0", "s2.b0", "s3.b0", "s4.b0"]
+    for name, r1 in d1["routing"].items():
+        r2 = d2["routing"][name]
+        assert r1["images"] == r2["images"] == 5
+        assert np.allclose(r2["argmax_share"], r1["argmax_share"], rtol=1e-6, atol=0)
+        assert r2["mean_entropy_nats"] == pytest.approx(r1["mean_entropy_nats"], rel=1e-6)
+    n1, n2 = np.load(one / "filters.npz"), np.load(two / "filters.npz")
+    assert sorted(n1.files) == sorted(n2.files)
+    for k in n1.files:
+        assert np.allclose(n2[k], n1[k], rtol=1e-6, atol=1e-7), k
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())

@@ -3,6 +3,7 @@ convolution-theorem equivalence of frequency masks (AFFNet), DFFormer dynamic fi
 and SPANet masks, on plain tensors and on tiny zoo models."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,98 @@ def test_collect_filters_uses_the_built_grid():
     assert amp.shape == (4, 7, 9)
     ref = fl.param_to_filters(model.stages[0][0].token_mixer.complex_weights.detach())
     assert torch.equal(layers[0].filters, ref)
+
+
+def test_spf_mask_is_pure_and_equals_the_model_code():
+    import ast
+    from pathlib import Path
+    from spectrascope.models.spanet import spf_mask as model_mask
+    src = Path(fl.__file__).read_text()
+    imported = {n.module or "" for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if "models" in m or "probe" in m or "engine" in m]
+    for h, w, r, lam in [(14, 14, 1, 0.7), (56, 56, 2, fl.SPF_LAMBDAS[2]), (6, 9, 1, 0.8), (7, 7, 2, 0.3)]:
+        assert torch.equal(fl.spf_mask(h, w, r, lam), model_mask(h, w, r, lam))
+
+
+def _tiny_df():
+    torch.manual_seed(0)
+    return spectrascope.create_model("dfformer_s18", num_classes=3, img_size=32, depths=[1, 1, 1, 1],
+                                     dims=[8, 16, 24, 32]).eval()
+
+
+def test_routing_reducer_equals_closed_form_and_merges_like_one_pass():
+    from spectrascope.analysis.filters import RoutingReducer
+    from spectrascope.engine.reducers import merge_states
+    model = _tiny_df()
+    taps = select_taps(model_taps(model), roles=["df_routing"])
+    x = torch.randn(5, 3, 32, 32)
+    with Probe(model, taps, nchw=False) as probe, torch.no_grad():
+        model(x)
+        got = probe.pop()
+    whole, first, second = RoutingReducer(taps), RoutingReducer(taps), RoutingReducer(taps)
+    for t in taps:
+        whole(t, got[t.name])
+        first(t, got[t.name][:2])
+        second(t, got[t.name][2:])
+    merged = RoutingReducer(taps)
+    merged.load_state(merge_states([first.state(), second.state()]))
+    res, res2 = whole.result(), merged.result()
+    assert list(res) == ["s1.b0", "s2.b0", "s3.b0", "s4.b0"]
+    for t in taps:
+        name = t.name.rsplit(".", 1)[0]
+        ref = fl.routing_usage(got[t.name])                  # the closed form on the whole batch
+        for k in ("mean", "argmax_share", "entropy"):
+            assert torch.allclose(res[name][k].float(), ref[k], atol=1e-6)
+            assert torch.allclose(res2[name][k], res[name][k], rtol=1e-12, atol=1e-12)
+        assert res[name]["images"] == res2[name]["images"] == 5
+
+
+def test_layers_use_the_tap_grammar():
+    from spectrascope.analysis.filters import collect_filters, resolve_layers, select_layers
+    from spectrascope.errors import TapError
+    model = _tiny_df()
+    banks = collect_filters(model)
+
+    def names(spec):
+        return [b.name for b in select_layers(banks, resolve_layers(model, spec), spec)]
+    assert names("3,s4.*") == ["s3.b0", "s4.b0"]
+    assert names("s2.b0") == ["s2.b0"]
+    assert names("stages.2.0.token_mixer.complex_weights") == ["s3.b0"]        # a parameter path
+    assert names("path:stages.0.0.token_mixer") == ["s1.b0"]
+    assert names("stages.3") == ["s4.b0"]                                       # a module above the layer
+    assert names("s1.b0.mixer,4") == ["s1.b0", "s4.b0"]
+    assert names("") == ["s1.b0", "s2.b0", "s3.b0", "s4.b0"]
+    for bad in ("s9.*", "nosuch", "path:stages.9"):
+        with pytest.raises(TapError, match="matches none"):
+            resolve_layers(model, bad, known=[b.name for b in banks])
+    with pytest.raises(TapError, match="matches none"):                        # taps, but no filter layer
+        select_layers(banks, resolve_layers(model, "path:stem"), "path:stem")
+
+
+def test_filter_figures_are_pdf_and_png_at_200_dpi_with_labelled_bars_and_a_clear_title(tmp_path):
+    from PIL import Image
+    from spectrascope.analysis.filters import collect_filters
+    from spectrascope.report import filters as rf
+    model = _tiny_df()
+    banks = collect_filters(model)
+    amps = [fl.filter_amplitude(b.filters, width=b.width) for b in banks]
+    fig, files = rf.plot_filter_grid(banks, amps, 4, tmp_path, "grid", col_label="basis",
+                                     title="tiny: bases\n(random weights: no checkpoint given)")
+    assert files == ["grid.png", "grid.pdf"]
+    dpi = Image.open(tmp_path / "grid.png").info["dpi"]
+    assert min(dpi) >= 199.5
+    assert (tmp_path / "grid.pdf").read_bytes()[:4] == b"%PDF"
+    bars = [ax for ax in fig.axes if ax.get_ylabel().startswith("stage")]
+    assert len(bars) == 4 and all("amplitude" in ax.get_ylabel() for ax in bars)
+    maps = [ax for ax in fig.axes if ax.images and ax not in bars]
+    assert [t.get_text() for ax in maps for t in ax.get_yticklabels()] == ["s1.b0", "s2.b0", "s3.b0", "s4.b0"]
+    assert maps[0].images[0].get_cmap().name.startswith("viridis")           # yellow = high
+    # the mosaic holds the amplitudes themselves (stage 2: one 4x4 grid per basis, NaN gaps)
+    tile = maps[1].images[0].get_array()
+    assert np.allclose(np.asarray(tile)[0:4, 5:9], amps[1][1].numpy(), atol=1e-6)
+    r = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(r)
+    heads = [t.get_window_extent(r) for t in maps[0].get_xticklabels() if t.get_text()]
+    assert [t.get_text() for t in maps[0].get_xticklabels()] == ["basis 0", "basis 1", "basis 2", "basis 3"]
+    assert heads and all(h.y1 <= title.y0 for h in heads)                      # no overlap with the headers

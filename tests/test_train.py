@@ -20,6 +20,7 @@ from click.testing import CliRunner
 import spectrascope
 from spectrascope.train import loop as tr
 from spectrascope.cli import main
+from spectrascope.io.results import MANIFEST
 from spectrascope.train.loop import (CosineWarmup, EpochBatchSampler, ModelEma, TrainConfig, TrainingInterrupted,
                                 derive_seed, resolve_config)
 
@@ -204,7 +205,10 @@ def test_training_learns_and_writes_its_outputs(reference_run):
     assert len(rows) == 3 and rows[0].startswith("epoch,train_loss,val_loss,top1,top5,lr,throughput_img_s")
     for row in res["history"]:
         assert row["throughput_img_s"] > 0 and row["peak_mem_mb"] > 0 and 0 < row["lr"] <= 1e-3
-    assert {p.name for p in out.iterdir()} == {"args.json", "last.pth", "best.pth", "metrics.csv", "results.json"}
+    assert {p.name for p in out.iterdir()} == {"args.json", "last.pth", "best.pth", "metrics.csv", "results.json",
+                                               MANIFEST}
+    assert sorted(json.loads((out / MANIFEST).read_text())["files"]) == sorted(
+        ["args.json", "last.pth", "best.pth", "metrics.csv", "results.json"])
 
 
 def test_checkpoints_load_with_create_model_and_evaluate(reference_run, one_thread):
@@ -331,9 +335,24 @@ def test_torchrun_two_processes_match_one_process(tmp_path, one_thread):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["run"]["world_size"] == 2 and res["run"]["global_batch"] == 16
-    assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pth", "last.pth", "metrics.csv",
-                                                     "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "args.json", "best.pth", "last.pth",
+                                                            "metrics.csv", "results.json"])
     single = tmp_path / "single"
     ref = tr.train(_cfg(single, epochs=1, limit_train_batches=4, limit_val_batches=2, val_batch_size=16))
     _assert_same_state(_load(out / "last.pth"), _load(single / "last.pth"), exact=False, atol=2e-5)
     assert res["final"]["val_loss"] == pytest.approx(ref["final"]["val_loss"], rel=1e-4)
+
+
+def test_torchrun_refused_output_stops_every_process(tmp_path):
+    """Rank 0 checks the run folder; when it refuses, every rank stops (none waits in a collective)."""
+    from tests.distributed import torchrun
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    r = torchrun(["train", "--model", "dfformer_s18", "--model-kwargs", "depths=1,1,1,1", "--model-kwargs",
+                  "dims=16,32,48,64", "--data", DATA, "--epochs", "1", "-b", "8", "--output", out, "--overwrite",
+                  "--no-progress"], cwd=tmp_path, timeout=240)
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "did not write" in errors[0], r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

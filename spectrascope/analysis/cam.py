@@ -1,283 +1,507 @@
-"""``spectrascope cam`` and ``spectrascope context``: CAM maps (Score-CAM, Grad-CAM,
-Grad-CAM++) of one or several models on the same images (SPANet Fig. S2), and SPANet's
-SPG / aggregated context maps (SPANet Fig. 4 / S1). Both write per-image overlays (PNG), a
-grid figure, the raw maps (``maps.npz``) and ``results.json``."""
+"""Class activation maps of a model: target layers through the tap grammar and one CAM template.
+
+Every method follows the same four steps (in the spirit of pytorch-grad-cam's ``BaseCAM``):
+
+1. **capture** -- one forward through ``engine.runner.Runner`` with a ``probe.Probe`` on the
+   target layers (``grads=True`` and a backward of the class scores for gradient methods):
+   activations (and gradients) as NCHW, the logits, the target classes;
+2. **weights** -- per-channel weights (Score-CAM: the class scores of the masked inputs,
+   scored in chunks of ``batch_size`` through the same runner; Grad-CAM: mean gradients;
+   Grad-CAM++: the closed-form alphas);
+3. **combine** -- the weighted sum of the activation maps;
+4. **normalise** -- resizing to the input and min-max (Score-CAM: its flavour's own order).
+
+The maths lives in ``spectrascope.ops.cam``; this module installs no hook itself. A
+non-finite value in the model output, a target layer or a map stops with one
+``NonFiniteError`` line.
+
+``--target-layer`` is a request of ``probe.grammar``: a tap name (``stage4``, ``s3.b1.block``),
+a role (its last tap: ``stage``, ``block``), a block (``s3.b1``, its last tap), a stage number,
+or ``path:MODULE[:LAYOUT][:HxW]`` / a bare module path whose layout is read from its tensor
+(timm FocalNet's NCHW ``norm1`` stays NCHW, Swin's NHWC one NHWC). Comma-separated targets
+give one map per layer, averaged as pytorch-grad-cam does.
+"""
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
+import contextlib
+from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
+import torch.nn as nn
 
-from spectrascope.ops.cam import compute_cam, localisation_scores, normalize_maps, resize_maps, resolve_target_layer
+from spectrascope.engine.runner import RunConfig, Runner
+from spectrascope.errors import CamError, NonFiniteError, TapError
+from spectrascope.ops.cam import (AUTO_BATCH_CAP, METHODS, auto_batch_size, check_flavour, class_scores,
+                                  finish_map, flavour_score, gradcam_pp_weights, gradcam_weights, mean_of_layers,
+                                  scorecam_combine, scorecam_masks, scorecam_pairs, target_classes, weighted_cam)
+from spectrascope.probe import Probe
+from spectrascope.probe.grammar import TapRequest
+from spectrascope.probe.infer import model_taps
+from spectrascope.probe.layouts import SPATIAL_LAYOUTS, to_nchw
+from spectrascope.probe.spec import TapSpec
 
-log = logging.getLogger("spectrascope.ops.cam")
-
-__all__ = ["overlay", "denormalize", "load_images", "run_cam", "run_context", "context_maps", "ImageSet"]
-
-
-def overlay(rgb: np.ndarray, cam: np.ndarray, image_weight: float = 0.5, cmap: str = "jet") -> np.ndarray:
-    """Heat map over an image (pytorch-grad-cam's ``show_cam_on_image``): ``(1-w)·heat + w·rgb``
-    divided by its maximum; rgb (H, W, 3) in [0, 1], cam (H, W) in [0, 1] -> uint8."""
-    import matplotlib
-    heat = matplotlib.colormaps[cmap](np.clip(cam, 0, 1))[..., :3]
-    out = (1 - image_weight) * heat + image_weight * rgb
-    out = out / max(float(out.max()), 1e-8)
-    return (out * 255).round().astype(np.uint8)
-
-
-def denormalize(x: torch.Tensor, mean, std) -> np.ndarray:
-    """(3, H, W) normalised -> (H, W, 3) float in [0, 1]."""
-    m = torch.tensor(mean).view(3, 1, 1)
-    s = torch.tensor(std).view(3, 1, 1)
-    return (x.cpu() * s + m).clamp(0, 1).permute(1, 2, 0).numpy()
+__all__ = ["TargetLayer", "resolve_target_layer", "resolve_target_layers", "default_target_layer",
+           "CamMethod", "ScoreCam", "GradCam", "GradCamPlusPlus", "Capture", "make_cam",
+           "score_cam", "grad_cam", "compute_cam", "cam_runner", "largest_activation", "AUTO_BATCH_CAP"]
 
 
-@dataclass
-class ImageSet:
-    """Images for one model: normalised batch, names, boxes (synthetic data) and labels."""
-
-    x: torch.Tensor
-    names: list[str]
-    boxes: list | None = None
-    labels: list[int] | None = None
-    digest: str | None = None
+# ---------------------------------------------------------------------------- target layers
 
 
-def load_images(cfg: dict, images=None, data=None, num_images=None) -> ImageSet:
-    """Photos (``--images`` / ``--data samples|imagefolder:PATH``) with the model's eval
-    transform, or the ``synthetic`` data set's validation images with their boxes."""
-    if data and data.split(":", 1)[0] == "synthetic":
-        from spectrascope.io.datasets import load_data, to_float, _normalize
-        bundle = load_data(data, img_size=tuple(cfg["size"]))
-        val = bundle.val
-        n = min(num_images or 8, len(val))
-        xs, boxes, labels, names = [], [], [], []
-        for i in range(n):
-            img, label, extra = val.load(i)
-            xs.append(_normalize(to_float(img), cfg["mean"], cfg["std"]))
-            boxes.append([tuple(int(v) for v in extra[0].tolist())])
-            labels.append(int(label))
-            names.append(f"synthetic_{i:03d}")
-        return ImageSet(torch.stack(xs), names, boxes, labels, digest=f"synthetic:{data}")
-    from spectrascope.io.images import load_batch, paths_digest, resolve_image_paths
-    paths = resolve_image_paths(images, data, num_images)
-    x = load_batch(paths, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"])
-    return ImageSet(x, [Path(p).stem for p in paths], digest=paths_digest(paths))
+@dataclass(frozen=True)
+class TargetLayer:
+    """A CAM target: the tap (module path, hook, layout, prefix tokens, grid) and its module."""
+
+    tap: TapSpec
+    module: nn.Module
+    note: str = ""
+
+    @property
+    def path(self) -> str:
+        return self.tap.path
+
+    @property
+    def layout(self) -> str:
+        return self.tap.layout
+
+    @property
+    def name(self) -> str:
+        return self.tap.name
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.tap.num_prefix_tokens
+
+    def to_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        """The (B, C, H, W) view of this layer's output (the probe's one layout conversion)."""
+        return to_nchw(x, self.tap)
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    return plt
+def _target(model: nn.Module, tap: TapSpec, note: str = "") -> TargetLayer:
+    return TargetLayer(tap, model.get_submodule(tap.path), note)
 
 
-def plot_grid(rows: list[list[np.ndarray]], row_labels, col_labels, png: Path, title: str) -> None:
-    plt = _plt()
-    nr, nc = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(nr, nc, figsize=(2.0 * nc + 0.6, 2.0 * nr + 0.7), squeeze=False)
-    for i, r in enumerate(rows):
-        for j in range(nc):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j < len(r):
-                ax.imshow(r[j])
-            else:
-                ax.axis("off")
-            if i == 0:
-                ax.set_title(col_labels[j], fontsize=8)
-        axes[i, 0].set_ylabel(row_labels[i], fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+def _request(model, text: str, input_size) -> TargetLayer:
+    """One grammar token -> one target layer (the last tap, in execution order, it names)."""
+    if not text.startswith("path:") and not text.isdigit() and _is_module(model, text):
+        text = "path:" + text                       # a module path: its declared tap, or its tensor's layout
+    req = TapRequest.parse(text, option="--target-layer")
+    if not text.startswith("path:") and not _declared(model, input_size):
+        raise CamError(f"{text!r} is neither a tap, a tap role nor a module path of {type(model).__name__} "
+                       "(which declares no taps: give a module path or path:MODULE[:LAYOUT])", option="--target-layer")
+    taps = req.resolve(model, input_size=input_size, spatial=True, what="a CAM target layer")
+    return _target(model, taps[-1])
 
 
-def _save_png(path: Path, arr: np.ndarray) -> None:
-    from PIL import Image
-    Image.fromarray(arr).save(path)
+def _is_module(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
-def _build(name, checkpoint, img_size, device, overrides):
-    from spectrascope.zoo.build import build_for_inference
-    return build_for_inference(name, checkpoint=checkpoint, img_size=img_size, device=device, **(overrides or {}))
+def _module_path(model: nn.Module, module: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise CamError(f"the target layer {type(module).__name__} is not a sub-module of the model",
+                   option="--target-layer")
 
 
-def run_cam(models: Sequence[tuple[str, str | None]], *, method="scorecam", flavour="gradcam-lib",
-            target_layer=None, target_class=None, images=None, data=None, num_images=None, img_size=None,
-            device="cpu", overrides=None, batch_size=32, score=None, output: Path, overwrite=False,
-            progress=False, mask_batch_size: int | None = None) -> dict:
-    """CAM maps of every model on the same images. ``models``: (name, checkpoint or None).
-    ``batch_size``: images per pass; ``mask_batch_size``: masked inputs per Score-CAM forward
-    (None: ``score_cam``'s automatic choice)."""
-    from spectrascope.zoo.checkpoint import file_sha256
-    from spectrascope.io.results import Stopwatch, provenance, staged_output, write_json
-    clock = Stopwatch()
-    if not models:
-        raise ValueError("give at least one --model")
-    per_model, maps_npz, grid_cols = [], {}, {"input": {}}
-    first: ImageSet | None = None
-    built = []
-    for name, ck in models:                           # build and check everything before any output
-        model, cfg = _build(name, ck, img_size, device, overrides)
-        tl = resolve_target_layer(model, target_layer)
-        built.append((name, ck, model, cfg, tl))
-    with staged_output(Path(output), overwrite, command="cam") as out:
-        for name, ck, model, cfg, tl in built:
-            imgs = load_images(cfg, images, data, num_images)
-            if first is None:
-                first = imgs
-            classes = target_class
-            if classes is None and imgs.labels is not None:
-                classes = imgs.labels
-            t0 = Stopwatch()
-            with torch.no_grad():
-                logits = model(imgs.x.to(device)).float()
-            probs = logits.softmax(-1).cpu()
-            if classes is not None and isinstance(classes, int) and not 0 <= classes < logits.shape[1]:
-                raise ValueError(f"--class {classes} is outside {name}'s {logits.shape[1]} classes")
-            kw = {"output_size": "input"}
-            if method == "scorecam":
-                kw.update(flavour=flavour, batch_size=mask_batch_size, score=score, progress=progress)
-            cams = []
-            for i in range(0, imgs.x.shape[0], max(1, batch_size if method != "scorecam" else 8)):
-                xb = imgs.x[i:i + (batch_size if method != "scorecam" else 8)]
-                cb = classes if (classes is None or isinstance(classes, int)) else classes[i:i + xb.shape[0]]
-                cams.append(compute_cam(model, xb, method, tl, cb, **kw))
-            cam = torch.cat(cams)
-            used = (torch.as_tensor(classes).expand(cam.shape[0]) if classes is not None
-                    else logits.argmax(1).cpu()).tolist()
-            label = name + ("" if ck else " (random)")
-            mdir = out / "overlays" / _safe(name)
-            mdir.mkdir(parents=True, exist_ok=True)
-            for j, img_name in enumerate(imgs.names):
-                rgb = denormalize(imgs.x[j], cfg["mean"], cfg["std"])
-                ov = overlay(rgb, cam[j].numpy())
-                _save_png(mdir / f"{_safe(img_name)}.png", ov)
-                grid_cols.setdefault(label, {})[img_name] = ov
-                grid_cols.setdefault("input", {}).setdefault(img_name, (rgb * 255).round().astype(np.uint8))
-                maps_npz[f"{_safe(name)}/{_safe(img_name)}"] = cam[j].numpy().astype(np.float32)
-            entry = {"model": name, "checkpoint": ck, "checkpoint_sha256": file_sha256(ck) if ck else None,
-                     "random_weights": ck is None, "input_size": list(cfg["size"]), "target_layer": tl.path,
-                     "target_layout": tl.layout, "method": method, "flavour": flavour if method == "scorecam" else None,
-                     "classes": used, "class_probability": [float(probs[j, c]) for j, c in enumerate(used)],
-                     "top1": logits.argmax(1).cpu().tolist(), "seconds": t0.elapsed}
-            if imgs.boxes is not None:
-                entry["localisation"] = localisation_scores(cam, imgs.boxes)
-            per_model.append(entry)
-        names = first.names
-        col_labels = list(grid_cols)
-        rows = [[grid_cols[c][n] for c in col_labels if n in grid_cols[c]] for n in names]
-        title = {"scorecam": f"Score-CAM ({flavour})", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}[method]
-        if any(ck is None for _, ck in models):
-            title += "\n(random weights where marked: no checkpoint given)"
-        plot_grid(rows, names, col_labels, out / "grid.png", title)
-        np.savez_compressed(out / "maps.npz", **maps_npz)
-        prov = provenance(command="cam", model=",".join(n for n, _ in models),
-                          random_weights=any(ck is None for _, ck in models), images_sha256=first.digest,
-                          device=device, wall_time_s=clock.elapsed)
-        payload = {"provenance": prov, "method": method, "images": names, "models": per_model,
-                   "boxes": first.boxes, "figures": ["grid.png"] + [f"overlays/{_safe(n)}/" for n, _ in models]}
-        write_json(out / "results.json", payload)
-    return payload
+def _declared(model, input_size):
+    try:
+        return [t for t in model_taps(model, input_size=input_size) if t.layout in SPATIAL_LAYOUTS]
+    except TapError:
+        return []
 
 
-# ---------------------------------------------------------------------------- context maps
+def _vit_like(model: nn.Module) -> str | None:
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and len(blocks) and hasattr(blocks[-1], "norm1") and (
+            getattr(model, "num_prefix_tokens", 0) or hasattr(model, "cls_token") or hasattr(model, "pos_embed")):
+        return f"path:blocks.{len(blocks) - 1}.norm1"
+    return None
 
 
-def _block_prefix(taps, block: str | None) -> str:
-    ctx = [t for t in taps if t.role == "context"]
-    if not ctx:
-        raise ValueError("this model has no SPAM context taps (SPANet models only)")
-    prefixes = [t.name.rsplit(".", 1)[0] for t in ctx]
-    if block in (None, "", "last"):
-        return prefixes[-1]
-    if block in prefixes:
-        return block
-    if block.isdigit():                                  # stage number -> its last block
-        cands = [p for p, t in zip(prefixes, ctx) if t.stage == int(block)]
+def default_target_layer(model: nn.Module, input_size=None) -> TargetLayer:
+    """The conventional Score-CAM / Grad-CAM layer of a model.
+
+    ViT-like models: the tokens of the last block's ``norm1`` (prefix tokens dropped; the
+    last block's own patch tokens reach the head only through attention). Otherwise the
+    last ``stage`` tap (zoo MetaFormers, SPANet, AFFNet; timm hierarchical models such as
+    Swin, ConvNeXt, FocalNet), then the last ``block`` tap (GFNet), then the last child of
+    ``stages`` / ``layer4`` / ``features`` / ``network``. Layouts are declared or read from
+    the tensor."""
+    vit = _vit_like(model)
+    if vit is not None:
+        tl = _request(model, vit, input_size)
+        return replace(tl, note="ViT-like: tokens of the last block's norm1, prefix tokens dropped")
+    taps = _declared(model, input_size)
+    for role in ("stage", "block"):
+        cands = [t for t in taps if t.role == role]
         if cands:
-            return cands[-1]
-    raise ValueError(f"--block {block!r} is not a SPAM block; choose one of {', '.join(prefixes[-4:])} ... "
-                     "(s<stage>.b<index>, a stage number or 'last')")
+            return _target(model, cands[-1])
+    for attr in ("stages", "layer4", "features", "network"):
+        seq = getattr(model, attr, None)
+        if isinstance(seq, (nn.Sequential, nn.ModuleList)) and len(seq):
+            return _request(model, f"path:{attr}.{len(seq) - 1}", input_size)
+    raise CamError(f"no default target layer for {type(model).__name__}; give one (a tap name, a role or "
+                   "path:MODULE)", option="--target-layer")
 
 
-def context_maps(model, x: torch.Tensor, block: str | None = None) -> dict:
-    """Channel-mean SPG outputs and aggregated context of one SPAM block, resized to the
-    input and min-max normalised per image: name -> (B, H, W)."""
-    from spectrascope.probe import Probe, model_taps
-    taps = model_taps(model)
-    prefix = _block_prefix(taps, block)
-    sel = [t for t in taps if t.name.rsplit(".", 1)[0] == prefix and t.role in ("spg", "context")]
-    with Probe(model, sel, nchw=True) as probe, torch.inference_mode():
-        model(x)
-        got = probe.pop()
-    out = {"block": prefix, "maps": {}, "notes": {}}
-    for t in sel:
-        m = got[t.name].float().mean(dim=1).cpu()
-        out["maps"][t.name.rsplit(".", 1)[1]] = normalize_maps(resize_maps(m, x.shape[-2:]), 1e-7)
-        out["notes"][t.name.rsplit(".", 1)[1]] = t.note
+def resolve_target_layers(model: nn.Module, target=None, layout: str | None = None,
+                          input_size=None) -> list[TargetLayer]:
+    """Target layers from None (the default), a module, a ``TargetLayer``, a ``TapSpec``, a
+    grammar request (comma-separated: one layer per token) or a list of these.
+
+    ``layout`` (``NCHW``/``NHWC``/``NLC``) overrides the layout of every target."""
+    if isinstance(target, (list, tuple)):
+        out = [tl for t in target for tl in resolve_target_layers(model, t, None, input_size)]
+    elif target is None:
+        out = [default_target_layer(model, input_size)]
+    elif isinstance(target, TargetLayer):
+        out = [target]
+    elif isinstance(target, TapSpec):
+        out = [_target(model, target)]
+    elif isinstance(target, nn.Module):
+        path = _module_path(model, target)
+        out = [_request(model, f"path:{path}" if path else "path:", input_size)]
+    elif isinstance(target, str):
+        try:
+            out = [_request(model, tok, input_size) for tok in _split(target)]
+        except TapError as exc:
+            raise CamError(str(exc), option="--target-layer") from None
+        if not out:
+            raise CamError("empty target layer", option="--target-layer")
+    else:
+        raise CamError(f"a target layer is a tap name, role, module path or module, not {type(target).__name__}",
+                       option="--target-layer")
+    if layout is not None:
+        out = [replace(tl, tap=replace(tl.tap, layout=str(layout).upper())) for tl in out]
+    names = [tl.name for tl in out]
+    if len(set(names)) != len(names):
+        raise CamError(f"target layer(s) given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}",
+                       option="--target-layer")
     return out
 
 
-def run_context(model_name: str, *, checkpoint=None, block=None, images=None, data=None, num_images=None,
-                img_size=None, device="cpu", overrides=None, output: Path, overwrite=False) -> dict:
-    from spectrascope.zoo.checkpoint import file_sha256
-    from spectrascope.io.results import Stopwatch, provenance, staged_output, write_json
-    clock = Stopwatch()
-    model, cfg = _build(model_name, checkpoint, img_size, device, overrides)
-    from spectrascope.probe import model_taps
-    prefix = _block_prefix(model_taps(model), block)
-    lambdas = getattr(model.get_submodule(_mixer_path(model, prefix)), "lambdas", None)
-    imgs = load_images(cfg, images, data, num_images)
-    with staged_output(Path(output), overwrite, command="context") as out:
-        res = context_maps(model, imgs.x.to(device), prefix)
-        keys = list(res["maps"])
-        labels = []
-        for k in keys:
-            if k.startswith("spg") and lambdas is not None and int(k[3:]) < len(lambdas):
-                labels.append(f"SPG lambda={lambdas[int(k[3:])]:.1f}")
+def resolve_target_layer(model: nn.Module, target=None, layout: str | None = None, input_size=None) -> TargetLayer:
+    """The one target layer ``target`` names (see ``resolve_target_layers``)."""
+    layers = resolve_target_layers(model, target, layout, input_size)
+    if len(layers) != 1:
+        raise CamError(f"{len(layers)} target layers where one is expected", option="--target-layer")
+    return layers[0]
+
+
+# ---------------------------------------------------------------------------- the template
+
+
+def _device_of(model: nn.Module, fallback) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device(fallback)
+
+
+def cam_runner(model: nn.Module, runner: Runner | None = None, fallback="cpu") -> Runner:
+    """The given runner, or a plain one on the model's device (float32, finite checks on)."""
+    return runner if runner is not None else Runner(RunConfig(device=_device_of(model, fallback)))
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@dataclass
+class Capture:
+    """What the capture step found: NCHW activations (and gradients) per target layer, the
+    float32 logits and the target class of every image."""
+
+    acts: list[torch.Tensor]
+    grads: list[torch.Tensor] | None
+    logits: torch.Tensor
+    classes: torch.Tensor
+
+
+class CamMethod:
+    """The CAM template: ``capture`` -> ``weights`` -> ``combine`` -> ``normalise`` per target
+    layer, then the layers' mean (see the module doc). Subclasses give ``weights`` and may
+    replace ``combine`` / ``normalise``; ``needs_grads`` asks the capture for gradients."""
+
+    needs_grads = False
+    name = "cam"
+
+    def __init__(self, model: nn.Module, target_layers=None, *, runner: Runner | None = None,
+                 output_size: str = "input", layout: str | None = None, input_size=None):
+        if output_size not in ("input", "layer"):
+            raise CamError(f"output_size must be 'input' or 'layer', not {output_size!r}")
+        self.model = model
+        self.runner = cam_runner(model, runner)
+        self.layers = resolve_target_layers(model, target_layers, layout, input_size)
+        self.output_size = output_size
+        self.weights_: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ steps
+    def capture(self, x: torch.Tensor, classes) -> Capture:
+        """One forward with a probe on the target layers (and a backward for gradient methods)."""
+        taps = [tl.tap for tl in self.layers]
+        with Probe(self.model, taps, nchw=True, grads=self.needs_grads, once=True) as probe:
+            if self.needs_grads:
+                with torch.enable_grad():
+                    xg = x.detach().requires_grad_(True)
+                    logits = _first(self.runner.forward(self.model, xg, probe, need_output=True, grad=True))
+                    cls = target_classes(classes, logits.detach().float())
+                    torch.autograd.grad(logits.gather(1, cls[:, None]).sum(), xg, allow_unused=True)
+                grads = probe.pop_grads()
             else:
-                labels.append("context (sum)" if k == "context" else k)
-        rows, npz = [], {}
-        odir = out / "overlays"
-        odir.mkdir()
-        for j, img_name in enumerate(imgs.names):
-            rgb = denormalize(imgs.x[j], cfg["mean"], cfg["std"])
-            row = [(rgb * 255).round().astype(np.uint8)]
-            for k in keys:
-                ov = overlay(rgb, res["maps"][k][j].numpy())
-                _save_png(odir / f"{_safe(img_name)}_{k}.png", ov)
-                row.append(ov)
-                npz[f"{_safe(img_name)}/{k}"] = res["maps"][k][j].numpy().astype(np.float32)
-            rows.append(row)
-        title = f"{model_name}: SPG maps and aggregated context at {prefix}"
-        if checkpoint is None:
-            title += "\n(random weights: no checkpoint given)"
-        plot_grid(rows, imgs.names, ["input"] + labels, out / "grid.png", title)
-        np.savez_compressed(out / "maps.npz", **npz)
-        prov = provenance(command="context", model=model_name, random_weights=checkpoint is None,
-                          checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None,
-                          images_sha256=imgs.digest, device=device, wall_time_s=clock.elapsed)
-        payload = {"provenance": prov, "block": prefix, "maps": dict(zip(keys, labels)), "images": imgs.names,
-                   "notes": res["notes"], "aggregation": "channel mean, bilinear resize to the input, min-max",
-                   "figures": ["grid.png", "overlays/"]}
-        write_json(out / "results.json", payload)
-    return payload
+                logits = _first(self.runner.forward(self.model, x, probe, need_output=True))
+                cls = target_classes(classes, logits.float())
+                grads = None
+            acts = probe.pop()
+        missing = [tl.path for tl in self.layers if tl.name not in acts or (grads is not None and tl.name not in grads)]
+        if missing:
+            raise CamError(f"target layer {missing[0]} did not run in the forward pass (or no gradient reached it)",
+                           option="--target-layer")
+        return Capture([acts[tl.name].detach().float() for tl in self.layers],
+                       None if grads is None else [grads[tl.name].float() for tl in self.layers],
+                       logits.detach().float(), cls)
+
+    def weights(self, cap: Capture, i: int, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def combine(self, w: torch.Tensor, cap: Capture, i: int, x: torch.Tensor) -> torch.Tensor:
+        return weighted_cam(w, cap.acts[i])
+
+    def normalise(self, cam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return finish_map(cam, tuple(x.shape[-2:]) if self.output_size == "input" else None)
+
+    # ------------------------------------------------------------------ driver
+    def __call__(self, images: torch.Tensor, classes=None) -> torch.Tensor:
+        """Maps (B, H, W) in [0, 1] of ``images`` (B, 3, H, W), already normalised; the channel
+        weights of every layer are kept in ``self.weights_``."""
+        if images.ndim != 4:
+            raise CamError(f"images must be a (B, C, H, W) batch, got {tuple(images.shape)}")
+        x = images.to(self.runner.device)
+        if self.runner.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _eval_mode(self.model):
+            cap = self.capture(x, classes)
+            maps, self.weights_ = [], []
+            for i in range(len(self.layers)):
+                w = self.weights(cap, i, x)
+                self.weights_.append(w)
+                maps.append(self.normalise(self.combine(w, cap, i, x), x).cpu())
+        out = mean_of_layers(maps)
+        self.classes_ = cap.classes.cpu()
+        self.logits_ = cap.logits.cpu()
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteError(f"{self.name} maps hold non-finite values (NaN/inf) at "
+                                 f"{', '.join(tl.path for tl in self.layers)}: the gradients or scores overflowed; "
+                                 "nothing was written")
+        return out
 
 
-def _mixer_path(model, prefix: str) -> str:
-    from spectrascope.probe import model_taps
-    for t in model_taps(model):
-        if t.name == f"{prefix}.context":
-            return t.path.rsplit(".", 1)[0]
-    return ""
+class GradCam(CamMethod):
+    """Grad-CAM: weights = spatial mean of the class score's gradient (captum's ``LayerGradCam``,
+    ReLU'd, bilinear upsampling)."""
+
+    needs_grads = True
+    name = "Grad-CAM"
+
+    def weights(self, cap, i, x):
+        return gradcam_weights(cap.grads[i])
+
+
+class GradCamPlusPlus(GradCam):
+    """Grad-CAM++ with the exponential-score closed form (pytorch-grad-cam's)."""
+
+    name = "Grad-CAM++"
+
+    def weights(self, cap, i, x):
+        return gradcam_pp_weights(cap.grads[i], cap.acts[i])
+
+
+class ScoreCam(CamMethod):
+    """Score-CAM in one of three published flavours (``ops.cam`` module doc): the weights are
+    the class scores of the input masked by each upsampled activation map, built and scored
+    ``batch_size`` (image, channel) pairs at a time, so at most that many masked inputs exist
+    at once. ``batch_size`` None: the largest batch whose estimated peak fits
+    ``memory_budget`` bytes, at most ``AUTO_BATCH_CAP`` (8 on CPUs, 64 on accelerators)."""
+
+    name = "Score-CAM"
+
+    def __init__(self, model, target_layers=None, *, flavour: str = "gradcam-lib", batch_size: int | None = None,
+                 score: str | None = None, memory_budget: int = 256 * 2 ** 20, progress: bool = False, **kw):
+        self.flavour = check_flavour(flavour)
+        self.score = flavour_score(flavour, score)
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise CamError(f"{batch_size!r} is not a batch size (an integer >= 1)", option="--batch-size")
+        super().__init__(model, target_layers, **kw)
+        if self.flavour != "torchcam" and self.output_size != "input":
+            raise CamError("output_size='layer' exists only for the torchcam flavour")
+        self.batch_size = batch_size
+        self.memory_budget = memory_budget
+        self.progress = progress
+        self._blank = None
+
+    def _auto_batch(self, x: torch.Tensor) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return auto_batch_size(tuple(x.shape[1:]), self.memory_budget, largest_activation(self.model, x[:1],
+                                                                                          self.runner),
+                               self.runner.device.type)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _first(self.runner.forward(self.model, x)).float()
+
+    def _blank_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of an all-zero input (what every all-zero mask gives), computed once."""
+        if self._blank is None:
+            self._blank = self._forward(torch.zeros_like(x[:1]))
+        return self._blank
+
+    def _score_chunk(self, x, acts, cls, pairs, scores, size) -> None:
+        bi, ki = pairs[:, 0].to(x.device), pairs[:, 1].to(x.device)
+        masks = scorecam_masks(acts[bi, ki], size, self.flavour)
+        blank = masks.flatten(1).amax(1) == 0          # a constant channel blanks the input whatever the image
+        if bool(blank.any()):
+            zb = self._blank_logits(x).expand(int(blank.sum()), -1)
+            scores[bi[blank].cpu(), ki[blank].cpu()] = class_scores(zb, cls[bi[blank]], self.score).cpu()
+            bi, ki, masks = bi[~blank], ki[~blank], masks[~blank]
+        if not bi.numel():
+            return
+        xm = x[bi]                                       # a copy, masked in place; the masks are freed first
+        xm.mul_(masks[:, None].to(x.dtype))
+        del masks
+        if self.runner.config.channels_last:
+            xm = xm.contiguous(memory_format=torch.channels_last)
+        out = self._forward(xm)
+        scores[bi.cpu(), ki.cpu()] = class_scores(out, cls[bi], self.score).cpu()
+
+    def weights(self, cap, i, x):
+        acts = cap.acts[i].to(x.device)
+        size = tuple(x.shape[-2:])
+        pairs, keep = scorecam_pairs(acts, size, skip_constant=(self.flavour == "authors"))
+        scores = torch.zeros(acts.shape[:2])
+        bs = self._auto_batch(x)
+        bar = _bar(self.progress, len(pairs))
+        try:
+            with torch.inference_mode():
+                for j in range(0, len(pairs), bs):
+                    self._score_chunk(x, acts, cap.classes, pairs[j:j + bs], scores, size)
+                    if bar is not None:
+                        bar.update(min(bs, len(pairs) - j))
+        finally:
+            if bar is not None:
+                bar.close()
+        self._keep, self._scores = keep, scores
+        base = class_scores(cap.logits, cap.classes, self.score)
+        self._combined = scorecam_combine(self.flavour, scores, keep, cap.acts[i], base, size, self.output_size)
+        return self._combined[1]
+
+    def combine(self, w, cap, i, x):
+        return self._combined[0]
+
+    def normalise(self, cam, x):
+        return cam                                       # each flavour normalises in its own order
+
+    def __call__(self, images, classes=None):
+        self._blank = None
+        return super().__call__(images, classes)
+
+
+def _bar(progress: bool, total: int):
+    if not progress:
+        return None
+    import sys
+
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc="score-cam", unit="mask", file=sys.stderr, leave=False)
+
+
+def largest_activation(model: nn.Module, x: torch.Tensor, runner: Runner | None = None) -> int:
+    """Bytes of the largest leaf-module output for one sample (a per-sample memory estimate),
+    read by a probe on every leaf module during one forward of ``x``."""
+    largest = [0]
+
+    def seen(_tap, t):
+        if t.ndim:
+            largest[0] = max(largest[0], t.numel() * t.element_size() // max(int(t.shape[0]), 1))
+    taps = [TapSpec(name=name, role="path", path=name, layout="raw") for name, m in model.named_modules()
+            if name and not list(m.children())]
+    if not taps:
+        return int(x[:1].numel() * x.element_size())
+    with Probe(model, taps, callback=seen, nchw=False, clone=False, skip_non_tensor=True) as probe:
+        cam_runner(model, runner).forward(model, x[:1], probe, need_output=True)
+    return largest[0]
+
+
+# ---------------------------------------------------------------------------- functions
+
+
+def make_cam(model: nn.Module, method: str = "scorecam", target_layer=None, **kw) -> CamMethod:
+    """The ``CamMethod`` of ``method`` (``scorecam``, ``gradcam``, ``gradcam++``)."""
+    if method == "scorecam":
+        return ScoreCam(model, target_layer, **kw)
+    if method in ("gradcam", "gradcam++"):
+        kw = {k: v for k, v in kw.items() if k in ("runner", "output_size", "layout", "input_size")}
+        cls = GradCam if method == "gradcam" else GradCamPlusPlus
+        return cls(model, target_layer, **kw)
+    raise CamError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}", option="--method")
+
+
+def score_cam(model: nn.Module, target_layer, images: torch.Tensor, classes=None, flavour: str = "gradcam-lib",
+              batch_size: int | None = None, *, score: str | None = None, output_size: str = "input",
+              memory_budget: int = 256 * 2 ** 20, return_weights: bool = False, layout: str | None = None,
+              progress: bool = False, runner: Runner | None = None):
+    """Score-CAM maps ``(B, H, W)`` in [0, 1] for ``images`` (B, 3, H, W), already normalised.
+
+    ``target_layer``: a module, a tap request, a ``TargetLayer``, None (the model's default)
+    or a list of them (maps averaged as pytorch-grad-cam does). ``classes``: None (top-1
+    per image), an int, or one class per image. ``flavour``: ``gradcam-lib`` (default),
+    ``authors`` or ``torchcam``. ``score``: ``logit`` or ``softmax`` (default: the
+    flavour's own). ``batch_size``: masked inputs per forward (None: automatic).
+    ``output_size``: ``input`` or ``layer`` (torchcam only). With ``return_weights`` also
+    returns the channel weights (B, C) of the first target layer (authors: the class
+    probabilities, 0 for skipped constant channels)."""
+    cam = ScoreCam(model, target_layer, flavour=flavour, batch_size=batch_size, score=score,
+                   memory_budget=memory_budget, progress=progress, runner=runner, output_size=output_size,
+                   layout=layout, input_size=tuple(images.shape[-2:]))
+    out = cam(images, classes)
+    return (out, cam.weights_[0]) if return_weights else out
+
+
+def grad_cam(model: nn.Module, target_layer, images: torch.Tensor, classes=None, *, plus_plus: bool = False,
+             output_size: str = "input", layout: str | None = None, return_weights: bool = False,
+             runner: Runner | None = None):
+    """Grad-CAM (captum ``LayerGradCam``, ReLU'd, bilinear upsampling) or Grad-CAM++
+    (``plus_plus``) maps ``(B, H, W)`` in [0, 1]."""
+    cls = GradCamPlusPlus if plus_plus else GradCam
+    cam = cls(model, target_layer, runner=runner, output_size=output_size, layout=layout,
+              input_size=tuple(images.shape[-2:]))
+    out = cam(images, classes)
+    return (out, cam.weights_[0]) if return_weights else out
+
+
+def compute_cam(model, images, method: str = "scorecam", target_layer=None, classes=None, **kw) -> torch.Tensor:
+    """One entry point for the three methods (``scorecam``, ``gradcam``, ``gradcam++``)."""
+    if method == "scorecam":
+        return score_cam(model, target_layer, images, classes, **kw)
+    if method in ("gradcam", "gradcam++"):
+        kw = {k: v for k, v in kw.items() if k in ("output_size", "layout", "return_weights", "runner")}
+        return grad_cam(model, target_layer, images, classes, plus_plus=(method == "gradcam++"), **kw)
+    raise CamError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}", option="--method")

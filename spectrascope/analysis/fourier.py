@@ -2,17 +2,19 @@
 
 ``amplitude_analysis`` gives the relative log-amplitude curves (Park & Kim 2022; DFFormer
 Fig. 1 and 8; SPANet Fig. 2) and the high-frequency Delta per latent; ``spectrum_analysis``
-gives the 2-D spectrum maps of token-mixer outputs (SPANet Fig. 1). Both return a plain,
-JSON-serialisable payload; ``write_results`` turns it into ``results.json`` (with the
-provenance block), a tidy CSV, ``maps.npz`` and the figures (PNG + PDF), and ``redraw``
-draws the figures again from a ``results.json`` alone.
+gives the 2-D spectrum maps of token-mixer outputs (SPANet Fig. 1). Both run on the engine:
+taps from the one grammar (``probe.grammar``), captures through ``Probe`` feeding the
+``AmplitudeReducer``, forwards through ``engine.runner.Runner`` (batching, device, AMP,
+channels-last, the non-finite stop, the early stop after the last tap) and, under
+``torchrun``, images sharded by batch with the reducer's sums all-reduced. They return a
+plain, JSON-serialisable payload; ``report.fourier.write_results`` turns it into
+``results.json``, a tidy CSV, ``maps.npz`` and the figures.
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -20,17 +22,21 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from spectrascope.io.images import iter_batches, paths_digest, resolve_image_paths
-from spectrascope.models.base import TapList, TapSpec
+from spectrascope.engine import dist as _dist
 from spectrascope.engine.reducers.amplitude import AmplitudeReducer
-from spectrascope.probe.grammar import check_spatial as check_spatial_taps
-from spectrascope.io.results import SCHEMA_VERSION, provenance, write_csv, write_json
-from spectrascope.ops.fourier import (EPS, ZERO_MEAN_WARN_FRACTION, DiagonalStats, ZeroMeanWarning, curve_from_map, frequency_axis,
-                       normalised_depth)
-from spectrascope.probe import Probe, TapError, model_taps, select_taps
+from spectrascope.engine.runner import Batch, RunConfig, Runner, RunStats
+from spectrascope.errors import DataError, NonFiniteError, OptionError, TapError
+from spectrascope.io.results import SCHEMA_VERSION
+from spectrascope.io.sources import ImageSource
+from spectrascope.ops.fourier import (EPS, ZERO_MEAN_WARN_FRACTION, DiagonalStats, ZeroMeanWarning, curve_from_map,
+                                      frequency_axis, normalised_depth)
+from spectrascope.probe import Probe, model_taps, select_taps
+from spectrascope.probe.grammar import TapRequest, check_spatial
+from spectrascope.probe.spec import TapList, TapSpec
 
-__all__ = ["DEFAULT_AMPLITUDE_ROLES", "DEFAULT_SPECTRUM_ROLES", "parse_tap_request", "choose_taps", "reduce_spectra",
-           "analyse", "amplitude_analysis", "spectrum_analysis", "write_results", "load_results", "redraw"]
+__all__ = ["DEFAULT_AMPLITUDE_ROLES", "DEFAULT_SPECTRUM_ROLES", "parse_tap_request", "choose_taps", "fourier_taps",
+           "annotate_mixers", "mixer_kind", "reduce_spectra", "reduce_dataset", "analyse", "amplitude_analysis",
+           "spectrum_analysis"]
 
 #: Park & Kim's latents: the residual stream after every token mixer and every MLP, plus downsampling
 DEFAULT_AMPLITUDE_ROLES = ("stem", "downsample", "residual", "block")
@@ -42,51 +48,28 @@ REFERENCE = "Park & Kim 2022 (How do vision transformers work?), fourier_analysi
 # ---------------------------------------------------------------------------- tap selection
 
 def parse_tap_request(text: str | Iterable[str] | None) -> tuple[list[str] | None, list[tuple[str, str | None]]]:
-    """``"mixer,block,path:blocks.3.attn:NLC"`` -> (roles, [(module path, layout or None)])."""
+    """``"mixer,block,path:blocks.3.attn:NLC"`` -> (roles, [(module path, layout or None)]) (library helper;
+    the commands parse ``--taps`` with ``probe.grammar.TapRequest``)."""
     if text is None:
         return None, []
-    items = [text] if isinstance(text, str) else list(text)
     roles, paths = [], []
-    for item in items:
-        for part in str(item).split(","):
-            part = part.strip()
-            if not part:
-                continue
+    for item in ([text] if isinstance(text, str) else list(text)):
+        for part in (p.strip() for p in str(item).split(",")):
             if part.startswith("path:"):
-                rest = part[5:]
-                path, _, layout = rest.partition(":")
+                path, _, layout = part[5:].partition(":")
                 if not path:
                     raise TapError(f"empty module path in {part!r}")
                 paths.append((path, layout.upper() or None))
-            else:
+            elif part:
                 roles.append(part)
     return (roles or None), paths
 
 
-def _filter_blocks(taps: TapList, blocks) -> TapList:
-    if blocks in (None, "all"):
-        return taps
-    groups: dict[tuple, list[TapSpec]] = {}
-    for t in taps:
-        if t.index is not None:
-            groups.setdefault((t.stage, t.role), []).append(t)
-    keep = set()
-    for key, group in groups.items():
-        idx = sorted({t.index for t in group})
-        if blocks == "first":
-            want = idx[0]
-        elif blocks == "last":
-            want = idx[-1]
-        else:
-            want = int(blocks)
-            if want < 0:
-                want = idx[want] if -want <= len(idx) else None
-            if want not in idx:
-                continue
-        keep.update(t.name for t in group if t.index == want)
-    out = TapList(t for t in taps if t.index is None or t.name in keep)
-    if not out:
-        raise TapError(f"no tap left after --blocks {blocks}")
+def _request_tokens(roles, paths) -> list[str]:
+    """Grammar tokens of a (roles, module paths) selection."""
+    out = list(roles or [])
+    for path, layout in paths or ():
+        out.append(f"path:{path}:{layout}" if layout else f"path:{path}")
     return out
 
 
@@ -94,72 +77,214 @@ def choose_taps(model: nn.Module, *, roles: Sequence[str] | None = None, stages:
                 paths: Sequence[tuple[str, str | None]] = (), blocks="all",
                 default_roles: Sequence[str] = DEFAULT_AMPLITUDE_ROLES, input_size=None,
                 what: str = "the amplitude") -> TapList:
-    """Spatial taps of ``model`` by role / 1-based stage / module path (``--taps``, ``--stage``).
+    """Spatial taps of ``model`` by role / 1-based stage / module path, through the one grammar.
 
-    Without ``roles`` and ``paths`` the ``default_roles`` that the model has are used.
-    ``blocks`` keeps, per stage and role, all blocks or the first / last / N-th one.
-    Non-spatial taps (pooled vectors, routing weights, complex filters) are refused."""
-    all_taps = model_taps(model, input_size=input_size)
-    if roles is None and not paths:
-        have = set(all_taps.roles())
-        roles = [r for r in default_roles if r in have]
-        if not roles:
-            raise TapError(f"this model has none of the default roles ({', '.join(default_roles)}); "
-                           f"it has: {', '.join(all_taps.roles())}")
-    out = TapList()
+    Library form of ``--taps``/``--stage``/``--blocks``: roles must be roles of the model and a
+    module path that is not a declared tap needs its layout (``(path, "NHWC")``)."""
+    declared = model_taps(model, input_size=input_size)
     if roles:
-        out = select_taps(all_taps, roles=roles, stages=stages)
-    elif stages:
-        select_taps(all_taps, stages=stages)        # validates the stage numbers
-    by_path = {t.path: t for t in all_taps if t.hook == "forward"}
-    for path, layout in paths:
+        select_taps(declared, roles=roles)                  # names unknown roles as such
+    if stages:
+        select_taps(declared, stages=stages)                # validates the stage numbers
+    by_path = {t.path for t in declared if t.hook == "forward"}
+    for path, layout in paths or ():
         try:
             model.get_submodule(path)
         except AttributeError:
             raise TapError(f"no module {path!r} in this model (see `spectrascope taps --model ...`)") from None
-        tap = by_path.get(path)
-        if tap is None or (layout and layout != tap.layout):
-            if layout is None:
-                raise TapError(f"module {path!r} is not a declared tap; give its layout as path:{path}:NCHW|NHWC|NLC")
-            tap = TapSpec(name=path, role="path", path=path, layout=layout)
-        if tap not in out:
-            out.append(tap)
-    out = _filter_blocks(TapList(out), blocks)
-    return check_spatial_taps(out, what)
+        if layout is None and path not in by_path:
+            raise TapError(f"module {path!r} is not a declared tap; give its layout as path:{path}:NCHW|NHWC|NLC")
+    req = TapRequest.parse(_request_tokens(roles, paths) or None, stages=stages, blocks=blocks)
+    return req.resolve(model, input_size=input_size, default=default_roles, spatial=True, what=what)
+
+
+def fourier_taps(model: nn.Module, request: TapRequest, *, input_size=None, kind: str = "amplitude",
+                 notes: list | None = None) -> TapList:
+    """The taps of ``request`` (``--taps``/``--stage``/``--blocks``) for ``kind``, with their mixer kinds."""
+    default = DEFAULT_SPECTRUM_ROLES if kind == "spectrum" else DEFAULT_AMPLITUDE_ROLES
+    what = "the spectrum map" if kind == "spectrum" else "the amplitude"
+    taps = request.resolve(model, input_size=input_size, default=default, spatial=True, what=what, notes=notes)
+    return annotate_mixers(model, taps, input_size=input_size)
+
+
+# ---------------------------------------------------------------------------- mixer kinds
+
+#: class-name words -> mixer kind (first match wins; FFT words before the generic ones)
+_MIXER_WORDS = (
+    ("fft", ("filter", "fft", "fourier", "afno", "aff", "spectral", "spam", "spf", "gfn", "fno", "ffc", "dff")),
+    ("attention", ("attention", "attn", "msa")),
+    ("pooling", ("pool",)),
+    ("conv", ("conv", "modulation")),
+    ("identity", ("identity",)),
+    ("mlp", ("mixing", "mlp")),
+)
+#: module classes that only pass a tensor through (their parent says what the mixer is)
+_WRAPPERS = ("tappoint", "droppath", "identity", "sequential", "modulelist", "scale", "layerscale")
+#: child names under which blocks keep their token mixer
+_MIXER_CHILDREN = ("token_mixer", "attn", "attention", "filter", "mixer", "modulation", "conv_dw", "global_rep")
+
+
+def mixer_kind(module: nn.Module) -> str:
+    """The kind (``probe.spec.MIXER_KINDS``) of a token-mixer module from its class name, or ''."""
+    name = type(module).__name__.lower()
+    for kind, words in _MIXER_WORDS:
+        if any(w in name for w in words):
+            return kind
+    return ""
+
+
+def _kind_near(model: nn.Module, path: str) -> str:
+    """The mixer kind at ``path``: the module itself, else up to three parents or their mixer children."""
+    parts = path.split(".") if path else []
+    for up in range(0, min(4, len(parts) + 1)):
+        sub = ".".join(parts[:len(parts) - up])
+        try:
+            mod = model.get_submodule(sub)
+        except AttributeError:
+            continue
+        cls = type(mod).__name__.lower()
+        if cls not in _WRAPPERS and mixer_kind(mod):
+            return mixer_kind(mod)
+        for child in _MIXER_CHILDREN:
+            c = getattr(mod, child, None)
+            if isinstance(c, nn.Module) and type(c).__name__.lower() not in _WRAPPERS and mixer_kind(c):
+                return mixer_kind(c)
+    return ""
+
+
+def annotate_mixers(model: nn.Module, taps: Sequence[TapSpec], *, input_size=None) -> TapList:
+    """Fill ``TapSpec.mixer`` (when empty) of every block tap with the kind of its block's token mixer,
+    read from the model's mixer tap of the same block (stage, index)."""
+    try:
+        declared = model_taps(model, input_size=input_size)
+    except TapError:
+        declared = TapList()
+    mixer_path = {(t.stage, t.index): t.path for t in declared if t.role == "mixer" and t.index is not None}
+    kinds: dict = {}
+    out = TapList()
+    for t in taps:
+        if t.mixer or t.index is None or (t.stage, t.index) not in mixer_path:
+            out.append(t)
+            continue
+        key = (t.stage, t.index)
+        if key not in kinds:
+            kinds[key] = _kind_near(model, mixer_path[key]) or "other"
+        out.append(replace(t, mixer=kinds[key]))
+    out.notes = list(getattr(taps, "notes", []))
+    return out
 
 
 # ---------------------------------------------------------------------------- reduction
 
-def _progress(iterable, total, desc, enabled):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-    return tqdm(iterable, total=total, desc=desc, unit="batch", file=sys.stderr, leave=False, disable=None)
+def _agree_on_failure(d: _dist.Dist, exc: BaseException | None) -> None:
+    """Every rank raises when one rank hit a non-finite value (no rank waits alone in a collective)."""
+    if not d.enabled:
+        if exc is not None:
+            raise exc
+        return
+    msgs = d.all_gather_object(str(exc) if exc is not None else None)
+    first = next((m for m in msgs if m), None)
+    if exc is not None:
+        raise exc
+    if first is not None:
+        raise NonFiniteError(first)
+
+
+def reduce_dataset(model: nn.Module, dataset, taps: Sequence[TapSpec], runner: Runner, *, eps: float = EPS,
+                   dtype: torch.dtype = torch.float32, maps: bool = True,
+                   desc: str = "") -> tuple[dict, int, list[str], RunStats]:
+    """Run ``model`` over this rank's shard of ``dataset`` with a streaming amplitude reducer on ``taps``
+    and all-reduce its sums. Returns (tap name -> SpectrumStats or DiagonalStats, number of images over
+    all ranks, tap names in firing order, this rank's RunStats)."""
+    reducer = AmplitudeReducer(taps, eps=eps, dtype=dtype, maps=maps)
+    stats, failure = RunStats(), None
+    with Probe(model, reducer.taps, callback=reducer, **reducer.probe_kwargs) as probe:
+        try:
+            stats = runner.run(model, dataset, probe, need_output=False, desc=desc)
+        except NonFiniteError as exc:
+            failure = exc
+    _agree_on_failure(runner.dist, failure)
+    n = runner.total(stats.images)
+    if n == 0:
+        raise DataError("no images were processed")
+    reducer.all_reduce(runner.dist)
+    missing = reducer.missing()
+    if missing:
+        raise TapError(f"tap(s) {', '.join(missing[:5])} never fired during the forward pass")
+    order = _global_order(runner.dist, stats.order, taps)
+    return reducer.finalise(), n, order, stats
+
+
+def _global_order(d: _dist.Dist, order: list[str], taps) -> list[str]:
+    """The firing order of the taps (rank 0's, or the first rank that ran a batch)."""
+    if d.enabled:
+        order = next((o for o in d.all_gather_object(list(order)) if o), [])
+    rest = [t.name for t in taps if t.name not in order]
+    return list(order) + rest
 
 
 def reduce_spectra(model: nn.Module, batches: Iterable, taps: Sequence[TapSpec], *, device=None,
                    eps: float = EPS, dtype: torch.dtype = torch.float32, maps: bool = True, progress: bool = False,
                    total: int | None = None, desc: str = "") -> tuple[dict, int, list[str]]:
-    """Run ``model`` over ``batches`` (tensors or ``(tensor, ...)`` tuples) with a streaming
-    amplitude reducer on ``taps``. Returns (tap name -> SpectrumStats, or DiagonalStats when
-    ``maps=False``; number of images; tap names in firing order)."""
-    reducer = AmplitudeReducer(taps, eps=eps, dtype=dtype, maps=maps)
+    """Library form over pre-formed ``batches`` (tensors or ``(tensor, ...)`` tuples), one process:
+    returns (tap name -> SpectrumStats, or DiagonalStats when ``maps=False``; number of images;
+    tap names in firing order). Each batch goes through ``Runner.forward`` (non-finite stop, early stop)."""
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
+    runner = Runner(RunConfig(device=device, progress=progress), dist=_dist.Dist())
+    reducer = AmplitudeReducer(taps, eps=eps, dtype=dtype, maps=maps)
     n = 0
-    with torch.inference_mode(), Probe(model, reducer.taps, callback=reducer, **reducer.probe_kwargs) as probe:
-        for item in _progress(batches, total, desc, progress):
-            batch = item[0] if isinstance(item, (tuple, list)) else item
-            model(batch.to(device, non_blocking=True))
-            n += int(batch.shape[0])
+    with Probe(model, reducer.taps, callback=reducer, **reducer.probe_kwargs) as probe:
+        for k, item in enumerate(batches):
+            x = (item[0] if isinstance(item, (tuple, list)) else item).to(runner.device, non_blocking=True)
+            runner.forward(model, Batch(k, list(range(n, n + int(x.shape[0]))), x), probe, need_output=False)
+            n += int(x.shape[0])
     if n == 0:
-        raise ValueError("no images were processed")
+        raise DataError("no images were processed")
     missing = reducer.missing()
     if missing:
         raise TapError(f"tap(s) {', '.join(missing[:5])} never fired during the forward pass")
-    stats = reducer.finalise()
-    return stats, n, list(probe.order)
+    return reducer.finalise(), n, list(probe.order)
+
+
+# ---------------------------------------------------------------------------- records
+
+def _tap_record(t: TapSpec, st, depth: float, *, method: str, kind: str, relative: bool) -> dict:
+    C, (H, W) = st.channels, st.size
+    if isinstance(st, DiagonalStats):
+        m, curve = None, st.curve()
+    else:
+        m = st.mean_map(shift=True)
+        try:
+            curve = curve_from_map(m, method)
+        except ValueError as exc:
+            raise TapError(f"tap {t.name} ({H}x{W}): {exc}") from None
+    K = len(curve)
+    rec = {
+        "name": t.name, "role": t.role, "stage": t.stage, "index": t.index, "path": t.path, "hook": t.hook,
+        "layout": t.layout, "num_prefix_tokens": t.num_prefix_tokens, "note": t.note, "mixer": t.mixer or None,
+        "shape": [C, H, W], "num_maps": st.count, "block_depth": t.depth, "normalised_depth": float(depth),
+        "zero_mean_fraction": st.zero_mean_fraction,
+        "curve": [float(v) for v in curve],
+        "freq_index_pi": frequency_axis(K, kind="index").tolist(),
+        "freq_true_pi": frequency_axis(K, min(H, W), kind="true").tolist(),
+        "high_freq_delta": float(curve[-1]),
+    }
+    if kind == "spectrum":
+        mm = m - m[H // 2, W // 2] if relative else m
+        rec["map"] = np.round(mm.numpy().astype(np.float64), 6).tolist()
+    return rec
+
+
+def _zero_mean_warning(name: str, tap_recs: list[dict]) -> str | None:
+    zm = [r["name"] for r in tap_recs if r["zero_mean_fraction"] > ZERO_MEAN_WARN_FRACTION]
+    if not zm:
+        return None
+    msg = (f"{name}: taps {', '.join(zm[:6])}{' ...' if len(zm) > 6 else ''} are (almost) zero-mean maps: "
+           "their DC reference collapses to log(eps) and their curves are shifted by about +14..16")
+    warnings.warn(msg, ZeroMeanWarning, stacklevel=3)
+    return msg
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -176,150 +301,172 @@ def _checkpoint_map(names: list[str], checkpoints) -> list:
     if isinstance(checkpoints, Mapping):
         unknown = [k for k in checkpoints if k not in names]
         if unknown:
-            raise ValueError(f"checkpoint given for {', '.join(unknown)}, which is not among the models "
-                             f"({', '.join(names)})")
+            raise OptionError(f"checkpoint given for {', '.join(unknown)}, which is not among the models "
+                              f"({', '.join(names)})", option="--checkpoint")
         return [checkpoints.get(n) for n in names]
     cks = _as_list(checkpoints)
     if len(cks) != len(names):
-        raise ValueError(f"{len(cks)} checkpoint(s) for {len(names)} model(s): give one per model, in order, "
-                         "or MODEL=PATH")
+        raise OptionError(f"{len(cks)} checkpoint(s) for {len(names)} model(s): give one per model, in order, "
+                          "or MODEL=PATH", option="--checkpoint")
     return cks
 
 
-def _tap_record(t: TapSpec, st, depth: float, *, method: str, kind: str, relative: bool) -> dict:
-    C, (H, W) = st.channels, st.size
-    if isinstance(st, DiagonalStats):
-        m, curve = None, st.curve()
-    else:
-        m = st.mean_map(shift=True)
-        try:
-            curve = curve_from_map(m, method)
-        except ValueError as exc:
-            raise TapError(f"tap {t.name} ({H}x{W}): {exc}") from None
-    K = len(curve)
-    rec = {
-        "name": t.name, "role": t.role, "stage": t.stage, "index": t.index, "path": t.path, "hook": t.hook,
-        "layout": t.layout, "num_prefix_tokens": t.num_prefix_tokens, "note": t.note,
-        "shape": [C, H, W], "num_maps": st.count, "block_depth": t.depth, "normalised_depth": float(depth),
-        "zero_mean_fraction": st.zero_mean_fraction,
-        "curve": [float(v) for v in curve],
-        "freq_index_pi": frequency_axis(K, kind="index").tolist(),
-        "freq_true_pi": frequency_axis(K, min(H, W), kind="true").tolist(),
-        "high_freq_delta": float(curve[-1]),
+def _check_options(kind, method, freq_axis, dtype, models) -> list[str]:
+    if kind not in ("amplitude", "spectrum"):
+        raise OptionError(f"unknown analysis kind {kind!r} (amplitude or spectrum)")
+    if method not in ("diagonal", "radial"):
+        raise OptionError(f"{method!r} is not accepted; use diagonal or radial", option="--method")
+    if freq_axis not in ("index", "true"):
+        raise OptionError(f"{freq_axis!r} is not accepted; use index or true", option="--freq-axis")
+    if dtype not in (torch.float32, torch.float64):
+        raise OptionError("the compute dtype must be float32 or float64", option="--precision")
+    if not models:
+        raise OptionError("no model given", option="--model")
+    names = [m if isinstance(m, str) else getattr(m, "spectrascope_name", type(m).__name__) for m in models]
+    if len(set(names)) != len(names):
+        raise OptionError(f"a model is listed twice: {', '.join(names)}", option="--model")
+    return names
+
+
+def _source(images, data, num_images, image_paths) -> ImageSource:
+    if image_paths is None:
+        return ImageSource.resolve(images, data, num_images)
+    paths = [Path(p) for p in image_paths][:num_images] if num_images is not None else [Path(p) for p in image_paths]
+    if not paths:
+        raise DataError("no images to analyse")
+    return ImageSource(paths, [p.stem for p in paths], description=str(images) if images else (data or "samples"))
+
+
+def _build(spec, ck, img_size, device, model_kwargs, d: _dist.Dist):
+    """The model and its preprocessing; under torchrun, random weights are drawn from one seed
+    (rank 0's) so that every rank analyses the same network."""
+    from spectrascope.zoo.build import build_for_inference, preprocessing
+    if isinstance(spec, nn.Module):
+        if ck is not None:
+            raise OptionError("pass checkpoints only with model names (a built model is used as is)",
+                              option="--checkpoint")
+        return spec.eval().to(device), preprocessing(spec, img_size)
+    if ck is None and d.enabled:
+        seed = int(torch.randint(0, 2 ** 31 - 1, ()).item()) if d.main else None
+        torch.manual_seed(d.broadcast_object(seed))
+    return build_for_inference(spec, checkpoint=ck, img_size=img_size, device=device, **dict(model_kwargs or {}))
+
+
+def _model_record(name, label, spec, ck, model, cfg, n, tap_recs, run: RunStats, d: _dist.Dist) -> dict:
+    info = getattr(model, "checkpoint_info", None) or {}
+    card = getattr(model, "card", None)
+    return {
+        "model": name, "label": label,
+        "family": getattr(card, "family", None) or ("timm" if name.startswith("timm:") else None),
+        "checkpoint": str(ck) if ck is not None else None,
+        "checkpoint_sha256": info.get("sha256") if ck is not None else None,
+        "random_weights": ck is None and not isinstance(spec, nn.Module),
+        "input_size": list(cfg["size"]), "num_images": n, "taps": tap_recs,
+        "forward": {"batches": int(runner_total(d, run.batches)), "stopped_early": d.any(run.stopped_early),
+                    "last_tap": tap_recs[-1]["name"] if tap_recs else None},
     }
-    if kind == "spectrum":
-        mm = m - m[H // 2, W // 2] if relative else m
-        rec["map"] = np.round(mm.numpy().astype(np.float64), 6).tolist()
-    return rec
+
+
+def runner_total(d: _dist.Dist, n: int) -> int:
+    """``n`` summed over the ranks."""
+    if not d.enabled:
+        return n
+    return int(d.all_reduce(torch.tensor([float(n)], dtype=torch.float64)).item())
+
+
+def _analyse_model(k, spec, name, ck, ctx) -> tuple[dict, dict]:
+    """One model: build, choose taps, reduce over the images, records. Returns (record, arrays)."""
+    model, cfg = _build(spec, ck, ctx["img_size"], ctx["runner"].device, ctx["model_kwargs"], ctx["runner"].dist)
+    model = ctx["runner"].prepare(model)
+    taps = fourier_taps(model, ctx["request"], input_size=cfg["size"], kind=ctx["kind"], notes=ctx["notes"])
+    if ctx["select"] is not None:
+        taps = annotate_mixers(model, check_spatial(ctx["select"](name, model, taps), ctx["what"]),
+                               input_size=cfg["size"])
+    stats, n, order, run = reduce_dataset(model, ctx["source"].dataset(cfg), taps, ctx["runner"], eps=ctx["eps"],
+                                          dtype=ctx["dtype"], maps=ctx["maps"], desc=name)
+    rank = {nm: i for i, nm in enumerate(order)}
+    ordered = sorted(taps, key=lambda t: rank[t.name])
+    depths = normalised_depth(len(ordered))
+    tap_recs = [_tap_record(t, stats[t.name], float(d), method=ctx["method"], kind=ctx["kind"],
+                            relative=ctx["relative"]) for t, d in zip(ordered, depths)]
+    arrays = {f"{name}/{t.name}": stats[t.name].mean_map(shift=True).numpy().astype(np.float32)
+              for t in ordered} if ctx["maps"] else {}
+    msg = _zero_mean_warning(name, tap_recs)
+    if msg:
+        ctx["warnings"].append(msg)
+    label = ctx["labels"][k] if ctx["labels"] else name
+    return _model_record(name, label, spec, ck, model, cfg, n, tap_recs, run, ctx["runner"].dist), arrays
+
+
+def _run_config(device, batch_size, progress, amp, channels_last, compile, workers, check_finite) -> RunConfig:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise OptionError(f"{batch_size!r} is not a batch size (an integer >= 1)", option="--batch-size")
+    return RunConfig(device=device, batch_size=batch_size, amp=amp, channels_last=channels_last, compile=compile,
+                     workers=workers, progress=progress, check_finite=check_finite)
 
 
 def analyse(models, *, kind: str = "amplitude", checkpoints=None, images=None, data: str | None = None,
             num_images: int | None = None, image_paths: Sequence | None = None, img_size=None,
             roles: Sequence[str] | None = None, stages: Sequence[int] | None = None,
-            tap_paths: Sequence[tuple[str, str | None]] = (), blocks=None,
+            tap_paths: Sequence[tuple[str, str | None]] = (), blocks=None, taps: str | Sequence[str] | None = None,
             select: Callable[[str, nn.Module, TapList], TapList] | None = None, device="auto",
             batch_size: int = 16, method: str = "diagonal", relative: bool = True, freq_axis: str = "index",
             eps: float = EPS, dtype: torch.dtype = torch.float32, progress: bool = False,
             model_kwargs: Mapping | None = None, labels: Sequence[str] | None = None,
-            save_maps: bool | None = None) -> dict:
-    """Run the Fourier analysis of ``kind`` ("amplitude" or "spectrum") for one or more
-    models on the same images and return the results payload (no provenance yet; see
-    ``write_results``). ``models`` are registry names, ``timm:<name>`` or built modules.
-    ``select(name, model, taps)`` may replace the role/stage selection per model.
+            save_maps: bool | None = None, amp: str = "off", channels_last: bool = False, compile: bool = False,
+            workers: int = 0, check_finite: bool = True, source: ImageSource | None = None) -> dict:
+    """Run the Fourier analysis of ``kind`` ("amplitude" or "spectrum") for one or more models on the
+    same images and return the results payload (no provenance yet; see ``write_results``).
 
-    ``save_maps`` accumulates the whole 2-D mean log-amplitude maps (returned in
-    ``payload["arrays"]``, written to maps.npz); it is implied by ``kind="spectrum"`` and
-    ``method="radial"``. Without it the diagonal curves come from the fast half-diagonal
-    reduction (square maps only)."""
-    from spectrascope.engine.device import resolve_device
-    from spectrascope.zoo.build import build_for_inference, preprocessing
-    if kind not in ("amplitude", "spectrum"):
-        raise ValueError(f"unknown analysis kind {kind!r}")
-    if method not in ("diagonal", "radial"):
-        raise ValueError(f"--method must be diagonal or radial, not {method!r}")
-    if freq_axis not in ("index", "true"):
-        raise ValueError(f"--freq-axis must be index or true, not {freq_axis!r}")
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError("the compute dtype must be float32 or float64")
+    ``models`` are registry names, ``timm:<name>`` or built modules. The taps are ``taps`` (the
+    ``--taps`` grammar) or ``roles`` + ``tap_paths``, with ``stages`` and ``blocks`` (default: all;
+    the last block per stage for spectra); ``select(name, model, taps)`` may replace them per model.
+    ``save_maps`` accumulates the whole 2-D mean log-amplitude maps (``payload["arrays"]``, written
+    to maps.npz); it is implied by ``kind="spectrum"`` and ``method="radial"``. Without it the
+    diagonal curves come from the fast half-diagonal reduction (square maps only). Inside a
+    ``torchrun`` session (``pipelines.common.session``) the images are sharded and every rank
+    returns the same payload."""
     mlist = _as_list(models)
-    if not mlist:
-        raise ValueError("no model given")
-    names = [m if isinstance(m, str) else getattr(m, "spectrascope_name", type(m).__name__) for m in mlist]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a model is listed twice: {', '.join(names)}")
+    names = _check_options(kind, method, freq_axis, dtype, mlist)
     cks = _checkpoint_map(names, checkpoints)
-    dev = resolve_device(device) if not isinstance(device, torch.device) else device
-    paths = list(image_paths) if image_paths is not None else resolve_image_paths(images, data, num_images)
-    if image_paths is not None and num_images is not None:
-        paths = paths[:num_images]
-    if not paths:
-        raise ValueError("no images to analyse")
-    if batch_size < 1:
-        raise ValueError("--batch-size must be >= 1")
+    runner = Runner(_run_config(device, batch_size, progress, amp, channels_last, compile, workers, check_finite))
+    src = source if source is not None else _source(images, data, num_images, image_paths)
     if blocks is None:
         blocks = "last" if kind == "spectrum" else "all"
-    default_roles = DEFAULT_SPECTRUM_ROLES if kind == "spectrum" else DEFAULT_AMPLITUDE_ROLES
-    maps = bool(save_maps) or kind == "spectrum" or method == "radial"
-    what = "the spectrum map" if kind == "spectrum" else "the amplitude"
+    tokens = taps if taps is not None else (_request_tokens(roles, tap_paths) or None)
+    ctx = {"kind": kind, "img_size": img_size, "runner": runner, "model_kwargs": model_kwargs,
+           "request": TapRequest.parse(tokens, stages=stages, blocks=blocks), "select": select,
+           "what": "the spectrum map" if kind == "spectrum" else "the amplitude", "source": src, "eps": eps,
+           "dtype": dtype, "maps": bool(save_maps) or kind == "spectrum" or method == "radial", "method": method,
+           "relative": relative, "labels": labels, "warnings": [], "notes": list(src.notes)}
     t0 = time.perf_counter()
-    records, warn_list, arrays = [], [], {}
+    records, arrays = [], {}
     for k, (spec, name, ck) in enumerate(zip(mlist, names, cks)):
-        if isinstance(spec, nn.Module):
-            model = spec.eval().to(dev)
-            cfg = preprocessing(model, img_size)
-            if ck is not None:
-                raise ValueError("pass checkpoints only with model names (a built model is used as is)")
-        else:
-            model, cfg = build_for_inference(spec, checkpoint=ck, img_size=img_size, device=dev,
-                                             **dict(model_kwargs or {}))
-        taps = choose_taps(model, roles=roles, stages=stages, paths=tap_paths, blocks=blocks,
-                           default_roles=default_roles, input_size=cfg["size"], what=what)
-        if select is not None:
-            taps = check_spatial_taps(select(name, model, taps), what)
-        batches = iter_batches(paths, batch_size, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"])
-        total = -(-len(paths) // batch_size)
-        stats, n, order = reduce_spectra(model, batches, taps, device=dev, eps=eps, dtype=dtype, maps=maps,
-                                         progress=progress, total=total, desc=name)
-        rank = {nm: i for i, nm in enumerate(order)}
-        ordered = sorted(taps, key=lambda t: rank[t.name])
-        depths = normalised_depth(len(ordered))
-        tap_recs = [_tap_record(t, stats[t.name], float(d), method=method, kind=kind, relative=relative)
-                    for t, d in zip(ordered, depths)]
-        if maps:
-            for t in ordered:
-                arrays[f"{name}/{t.name}"] = stats[t.name].mean_map(shift=True).numpy().astype(np.float32)
-        zm = [r["name"] for r in tap_recs if r["zero_mean_fraction"] > ZERO_MEAN_WARN_FRACTION]
-        if zm:
-            msg = (f"{name}: taps {', '.join(zm[:6])}{' ...' if len(zm) > 6 else ''} are (almost) zero-mean maps: "
-                   "their DC reference collapses to log(eps) and their curves are shifted by about +14..16")
-            warnings.warn(msg, ZeroMeanWarning, stacklevel=2)
-            warn_list.append(msg)
-        info = getattr(model, "checkpoint_info", None) or {}
-        card = getattr(model, "card", None)
-        records.append({
-            "model": name, "label": (labels[k] if labels else name),
-            "family": getattr(card, "family", None) or ("timm" if name.startswith("timm:") else None),
-            "checkpoint": str(ck) if ck is not None else None,
-            "checkpoint_sha256": info.get("sha256") if ck is not None else None,
-            "random_weights": ck is None and not isinstance(spec, nn.Module),
-            "input_size": list(cfg["size"]), "num_images": n, "taps": tap_recs,
-        })
-        del model
+        rec, arr = _analyse_model(k, spec, name, ck, ctx)
+        records.append(rec)
+        arrays.update(arr)
+    return _payload(kind, ctx, roles, stages, blocks, freq_axis, src, runner, records, arrays, t0)
+
+
+def _payload(kind, ctx, roles, stages, blocks, freq_axis, src, runner, records, arrays, t0) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
         "method": {
             "name": "relative log amplitude of Fourier-transformed feature maps" if kind == "amplitude"
             else "2-D spectrum map (batch/channel mean of log|F|, centred)",
-            "reference": REFERENCE, "eps": eps, "curve": method, "relative": relative, "freq_axis": freq_axis,
-            "dtype": str(dtype).replace("torch.", ""), "blocks": blocks, "maps": maps,
-            "roles": list(roles) if roles else None, "stages": list(stages) if stages else None,
+            "reference": REFERENCE, "eps": ctx["eps"], "curve": ctx["method"], "relative": ctx["relative"],
+            "freq_axis": freq_axis, "dtype": str(ctx["dtype"]).replace("torch.", ""), "blocks": blocks,
+            "maps": ctx["maps"], "roles": list(roles) if roles else None,
+            "stages": list(stages) if stages else None, "taps": ctx["request"].describe() or None,
         },
-        "images": {"count": len(paths), "sha256": paths_digest(paths), "files": [Path(p).name for p in paths],
-                   "source": str(images) if images else (data or "samples")},
-        "device": str(dev),
+        "images": src.describe(),
+        "device": str(runner.device),
+        "run": {"world_size": runner.dist.world, "batch_size": runner.config.batch_size, "amp": runner.config.amp,
+                "channels_last": runner.config.channels_last, "compile": runner.config.compile},
         "models": records,
-        "warnings": warn_list,
+        "warnings": ctx["warnings"],
+        "notes": list(dict.fromkeys(ctx["notes"])),
         "compute_time_s": time.perf_counter() - t0,
         # not JSON: centred mean log-amplitude maps (model/tap -> H x W), written to maps.npz
         "arrays": arrays,
@@ -336,89 +483,3 @@ def spectrum_analysis(models, **kw) -> dict:
     """2-D spectrum maps (see ``analyse``); default taps: the token mixer of the last block
     of every stage (``blocks="last"``); ``relative=True`` puts the DC value at 0."""
     return analyse(models, kind="spectrum", **kw)
-
-
-# ---------------------------------------------------------------------------- outputs
-
-def _csv_rows(payload: Mapping) -> list[dict]:
-    rows = []
-    for m in payload["models"]:
-        for t in m["taps"]:
-            base = {"model": m["model"], "random_weights": m["random_weights"], "tap": t["name"], "role": t["role"],
-                    "stage": t["stage"], "block": t["index"], "normalised_depth": round(t["normalised_depth"], 6),
-                    "map_h": t["shape"][1], "map_w": t["shape"][2]}
-            if payload["kind"] == "spectrum":
-                arr = np.asarray(t["map"])
-                H, W = arr.shape
-                for i in range(H):
-                    for j in range(W):
-                        rows.append(dict(base, freq_y_pi=round(2 * (i - H // 2) / H, 6),
-                                         freq_x_pi=round(2 * (j - W // 2) / W, 6), value=arr[i, j]))
-            else:
-                for k, (v, fi, ft) in enumerate(zip(t["curve"], t["freq_index_pi"], t["freq_true_pi"])):
-                    rows.append(dict(base, k=k, freq_index_pi=round(fi, 6), freq_true_pi=round(ft, 6),
-                                     delta_log_amplitude=v))
-    return rows
-
-
-def write_results(payload: dict, out_dir, *, command: str, wall_time_s: float | None = None,
-                  formats: Sequence[str] = ("png", "pdf"), title: str | None = None, extra: Mapping | None = None,
-                  maps: Mapping[str, np.ndarray] | None = None) -> list[Path]:
-    """Write ``results.json`` (payload + provenance), ``<kind>.csv``, the figures and, when
-    given, ``maps.npz`` into ``out_dir`` (normally a ``staged_output`` directory)."""
-    from spectrascope.report.fourier import figures_for, save_figure
-    out_dir = Path(out_dir)
-    names = [m["model"] for m in payload["models"]]
-    shas = [m["checkpoint_sha256"] for m in payload["models"]]
-    prov = provenance(command=command, model=", ".join(names), checkpoint_sha256=shas[0] if len(shas) == 1 else None,
-                      images_sha256=payload["images"]["sha256"], device=payload.get("device"),
-                      wall_time_s=wall_time_s, random_weights=any(m["random_weights"] for m in payload["models"]),
-                      extra=extra)
-    doc = dict(payload)
-    arrays = doc.pop("arrays", None) or {}
-    if maps:
-        arrays = dict(arrays, **maps)
-    doc["provenance"] = prov
-    if title:
-        doc["title"] = title
-    written = []
-    write_json(out_dir / "results.json", doc)
-    written.append(out_dir / "results.json")
-    write_csv(out_dir / f"{payload['kind']}.csv", _csv_rows(payload))
-    written.append(out_dir / f"{payload['kind']}.csv")
-    if arrays:
-        np.savez_compressed(out_dir / "maps.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
-        written.append(out_dir / "maps.npz")
-    for stem, fig in figures_for(doc, title=title).items():
-        written += save_figure(fig, out_dir, stem, formats)
-    return written
-
-
-def load_results(path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no results file {path}")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not a results.json file: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("kind") not in ("amplitude", "spectrum") or "models" not in doc:
-        kind = doc.get("kind") if isinstance(doc, dict) else None
-        raise ValueError(f"{path} holds no amplitude or spectrum results (kind={kind!r})")
-    return doc
-
-
-def redraw(results, output=None, *, formats: Sequence[str] = ("png", "pdf"), freq_axis: str | None = None,
-           cmap: str | None = None) -> list[Path]:
-    """Draw the figures of a ``results.json`` again (from its data alone) into ``output``
-    (default: the folder of the results file)."""
-    from spectrascope.report.fourier import figures_for, save_figure
-    src = Path(results)
-    doc = load_results(src)
-    out = Path(output) if output else (src if src.is_dir() else src.parent)
-    written = []
-    for stem, fig in figures_for(doc, freq_axis=freq_axis, cmap=cmap, title=doc.get("title")).items():
-        written += save_figure(fig, out, stem, formats)
-    return written

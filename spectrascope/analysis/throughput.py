@@ -10,13 +10,19 @@ model is built for each resolution, as ``create_model(name, img_size=res)`` does
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Iterable, Sequence
 
 import torch
 
+from spectrascope.engine.runner import RunConfig, Runner, autocast
 from spectrascope.zoo.registry import create_model
+
+__all__ = ["MEMORY_NOTE", "measure", "sweep", "figures"]
+
+#: why a CPU run has no memory figure (one line, shown by the command and the recipe)
+MEMORY_NOTE = ("peak memory is measured with torch.cuda.max_memory_allocated, which tracks CUDA allocations "
+               "only: no memory figure on {device}")
 
 
 def _sync(device: torch.device) -> None:
@@ -26,17 +32,16 @@ def _sync(device: torch.device) -> None:
 
 def measure(model: torch.nn.Module, resolution, *, batch_size: int = 4, device="cpu", warmup: int = 10,
             iters: int = 40, amp: str | None = None, channels_last: bool = False) -> dict:
-    """Time ``iters`` forward passes of a ``(batch_size, 3, H, W)`` random batch."""
-    device = torch.device(device)
+    """Time ``iters`` forward passes of a ``(batch_size, 3, H, W)`` random batch (the engine's
+    device validation, model preparation -- ``eval``, device, channels-last -- and autocast)."""
+    runner = Runner(RunConfig(device, batch_size, amp=amp or "off", channels_last=channels_last))
+    device = runner.device
     h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-    model = model.eval().to(device)
+    model = runner.prepare(model)
     x = torch.randn(batch_size, 3, h, w, device=device)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
-    cast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    with torch.inference_mode(), cast:
+    with torch.inference_mode(), autocast(device, amp):
         for _ in range(warmup):
             model(x)
         _sync(device)
@@ -57,7 +62,7 @@ def sweep(models: Sequence[str], resolutions: Iterable, *, batch_size: int = 4, 
           iters: int = 40, amp: str | None = None, channels_last: bool = False, model_kwargs=None,
           progress=None) -> list[dict]:
     """One row per (model, resolution); out-of-memory rows are kept with status 'oom'."""
-    device = torch.device(device)
+    device = RunConfig(device, batch_size).device
     rows = []
     for name in models:
         for res in resolutions:

@@ -1,11 +1,30 @@
-"""``spectrascope cam`` and ``context``: class activation maps and SPANet context maps."""
+"""``spectrascope cam`` and ``context``: class activation maps and SPANet context maps (thin
+wrappers: options are parsed here, the work is ``spectrascope.pipelines.cam``)."""
 from __future__ import annotations
 
 import click
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import (_given, _output_dir, image_options, model_options, parse_img_size,
-                                      parse_model_kwargs, runtime_options, user_errors)
+from spectrascope.cli.options import (_given, image_options, model_options, parse_img_size, parse_model_kwargs,
+                                      runtime_options, user_errors)
+
+
+def _engine_options(fn):
+    fn = click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True,
+                      help="autocast dtype of the forwards")(fn)
+    fn = click.option("--channels-last/--no-channels-last", "channels_last", default=None,
+                      help="channels-last activations (default: the measured faster one, see the README)")(fn)
+    return fn
+
+
+def _report(outcome) -> None:
+    if outcome.output is None:                               # not the reporting rank under torchrun
+        return
+    for note in outcome.notes:
+        click.echo(f"note: {note}", err=True)
+    if outcome.summary:
+        click.echo(outcome.summary)
+    click.echo(f"-> {outcome.output}")
 
 
 @main.command("cam")
@@ -19,84 +38,65 @@ from spectrascope.cli.options import (_given, _output_dir, image_options, model_
               show_default=True, help="Score-CAM implementation to reproduce")
 @click.option("--score", type=click.Choice(["logit", "softmax"]), default=None,
               help="class score of a masked input (default: the flavour's own)")
-@click.option("--target-layer", default=None, help="tap role (stage, block, ...), tap name (stage4) or module path")
+@click.option("--target-layer", default=None,
+              help="tap name (stage4, s3.b1.block), role (stage: its last tap), stage number, or "
+                   "path:MODULE[:LAYOUT][:HxW]; comma-separated layers are averaged")
 @click.option("--class", "target_class", type=int, default=None,
               help="class to explain (default: top-1, or the label of synthetic data)")
 @runtime_options
 @image_options
+@_engine_options
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="output directory (default: runs/cam/<models>-<time>)")
 @click.option("--overwrite", is_flag=True, help="replace an existing output directory")
 @user_errors
 def cam_cmd(model_names, checkpoints, method, flavour, score, target_layer, target_class, img_size, device,
-            model_kwargs, images, data, num_images, batch_size, output, overwrite):
+            model_kwargs, images, data, num_images, batch_size, channels_last, amp, output, overwrite):
     """Class activation maps (Score-CAM, Grad-CAM, Grad-CAM++) with overlays, a grid
     comparing the models (SPANet Fig. S2), raw maps and, on synthetic data, localisation
     scores (pointing game, energy in the box). --batch-size is the number of images per
     Grad-CAM pass and of masked inputs per Score-CAM forward (Score-CAM without --batch-size:
-    chosen automatically, at most 8 on CPUs and 64 on GPUs)."""
+    chosen automatically, at most 8 on CPUs and 64 on GPUs). Runs under torchrun (images
+    sharded over the processes)."""
+    from spectrascope.pipelines.cam import run_cam
+    from spectrascope.zoo.build import pair_checkpoints
+    paired = pair_checkpoints(model_names, checkpoints)
+    _check_checkpoints(paired.values())
+    outcome = run_cam([(m, paired[m]) for m in model_names], method=method, flavour=flavour,
+                      target_layer=target_layer, target_class=target_class, images=images, data=data,
+                      num_images=num_images, img_size=parse_img_size(img_size), device=device,
+                      overrides=parse_model_kwargs(model_kwargs), batch_size=batch_size, score=score, output=output,
+                      overwrite=overwrite, mask_batch_size=batch_size if _given("batch_size") else None,
+                      channels_last=channels_last, amp=amp)
+    _report(outcome)
+
+
+def _check_checkpoints(checkpoints) -> None:
     from pathlib import Path
 
-    from spectrascope.engine.device import resolve_device
-    from spectrascope.analysis.cam import run_cam
-    cks = _pair_checkpoints(model_names, checkpoints)
-    for _, ck in cks:
-        if ck is not None and not Path(ck).is_file():
-            raise click.ClickException(f"checkpoint not found: {ck}")
-    out = _output_dir(output, "cam", "-".join(model_names), overwrite)
-    payload = run_cam(cks, method=method, flavour=flavour, target_layer=target_layer, target_class=target_class,
-                      images=images, data=data, num_images=num_images, img_size=parse_img_size(img_size),
-                      device=resolve_device(device), overrides=parse_model_kwargs(model_kwargs),
-                      batch_size=batch_size, score=score, output=out, overwrite=overwrite,
-                      mask_batch_size=batch_size if _given("batch_size") else None)
-    rnd = [m["model"] for m in payload["models"] if m["random_weights"]]
-    if rnd:
-        click.echo(f"note: random weights for {', '.join(rnd)} (no --checkpoint); the maps are not meaningful",
-                   err=True)
-    for m in payload["models"]:
-        loc = m.get("localisation")
-        extra = (f", pointing game {loc['pointing_accuracy']:.2f}, energy in box {loc['mean_energy_in_box']:.3f}"
-                 if loc else "")
-        click.echo(f"{m['model']}: {method} at {m['target_layer']} on {len(payload['images'])} images{extra}")
-    click.echo(f"-> {out}")
-
-
-def _pair_checkpoints(models, checkpoints):
-    models = list(models)
-    cks = list(checkpoints or ())
-    if not cks:
-        return [(m, None) for m in models]
-    if all("=" in c for c in cks):
-        named = dict(c.split("=", 1) for c in cks)
-        unknown = [k for k in named if k not in models]
-        if unknown:
-            raise click.BadParameter(f"{', '.join(unknown)} is not a --model", param_hint="--checkpoint")
-        return [(m, named.get(m)) for m in models]
-    if len(cks) != len(models):
-        raise click.BadParameter(f"{len(cks)} checkpoints for {len(models)} models: give one per --model "
-                                 "('-' for random weights) or MODEL=PATH", param_hint="--checkpoint")
-    return [(m, None if c == "-" else c) for m, c in zip(models, cks)]
+    from spectrascope.errors import CheckpointError
+    for path in checkpoints or ():
+        if path is not None and not Path(path).is_file():
+            raise CheckpointError(f"checkpoint not found: {path}", option="--checkpoint")
 
 
 @main.command("context")
 @model_options
 @image_options
+@_engine_options
 @click.option("--block", default=None, help="SPAM block (s4.b3), a stage number (its last block) or 'last' [last]")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="output directory (default: runs/context/<model>-<time>)")
 @click.option("--overwrite", is_flag=True, help="replace an existing output directory")
 @user_errors
-def context_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, block,
-                output, overwrite):
+def context_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size,
+                channels_last, amp, block, output, overwrite):
     """SPANet context maps (Fig. 4 / S1): each SPG's output and the aggregated context of a
-    SPAM block, channel-mean, resized to the image and overlaid."""
-    from spectrascope.engine.device import resolve_device
-    from spectrascope.analysis.cam import run_context
-    out = _output_dir(output, "context", model_name, overwrite)
-    payload = run_context(model_name, checkpoint=checkpoint, block=block, images=images, data=data,
-                          num_images=num_images, img_size=parse_img_size(img_size), device=resolve_device(device),
-                          overrides=parse_model_kwargs(model_kwargs), output=out, overwrite=overwrite)
-    if checkpoint is None:
-        click.echo(f"note: {model_name} has random weights (no --checkpoint); the maps are not meaningful", err=True)
-    click.echo(f"context maps of {model_name} at {payload['block']} ({', '.join(payload['maps'].values())}) "
-               f"on {len(payload['images'])} images -> {out}")
+    SPAM block, channel-mean, resized to the image and overlaid. Runs under torchrun."""
+    from spectrascope.pipelines.cam import run_context
+    _check_checkpoints([checkpoint] if checkpoint else [])
+    outcome = run_context(model_name, checkpoint=checkpoint, block=block, images=images, data=data,
+                          num_images=num_images, img_size=parse_img_size(img_size), device=device,
+                          overrides=parse_model_kwargs(model_kwargs), batch_size=batch_size, output=output,
+                          overwrite=overwrite, channels_last=channels_last, amp=amp)
+    _report(outcome)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import (image_options, parse_img_size, user_errors)
+from spectrascope.cli.options import _given, image_options, parse_img_size, user_errors
 
 
 class _FigureGroup(click.Group):
@@ -39,9 +39,27 @@ def figure_group():
     """Reproduce a paper figure: `spectrascope figure list`, `spectrascope figure NAME`."""
 
 
+#: the command-line form of every recipe option (``FigureSpec.options`` names them)
+def _recipe_option(name: str):
+    from spectrascope.report.recipes import FOCALNET_VARIANTS, RECIPE_CHOICES, RECIPE_OPTIONS
+    text = RECIPE_OPTIONS.get(name, name)
+    if name == "models":
+        return click.option("--model", "models", multiple=True, metavar="NAME", help=text + " (repeat)")
+    if name == "focalnet":
+        return click.option("--focalnet", type=click.Choice(sorted(FOCALNET_VARIANTS)), default=None,
+                            help=text + " [default: lrf]")
+    if name in RECIPE_CHOICES:
+        return click.option("--" + name.replace("_", "-"), name, type=click.Choice(RECIPE_CHOICES[name]),
+                            default=None, help=f"{text} [default: {RECIPE_CHOICES[name][0]}]")
+    if name == "freq_axis":
+        return click.option("--freq-axis", "freq_axis", type=click.Choice(["index", "true"]), default=None,
+                            help=text + " [default: index]")
+    return click.option("--" + name.replace("_", "-"), name, default=None, help=text)
+
+
 @figure_group.command("list")
 def figure_list_cmd():
-    """The figure recipes and the models they need."""
+    """The figure recipes, the models they need, whether they need trained weights and their options."""
     from spectrascope.report.recipes import list_figures, model_available
     figs = list_figures()
     if not figs:
@@ -51,45 +69,64 @@ def figure_list_cmd():
         for m in f.models:
             ok, why = model_available(m)
             marks.append(m if ok else f"{m} [{why}]")
+        weights = "needs trained weights (--checkpoint MODEL=PATH)" if f.needs_weights else \
+            "weights optional (meaningful with random weights)"
         click.echo(f"{f.name}  -  {f.paper}")
         click.echo(f"    {f.title}")
         if marks:
             click.echo(f"    models: {', '.join(marks)}")
+        click.echo(f"    weights: {weights}")
+        if f.options:
+            click.echo(f"    options: {', '.join('--' + o.replace('_', '-').replace('models', 'model') for o in f.options)}")
+
+
+def _report(spec, doc, folder) -> None:
+    for msg in doc.get("warnings", []):
+        click.echo(f"warning: {msg}", err=True)
+    for s in doc["skipped_models"]:
+        click.echo(f"note: skipped {s['model']}: {s['reason']}", err=True)
+    if doc["random_weights"]:
+        click.echo(f"note: random weights for {', '.join(doc['random_weights'])} (no --checkpoint)", err=True)
+    click.echo(f"{spec.name} -> {folder} ({', '.join(doc['files'])})")
 
 
 def _figure_command(spec):
-    @click.command(spec.name, help=f"{spec.title}. {spec.paper}.\n\n{spec.summary}")
-    @click.option("--checkpoint", "checkpoints", multiple=True, metavar="MODEL=PATH",
-                  help=f"weights per model ({', '.join(spec.models)})")
-    @click.option("--output", type=click.Path(file_okay=False), default="figures", show_default=True,
-                  help="parent folder; the figure goes to OUTPUT/<name>/")
-    @click.option("--overwrite", is_flag=True, help="replace an existing figure folder")
-    @click.option("--img-size", default=None, help="input size S or HxW (default: each model's)")
-    @click.option("--device", default="auto", show_default=True)
-    @click.option("--skip-unavailable", is_flag=True, help="draw the available models when some are missing")
-    @image_options
-    @user_errors
     def cmd(checkpoints, output, overwrite, img_size, device, skip_unavailable, images, data, num_images,
-            batch_size):
-        import warnings
-
-        from spectrascope.report.recipes import run_figure
+            batch_size, pretrained=False, weights_dir=None, **options):
+        from spectrascope.report.recipes import recipe_models, run_figure
+        if pretrained:
+            from spectrascope.cli.options import fill_pretrained
+            kw = {"checkpoints": checkpoints}
+            for m in fill_pretrained(kw, weights_dir, models=list(recipe_models(spec, options)), skip_missing=True):
+                click.echo(f"note: {m} has no official weights for --pretrained; it keeps random weights", err=True)
+            checkpoints = kw["checkpoints"]
+        batch_size = batch_size if _given("batch_size") else None       # None: the recipe's default
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                folder, doc = run_figure(spec.name, output=output, overwrite=overwrite, checkpoints=checkpoints,
-                                         device=device, images=images, data=data, num_images=num_images,
-                                         batch_size=batch_size, img_size=parse_img_size(img_size),
-                                         skip_unavailable=skip_unavailable, progress=True)
+            folder, doc = run_figure(spec.name, output=output, overwrite=overwrite, checkpoints=checkpoints,
+                                     device=device, images=images, data=data, num_images=num_images,
+                                     batch_size=batch_size, img_size=parse_img_size(img_size),
+                                     skip_unavailable=skip_unavailable, progress=True, options=options)
         except ImportError as exc:
             raise click.ClickException(str(exc).splitlines()[0]) from None
-        from spectrascope.ops.fourier import ZeroMeanWarning
-        for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ZeroMeanWarning)):
-            click.echo(f"warning: {msg}", err=True)
-        for s in doc["skipped_models"]:
-            click.echo(f"note: skipped {s['model']}: {s['reason']}", err=True)
-        if doc["random_weights"]:
-            click.echo(f"note: random weights for {', '.join(doc['random_weights'])} (no --checkpoint)", err=True)
-        click.echo(f"{spec.name} -> {folder} ({', '.join(doc['files'])})")
+        _report(spec, doc, folder)
 
-    return cmd
+    cmd = user_errors(cmd)
+    for name in reversed(spec.options):
+        cmd = _recipe_option(name)(cmd)
+    cmd = image_options(cmd)
+    for deco in (click.option("--pretrained", is_flag=True, help="official weights for every model without "
+                                                                   "--checkpoint"),
+                 click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+                              help="folder of official weight files (default: $SPECTRASCOPE_WEIGHTS)"),
+                 click.option("--skip-unavailable", is_flag=True, help="draw the available models when some are "
+                                                                          "missing"),
+                 click.option("--device", default="auto", show_default=True),
+                 click.option("--img-size", default=None, help="input size S or HxW (default: each model's)"),
+                 click.option("--overwrite", is_flag=True, help="replace an existing figure folder"),
+                 click.option("--output", type=click.Path(file_okay=False), default="figures", show_default=True,
+                              help="parent folder; the figure goes to OUTPUT/<name>/"),
+                 click.option("--checkpoint", "checkpoints", multiple=True, metavar="MODEL=PATH",
+                              help=f"weights per model ({', '.join(spec.models)})")):
+        cmd = deco(cmd)
+    weights = "Needs trained weights." if spec.needs_weights else "Meaningful with random weights."
+    return click.command(spec.name, help=f"{spec.title}. {spec.paper}.\n\n{spec.summary}\n\n{weights}")(cmd)

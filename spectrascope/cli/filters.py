@@ -1,42 +1,47 @@
-"""``spectrascope filters``: the frequency filters of a model."""
+"""``spectrascope filters``: the frequency filters of a model (a thin wrapper over
+``pipelines.filters.run_filters``)."""
 from __future__ import annotations
 
 import click
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import (_output_dir, image_options, model_options, parse_img_size, parse_model_kwargs,
-                                      user_errors)
+from spectrascope.cli.options import image_options, model_options, parse_img_size, parse_model_kwargs, user_errors
+from spectrascope.errors import OptionError
 
 
 def _channels(value):
+    """``0,1,2`` / ``0-7`` / ``0-3,8`` -> a list of channel indices (ascending ranges only)."""
     if not value:
         return None
-    try:
-        out = []
-        for part in str(value).split(","):
+    out = []
+    for part in str(value).split(","):
+        try:
             if "-" in part:
                 a, b = (int(v) for v in part.split("-", 1))
+                if b < a:
+                    raise OptionError(f"{part!r} is an empty range (write low-high, e.g. 2-5)", option="--channels")
                 out.extend(range(a, b + 1))
             else:
                 out.append(int(part))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a channel list such as 0,1,2 or 0-7", param_hint="--channels")
+        except ValueError as exc:
+            if isinstance(exc, OptionError):
+                raise
+            raise OptionError(f"{value!r} is not a channel list such as 0,1,2 or 0-7", option="--channels") from None
     if any(c < 0 for c in out):
-        raise click.BadParameter("channels must be >= 0", param_hint="--channels")
+        raise OptionError("channels must be >= 0", option="--channels")
     return out
-
-
 
 
 @main.command("filters")
 @model_options
 @image_options
-@click.option("--layers", default=None, help="stages (3), layer names or globs (s3.*, s4.b2) or parameter paths")
+@click.option("--layers", default=None,
+              help="taps as in --taps: stages (3), layer names or globs (s3.*, s4.b2), module or parameter paths")
 @click.option("--routing", is_flag=True, help="DFFormer: routing statistics over the images (which basis is used)")
 @click.option("--effective", default=0, type=int, show_default=True,
               help="DFFormer: effective per-image filters of the first N images")
 @click.option("--channels", default=None, help="channels to show (global / effective filters), e.g. 0-23")
-@click.option("--cmap", default=None, help="matplotlib colormap (default viridis for bases, YlGnBu for global filters)")
+@click.option("--cmap", default=None, help="matplotlib colormap (default viridis: yellow = high amplitude)")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="output directory (default: runs/filters/<model>-<time>)")
 @click.option("--overwrite", is_flag=True, help="replace an existing output directory")
@@ -44,22 +49,20 @@ def _channels(value):
 def filters_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, layers,
                 routing, effective, channels, cmap, output, overwrite):
     """Frequency filters of a model: DFFormer bases (Fig. 9), GFNet/GFFormer global filters
-    (Fig. 2), AFFNet adaptive masks and their equivalent kernels, SPANet SPF masks."""
-    from spectrascope.engine.device import resolve_device
-    from spectrascope.analysis.filters import run_filters
+    (Fig. 2), AFFNet adaptive masks and their equivalent kernels, SPANet SPF masks.
+    Runs under torchrun (the routing statistics are sharded over the processes)."""
+    from spectrascope.pipelines.filters import aff_lines, run_filters
     if effective < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--effective")
-    out = _output_dir(output, "filters", model_name, overwrite)
-    summary = run_filters(model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size),
-                          device=resolve_device(device), overrides=parse_model_kwargs(model_kwargs), layers=layers,
-                          images=images, data=data, num_images=num_images, batch_size=batch_size, routing=routing,
-                          effective=effective, channels=_channels(channels), output=out, overwrite=overwrite,
-                          cmap=cmap)
-    if checkpoint is None:
-        click.echo(f"note: {model_name} has random weights (no --checkpoint); the filters are its initialisation",
-                   err=True)
-    for a in summary.get("aff", []):
-        if a["equivalence_max_abs_error"] is not None:
-            click.echo(f"{a['name']}: mask filtering == circular convolution with its kernel, "
-                       f"max abs error {a['equivalence_max_abs_error']:.2e}")
-    click.echo(f"filters of {model_name} -> {out} ({', '.join(summary['figures'])})")
+        raise OptionError("must be >= 0", option="--effective")
+    res = run_filters(model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size), device=device,
+                      overrides=parse_model_kwargs(model_kwargs), layers=layers, images=images, data=data,
+                      num_images=num_images, batch_size=batch_size, routing=routing, effective=effective,
+                      channels=_channels(channels), output=output, overwrite=overwrite, cmap=cmap,
+                      progress=True)
+    if not res.summary:                 # a rank other than 0 under torchrun: rank 0 reports
+        return
+    for note in res.notes:
+        click.echo(f"note: {note}", err=True)
+    for line in aff_lines(res.payload):
+        click.echo(line)
+    click.echo(res.summary)

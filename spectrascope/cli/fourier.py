@@ -43,65 +43,42 @@ def _fourier_options(kind: str):
     return deco
 
 
-def _parse_stages(text):
-    if not text:
-        return None
-    try:
-        return [int(s) for s in str(text).replace(" ", "").split(",") if s]
-    except ValueError:
-        raise click.ClickException(f"--stage {text!r} is not a stage number or a comma list") from None
+def _runner_options(fn):
+    """--amp/--channels-last/--compile/--workers: how the engine's runner runs the forwards."""
+    opts = [
+        click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True,
+                     help="autocast the forward (the FFTs stay float32)"),
+        click.option("--channels-last", "channels_last", is_flag=True, help="channels-last weights and inputs"),
+        click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (no early stop)"),
+        click.option("--workers", default=0, show_default=True, type=int, help="DataLoader workers decoding images"),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
 
 
-def _run_fourier(kind: str, models, checkpoints, *, output, overwrite, taps, stages, blocks, method, precision,
-                 img_size, device, model_kwargs, images, data, num_images, batch_size, **extra):
-    import time
-    import warnings
-    from pathlib import Path
-
-    from spectrascope.analysis.fourier import analyse, parse_tap_request, write_results
-    from spectrascope.io.results import default_output_dir, staged_output
-    roles, paths = parse_tap_request(taps)
-    blocks = blocks if blocks in ("all", "first", "last") else _int_blocks(blocks)
-    out = Path(output) if output else default_output_dir(kind, "-vs-".join(m.replace("timm:", "") for m in models))
-    t0 = time.perf_counter()
-    try:
-        with staged_output(out, overwrite=overwrite, command=kind) as stage, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            payload = analyse(models, kind=kind, checkpoints=checkpoints, images=images, data=data,
-                              num_images=num_images, img_size=parse_img_size(img_size), roles=roles,
-                              stages=_parse_stages(stages), tap_paths=paths, blocks=blocks, device=device,
-                              batch_size=batch_size, method=method,
-                              dtype=torch.float64 if precision == "float64" else torch.float32, progress=True,
-                              model_kwargs=parse_model_kwargs(model_kwargs), **extra)
-            write_results(payload, stage, command=kind, wall_time_s=time.perf_counter() - t0)
-    except ImportError as exc:
-        raise click.ClickException(str(exc).splitlines()[0]) from None
-    from spectrascope.ops.fourier import ZeroMeanWarning
-    for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ZeroMeanWarning)):
+def _run_fourier(kind: str, models, checkpoints, *, img_size, model_kwargs, compile_, **kw):
+    from spectrascope.pipelines.fourier import run_fourier
+    outcome = run_fourier(kind, models, checkpoints=checkpoints, img_size=parse_img_size(img_size),
+                          model_kwargs=parse_model_kwargs(model_kwargs), compile=compile_, **kw)
+    for msg in outcome.warnings:
         click.echo(f"warning: {msg}", err=True)
-    rnd = [m["model"] for m in payload["models"] if m["random_weights"]]
-    if rnd:
-        click.echo(f"note: random weights for {', '.join(rnd)} (no --checkpoint): the curves describe an "
-                   "untrained network", err=True)
-    ntaps = ", ".join(f"{m['model']}: {len(m['taps'])} taps" for m in payload["models"])
-    click.echo(f"{kind} over {payload['images']['count']} images ({ntaps}) -> {out}")
-    return out
-
-
-def _int_blocks(text):
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        raise click.ClickException(f"--blocks {text!r} is not all, first, last or a block index") from None
+    for msg in outcome.notes:
+        click.echo(f"note: {msg}", err=True)
+    if outcome.summary:
+        click.echo(outcome.summary)
+    return outcome.output
 
 
 @main.command("amplitude")
 @model_options
 @image_options
 @_fourier_options("amplitude")
+@_runner_options
 @user_errors
 def amplitude_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, taps,
-                  stages, blocks, method, precision, output, overwrite, freq_axis, save_maps):
+                  stages, blocks, method, precision, output, overwrite, freq_axis, save_maps, amp, channels_last,
+                  compile_, workers):
     """Relative log amplitude of Fourier-transformed feature maps (Park & Kim 2022): one curve
     per tap, coloured by normalised depth, and the high-frequency Delta vs depth.
 
@@ -109,29 +86,8 @@ def amplitude_cmd(model_name, checkpoint, img_size, device, model_kwargs, images
     _run_fourier("amplitude", [model_name], [checkpoint] if checkpoint else None, output=output,
                  overwrite=overwrite, taps=taps, stages=stages, blocks=blocks, method=method, precision=precision,
                  img_size=img_size, device=device, model_kwargs=model_kwargs, images=images, data=data,
-                 num_images=num_images, batch_size=batch_size, freq_axis=freq_axis, save_maps=save_maps)
-
-
-def _checkpoint_pairs(models, items):
-    """``--checkpoint`` values for several models: MODEL=PATH, or plain paths in model order."""
-    if not items:
-        return None
-    pairs, plain = {}, []
-    for item in items:
-        model, sep, path = item.partition("=")
-        if sep and model in models:
-            pairs[model] = path
-        else:
-            plain.append(item)
-    if plain and pairs:
-        raise click.ClickException("--checkpoint: use either MODEL=PATH for every checkpoint or plain paths in "
-                                   "--model order")
-    if plain:
-        if len(plain) != len(models):
-            raise click.ClickException(f"--checkpoint: {len(plain)} checkpoint(s) for {len(models)} model(s); give "
-                                       "one per --model in order, or MODEL=PATH")
-        return list(plain)
-    return pairs
+                 num_images=num_images, batch_size=batch_size, freq_axis=freq_axis, save_maps=save_maps, amp=amp,
+                 channels_last=channels_last, compile_=compile_, workers=workers)
 
 
 @main.command("spectrum")
@@ -142,19 +98,24 @@ def _checkpoint_pairs(models, items):
 @runtime_options
 @image_options
 @_fourier_options("spectrum")
+@_runner_options
 @user_errors
 def spectrum_cmd(models, checkpoints, img_size, device, model_kwargs, images, data, num_images, batch_size, taps,
-                 stages, blocks, method, precision, output, overwrite, absolute, cmap):
+                 stages, blocks, method, precision, output, overwrite, absolute, cmap, amp, channels_last, compile_,
+                 workers):
     """2-D Fourier spectrum maps of token-mixer outputs (SPANet Fig. 1 style): batch/channel
     mean of log|F|, zero frequency at the centre, relative to DC, one shared colour scale.
 
     Default taps: the token mixer of the last block of every stage. Writes results.json,
     spectrum.csv, maps.npz and spectrum PNG+PDF."""
+    from spectrascope.zoo.build import pair_checkpoints
     models = list(dict.fromkeys(models))
-    _run_fourier("spectrum", models, _checkpoint_pairs(models, checkpoints), output=output, overwrite=overwrite,
+    pairs = pair_checkpoints(models, checkpoints) if checkpoints else None
+    _run_fourier("spectrum", models, pairs, output=output, overwrite=overwrite,
                  taps=taps, stages=stages, blocks=blocks, method=method, precision=precision, img_size=img_size,
                  device=device, model_kwargs=model_kwargs, images=images, data=data, num_images=num_images,
-                 batch_size=batch_size, relative=not absolute)
+                 batch_size=batch_size, relative=not absolute, cmap=cmap, amp=amp, channels_last=channels_last,
+                 compile_=compile_, workers=workers)
 
 
 @main.command("plot")
@@ -167,7 +128,7 @@ def spectrum_cmd(models, checkpoints, img_size, device, model_kwargs, images, da
 @user_errors
 def plot_cmd(results, output, formats, freq_axis, cmap):
     """Redraw the figures of a results.json (amplitude or spectrum) from its data alone."""
-    from spectrascope.analysis.fourier import redraw
+    from spectrascope.report.fourier import redraw
     fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
     bad = [f for f in fmts if f not in ("png", "pdf", "svg")]
     if bad or not fmts:

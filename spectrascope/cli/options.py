@@ -24,9 +24,17 @@ class OneLineError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        from spectrascope.engine import dist
-        if dist.current().main:                  # under torchrun one rank speaks for all
+        if speaks():                             # under torchrun one rank speaks for all
             super().show(file)
+
+
+def speaks() -> bool:
+    """Whether this process reports for the run: rank 0 of the group, or of the launcher's
+    environment once the group is left (errors are shown after the session ended)."""
+    import os
+
+    from spectrascope.engine import dist
+    return dist.current().main and os.environ.get("RANK", "0") == "0"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -64,8 +72,7 @@ def user_errors(fn):
         except click.ClickException:
             raise
         except Interrupted as exc:
-            from spectrascope.engine import dist
-            if dist.current().main:
+            if speaks():
                 click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
         except (UserError, TrainingError) as exc:
@@ -113,6 +120,16 @@ def _scalar(text: str):
     return text
 
 
+def _json_value(key: str, text: str):
+    """``mixer_kwargs={"num_filters": 2}`` / ``dims=[8,16]``: a JSON object or list."""
+    import json
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise OptionError(f"{key}={text}: not valid JSON ({exc.args[0] if exc.args else exc})",
+                          option="--model-kwargs") from None
+
+
 def _given(param: str) -> bool:
     """Whether the user set a click parameter (rather than its default)."""
     from click.core import ParameterSource
@@ -130,13 +147,98 @@ def parse_model_kwargs(items) -> dict:
             if not part.split("=", 1)[0].strip():
                 raise OptionError(f"{part!r} has no key (KEY=VALUE)", option="--model-kwargs")
             key, value = part.split("=", 1)
-            vals = [_scalar(v) for v in value.split(",")] if "," in value else _scalar(value)
+            if value.strip()[:1] in ("{", "["):
+                vals = _json_value(key, value)
+            else:
+                vals = [_scalar(v) for v in value.split(",")] if "," in value else _scalar(value)
             out[key.strip()] = vals
     return out
 
 
+#: (model option, checkpoint option) keyword pairs of the commands that take checkpoints
+_CHECKPOINT_KWARGS = (("model_name", "checkpoint"), ("model_a", "checkpoint_a"), ("model_b", "checkpoint_b"),
+                      ("model_names", "checkpoints"), ("models", "checkpoints"))
+
+
+def _pretrained_path(model: str, weights_dir, *, skip_missing: bool = False) -> str | None:
+    from spectrascope.zoo import registry, weights
+    if model.startswith("timm:"):
+        if skip_missing:
+            return None
+        raise OptionError(f"{model}: --pretrained resolves zoo models' official weights; for timm models "
+                          "pass a file with --checkpoint", option="--pretrained")
+    card = registry.get_card(model)
+    if not card.weight_file and skip_missing:
+        return None
+    return str(weights.resolve(card, weights_dir=weights_dir))
+
+
+def fill_pretrained(kwargs: dict, weights_dir=None, models=None, *, skip_missing: bool = False) -> list[str]:
+    """Give every model of a command's ``kwargs`` that has no ``--checkpoint`` its official weights
+    (``spectrascope.zoo.weights.resolve``); ``models`` names them where no model option does
+    (figure recipes). Returns the models left with random weights (``skip_missing``: no release)."""
+    left: list[str] = []
+    done: set[str] = set()
+    for model_key, ck_key in _CHECKPOINT_KWARGS:
+        if ck_key in done or ck_key not in kwargs or (model_key not in kwargs and models is None):
+            continue
+        done.add(ck_key)
+        names = models if model_key not in kwargs else kwargs[model_key]
+        if isinstance(names, str):
+            if kwargs[ck_key] is None:
+                kwargs[ck_key] = _pretrained_path(names, weights_dir)
+            continue
+        names = list(dict.fromkeys(names))
+        given = [str(c) for c in kwargs[ck_key] or ()]
+        if given and all("=" in c for c in given):
+            pairs = dict(c.split("=", 1) for c in given)
+        elif given and len(given) == len(names):
+            pairs = dict(zip(names, given))
+        elif given:
+            return left       # the command reports the mismatch
+        else:
+            pairs = {}
+        for m in names:
+            if pairs.get(m) in (None, "", "-"):
+                path = _pretrained_path(m, weights_dir, skip_missing=skip_missing)
+                if path is None:
+                    left.append(m)
+                    pairs.pop(m, None)
+                else:
+                    pairs[m] = path
+        kwargs[ck_key] = tuple(f"{m}={p}" for m, p in pairs.items())
+    return left
+
+
+def pretrained_options(fn):
+    """--pretrained/--weights-dir: every model without a --checkpoint gets its card's official
+    weights (weights folder, cache, SPECTRASCOPE_WEIGHTS_MIRROR, official URL)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, pretrained=False, weights_dir=None, **kwargs):
+        if pretrained:
+            try:
+                fill_pretrained(kwargs, weights_dir)
+            except UserError as exc:
+                raise OneLineError(_first_line(exc), getattr(exc, "exit_code", 2)) from None
+        elif weights_dir:
+            raise OneLineError("--weights-dir: give --pretrained too (the folder is where official weights are "
+                               "looked up)")
+        return fn(*args, **kwargs)
+
+    wrapper = click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+                           help="folder of official weight files under their official names "
+                                "(default: $SPECTRASCOPE_WEIGHTS)")(wrapper)
+    wrapper = click.option("--pretrained", is_flag=True,
+                           help="official weights for every model without --checkpoint (weights folder, "
+                                "cache, $SPECTRASCOPE_WEIGHTS_MIRROR, official URL)")(wrapper)
+    return wrapper
+
+
 def runtime_options(fn):
-    """--img-size/--device/--model-kwargs: how every analysed model is built and where it runs."""
+    """--img-size/--device/--model-kwargs (and --pretrained/--weights-dir): how every analysed model
+    is built and where it runs."""
+    fn = pretrained_options(fn)
     fn = click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE",
                       help="constructor overrides with the official argument names (every model), "
                            "e.g. dims=32,64,96,128")(fn)
@@ -158,7 +260,8 @@ def image_options(fn):
     """--images/--data/--num-images/--batch-size, shared by the analysis commands."""
     fn = click.option("--batch-size", default=16, show_default=True, type=int)(fn)
     fn = click.option("--num-images", default=None, type=int, help="use the first N images")(fn)
-    fn = click.option("--data", default=None, help="samples | imagefolder:PATH")(fn)
+    fn = click.option("--data", default=None,
+                      help="samples | imagefolder:PATH | synthetic[:k=v,...] | cifar10:PATH | cifar100:PATH")(fn)
     fn = click.option("--images", type=click.Path(file_okay=False), default=None,
                       help="folder of images (default: the bundled sample photos)")(fn)
     return fn

@@ -1,16 +1,18 @@
-"""``spectrascope train`` and ``evaluate``."""
+"""``spectrascope train``, ``evaluate`` and ``predict``: options parsed here, the work done by
+``pipelines.train`` and ``pipelines.evaluate``."""
 from __future__ import annotations
 
 
 import click
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import (model_options, parse_img_size, parse_model_kwargs, user_errors)
+from spectrascope.cli.options import (image_options, model_options, parse_img_size, parse_model_kwargs, speaks,
+                                      user_errors)
 
 
 def _train_options(fn):
     """timm's flag names (and the issue's short forms) for ``spectrascope train``."""
-    from spectrascope.train.loop import RECIPES
+    from spectrascope.train.config import RECIPES
     opts = [
         click.option("--model", "model", default=None, help="registry name, alias or timm:<name> (required unless --resume)"),
         click.option("--data", default=None, help="imagefolder:PATH | cifar10:PATH | cifar100:PATH | synthetic[:k=v,...]"),
@@ -74,16 +76,24 @@ def train_cmd(compile_, model_kwargs, img_size, no_progress, resume, **opts):
 
     Writes last.pth / best.pth (every epoch and on SIGTERM/SIGINT), metrics.csv and
     results.json into the run folder; --resume continues exactly."""
-    from spectrascope.train.loop import TrainConfig, train
+    from spectrascope.pipelines.train import run_train
+    from spectrascope.train.config import TrainConfig
     kw = parse_model_kwargs(model_kwargs)
     cfg = TrainConfig(compile=compile_, model_kwargs=kw or None, img_size=parse_img_size(img_size),
                       progress=False if no_progress else None,
                       **{k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in opts.items()})
-    res = train(cfg, resume=resume)
-    if res and res.get("final"):
-        f = res["final"]
-        click.echo(f"done: top-1 {f['top1']:.2f}  top-5 {f['top5']:.2f}  best top-1 {res['best']['top1']:.2f} "
-                   f"(epoch {res['best']['epoch']})  -> {res['run']['output']}")
+    outcome = run_train(cfg, resume=resume)
+    if outcome.summary:
+        click.echo(outcome.summary)
+
+
+def _echo(outcome) -> None:
+    if not speaks():
+        return
+    for note in outcome.notes:
+        click.echo(note, err=True)
+    if outcome.summary:
+        click.echo(outcome.summary)
 
 
 @main.command("evaluate")
@@ -101,24 +111,25 @@ def train_cmd(compile_, model_kwargs, img_size, no_progress, resume, **opts):
 @user_errors
 def evaluate_cmd(model_name, checkpoint, img_size, device, model_kwargs, data, batch_size, amp, use_ema, channels_last,
                  workers, limit_batches, output, overwrite):
-    """Top-1/top-5 accuracy, loss and throughput on a data spec's validation split -> results.json."""
-    from pathlib import Path
+    """Top-1/top-5 accuracy, loss and throughput on a data spec's validation split -> results.json
+    (under torchrun the batches are shared out; the numbers equal one process)."""
+    from spectrascope.pipelines.evaluate import EvaluateRequest, run_evaluate
+    req = EvaluateRequest(model=model_name, data=data, checkpoint=checkpoint, img_size=parse_img_size(img_size),
+                          batch_size=batch_size, device=device, amp=amp, use_ema=use_ema,
+                          channels_last=channels_last, workers=workers, limit_batches=limit_batches,
+                          model_kwargs=parse_model_kwargs(model_kwargs), output=output, overwrite=overwrite)
+    _echo(run_evaluate(req))
 
-    from spectrascope.train.evaluate import evaluate
-    from spectrascope.io.results import Stopwatch, default_output_dir, provenance, staged_output, write_json
-    watch = Stopwatch()
-    out = Path(output) if output else default_output_dir("evaluate", model_name)
-    occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
-    if occupied and not overwrite:
-        raise click.ClickException(f"output directory {out} exists and is not empty (use --overwrite)")
-    res = evaluate(model_name, checkpoint=checkpoint, data=data, img_size=parse_img_size(img_size),
-                   batch_size=batch_size, device=device, amp=amp, use_ema=use_ema, channels_last=channels_last,
-                   workers=workers, limit_batches=limit_batches, model_kwargs=parse_model_kwargs(model_kwargs))
-    with staged_output(out, overwrite=overwrite, command="evaluate") as stage:
-        write_json(stage / "results.json", provenance(
-            command="evaluate", model=res["model"], checkpoint_sha256=res["checkpoint_sha256"], device=res["device"],
-            wall_time_s=watch.elapsed, random_weights=checkpoint is None, extra={"results": res}))
-    if checkpoint is None:
-        click.echo(f"note: {model_name} has random weights (no --checkpoint)", err=True)
-    click.echo(f"{res['model']} on {res['data']} ({res['n']} images): top-1 {res['top1']:.2f}  top-5 {res['top5']:.2f}"
-               f"  loss {res['loss']:.4f}  {res['throughput_img_s']:.1f} img/s -> {out}")
+
+@main.command("predict")
+@model_options
+@image_options
+@click.option("--topk", default=5, show_default=True, type=int)
+@user_errors
+def predict_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, topk):
+    """Run a model on images and print the top-k classes (a smoke test of a checkpoint)."""
+    from spectrascope.pipelines.evaluate import PredictRequest, run_predict
+    req = PredictRequest(model=model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size), device=device,
+                         model_kwargs=parse_model_kwargs(model_kwargs), images=images, data=data,
+                         num_images=num_images, batch_size=batch_size, topk=topk)
+    _echo(run_predict(req))

@@ -1,4 +1,5 @@
-"""``spectrascope models``, ``predict`` and ``taps``: the zoo and its taps."""
+"""``spectrascope models``, ``taps`` and ``convert``: the zoo, its taps and its checkpoint layouts
+(``predict`` lives with ``evaluate`` in ``cli.train``)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import click
 import torch
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import (image_options, model_options, parse_img_size, parse_model_kwargs, user_errors)
+from spectrascope.cli.options import parse_img_size, parse_model_kwargs, user_errors
 from spectrascope.zoo import registry
 from spectrascope.probe.grammar import parse_stages
 
@@ -52,31 +53,6 @@ def zoo_markdown(cards) -> str:
     return "\n".join(lines)
 
 
-@main.command("predict")
-@model_options
-@image_options
-@click.option("--topk", default=5, show_default=True, type=int)
-@user_errors
-def predict_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, topk):
-    """Run a model on images and print the top-k classes (a smoke test of a checkpoint)."""
-    from spectrascope.io.images import iter_batches, resolve_image_paths
-    from spectrascope.engine.device import resolve_device
-    from spectrascope.zoo.build import build_for_inference
-    dev = resolve_device(device)
-    model, cfg = build_for_inference(model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size),
-                                     device=dev, **parse_model_kwargs(model_kwargs))
-    if checkpoint is None:
-        click.echo(f"note: {model_name} has random weights (no --checkpoint); the classes are meaningless", err=True)
-    paths = resolve_image_paths(images, data, num_images)
-    with torch.inference_mode():
-        for batch, chunk in iter_batches(paths, batch_size, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"]):
-            probs = model(batch.to(dev)).float().softmax(-1)
-            p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
-            for path, pi, ii in zip(chunk, p.tolist(), idx.tolist()):
-                top = ", ".join(f"{c}:{q:.3f}" for c, q in zip(ii, pi))
-                click.echo(f"{path.name}: logits {tuple(probs.shape[1:])} top-{len(ii)} [{top}]")
-
-
 @main.command("taps")
 @click.option("--model", "model_name", required=True, help="registry name, alias or timm:<name>")
 @click.option("--img-size", default=None, help="input size S or HxW (default: the model's)")
@@ -114,3 +90,56 @@ def taps_cmd(model_name, img_size, model_kwargs, roles, stages, as_json):
     click.echo(fmt.format(*header).rstrip())
     for r in rows:
         click.echo(fmt.format(*r).rstrip())
+
+
+@main.command("convert")
+@click.argument("source", type=click.Path(dir_okay=False, exists=True))
+@click.argument("target", type=click.Path(dir_okay=False))
+@click.option("--to", "to", required=True, help="layout to write: timm or official")
+@click.option("--model", "model_name", default=None,
+              help="check the result by loading it strictly into this zoo model (official) or timm model (timm)")
+@click.option("--overwrite", is_flag=True, help="replace an existing TARGET")
+@user_errors
+def convert_cmd(source, target, to, model_name, overwrite):
+    """Convert a ConvFormer / CAFormer / PoolFormer (v1, v2) checkpoint between the official layout
+    and timm's (timm.models.metaformer). TARGET ending in .safetensors is written as safetensors,
+    anything else as a torch state dict."""
+    from pathlib import Path
+
+    from spectrascope.errors import OptionError, OutputExistsError
+    from spectrascope.zoo import formats
+    from spectrascope.zoo.checkpoint import load_state_dict, read_checkpoint, save_safetensors
+    if to not in (formats.TIMM, formats.OFFICIAL):
+        raise OptionError(f"{to!r}: choose timm or official", option="--to")
+    out = Path(target)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    state, _ = read_checkpoint(source)
+    found = formats.detect(state)
+    if found is None:
+        raise OptionError(f"{source}: not a ConvFormer / CAFormer / PoolFormer state dict in the official or timm "
+                          "layout (other families have one layout)", option="SOURCE")
+    converted = formats.convert(state, to)
+    if model_name:
+        if to == formats.OFFICIAL:
+            model = registry.create_model(model_name, num_classes=_classes(converted))
+        else:
+            model = registry.create_model(f"timm:{model_name.removeprefix('timm:')}", num_classes=_classes(converted))
+        with torch.device("cpu"):
+            load_state_dict(model, converted, strict=True)
+    if out.suffix == ".safetensors":
+        save_safetensors(converted, out)
+    else:
+        tmp = out.with_name(out.name + ".tmp")
+        torch.save(converted, tmp)
+        tmp.replace(out)
+    checked = f", loads into {model_name}" if model_name else ""
+    click.echo(f"{source}: {found[1]} {found[0]} -> {to} ({len(converted)} tensors{checked}) -> {out}")
+
+
+def _classes(state: dict) -> int:
+    from spectrascope.zoo.build import num_classes_in
+    for key in ("head.fc.fc2.bias", "head.fc.bias"):
+        if key in state:
+            return int(state[key].shape[0])
+    return num_classes_in(state) or 1000

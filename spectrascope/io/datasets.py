@@ -39,7 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spectrascope.io.images import IMAGE_SUFFIXES, MEAN, STD, DataError, eval_transform
+from spectrascope.errors import DataError
+from spectrascope.io.pixels import IMAGE_SUFFIXES, MEAN, STD, decode_rgb_uint8, eval_transform
 
 SPEC_HELP = ("imagefolder:PATH | cifar10:PATH | cifar100:PATH | "
              "synthetic[:num_classes=8,train_size=2048,val_size=512,...] | samples")
@@ -59,42 +60,74 @@ class DataSpec:
 
 def parse_data_spec(text: str) -> DataSpec:
     """``'cifar10:/data/cifar'`` -> DataSpec('cifar10', Path(...)); ``'synthetic:num_classes=4'``
-    -> DataSpec('synthetic', options={'num_classes': 4})."""
-    if not text or not str(text).strip():
-        raise DataError(f"empty --data spec (use {SPEC_HELP})")
+    -> DataSpec('synthetic', options={'num_classes': 4}). Every malformed spec is a ``DataError``
+    naming ``--data`` and what is accepted."""
+    if text is None or not str(text).strip():
+        raise DataError(f"empty data spec (use {SPEC_HELP})", option="--data")
     text = str(text).strip()
     kind, _, rest = text.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise DataError(f"unknown data spec {text!r} (use {SPEC_HELP})")
+        raise DataError(f"unknown data spec {text!r} (use {SPEC_HELP})", option="--data")
     if kind == "synthetic":
         return DataSpec(kind, None, _parse_options(rest), text)
     if kind == "samples":
         if rest:
-            raise DataError("'samples' takes no argument")
+            raise DataError(f"'samples' takes no argument (got {text!r})", option="--data")
         return DataSpec(kind, None, {}, text)
-    if not rest:
-        raise DataError(f"{kind} needs a path: {kind}:PATH")
-    return DataSpec(kind, Path(rest).expanduser(), {}, text)
+    if not rest.strip():
+        raise DataError(f"{kind} needs a path: {kind}:PATH", option="--data")
+    return DataSpec(kind, Path(rest.strip()).expanduser(), {}, text)
+
+
+def _option_value(text: str):
+    low = text.lower()
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _parse_options(text: str) -> dict:
+    known = ", ".join(f.name for f in fields(SyntheticConfig))
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
-            raise DataError(f"synthetic option {part!r} is not key=value")
+            raise DataError(f"synthetic option {part!r} is not KEY=VALUE (keys: {known})", option="--data")
         k, v = (s.strip() for s in part.split("=", 1))
-        for cast in (int, float):
-            try:
-                v = cast(v)
-                break
-            except ValueError:
-                pass
-        out[k] = v
+        if not k or not v:
+            raise DataError(f"synthetic option {part!r} needs both a key and a value (keys: {known})",
+                            option="--data")
+        if k in out:
+            raise DataError(f"synthetic option {k!r} is given twice", option="--data")
+        out[k] = _option_value(v)
     return out
 
 
 # ---------------------------------------------------------------------------- synthetic
+
+#: largest image side of synthetic data (px)
+MAX_SIDE = 8192
+
+_INT_OPTIONS = ("num_classes", "train_size", "val_size", "size", "height", "width", "bands", "orientations", "seed")
+
+
+def _typed_option(cls, key: str, value):
+    """A synthetic option value checked against the field's type (ints are ints, floats are numbers)."""
+    default = {f.name: f.default for f in fields(cls)}[key]
+    if value is None and default is None:
+        return None
+    if key in _INT_OPTIONS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DataError(f"synthetic: {key}={value!r} is not an integer (default {default})", option="--data")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"synthetic: {key}={value!r} is not a finite number (default {default})", option="--data")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -139,33 +172,34 @@ class SyntheticConfig:
             o = n // b if b and n % b == 0 else 0
         if not (b and o and b * o == n):
             raise DataError(f"synthetic: num_classes={n} must equal bands x orientations "
-                            f"(got bands={self.bands}, orientations={self.orientations})")
+                            f"(got bands={self.bands}, orientations={self.orientations})", option="--data")
         object.__setattr__(self, "bands", int(b))
         object.__setattr__(self, "orientations", int(o))
         object.__setattr__(self, "height", int(self.height or self.size))
         object.__setattr__(self, "width", int(self.width or self.size))
         checks = [(n >= 2, "num_classes >= 2"), (self.train_size >= 1 and self.val_size >= 1, "sizes >= 1"),
-                  (min(self.height, self.width) >= 8, "image side >= 8"), (0 < self.patch <= 1, "0 < patch <= 1"),
+                  (8 <= min(self.height, self.width) and max(self.height, self.width) <= MAX_SIDE,
+                   f"8 <= image side <= {MAX_SIDE}"), (0 < self.patch <= 1, "0 < patch <= 1"),
                   (0 < self.fmin < self.fmax <= 0.5, "0 < fmin < fmax <= 0.5 cycles/pixel"),
                   (0 <= self.gap < 1, "0 <= gap < 1"), (self.noise >= 0 and self.contrast > 0, "noise >= 0, contrast > 0")]
         for ok, what in checks:
             if not ok:
-                raise DataError(f"synthetic: need {what}")
+                raise DataError(f"synthetic: need {what}", option="--data")
 
     @classmethod
     def from_options(cls, options: dict, img_size=None) -> "SyntheticConfig":
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(options) - known)
+        """The configuration of ``synthetic:k=v,...`` options; unknown keys and values of the wrong
+        type are ``DataError``s naming ``--data``, the key and what it accepts."""
+        known = [f.name for f in fields(cls)]
+        bad = sorted(set(options) - set(known))
         if bad:
-            raise DataError(f"synthetic: unknown option(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
-        kw = dict(options)
+            raise DataError(f"synthetic: unknown option(s) {', '.join(bad)}; accepted: {', '.join(known)}",
+                            option="--data")
+        kw = {k: _typed_option(cls, k, v) for k, v in options.items()}
         if img_size is not None and "size" not in kw and "height" not in kw and "width" not in kw:
             h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
             kw.update(size=h, height=h, width=w)
-        try:
-            return cls(**kw)
-        except TypeError as exc:
-            raise DataError(f"synthetic: {exc}") from None
+        return cls(**kw)
 
     @property
     def patch_hw(self) -> tuple[int, int]:
@@ -420,14 +454,8 @@ class FolderImages:
         return self.samples[i][1]
 
     def load(self, i: int):
-        from PIL import Image, UnidentifiedImageError
         path, label = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot decode image {path}: {exc}") from None
-        return arr, label, ()
+        return decode_rgb_uint8(path), label, ()
 
 
 def _image_folder_splits(root: Path):

@@ -33,6 +33,7 @@ import platform
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -96,6 +97,9 @@ def check_output(final, *, command: str, overwrite: bool = False, inputs: Iterab
         if src == final or _contains(final, src):
             raise OutputError(f"{final} is or contains this command's input {src}; choose another folder",
                               option=option)
+        if src.is_dir() and _contains(src, final):
+            raise OutputError(f"{final} lies inside this command's input folder {src} (the outputs would mix "
+                              "with the inputs); choose another folder", option=option)
     for parent in [final, *final.parents]:
         if parent.exists():
             if not parent.is_dir():
@@ -127,9 +131,18 @@ def check_output(final, *, command: str, overwrite: bool = False, inputs: Iterab
 
 
 def _check_writable(final: Path, option: str) -> None:
-    base = next(p for p in [final, *final.parents] if p.exists())
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write into {base} (permission denied)", option=option)
+    """The output folder and its staging folder (beside it) can be created: checked by creating and
+    removing an empty probe folder in the nearest existing ancestor (``os.access`` is not enough:
+    root bypasses permissions, read-only file systems and special folders do not)."""
+    for where in dict.fromkeys([final, final.parent]):
+        base = next(p for p in [where, *where.parents] if p.exists())
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write into {base} (permission denied)", option=option)
+        try:
+            probe = tempfile.mkdtemp(prefix=".spectrascope-probe-", dir=base)
+            os.rmdir(probe)
+        except OSError as exc:
+            raise OutputError(f"cannot write into {base} ({exc.strerror or exc})", option=option) from None
 
 
 # ---------------------------------------------------------------------------- staging
@@ -186,11 +199,15 @@ class StagedOutput:
         if not self.enabled:
             return None
         clean_stale_stages(self.final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         self.stage = self.final.parent / _stage_name(self.final)
-        if self.stage.exists():
-            shutil.rmtree(self.stage)
-        self.stage.mkdir()
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            if self.stage.exists():
+                shutil.rmtree(self.stage)
+            self.stage.mkdir()
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder {self.final} ({exc.strerror or exc})",
+                              option="--output") from None
         return self.stage
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -38,15 +38,20 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import SimpleNamespace
 from typing import NamedTuple, Sequence
 
 import torch
 
-__all__ = ["ESTIMATORS", "Gram", "Finished", "compute_dtype", "shifted_gram", "finish_grams",
+from spectrascope.errors import OptionError
+
+__all__ = ["ESTIMATORS", "ENGINES", "TorchCKACompat", "make_engine", "Gram", "Finished", "compute_dtype", "shifted_gram", "finish_grams",
            "normalised_gram", "u_centre", "hsic", "linear_cka",
-           "MinibatchCKA", "distributed_sum"]
+           "MinibatchCKA"]
 
 ESTIMATORS = ("unbiased", "biased")
+#: the two computations behind ``--engine``
+ENGINES = ("spectrascope", "torch-cka")
 
 #: largest number of float64 values materialised at once when centring features
 CHUNK_ELEMS = 1 << 20
@@ -54,7 +59,8 @@ CHUNK_ELEMS = 1 << 20
 
 def _check_estimator(estimator: str) -> str:
     if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
+        raise OptionError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}",
+                          option="--estimator")
     return estimator
 
 
@@ -236,24 +242,10 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, estimator: str = "unbiased", *,
     m.update([x], [y])
     if m.batches == 0:
         raise ValueError(f"the {estimator} estimator needs at least {m.min_batch} examples, got {x.shape[0]}")
-    out = m.compute(distributed=False)
+    out = m.compute()
     for d in m.diagnostics:
         warnings.warn(d, RuntimeWarning, stacklevel=2)
     return float(out[0, 0])
-
-
-def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """All-reduce (``op`` = "sum" or "max") a copy of ``t`` over the default process group when
-    torch.distributed is initialised; ``t`` itself when it is not."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    dev = t.device
-    if dist.get_backend() == "nccl" and dev.type != "cuda":
-        dev = torch.device("cuda", torch.cuda.current_device())
-    out = t.detach().to(dev, copy=True)
-    dist.all_reduce(out, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    return out.to(t.device)
 
 
 class MinibatchCKA:
@@ -271,8 +263,8 @@ class MinibatchCKA:
     ``dtype`` is the precision of the centred Gram products: None (default) = float64 for
     float64 features and float32 for all others (centred first, see the module notes);
     ``torch.float64`` forces the float64 path. Accumulation is always float64.
-    Under ``torch.distributed`` every rank updates with its own batches and ``compute()``
-    all-reduces the sums (each rank gets the same matrix).
+    ``state()`` / ``load_state()`` expose the sums, so several processes can merge them
+    (``spectrascope.engine.reducers.cka`` all-reduces them under ``torchrun``).
     """
 
     def __init__(self, n_a: int, n_b: int, estimator: str = "unbiased", *, dtype: torch.dtype | None = None,
@@ -372,51 +364,50 @@ class MinibatchCKA:
         self.batches += 1
         self.examples += int(n)
 
-    # ------------------------------------------------------------------ results
-    def totals(self, distributed: bool = True) -> dict[str, torch.Tensor | int]:
-        """The accumulated sums (all-reduced over ranks when torch.distributed is initialised)."""
-        parts = [self.hsic_xy.flatten(), self.hsic_xx, self.hsic_yy, self.var_a, self.var_b, self.energy_a,
-                 self.energy_b, torch.tensor([self.batches, self.examples, self.skipped_batches,
-                                              self.skipped_examples], dtype=torch.float64, device=self.hsic_xy.device)]
-        flat = torch.cat(parts)
-        eps = torch.cat([self.eps_a, self.eps_b])
-        if distributed:
-            flat = distributed_sum(flat)
-            eps = all_reduce(eps, "max")
-        sizes = [p.numel() for p in parts]
-        xy, xx, yy, va, vb, ea, eb, counts = torch.split(flat, sizes)
-        return {"hsic_xy": xy.reshape(self.n_a, self.n_b), "hsic_xx": xx, "hsic_yy": yy, "var_a": va, "var_b": vb,
-                "energy_a": ea, "energy_b": eb, "eps_a": eps[:self.n_a], "eps_b": eps[self.n_a:],
-                "batches": int(counts[0]), "examples": int(counts[1]), "skipped_batches": int(counts[2]),
-                "skipped_examples": int(counts[3])}
+    # ------------------------------------------------------------------ state (sufficient statistics)
+    #: state keys merged over ranks by maximum (all others are sums)
+    MAX_KEYS = ("eps_a", "eps_b")
+    _TENSORS = ("hsic_xy", "hsic_xx", "hsic_yy", "var_a", "var_b", "energy_a", "energy_b", "eps_a", "eps_b")
+    _COUNTS = ("batches", "examples", "skipped_batches", "skipped_examples")
 
-    def compute(self, distributed: bool = True) -> torch.Tensor:
+    def state(self) -> dict[str, torch.Tensor]:
+        """The running sums (float64 tensors; the counts as a float64 ``counts`` vector)."""
+        out = {k: getattr(self, k) for k in self._TENSORS}
+        out["counts"] = torch.tensor([float(getattr(self, k)) for k in self._COUNTS], dtype=torch.float64)
+        return out
+
+    def load_state(self, state: dict) -> None:
+        """Take sums back (e.g. merged over ranks); the inverse of ``state``."""
+        for k in self._TENSORS:
+            setattr(self, k, state[k].to(torch.float64))
+        for k, v in zip(self._COUNTS, state["counts"].tolist()):
+            setattr(self, k, int(round(v)))
+
+    # ------------------------------------------------------------------ results
+    def totals(self) -> dict[str, torch.Tensor | int]:
+        """The accumulated sums and counts of this object (merged beforehand when several
+        processes contributed: see ``spectrascope.engine.reducers.cka``)."""
+        out: dict = {k: getattr(self, k) for k in self._TENSORS}
+        out.update({k: int(getattr(self, k)) for k in self._COUNTS})
+        return out
+
+    def compute(self) -> torch.Tensor:
         """The (n_a, n_b) CKA matrix (float64, on the CPU). NaN marks undefined cells; the
         reasons are in ``self.diagnostics``."""
-        t = self.totals(distributed)
+        t = self.totals()
         self.last_totals = t
-        xy, xx, yy = t["hsic_xy"], t["hsic_xx"], t["hsic_yy"]
         self.diagnostics = []
         if t["batches"] == 0:
             self.diagnostics.append(f"no batch with at least {self.min_batch} examples: CKA is undefined")
             return torch.full((self.n_a, self.n_b), float("nan"), dtype=torch.float64)
+        xy, xx, yy = t["hsic_xy"], t["hsic_xx"], t["hsic_yy"]
         dead_a = _constant(t["var_a"], t["energy_a"], t["eps_a"], xx)
         dead_b = _constant(t["var_b"], t["energy_b"], t["eps_b"], yy)
-        for side, labels, dead, var, energy, eps in (
-                ("A", self.labels_a, dead_a, t["var_a"], t["energy_a"], t["eps_a"]),
-                ("B", self.labels_b, dead_b, t["var_b"], t["energy_b"], t["eps_b"])):
-            for i in torch.nonzero(dead).flatten().tolist():
-                what = "row" if side == "A" else "column"
-                if var[i] == 0:
-                    why = f"is constant over all {t['examples']} examples (zero variance)"
-                elif var[i] <= rounding_level(energy[i], eps[i]):
-                    why = (f"is constant over all {t['examples']} examples up to rounding (variance "
-                           f"{float(var[i]):.3g} vs energy {float(energy[i]):.3g})")
-                else:
-                    why = "has a zero self-HSIC"
-                self.diagnostics.append(f"tap {labels[i]!r} of model {side} {why}: its CKA {what} is NaN")
-        denom = torch.sqrt(xx[:, None] * yy[None, :])
-        out = xy / denom
+        self.diagnostics += _dead_diagnostics("A", self.labels_a, dead_a, t["var_a"], t["energy_a"], t["eps_a"],
+                                              t["examples"])
+        self.diagnostics += _dead_diagnostics("B", self.labels_b, dead_b, t["var_b"], t["energy_b"], t["eps_b"],
+                                              t["examples"])
+        out = xy / torch.sqrt(xx[:, None] * yy[None, :])
         out[dead_a, :] = float("nan")
         out[:, dead_b] = float("nan")
         return out.cpu()
@@ -431,10 +422,138 @@ def rounding_level(energy, eps):
     return (4 * eps) ** 2 * energy
 
 
+def _dead_diagnostics(side: str, labels, dead, var, energy, eps, examples: int) -> list[str]:
+    """One line per constant tap of one side, naming it and why its row/column is NaN."""
+    out = []
+    what = "row" if side == "A" else "column"
+    for i in torch.nonzero(dead).flatten().tolist():
+        if var[i] == 0:
+            why = f"is constant over all {examples} examples (zero variance)"
+        elif var[i] <= rounding_level(energy[i], eps[i]):
+            why = (f"is constant over all {examples} examples up to rounding (variance "
+                   f"{float(var[i]):.3g} vs energy {float(energy[i]):.3g})")
+        else:
+            why = "has a zero self-HSIC (constant features)"
+        out.append(f"tap {labels[i]!r} of model {side} {why}: its CKA {what} is NaN (written as null)")
+    return out
+
+
 def _constant(var: torch.Tensor, energy: torch.Tensor, eps: torch.Tensor, self_hsic: torch.Tensor) -> torch.Tensor:
     """Taps whose features do not vary over the examples beyond the rounding of their dtype."""
     return (var <= rounding_level(energy, eps)) | (self_hsic <= 0) | ~torch.isfinite(self_hsic)
 
 
-def distributed_sum(t: torch.Tensor) -> torch.Tensor:
-    return all_reduce(t, "sum")
+
+class TorchCKACompat:
+    """torch-cka 0.21's mini-batch CKA computation, fed by our capture (engine ``torch-cka``).
+
+    Per batch and tap: ``X = feat.flatten(1)`` (float32, uncentred), ``K = X Xᵀ`` with a
+    zeroed diagonal; ``torch_cka.CKA._HSIC`` for every (K, K), (K, L), (L, L); the sums
+    are divided by ``num_batches`` and accumulated in a float32 ``(N, M, 3)`` tensor as
+    torch-cka does; the result is ``xy / (sqrt(xx) · sqrt(yy))``. ``HSIC(L, L)`` is
+    computed once per batch instead of once per pair (same values). Where torch-cka
+    would abort on a zero self-HSIC, the row/column is NaN with a diagnostic."""
+
+    name = "torch-cka"
+    _COUNTS = ("batches", "examples", "skipped_batches", "skipped_examples")
+    MAX_KEYS: tuple = ()
+
+    def __init__(self, n_a: int, n_b: int, estimator: str = "unbiased", *, num_batches: int = 1,
+                 labels_a: Sequence[str] | None = None, labels_b: Sequence[str] | None = None, **_ignored):
+        if estimator != "unbiased":
+            raise OptionError("the torch-cka engine implements only the unbiased estimator", option="--estimator")
+        import torch_cka  # a dependency, imported lazily: it pulls in matplotlib
+        self._hsic_fn = torch_cka.CKA._HSIC
+        self.n_a, self.n_b = n_a, n_b
+        self.estimator = estimator
+        self.num_batches = max(1, int(num_batches))
+        self.min_batch = 4
+        self.labels_a = list(labels_a or [f"a{i}" for i in range(n_a)])
+        self.labels_b = list(labels_b or [f"b{j}" for j in range(n_b)])
+        self.hsic_matrix = torch.zeros(n_a, n_b, 3)
+        self.gram_dtypes = {"float32"}
+        self.batches = self.examples = self.skipped_batches = self.skipped_examples = 0
+        self.diagnostics: list[str] = []
+
+    def accepts(self, n: int) -> bool:
+        if n >= self.min_batch:
+            return True
+        self.skipped_batches += 1
+        self.skipped_examples += int(n)
+        warnings.warn(f"CKA: skipped a batch of {n} example(s) (torch-cka would divide by zero below 4)",
+                      RuntimeWarning, stacklevel=3)
+        return False
+
+    def gram(self, x: torch.Tensor) -> torch.Tensor:
+        X = x.flatten(1)
+        if X.dtype != torch.float32:  # torch-cka builds float32 ones vectors; other dtypes break it
+            X = X.float()
+        K = X @ X.t()
+        K.fill_diagonal_(0.0)
+        return K
+
+    def update(self, feats_a: Sequence[torch.Tensor], feats_b: Sequence[torch.Tensor]) -> bool:
+        if not self.accepts(int(feats_a[0].shape[0])):
+            return False
+        self.update_grams([self.gram(f) for f in feats_a], [self.gram(f) for f in feats_b])
+        return True
+
+    def update_grams(self, grams_a: Sequence[torch.Tensor], grams_b: Sequence[torch.Tensor]) -> None:
+        shim = SimpleNamespace(device=grams_a[0].device)
+        nb = self.num_batches
+        h = self.hsic_matrix
+        yy = [self._hsic_fn(shim, L, L) for L in grams_b]
+        for i, K in enumerate(grams_a):
+            h[i, :, 0] += self._hsic_fn(shim, K, K) / nb
+            for j, L in enumerate(grams_b):
+                if K.shape != L.shape:
+                    raise ValueError(f"feature shape mismatch {tuple(K.shape)} vs {tuple(L.shape)}")
+                h[i, j, 1] += self._hsic_fn(shim, K, L) / nb
+                h[i, j, 2] += yy[j] / nb
+        self.batches += 1
+        self.examples += int(grams_a[0].shape[0])
+
+    def state(self) -> dict[str, torch.Tensor]:
+        counts = torch.tensor([float(getattr(self, k)) for k in self._COUNTS], dtype=torch.float64)
+        return {"hsic_matrix": self.hsic_matrix, "counts": counts}
+
+    def load_state(self, state: dict) -> None:
+        self.hsic_matrix = state["hsic_matrix"].to(torch.float32)
+        for k, v in zip(self._COUNTS, state["counts"].tolist()):
+            setattr(self, k, int(round(v)))
+
+    def totals(self) -> dict:
+        h = self.hsic_matrix
+        return {"hsic_xy": h[:, :, 1].double(), "hsic_xx": h[:, 0, 0].double(), "hsic_yy": h[0, :, 2].double(),
+                "hsic_matrix": h, **{k: int(getattr(self, k)) for k in self._COUNTS}}
+
+    def compute(self) -> torch.Tensor:
+        t = self.totals()
+        self.last_totals = t
+        h = t["hsic_matrix"]
+        self.diagnostics = []
+        out = (h[:, :, 1] / (h[:, :, 0].sqrt() * h[:, :, 2].sqrt())).double()
+        for side, labels, self_hsic in (("A", self.labels_a, h[:, 0, 0]), ("B", self.labels_b, h[0, :, 2])):
+            for i, v in enumerate(self_hsic.tolist()):
+                if v > 0:
+                    continue
+                what = "row" if side == "A" else "column"
+                self.diagnostics.append(f"torch-cka: self-HSIC of tap {labels[i]!r} of model {side} is {v:.3g} "
+                                        f"(constant tap or float32 cancellation): its {what} is NaN, written as "
+                                        "null (torch-cka itself aborts here)")
+                if side == "A":
+                    out[i, :] = float("nan")
+                else:
+                    out[:, i] = float("nan")
+        return out
+
+
+def make_engine(engine: str, n_a: int, n_b: int, estimator: str = "unbiased", *, num_batches: int = 1,
+                dtype: torch.dtype | None = None, labels_a=None, labels_b=None):
+    """``MinibatchCKA`` (engine ``spectrascope``) or ``TorchCKACompat`` (``torch-cka``)."""
+    _check_estimator(estimator)
+    if engine == "spectrascope":
+        return MinibatchCKA(n_a, n_b, estimator, dtype=dtype, labels_a=labels_a, labels_b=labels_b)
+    if engine == "torch-cka":
+        return TorchCKACompat(n_a, n_b, estimator, num_batches=num_batches, labels_a=labels_a, labels_b=labels_b)
+    raise OptionError(f"must be one of {', '.join(ENGINES)}, not {engine!r}", option="--engine")

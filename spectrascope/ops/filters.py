@@ -1,4 +1,4 @@
-"""Pure maths of frequency-domain filters: no hooks, no I/O.
+"""Pure maths of frequency-domain filters: no hooks, no I/O, no model imports.
 
 Conventions. A *half-plane filter* is a complex tensor ``(..., H, W//2+1)`` as used with
 ``rfft2``/``irfft2`` (GFNet/GFFormer global filters, DFFormer basis filters, AFFNet
@@ -184,10 +184,16 @@ def filter_kind(amplitude: torch.Tensor, ratio: float = 1.5) -> str:
 
 
 def spf_mask(h: int, w: int, radius: float, lam: float) -> torch.Tensor:
-    """The SPANet spectral pooling mask (centred, (H, W)), built by the model code
-    (``spectrascope.models.spanet.spf_mask``)."""
-    from spectrascope.models.spanet import spf_mask as _build
-    return _build(h, w, radius, lam)
+    """The SPANet spectral pooling mask ``(H, W)`` (float32, centred frequency layout):
+    ``lam`` where the distance from ``(H//2, W//2)`` (frequency-index units) is below
+    ``radius``, ``1 - lam`` beyond it and ``1/3`` on the circle (the official constructor;
+    the model's own copy is tested against this one)."""
+    rows = torch.arange(h).view(-1, 1) - h // 2
+    cols = torch.arange(w).view(1, -1) - w // 2
+    dist = torch.sqrt((rows ** 2 + cols ** 2).to(torch.float32))
+    lam_t = torch.tensor(lam, dtype=torch.float32)
+    ring = torch.tensor(1 / 3, dtype=torch.float32)
+    return torch.where(dist < radius, lam_t, torch.where(dist > radius, 1.0 - lam_t, ring))
 
 
 def grid_of(shape: Sequence[int]) -> tuple[int, int]:

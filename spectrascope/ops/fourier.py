@@ -15,11 +15,13 @@ plots it on ``linspace(0, 1, K)`` pi ("index" axis); ``frequency_axis(..., "true
 gives ``2k / H`` in units of pi.
 
 Implementation notes (same numbers as the reference up to rounding): the curve needs only
-``F(k, k)`` for ``k < ceil(H / 2)``, which ``diagonal_stats`` gets from one matrix product
-with a cached cos/sin basis (no 2-D FFT, no copy of the maps); the 2-D maps
+``F(k, k)`` for ``k < ceil(H / 2)``, which ``diagonal_stats`` gets from the sums of each map
+over its wrapped anti-diagonals and one length-N DFT of them (no 2-D FFT, no copy of the
+maps); the 2-D maps
 (``spectrum_stats``) sum over the half-plane ``rfft2`` and are rebuilt by Hermitian symmetry.
 Everything is computed in float32, or float64 for float64 input, whatever the model dtype
-(half precision is upcast first).
+(half precision is upcast first). Layouts (NCHW, NHWC, NLC tokens) are read by the one
+conversion of ``probe.layouts``.
 
 Deviations, both documented and opt-in:
 
@@ -41,6 +43,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from spectrascope.probe.layouts import channels_last, to_nchw
 
 __all__ = [
     "EPS", "LAYOUTS", "ZeroMeanWarning", "SpectrumStats", "DiagonalStats", "as_nchw", "spectrum_stats",
@@ -66,50 +70,17 @@ class ZeroMeanWarning(UserWarning):
 
 # ---------------------------------------------------------------------------- layouts
 
-def _grid_for(L: int, grid) -> tuple[int, int]:
-    if grid is not None:
-        h, w = int(grid[0]), int(grid[1])
-        if h * w != L:
-            raise ValueError(f"{L} tokens do not match the grid {h}x{w}")
-        return h, w
-    h = math.isqrt(L)
-    if h * h != L:
-        raise ValueError(f"{L} tokens do not form a square grid; pass grid=(H, W)")
-    return h, h
-
-
 def _channels_last(x: torch.Tensor, layout: str, num_prefix_tokens: int = 0, grid=None) -> torch.Tensor:
-    """(B, H, W, C) view of a spatial tensor in any supported layout (no copy where possible)."""
-    layout = layout.upper()
-    if layout == "NCHW":
-        if x.ndim != 4:
-            raise ValueError(f"layout NCHW needs a 4-D tensor, got shape {tuple(x.shape)}")
-        return x.permute(0, 2, 3, 1)
-    if layout == "NHWC":
-        if x.ndim != 4:
-            raise ValueError(f"layout NHWC needs a 4-D tensor, got shape {tuple(x.shape)}")
-        return x
-    if layout == "NLC":
-        if x.ndim != 3:
-            raise ValueError(f"layout NLC needs a 3-D tensor (B, L, C), got shape {tuple(x.shape)}")
-        p = int(num_prefix_tokens or 0)
-        if p < 0 or p >= x.shape[1]:
-            raise ValueError(f"num_prefix_tokens={p} does not fit {x.shape[1]} tokens")
-        x = x[:, p:]
-        h, w = _grid_for(x.shape[1], grid)
-        return x.reshape(x.shape[0], h, w, x.shape[2])
-    raise ValueError(f"layout {layout!r} is not a spatial layout; use one of {', '.join(LAYOUTS)}")
+    """(B, H, W, C) view of a spatial tensor (the one conversion, ``probe.layouts.channels_last``)."""
+    return channels_last(x, layout, num_prefix_tokens, grid)
 
 
 def as_nchw(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None) -> torch.Tensor:
     """A (B, C, H, W) view of ``x``: NCHW as is, NHWC permuted, NLC tokens (row-major over
     the grid, ``num_prefix_tokens`` class/register tokens first) reshaped. The grid of
-    NLC tokens is ``grid`` or, when not given, the square ``isqrt(L)``; anything else raises."""
-    if layout.upper() == "NCHW":
-        if x.ndim != 4:
-            raise ValueError(f"layout NCHW needs a 4-D tensor, got shape {tuple(x.shape)}")
-        return x
-    return _channels_last(x, layout, num_prefix_tokens, grid).permute(0, 3, 1, 2)
+    NLC tokens is ``grid`` or, when not given, the square ``isqrt(L)``; anything else raises
+    (``probe.layouts.to_nchw``)."""
+    return to_nchw(x, layout, num_prefix_tokens, grid)
 
 
 def _compute_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
@@ -211,7 +182,10 @@ class DiagonalStats:
     def __iadd__(self, other: "DiagonalStats") -> "DiagonalStats":
         if other.size != self.size:
             raise ValueError(f"map size changed from {self.size} to {other.size} between batches")
-        self.diag_sum = self.diag_sum + other.diag_sum.to(self.diag_sum)
+        if self.diag_sum.dtype == other.diag_sum.dtype and not self.diag_sum.is_inference():
+            self.diag_sum.add_(other.diag_sum)
+        else:
+            self.diag_sum = self.diag_sum + other.diag_sum.to(self.diag_sum)
         self.count += other.count
         self.small_dc += other.small_dc
         return self
@@ -226,29 +200,52 @@ class DiagonalStats:
 
 
 _BASIS: dict = {}
+_ANTIDIAG: dict = {}
 
 
 def _diagonal_basis(N: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """(2K, N*N) real DFT rows of the half-diagonal: ``cos`` then ``-sin`` of ``2 pi k (h + w) / N``
-    for ``k < K = ceil(N / 2)``, pixels ``(h, w)`` row-major (built in float64, cached)."""
+    """(2K, N) real DFT rows of length N: ``cos`` then ``-sin`` of ``2 pi k s / N`` for
+    ``k < K = ceil(N / 2)`` (exact integer phases, built in float64, cached)."""
     key = (N, dtype, str(device))
     if key not in _BASIS:
         K = N - N // 2
-        idx = torch.arange(N, dtype=torch.int64)
-        hw = (idx[:, None] + idx[None, :]).reshape(-1)
-        phase = (torch.arange(K, dtype=torch.int64)[:, None] * hw[None, :]) % N    # exact integer phases
+        phase = (torch.arange(K, dtype=torch.int64)[:, None] * torch.arange(N, dtype=torch.int64)[None, :]) % N
         ang = (2.0 * math.pi / N) * phase.to(torch.float64)
         _BASIS[key] = torch.cat([torch.cos(ang), -torch.sin(ang)]).to(dtype=dtype, device=device)
     return _BASIS[key]
+
+
+def _antidiagonal_index(N: int, device) -> torch.Tensor:
+    """``(h + w) mod N`` of every pixel, row-major (cached)."""
+    key = (N, str(device))
+    if key not in _ANTIDIAG:
+        idx = torch.arange(N, dtype=torch.int64)
+        _ANTIDIAG[key] = ((idx[:, None] + idx[None, :]) % N).reshape(-1).to(device)
+    return _ANTIDIAG[key]
+
+
+def _antidiagonal_sums(xl: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B*C, N) sums of every map over its wrapped anti-diagonals ``(h + w) mod N = s``, from the
+    (B, N, N, C) view ``xl`` (channels-first or channels-last storage, no copy of the maps)."""
+    B, N, _, C = xl.shape
+    idx = _antidiagonal_index(N, xl.device)
+    nchw = xl.permute(0, 3, 1, 2)
+    if nchw.is_contiguous():                                   # channels-first storage: (B*C, N^2) rows
+        src = nchw.reshape(B * C, N * N).to(dtype)
+        return torch.zeros(B * C, N, dtype=dtype, device=xl.device).index_add_(1, idx, src)
+    src = xl.reshape(B, N * N, C).to(dtype)                    # channels-last storage: C-vectors per pixel
+    S = torch.zeros(B, N, C, dtype=dtype, device=xl.device).index_add_(1, idx, src)
+    return S.transpose(1, 2).reshape(B * C, N)
 
 
 def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None, *,
                    eps: float = EPS, dtype: torch.dtype | None = None) -> DiagonalStats:
     """Fast path for the diagonal curve of square maps (no 2-D FFT).
 
-    Only ``F(k, k)`` for ``k < ceil(N / 2)`` is needed: ``F(k, k) = sum_{h,w} x[h, w]
-    exp(-2 pi i k (h + w) / N)``, one matrix product of the maps with a cached (2K, N^2)
-    cos/sin basis (BLAS, no copy of the maps, same values as ``fft2`` up to rounding)."""
+    Only ``F(k, k)`` for ``k < ceil(N / 2)`` is needed, and ``F(k, k) = sum_{h,w} x[h, w]
+    exp(-2 pi i k (h + w) / N)`` depends on a pixel only through ``s = (h + w) mod N``: the maps
+    are first summed over their N wrapped anti-diagonals (one pass over the maps, no copy), then
+    a length-N DFT of those sums gives the half-diagonal (same values as ``fft2`` up to rounding)."""
     cd = _compute_dtype(x, dtype)
     xl = _channels_last(x.detach(), layout, num_prefix_tokens, grid)
     B, H, W, C = xl.shape
@@ -260,15 +257,9 @@ def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
     N = H
     K = N - N // 2
     with torch.autocast(device_type=xl.device.type, enabled=False):
-        basis = _diagonal_basis(N, cd, xl.device)
-        nchw = xl.permute(0, 3, 1, 2)
-        if nchw.is_contiguous():                                   # channels-first storage: (B*C, N^2) rows
-            R = nchw.reshape(B * C, N * N).to(cd) @ basis.T            # (B*C, 2K)
-            re, im = R[:, :K], R[:, K:]
-        else:                                                      # channels-last storage: (B, N^2, C)
-            R = torch.matmul(basis, xl.reshape(B, N * N, C).to(cd))   # (B, 2K, C)
-            re, im = R[:, :K].transpose(1, 2).reshape(B * C, K), R[:, K:].transpose(1, 2).reshape(B * C, K)
-        mod = torch.sqrt(re * re + im * im)                        # (maps, K)
+        R = _antidiagonal_sums(xl, cd) @ _diagonal_basis(N, cd, xl.device).T     # (B*C, 2K): re then im
+        re, im = R[:, :K], R[:, K:]
+        mod = torch.sqrt(re * re + im * im)                        # |F(k, k)|, (maps, K)
         small_dc = _zero_mean_count(mod[:, 0], mod.amax(dim=1), eps)
         diag_sum = torch.log(mod.add_(eps)).sum(dim=0)
     return DiagonalStats(diag_sum, B * C, small_dc, (H, W), C)

@@ -20,7 +20,8 @@ import numpy as np
 from spectrascope.analysis.cka import CKAResult
 from spectrascope.io.results import provenance, staged_output, write_csv, write_json
 
-__all__ = ["plot_heatmap", "best_matches", "matrix_rows", "write_report", "render_html", "FILES"]
+__all__ = ["plot_heatmap", "best_matches", "matrix_rows", "payload", "write_files", "write_report", "render_html",
+           "FILES"]
 
 #: files of a report directory
 FILES = ("cka.png", "cka.pdf", "cka_matrix.csv", "best_match.csv", "results.json", "report.html")
@@ -110,9 +111,9 @@ def plot_heatmap(result: CKAResult, png: Path | None = None, pdf: Path | None = 
     if own:
         fig.subplots_adjust(left=0.1, right=0.9, bottom=0.09, top=0.86)  # fixed margins: no extra layout draw
         if png is not None:
-            fig.savefig(png, dpi=150)
+            fig.savefig(png, dpi=200)
         if pdf is not None:
-            fig.savefig(pdf)
+            fig.savefig(pdf, dpi=200)
     return fig
 
 
@@ -215,31 +216,46 @@ def render_html(result: CKAResult, png_bytes: bytes, best: list[dict], prov: dic
     return "\n".join(parts)
 
 
-def write_report(result: CKAResult, out_dir, *, title: str | None = None, overwrite: bool = False,
-                 command: str = "cka") -> Path:
-    """Write the report directory (see ``FILES``) atomically; returns its path."""
-    out_dir = Path(out_dir)
+def _provenance(result: CKAResult, command: str) -> dict:
     a, b = _display_name(result, "a"), _display_name(result, "b")
-    title = title or f"CKA: {a} vs {b}"
     meta_a, meta_b = result.meta.get("model_a") or {}, result.meta.get("model_b") or {}
     rnd = bool(meta_a.get("random_weights") or meta_b.get("random_weights"))
-    prov = provenance(command=command, model=f"{a} vs {b}",
-                      checkpoint_sha256=None, images_sha256=result.meta.get("images_sha256"),
-                      device=result.meta.get("device"), wall_time_s=result.meta.get("wall_time_s"),
-                      random_weights=rnd,
+    return provenance(command=command, model=f"{a} vs {b}", checkpoint_sha256=None,
+                      images_sha256=result.meta.get("images_sha256"), device=result.meta.get("device"),
+                      wall_time_s=result.meta.get("wall_time_s"), random_weights=rnd,
+                      world_size=result.meta.get("world_size"),
                       extra={"checkpoint_sha256_a": meta_a.get("checkpoint_sha256"),
                              "checkpoint_sha256_b": meta_b.get("checkpoint_sha256")})
-    best = best_matches(result)
-    with staged_output(out_dir, overwrite=overwrite, command=command) as stage:
-        plot_heatmap(result, stage / "cka.png", stage / "cka.pdf")
-        head, rows = matrix_rows(result)
-        write_csv(stage / "cka_matrix.csv", rows, head)
-        write_csv(stage / "best_match.csv", [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v)
-                                              for k, v in r.items()} for r in best])
-        payload = {"title": title, "provenance": prov, **result.as_dict(),
-                   "best_match": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                                  for r in best]}
-        write_json(stage / "results.json", payload)
-        (stage / "report.html").write_text(render_html(result, (stage / "cka.png").read_bytes(), best, prov, title))
-    return out_dir
 
+
+def payload(result: CKAResult, *, title: str, prov: dict, best: list[dict] | None = None) -> dict:
+    """The results.json content (strict JSON: NaN cells and undefined best matches are null)."""
+    best = best_matches(result) if best is None else best
+    return {"title": title, "provenance": prov, **result.as_dict(),
+            "best_match": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                           for r in best]}
+
+
+def write_files(result: CKAResult, folder, *, title: str | None = None, command: str = "cka") -> Path:
+    """Write the report files (see ``FILES``) into the existing (staging) ``folder``."""
+    folder = Path(folder)
+    title = title or f"CKA: {_display_name(result, 'a')} vs {_display_name(result, 'b')}"
+    prov = _provenance(result, command)
+    best = best_matches(result)
+    plot_heatmap(result, folder / "cka.png", folder / "cka.pdf")
+    head, rows = matrix_rows(result)
+    write_csv(folder / "cka_matrix.csv", rows, head)
+    write_csv(folder / "best_match.csv", [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v)
+                                           for k, v in r.items()} for r in best])
+    write_json(folder / "results.json", payload(result, title=title, prov=prov, best=best))
+    (folder / "report.html").write_text(render_html(result, (folder / "cka.png").read_bytes(), best, prov, title))
+    return folder
+
+
+def write_report(result: CKAResult, out_dir, *, title: str | None = None, overwrite: bool = False,
+                 command: str = "cka") -> Path:
+    """Write the report directory (see ``FILES``) atomically through a staged output; returns its path."""
+    out_dir = Path(out_dir)
+    with staged_output(out_dir, overwrite=overwrite, command=command) as stage:
+        write_files(result, stage, title=title, command=command)
+    return out_dir

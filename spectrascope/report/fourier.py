@@ -1,4 +1,5 @@
-"""Figures in the papers' style, drawn from results payloads alone (no model needed).
+"""Figures in the papers' style, drawn from results payloads alone (no model needed), and the
+files of an amplitude / spectrum result folder (``write_results``, ``load_results``, ``redraw``).
 
 Uses matplotlib's object API with the Agg canvas (no pyplot, no global state), so it
 works headless and can be called from any thread. Every figure is written as PNG and
@@ -12,6 +13,8 @@ frequency at the centre with a shared colour scale across panels.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -22,11 +25,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 import numpy as np
 
+from spectrascope.errors import DataError, FigureError
+from spectrascope.io.results import provenance, write_csv, write_json
 from spectrascope.report.style import (DEPTH_CMAP, MARKERS, PAPER_RC, RANDOM_COLOR, SPECTRUM_CMAP,  # noqa: F401
                                        new_figure, save_figure)
 
 __all__ = ["PAPER_RC", "new_figure", "save_figure", "depth_colors", "pi_formatter", "amplitude_figure",
-           "highfreq_figure", "spectrum_figure", "figures_for", "random_weights_note"]
+           "highfreq_figure", "spectrum_figure", "figures_for", "random_weights_note", "shading_spans",
+           "MIXER_COLORS", "MIXER_LABELS", "write_results", "load_results", "redraw"]
+
 
 def depth_colors(depths: Sequence[float], cmap: str = DEPTH_CMAP):
     cm = matplotlib.colormaps[cmap]
@@ -109,52 +116,100 @@ def amplitude_figure(payload: Mapping, *, freq_axis: str | None = None, cmap: st
     return fig
 
 
-def highfreq_figure(payload: Mapping, *, cmap: str = DEPTH_CMAP, shade: bool | None = None,
+#: colours of the shaded steps by token-mixer kind (Park & Kim shade the attention blocks grey)
+MIXER_COLORS = {"attention": "0.45", "fft": "tab:orange", "conv": "tab:green", "pooling": "tab:purple",
+                "mlp": "tab:olive", "identity": "0.85", "other": "tab:brown", "downsample": "tab:blue"}
+MIXER_LABELS = {"attention": "attention", "fft": "FFT", "conv": "convolution", "pooling": "pooling",
+                "mlp": "MLP mixing", "identity": "identity", "other": "token mixer", "downsample": "downsampling"}
+
+
+def _span_kind(t: Mapping, mixer_blocks: set) -> str | None:
+    role = t.get("role")
+    if role in ("residual", "mixer"):
+        return t.get("mixer") or "other"
+    if role == "block" and (t.get("stage"), t.get("index")) not in mixer_blocks and t.get("mixer"):
+        return t["mixer"]                  # a block latent without a tap after its mixer: the whole block
+    if role == "downsample":
+        return "downsample"
+    return None
+
+
+def shading_spans(taps: Sequence[Mapping]) -> list[dict]:
+    """The shaded steps of a high-frequency plot: ``{x0, x1, kind, tap}`` per latent produced by a
+    token mixer (kind from the tap's ``mixer``: attention / fft / conv / pooling / ...) or by
+    downsampling (kind ``downsample``); the step runs from the previous latent's depth to its own."""
+    x = [float(t["normalised_depth"]) for t in taps]
+    mixer_blocks = {(t.get("stage"), t.get("index")) for t in taps if t.get("role") in ("residual", "mixer")}
+    spans = []
+    for i, t in enumerate(taps):
+        kind = _span_kind(t, mixer_blocks)
+        if kind is None or len(x) < 2:
+            continue
+        x0 = x[i - 1] if i > 0 else x[0] - (x[1] - x[0])
+        spans.append({"x0": x0, "x1": x[i], "kind": kind, "tap": t["name"]})
+    return spans
+
+
+def _shade(ax, models: Sequence[Mapping]) -> list[dict]:
+    """Shade every model's spans, each model in its own horizontal band when there are several."""
+    n = len(models)
+    drawn = []
+    for k, m in enumerate(models):
+        lo, hi = (k / n, (k + 1) / n) if n > 1 else (0.0, 1.0)
+        for sp in shading_spans(m["taps"]):
+            ax.axvspan(sp["x0"], sp["x1"], ymin=lo, ymax=hi, color=MIXER_COLORS.get(sp["kind"], "0.6"),
+                       alpha=0.18, lw=0, zorder=0)
+            drawn.append(dict(sp, model=m["model"], ymin=lo, ymax=hi))
+    return drawn
+
+
+def _shade_legend(drawn: Sequence[Mapping]) -> list:
+    from matplotlib.patches import Patch
+    kinds = list(dict.fromkeys(d["kind"] for d in drawn))
+    return [Patch(color=MIXER_COLORS.get(k, "0.6"), alpha=0.35, label=MIXER_LABELS.get(k, k)) for k in kinds]
+
+
+def _highfreq_line(ax, m: Mapping, k: int, cmap: str):
+    cm = matplotlib.colormaps[cmap]
+    taps = m["taps"]
+    x = np.asarray([t["normalised_depth"] for t in taps], dtype=float)
+    y = np.asarray([t["high_freq_delta"] for t in taps], dtype=float)
+    if len(x) > 1:
+        seg = np.stack([np.stack([x[:-1], y[:-1]], -1), np.stack([x[1:], y[1:]], -1)], 1)
+        lc = LineCollection(seg, cmap=cmap, norm=Normalize(0, 1), linewidths=1.2)
+        lc.set_array((x[:-1] + x[1:]) / 2)
+        ax.add_collection(lc)
+    mk = MARKERS[k % len(MARKERS)]
+    ax.scatter(x, y, c=[cm(v) for v in x], marker=mk, s=14, edgecolors="0.2", linewidths=0.3, zorder=3)
+    return ax.scatter([], [], marker=mk, c="white", edgecolors="0.2", label=_panel_title(m).replace("\n", " "))
+
+
+def highfreq_figure(payload: Mapping, *, cmap: str = DEPTH_CMAP, shade: bool = True,
                     title: str | None = None) -> Figure:
     """Park & Kim Fig. 8: Delta log amplitude at the highest frequency vs normalised depth.
 
-    With one model, the latents produced by the token mixer (role ``residual``/``mixer``)
-    are shaded grey and downsampling latents blue (the reference shades MSA and pooling)."""
+    The steps produced by a token mixer are shaded by mixer kind (attention grey, FFT, convolution,
+    pooling; see ``MIXER_COLORS``) and downsampling steps blue; with several models each model's
+    shading fills its own horizontal band (bottom = first model). ``fig.spectrascope_shading``
+    lists the drawn spans (model, x0, x1, kind, ymin, ymax)."""
     models = payload["models"]
-    shade = len(models) == 1 if shade is None else shade
     fig = new_figure(6.5, 3.2)
     with matplotlib.rc_context(PAPER_RC):
         ax = fig.subplots()
-        cm = matplotlib.colormaps[cmap]
-        handles = []
-        for k, m in enumerate(models):
-            taps = m["taps"]
-            x = np.asarray([t["normalised_depth"] for t in taps], dtype=float)
-            y = np.asarray([t["high_freq_delta"] for t in taps], dtype=float)
-            if len(x) > 1:
-                seg = np.stack([np.stack([x[:-1], y[:-1]], -1), np.stack([x[1:], y[1:]], -1)], 1)
-                lc = LineCollection(seg, cmap=cmap, norm=Normalize(0, 1), linewidths=1.2)
-                lc.set_array((x[:-1] + x[1:]) / 2)
-                ax.add_collection(lc)
-            mk = MARKERS[k % len(MARKERS)]
-            ax.scatter(x, y, c=[cm(v) for v in x], marker=mk, s=14, edgecolors="0.2", linewidths=0.3, zorder=3)
-            handles.append(ax.scatter([], [], marker=mk, c="white", edgecolors="0.2", label=_panel_title(m)
-                                      .replace("\n", " ")))
-            if shade and len(x) > 1:
-                step = 1.0 / (len(x) - 1)
-                for t, xi in zip(taps, x):
-                    if t["role"] in ("residual", "mixer"):
-                        ax.axvspan(xi - step, xi, color="0.5", alpha=0.15, lw=0)
-                    elif t["role"] == "downsample":
-                        ax.axvspan(xi - step, xi, color="tab:blue", alpha=0.15, lw=0)
+        handles = [_highfreq_line(ax, m, k, cmap) for k, m in enumerate(models)]
+        drawn = _shade(ax, models) if shade else []
+        fig.spectrascope_shading = drawn
         ax.set_xlim(-0.02, 1.02)
         ax.autoscale(axis="y")
         ax.set_xlabel("Normalized depth")
         ax.set_ylabel("\u0394 Log amplitude (highest frequency)")
-        if len(models) > 1 or shade:
-            if shade:
-                from matplotlib.patches import Patch
-                handles += [Patch(color="0.5", alpha=0.3, label="token mixer"),
-                            Patch(color="tab:blue", alpha=0.3, label="downsampling")]
-            ax.legend(handles=handles, loc="best", frameon=False)
+        if len(models) > 1 or drawn:
+            ax.legend(handles=handles + _shade_legend(drawn), loc="best", frameon=False)
         if title:
             ax.set_title(title)
-        _footer(fig, payload)
+        band = "; shading bands bottom to top: " + ", ".join(m.get("label") or m["model"] for m in models) \
+            if len(models) > 1 and drawn else ""
+        _footer(fig, payload, band.lstrip("; "))
     return fig
 
 
@@ -258,4 +313,88 @@ def figures_for(payload: Mapping, **kw) -> dict[str, Figure]:
                 "highfreq": highfreq_figure(payload, title=title)}
     if kind == "spectrum":
         return {"spectrum": spectrum_figure(payload, cmap=kw.get("cmap") or SPECTRUM_CMAP, title=title)}
-    raise ValueError(f"cannot draw results of kind {kind!r} (expected amplitude or spectrum)")
+    raise FigureError(f"cannot draw results of kind {kind!r} (expected amplitude or spectrum)")
+
+
+# ---------------------------------------------------------------------------- result folders
+
+def _spectrum_rows(base: dict, t: Mapping) -> list[dict]:
+    arr = np.asarray(t["map"])
+    H, W = arr.shape
+    return [dict(base, freq_y_pi=round(2 * (i - H // 2) / H, 6), freq_x_pi=round(2 * (j - W // 2) / W, 6),
+                 value=arr[i, j]) for i in range(H) for j in range(W)]
+
+
+def _csv_rows(payload: Mapping) -> list[dict]:
+    rows = []
+    for m in payload["models"]:
+        for t in m["taps"]:
+            base = {"model": m["model"], "random_weights": m["random_weights"], "tap": t["name"], "role": t["role"],
+                    "stage": t["stage"], "block": t["index"], "normalised_depth": round(t["normalised_depth"], 6),
+                    "map_h": t["shape"][1], "map_w": t["shape"][2]}
+            if payload["kind"] == "spectrum":
+                rows += _spectrum_rows(base, t)
+                continue
+            for k, (v, fi, ft) in enumerate(zip(t["curve"], t["freq_index_pi"], t["freq_true_pi"])):
+                rows.append(dict(base, k=k, freq_index_pi=round(fi, 6), freq_true_pi=round(ft, 6),
+                                 delta_log_amplitude=v))
+    return rows
+
+
+def write_results(payload: dict, out_dir, *, command: str, wall_time_s: float | None = None,
+                  formats: Sequence[str] = ("png", "pdf"), title: str | None = None, extra: Mapping | None = None,
+                  maps: Mapping[str, np.ndarray] | None = None, cmap: str | None = None) -> list[Path]:
+    """Write ``results.json`` (payload + provenance with ``world_size``), ``<kind>.csv``, the figures
+    (``cmap``: the spectrum maps' colour map) and, when given, ``maps.npz`` into ``out_dir``
+    (normally a staged output directory)."""
+    out_dir = Path(out_dir)
+    names = [m["model"] for m in payload["models"]]
+    shas = [m["checkpoint_sha256"] for m in payload["models"]]
+    prov = provenance(command=command, model=", ".join(names), checkpoint_sha256=shas[0] if len(shas) == 1 else None,
+                      images_sha256=payload["images"]["sha256"], device=payload.get("device"),
+                      wall_time_s=wall_time_s, random_weights=any(m["random_weights"] for m in payload["models"]),
+                      world_size=(payload.get("run") or {}).get("world_size"), extra=extra)
+    doc = dict(payload)
+    arrays = dict(doc.pop("arrays", None) or {}, **(maps or {}))
+    doc["provenance"] = prov
+    if title:
+        doc["title"] = title
+    write_json(out_dir / "results.json", doc)
+    write_csv(out_dir / f"{payload['kind']}.csv", _csv_rows(payload))
+    written = [out_dir / "results.json", out_dir / f"{payload['kind']}.csv"]
+    if arrays:
+        np.savez_compressed(out_dir / "maps.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+        written.append(out_dir / "maps.npz")
+    for stem, fig in figures_for(doc, title=title, cmap=cmap).items():
+        written += save_figure(fig, out_dir, stem, formats)
+    return written
+
+
+def load_results(path) -> dict:
+    """The amplitude or spectrum ``results.json`` at ``path`` (a file or its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise DataError(f"no results file {path}")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a results.json file: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("kind") not in ("amplitude", "spectrum") or "models" not in doc:
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        raise DataError(f"{path} holds no amplitude or spectrum results (kind={kind!r})")
+    return doc
+
+
+def redraw(results, output=None, *, formats: Sequence[str] = ("png", "pdf"), freq_axis: str | None = None,
+           cmap: str | None = None) -> list[Path]:
+    """Draw the figures of a ``results.json`` again (from its data alone) into ``output``
+    (default: the folder of the results file)."""
+    src = Path(results)
+    doc = load_results(src)
+    out = Path(output) if output else (src if src.is_dir() else src.parent)
+    written = []
+    for stem, fig in figures_for(doc, freq_axis=freq_axis, cmap=cmap, title=doc.get("title")).items():
+        written += save_figure(fig, out, stem, formats)
+    return written

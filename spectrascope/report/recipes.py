@@ -35,8 +35,21 @@ from spectrascope.errors import FigureError
 log = logging.getLogger("spectrascope.report.recipes")
 
 __all__ = ["FigureSpec", "FigureContext", "FigureError", "list_figures", "get_figure", "run_figure",
-           "model_available"]
+           "model_available", "RECIPE_OPTIONS", "RECIPE_CHOICES", "FOCALNET_VARIANTS", "recipe_models"]
 
+#: the options a recipe may accept (``FigureSpec.options``) and what they mean
+RECIPE_OPTIONS = {
+    "models": "models to draw instead of the recipe's own (registry names or timm:<name>)",
+    "focalnet": "FocalNet-T variant: lrf (large receptive field, the SPANet paper's 82.3 % row) or srf",
+    "freq_axis": "x axis of the amplitude curves: index (Park & Kim's reference) or true (2k/H)",
+    "cmap": "matplotlib colour map of the maps (default: the recipe's)",
+    "estimator": "mini-batch HSIC estimator: unbiased (the paper's) or biased",
+    "engine": "CKA engine: spectrascope, or torch-cka (torch-cka 0.21's float32 computation, the paper's tool)",
+}
+#: the accepted values of the recipe options that are choices
+RECIPE_CHOICES = {"estimator": ("unbiased", "biased"), "engine": ("spectrascope", "torch-cka")}
+#: FocalNet-T variants and their timm names
+FOCALNET_VARIANTS = {"lrf": "timm:focalnet_tiny_lrf", "srf": "timm:focalnet_tiny_srf"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,10 @@ class FigureSpec:
     num_images: int | None = None
     #: True when the figure is meaningful only with trained weights (shown in the listing)
     needs_weights: bool = True
+    #: default --batch-size of the recipe (None: 16)
+    batch_size: int | None = None
+    #: the recipe options it accepts (``RECIPE_OPTIONS`` names: models, focalnet, freq_axis, cmap, ...)
+    options: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,9 +90,24 @@ class FigureContext:
     progress: bool = False
     models: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: the recipe options given on the command line (``FigureSpec.options`` names them)
+    options: dict = field(default_factory=dict)
+    #: warnings the recipe recorded (``warn``): stored in figure.json and re-printed by the command
+    warnings: list[str] = field(default_factory=list)
 
     def checkpoint(self, model: str) -> str | None:
         return self.checkpoints.get(model)
+
+    def option(self, name: str, default=None):
+        """A recipe option's value (``--cmap`` -> ``option("cmap")``), ``default`` when not given."""
+        value = self.options.get(name)
+        return default if value is None or value == () else value
+
+    def warn(self, *messages: str) -> None:
+        """Record warnings (each once) to re-print after the run."""
+        for m in messages:
+            if m and m not in self.warnings:
+                self.warnings.append(m)
 
     def analysis_kwargs(self) -> dict:
         """Keyword arguments for ``amplitude_analysis`` / ``spectrum_analysis`` (images, device, sizes)."""
@@ -171,41 +203,92 @@ def _parse_checkpoints(items: Sequence[str] | Mapping[str, str] | None, models: 
     return pairs
 
 
-def run_figure(name: str, *, output="figures", overwrite: bool = False, checkpoints=None, device: str = "auto",
-               images=None, data: str | None = None, num_images: int | None = None, batch_size: int = 16,
-               img_size=None, skip_unavailable: bool = False, progress: bool = False) -> tuple[Path, dict]:
-    """Run the recipe ``name`` into ``<output>/<name>/``; returns (folder, figure.json content)."""
-    from spectrascope.io.results import provenance, staged_output, write_json
-    spec, mod = get_figure(name)
-    cks = _parse_checkpoints(checkpoints, spec.models)
+def recipe_models(spec: FigureSpec, options: Mapping | None = None) -> tuple[str, ...]:
+    """The models a run of ``spec`` draws: ``--model`` replaces the recipe's list, ``--focalnet``
+    picks the FocalNet-T variant."""
+    options = dict(options or {})
+    models = tuple(options.get("models") or ()) or spec.models
+    variant = options.get("focalnet")
+    if variant:
+        if variant not in FOCALNET_VARIANTS:
+            raise FigureError(f"--focalnet {variant!r}: use {' or '.join(FOCALNET_VARIANTS)}")
+        models = tuple(FOCALNET_VARIANTS[variant] if m in FOCALNET_VARIANTS.values() else m for m in models)
+    return tuple(dict.fromkeys(models))
+
+
+def _check_options(spec: FigureSpec, options: Mapping) -> dict:
+    given = {k: v for k, v in dict(options or {}).items() if v is not None and v != ()}
+    bad = [k for k in given if k not in spec.options]
+    if bad:
+        accepted = ", ".join("--" + o.replace("_", "-") for o in spec.options) or "none"
+        raise FigureError(f"figure {spec.name} takes no option {', '.join('--' + b.replace('_', '-') for b in bad)}"
+                          f" (its options: {accepted})")
+    return given
+
+
+def _available(spec: FigureSpec, models, skip_unavailable: bool) -> tuple[list, list]:
     avail, skipped = [], []
-    for m in spec.models:
+    for m in models:
         ok, why = model_available(m)
         (avail if ok else skipped).append(m if ok else (m, why))
     if skipped and not skip_unavailable:
         raise FigureError(f"figure {spec.name}: " + "; ".join(f"{m} {why}" for m, why in skipped)
                           + " (--skip-unavailable draws the others)")
-    if spec.models and not avail:
+    if models and not avail:
         raise FigureError(f"figure {spec.name}: none of its models is available")
+    return avail, skipped
+
+
+def _recorded(caught, recipe: ModuleType) -> list[str]:
+    """The warnings raised by spectrascope code (library, models) or the recipe during a run, once each."""
+    here = str(Path(getattr(recipe, "__file__", "") or ".").parent)
+    keep = []
+    for w in caught:
+        where = str(getattr(w, "filename", ""))
+        if where.startswith(here) or any(part in where for part in ("spectrascope", "/analyses/", "/models/")):
+            keep.append(str(w.message))
+    return list(dict.fromkeys(keep))
+
+
+def run_figure(name: str, *, output="figures", overwrite: bool = False, checkpoints=None, device: str = "auto",
+               images=None, data: str | None = None, num_images: int | None = None, batch_size: int | None = None,
+               img_size=None, skip_unavailable: bool = False, progress: bool = False,
+               options: Mapping | None = None) -> tuple[Path, dict]:
+    """Run the recipe ``name`` into ``<output>/<name>/``; returns (folder, figure.json content).
+    ``options`` are the recipe options (``FigureSpec.options``); figure.json records them and
+    every warning the run recorded (``warnings``), which the command re-prints."""
+    import warnings as _warnings
+
+    from spectrascope.io.results import provenance, staged_output, write_json
+    spec, mod = get_figure(name)
+    opts = _check_options(spec, options or {})
+    models = recipe_models(spec, opts)
+    cks = _parse_checkpoints(checkpoints, models)
+    avail, skipped = _available(spec, models, skip_unavailable)
     final = Path(output) / spec.name
     t0 = time.perf_counter()
     with staged_output(final, overwrite=overwrite, command=f"figure {spec.name}") as stage:
         ctx = FigureContext(spec=spec, output=Path(stage), checkpoints=cks, device=device, images=images, data=data,
                             num_images=num_images if num_images is not None else spec.num_images,
-                            batch_size=batch_size, img_size=img_size, progress=progress, models=avail,
-                            skipped=skipped)
-        summary = mod.run(ctx) or {}
-        wall = time.perf_counter() - t0
+                            batch_size=batch_size or spec.batch_size or 16, img_size=img_size, progress=progress, models=avail,
+                            skipped=skipped, options=opts)
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            summary = mod.run(ctx) or {}
+        ctx.warn(*_recorded(caught, mod))
         doc = {
             "figure": spec.as_dict(),
             "models": avail,
             "skipped_models": [{"model": m, "reason": why} for m, why in skipped],
             "checkpoints": cks,
             "random_weights": [m for m in avail if m not in cks],
+            "options": opts,
+            "warnings": list(ctx.warnings),
             "summary": summary,
             "files": sorted(p.name for p in Path(stage).iterdir()),
             "provenance": provenance(command=f"figure {spec.name}", model=", ".join(avail),
-                                     random_weights=any(m not in cks for m in avail), wall_time_s=wall),
+                                     random_weights=any(m not in cks for m in avail),
+                                     wall_time_s=time.perf_counter() - t0),
         }
         write_json(Path(stage) / "figure.json", doc)
     return final, doc

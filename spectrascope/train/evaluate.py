@@ -1,104 +1,166 @@
 """Evaluation: top-1/top-5 accuracy, loss and throughput of a model on a data spec's
 validation split (the ``spectrascope evaluate`` command and the per-epoch evaluation of
-``spectrascope train``)."""
+``spectrascope train``).
+
+The forward goes through ``engine.runner.Runner`` (batching, device, AMP, channels-last, the
+non-finite check that stops on NaN/inf logits) and the sums through ``AccuracyReducer``, so
+under ``torchrun`` every rank evaluates its share of the batches and the merged sums equal
+a one-process run exactly."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from spectrascope.engine.runner import Runner
+from spectrascope.errors import CheckpointError, NonFiniteError, OptionError
+from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
+from spectrascope.train.metrics import AccuracyReducer
 from spectrascope.zoo import registry
+from spectrascope.zoo.build import model_spec_from_checkpoint, num_classes_in, preprocessing
+from spectrascope.zoo.checkpoint import file_sha256, read_checkpoint
+
+__all__ = ["evaluate", "evaluate_model", "agreed", "eval_dataset", "first_batches", "EvalModel", "resolve_eval_model"]
 
 
-@torch.no_grad()
-def evaluate_loader(model, loader, device, amp_dtype=None, channels_last: bool = False, dist=None) -> dict:
+def eval_dataset(split, pre, center_crop: bool) -> TransformedDataset:
+    """A raw split with a model's evaluation transform (items ``(image, label, *extras)``)."""
+    return TransformedDataset(split, EvalTransform(pre["size"], pre["mean"], pre["std"], pre["crop_pct"],
+                                                   center_crop=center_crop))
+
+
+def first_batches(dataset, limit_batches: int | None, batch_size: int):
+    """The first ``limit_batches`` batches of ``dataset`` (all of it for None)."""
+    if limit_batches is None or limit_batches * batch_size >= len(dataset):
+        return dataset
+    return torch.utils.data.Subset(dataset, range(limit_batches * batch_size))
+
+
+def agreed(d, fn):
+    """``fn()`` on every rank; when it stops on a non-finite value on any rank, every rank stops
+    (so no rank waits in a collective for one that gave up)."""
+    error = None
+    try:
+        result = fn()
+    except NonFiniteError as exc:
+        error, result = exc, None
+    if d.any(error is not None):
+        raise error or NonFiniteError("another process stopped on non-finite values (NaN/inf); nothing was written")
+    return result
+
+
+def evaluate_model(model, dataset, runner: Runner) -> dict:
     """Cross-entropy (no smoothing), top-1/top-5 (percent; k clipped to the number of
-    classes) and images/s over ``loader``; sums are reduced over DDP ranks."""
-    from spectrascope.train.loop import _all_reduce, accuracy_counts
+    classes) and images/s of ``model`` over ``dataset`` (sums over every rank of the runner's
+    ``Dist``); the model's train/eval mode is restored afterwards."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    reducer = AccuracyReducer(-(-len(dataset) // runner.config.batch_size))
+
+    def on_batch(batch, out):
+        reducer.update(batch.number, out, torch.as_tensor(batch.extra[0], dtype=torch.long))
+
     t0 = time.perf_counter()
-    for batch in loader:
-        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(x)
-        logits = logits.float()
-        c1, c5 = accuracy_counts(logits, y)
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), c1.double(), c5.double(),
-                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    try:
+        agreed(runner.dist, lambda: runner.run(model, dataset, on_batch=on_batch, need_output=True))
+    finally:
+        model.train(was_training)
     elapsed = time.perf_counter() - t0
-    if dist is not None:
-        _all_reduce(sums, dist)
-    loss, c1, c5, n = sums.tolist()
-    model.train(was_training)
-    if n == 0:
-        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0, "time_s": elapsed,
-                "throughput_img_s": 0.0}
-    return {"loss": loss / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "n": int(n), "time_s": elapsed,
-            "throughput_img_s": n / max(elapsed, 1e-9)}
+    reducer.all_reduce(runner.dist)
+    elapsed = float(runner.dist.all_reduce(torch.tensor([elapsed], dtype=torch.float64), "max").item())
+    res = reducer.metrics()
+    return dict(res, time_s=elapsed, throughput_img_s=res["n"] / max(elapsed, 1e-9))
 
 
-def evaluate(model_name: str | None, *, checkpoint=None, data: str, img_size=None, batch_size: int = 64,
-             device="auto", amp: str = "off", use_ema: bool = False, channels_last: bool = False, workers: int = 0,
-             limit_batches: int | None = None, model_kwargs: dict | None = None) -> dict:
-    """Evaluate a zoo model (optionally from a checkpoint) on ``data``'s validation split.
+@dataclass
+class EvalModel:
+    """The model ``evaluate`` builds: its name, overrides, input size and the checkpoint's head."""
 
-    A spectrascope training checkpoint supplies the architecture (overrides, input size,
-    number of classes); for other checkpoints the head must match the data's classes."""
-    from spectrascope.zoo.checkpoint import CheckpointError, file_sha256, read_checkpoint
-    from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
-    from spectrascope.engine.device import resolve_device
-    from spectrascope.zoo.build import num_classes_in, preprocessing
-    from spectrascope.train.loop import ShardSampler, _amp_dtype
-    from spectrascope.zoo.build import model_spec_from_checkpoint
+    name: str
+    kwargs: dict
+    img_size: object
+    classes_in_checkpoint: int | None
 
-    if batch_size < 1:
-        raise ValueError("--batch-size must be >= 1")
-    dev = resolve_device(device)
+
+def _checkpoint_classes(checkpoint, spec, use_ema: bool) -> int | None:
+    if checkpoint is None:
+        return None
+    return spec.num_classes if spec is not None else num_classes_in(read_checkpoint(checkpoint, use_ema=use_ema)[0])
+
+
+def resolve_eval_model(model_name, checkpoint, model_kwargs, img_size, use_ema: bool) -> EvalModel:
+    """Name, overrides and input size from the options and (training checkpoints) the checkpoint."""
     spec = model_spec_from_checkpoint(checkpoint) if checkpoint is not None else None
     kwargs = dict(model_kwargs or {})
+    if "img_size" in kwargs:
+        raise OptionError("img_size is set with --img-size, not --model-kwargs", option="--model-kwargs")
     if spec is not None:
         if model_name and registry.resolve_name(model_name) != registry.resolve_name(spec.name):
-            raise ValueError(f"--model {model_name} but the checkpoint was trained as {spec.name}")
+            raise CheckpointError(f"--model {model_name} but the checkpoint was trained as {spec.name}")
         model_name = spec.name
         kwargs = dict(spec.overrides, **kwargs)
         if img_size is None and spec.img_size:
             img_size = tuple(spec.img_size)
     if not model_name:
-        raise ValueError("--model is required")
-    bundle = load_data(data, img_size)
+        raise OptionError("--model is required (or a spectrascope training --checkpoint)", option="--model")
+    return EvalModel(model_name, kwargs, img_size, _checkpoint_classes(checkpoint, spec, use_ema))
+
+
+def _check_classes(m: EvalModel, checkpoint, data_text: str, num_classes: int) -> None:
+    """The head must fit the data: the checkpoint's classes, and a ``num_classes`` override."""
+    have = m.classes_in_checkpoint
+    if have is not None and have != num_classes:
+        raise CheckpointError(f"{checkpoint}: the model has {have} classes but {data_text} has {num_classes}")
+    if "num_classes" in m.kwargs:
+        given = m.kwargs.pop("num_classes")
+        if given != num_classes:
+            ck = f" and the checkpoint has {have}" if have is not None else ""
+            raise OptionError(f"num_classes={given!r} does not fit: {data_text} has {num_classes} classes{ck} "
+                              "(the head size follows the data; drop num_classes)", option="--model-kwargs")
+
+
+def _default_size(bundle, img_size):
     if img_size is None:
         if bundle.spec.kind == "synthetic":
-            img_size = (bundle.val.cfg.height, bundle.val.cfg.width)
-        elif bundle.spec.kind in ("cifar10", "cifar100"):
-            img_size = (32, 32)
-    num_classes = bundle.num_classes
-    if checkpoint is not None:
-        have = spec.num_classes if spec is not None else num_classes_in(read_checkpoint(checkpoint, use_ema=use_ema)[0])
-        if have is not None and have != num_classes:
-            raise CheckpointError(f"{checkpoint}: the model has {have} classes but {bundle.spec.text} has {num_classes}")
-    model = registry.create_model(model_name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size,
-                                  use_ema=use_ema, **kwargs)
-    model.to(dev).eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    pre = preprocessing(model, img_size)
-    ds = TransformedDataset(bundle.val, EvalTransform(pre["size"], pre["mean"], pre["std"], pre["crop_pct"],
-                                                      center_crop=bundle.center_crop))
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=ShardSampler(len(ds), batch_size, limit_batches=limit_batches),
-                                         num_workers=workers, pin_memory=dev.type == "cuda")
-    metrics = evaluate_loader(model, loader, dev, _amp_dtype(amp), channels_last)
-    name = getattr(model, "spectrascope_name", model_name)
-    return {"model": name, "data": bundle.spec.text, "split": "val", "num_classes": num_classes,
+            return (bundle.val.cfg.height, bundle.val.cfg.width)
+        if bundle.spec.kind in ("cifar10", "cifar100"):
+            return (32, 32)
+    return img_size
+
+
+def _build(m: EvalModel, checkpoint, num_classes: int, use_ema: bool):
+    try:
+        return registry.create_model(m.name, checkpoint=checkpoint, num_classes=num_classes, img_size=m.img_size,
+                                     use_ema=use_ema, **m.kwargs)
+    except TypeError as exc:       # an override the constructor does not take
+        raise OptionError(str(exc).splitlines()[0], option="--model-kwargs") from None
+
+
+def evaluate(model_name: str | None, *, checkpoint=None, data: str, img_size=None, batch_size: int = 64,
+             device="auto", amp: str = "off", use_ema: bool = False, channels_last: bool = False, workers: int = 0,
+             limit_batches: int | None = None, model_kwargs: dict | None = None, runner: Runner | None = None) -> dict:
+    """Evaluate a zoo model (optionally from a checkpoint) on ``data``'s validation split.
+
+    A spectrascope training checkpoint supplies the architecture (overrides, input size,
+    number of classes); for other checkpoints the head must match the data's classes.
+    ``runner`` (default: one built from the options) decides device and distribution."""
+    from spectrascope.engine.runner import RunConfig
+    if limit_batches is not None and limit_batches < 1:
+        raise OptionError("--limit-batches must be >= 1", option="--limit-batches")
+    runner = runner or Runner(RunConfig(device=device, batch_size=batch_size, amp=amp, channels_last=channels_last,
+                                        workers=workers))
+    m = resolve_eval_model(model_name, checkpoint, model_kwargs, img_size, use_ema)
+    bundle = load_data(data, m.img_size)
+    m.img_size = _default_size(bundle, m.img_size)
+    _check_classes(m, checkpoint, bundle.spec.text, bundle.num_classes)
+    model = runner.prepare(_build(m, checkpoint, bundle.num_classes, use_ema))
+    pre = preprocessing(model, m.img_size)
+    ds = first_batches(eval_dataset(bundle.val, pre, bundle.center_crop), limit_batches, runner.config.batch_size)
+    metrics = evaluate_model(model, ds, runner)
+    name = getattr(model, "spectrascope_name", m.name)
+    return {"model": name, "data": bundle.spec.text, "split": "val", "num_classes": bundle.num_classes,
             "img_size": list(pre["size"]), "checkpoint": str(checkpoint) if checkpoint else None,
-            "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None, "use_ema": use_ema, "amp": amp,
-            "batch_size": batch_size, "device": str(dev), "model_overrides": kwargs, **metrics}
-
-
-__all__ = ["evaluate", "evaluate_loader"]
+            "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None, "use_ema": use_ema,
+            "amp": runner.config.amp, "batch_size": runner.config.batch_size, "device": str(runner.device),
+            "model_overrides": m.kwargs, "world_size": runner.dist.world, **metrics}

@@ -123,8 +123,8 @@ def create_model_from_checkpoint(path, use_ema: bool = False, **extra) -> nn.Mod
 
 def num_classes_in(state: dict) -> int | None:
     """Classifier size of a state dict (zoo head names), or None."""
-    for key in ("head.fc2.bias", "head.bias", "classifier.bias", "head.fc.bias", "classifier.1.bias",
-                "classifier.fc.bias"):
+    for key in ("head.fc2.bias", "head.fc.fc2.bias", "head.bias", "classifier.bias", "head.fc.bias",
+                "classifier.1.bias", "classifier.fc.bias"):
         if key in state and state[key].ndim == 1:
             return int(state[key].shape[0])
     return None

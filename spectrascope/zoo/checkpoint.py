@@ -116,6 +116,10 @@ class LoadReport:
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)
     loaded: int = 0
+    #: the layout conversion applied before loading (one line), or None
+    layout: str | None = None
+    #: fraction of the model's weights (elements) the checkpoint provided
+    fraction: float = 1.0
 
     @property
     def ok(self) -> bool:
@@ -139,12 +143,54 @@ class LoadReport:
         return "; ".join(parts) if parts else f"all {self.loaded} tensors loaded"
 
 
+#: ``strict=False`` must still load at least this fraction of the model's weights (elements)
+MIN_LOADED_FRACTION = 0.5
+
+
+def convert_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, str | None]:
+    """Bring a state dict into ``model``'s layout: timm-layout files for the zoo families timm also
+    has are converted to the official layout; official-layout files for ``timm:<name>`` models go
+    through timm's own ``checkpoint_filter_fn``. Returns (state, one-line note or None)."""
+    from spectrascope.zoo import formats
+    found = formats.detect(state)
+    if found is None:
+        return state, None
+    layout, macro = found
+    name = getattr(model, "spectrascope_name", "") or ""
+    card = getattr(model, "card", None)
+    if card is not None and layout == formats.TIMM and formats.family_layout(card.family) == macro:
+        note = f"checkpoint in timm's layout (timm.models.metaformer keys) converted to the official {card.family} layout"
+        return formats.to_official(state), note
+    if name.startswith("timm:") and layout == formats.OFFICIAL:
+        import sys
+        filt = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+        if filt is not None:
+            note = f"checkpoint in the official layout converted with timm's {type(model).__module__}.checkpoint_filter_fn"
+            return filt(state, model), note
+        return formats.to_timm(state), "checkpoint in the official layout converted to timm's layout"
+    return state, None
+
+
+def _layout_hint(state: dict, converted: str | None) -> str:
+    from spectrascope.zoo import formats
+    found = None if converted else formats.detect(state)
+    if found is None:
+        return ""
+    return (f" (the file is in the {found[0]} layout of a {found[1].replace('_', ' ')} model; "
+            "spectrascope convert --to official|timm converts between the two)")
+
+
 def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, strict: bool = True) -> LoadReport:
-    """Adapt (``model.adapt_state_dict``) and load a state dict; one readable report."""
+    """Convert the layout (``convert_layout``), adapt (``model.adapt_state_dict``) and load a state
+    dict; one readable report. ``strict=False`` tolerates missing or extra keys, but a checkpoint
+    that provides less than ``MIN_LOADED_FRACTION`` of the model's weights is refused."""
+    state, layout_note = convert_layout(model, state)
+    if layout_note:
+        log.warning("note: %s", layout_note)
     notes = []
     if hasattr(model, "adapt_state_dict"):
         state, notes = model.adapt_state_dict(state)
-    report = LoadReport(adapted=[f"{n.key}: {n.what}" for n in notes])
+    report = LoadReport(adapted=[f"{n.key}: {n.what}" for n in notes], layout=layout_note)
     for n in notes:
         log.info("checkpoint: %s %s", n.key, n.what)
     own = model.state_dict()
@@ -153,8 +199,13 @@ def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, strict:
     report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
                          if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if strict and not report.ok:
-        raise CheckpointError("checkpoint does not fit the model: " + report.format())
+        raise CheckpointError("checkpoint does not fit the model: " + report.format() + _layout_hint(state, layout_note))
     fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    total = sum(v.numel() for v in own.values())
+    report.fraction = sum(v.numel() for v in fitting.values()) / total if total else 1.0
+    if not strict and report.fraction < MIN_LOADED_FRACTION:
+        raise CheckpointError(f"strict=False but the checkpoint fits only {report.fraction:.0%} of the model's "
+                              f"weights ({len(fitting)} of {len(own)} tensors); " + report.format())
     model.load_state_dict(fitting, strict=False)
     report.loaded = len(fitting)
     return report

@@ -17,7 +17,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from spectrascope.errors import UnknownModelError
+from spectrascope.errors import OptionError, UnknownModelError
+from spectrascope.zoo.limits import check_input_size
+from spectrascope.zoo.overrides import builder_error, check_overrides
 
 log = logging.getLogger("spectrascope")
 
@@ -85,6 +87,24 @@ class ModelCard:
             if t.role not in roles:
                 roles.append(t.role)
         return roles
+
+    def pretrained_cfg(self, model: nn.Module | None = None) -> dict:
+        """timm's pretrained config from the card (input size, mean/std, crop, interpolation, url,
+        file) and, given the built model, its first conv and classifier; what
+        ``timm.data.resolve_data_config`` reads."""
+        from spectrascope.zoo import weights
+        cfg = {"architecture": self.name, "tag": "", "url": self.weight_url or "", "file": self.weight_file,
+               "direct_download": weights.is_direct(self.weight_url), "num_classes": 1000,
+               "input_size": tuple(self.default_input_size), "fixed_input_size": False,
+               "pool_size": tuple(s // 32 for s in self.default_input_size[1:]), "crop_pct": self.crop_pct,
+               "crop_mode": "center", "interpolation": self.interpolation, "mean": tuple(self.mean),
+               "std": tuple(self.std), "first_conv": "", "classifier": "", "paper_name": self.paper,
+               "source": self.source, "license": ""}
+        if model is not None:
+            cfg["first_conv"] = getattr(model, "first_conv", "") or ""
+            cfg["classifier"] = getattr(model, "classifier_name", "") or ""
+            cfg["num_classes"] = int(getattr(model, "num_classes", 1000) or 0)
+        return cfg
 
     def as_dict(self, with_counts: bool = True) -> dict:
         d = {
@@ -173,18 +193,24 @@ def list_models(pattern: str | None = None, *, include_aliases: bool = False) ->
 def _as_hw(img_size) -> tuple[int, int] | None:
     if img_size is None:
         return None
-    if isinstance(img_size, int):
-        return (img_size, img_size)
-    t = tuple(int(v) for v in img_size)
-    if len(t) == 3:
-        t = t[1:]
-    if len(t) != 2:
-        raise ValueError(f"img_size must be S, (H, W) or (3, H, W); got {img_size!r}")
+    if isinstance(img_size, int) and not isinstance(img_size, bool):
+        t = (img_size, img_size)
+    else:
+        try:
+            t = tuple(int(v) for v in img_size)
+        except (TypeError, ValueError):
+            t = ()
+        if len(t) == 3:
+            t = t[1:]
+    if len(t) != 2 or min(t) < 1:
+        raise OptionError(f"img_size must be S, (H, W) or (3, H, W) with positive sides; got {img_size!r}",
+                          option="--img-size")
     return t
 
 
 def create_model(name: str, *, checkpoint=None, num_classes: int = 1000, img_size=None,
-                 strict: bool = True, use_ema: bool = False, **overrides) -> nn.Module:
+                 strict: bool = True, use_ema: bool = False, pretrained: bool = False, weights_dir=None,
+                 features_only: bool = False, out_indices=None, **overrides) -> nn.Module:
     """Build a zoo model (random init) and optionally load a checkpoint.
 
     ``name`` is a registry name, an official alias, or ``timm:<name>`` when timm is
@@ -192,23 +218,50 @@ def create_model(name: str, *, checkpoint=None, num_classes: int = 1000, img_siz
     position embeddings, SPANet masks) for that input; checkpoints trained at another
     size are resized on load. ``overrides`` use the official constructors' argument names
     (``depths``, ``dims``, ``token_mixers``, ``layers``, ``embed_dims``, ...).
+
+    ``pretrained=True`` (without ``checkpoint``) loads the card's official weights
+    (``spectrascope.zoo.weights.resolve``: ``weights_dir`` / ``SPECTRASCOPE_WEIGHTS``, the
+    cache, ``SPECTRASCOPE_WEIGHTS_MIRROR``, the official URL). ``num_classes=0`` gives pooled
+    features; ``features_only=True`` a module returning the NCHW maps of ``out_indices``.
     """
     if name.startswith("timm:"):
-        from spectrascope.compat import create_timm_model
-        model = create_timm_model(name[5:], num_classes=num_classes, img_size=img_size, **overrides)
+        from spectrascope.compat import create_timm_model, import_timm
+        if features_only:
+            overrides["features_only"] = True
+            if out_indices is not None:
+                overrides["out_indices"] = out_indices
+        if pretrained and checkpoint is None:      # timm's own hub download and cache
+            if img_size is not None:
+                overrides["img_size"] = img_size
+            model = import_timm().create_model(name[5:], pretrained=True, num_classes=num_classes, **overrides)
+            model.spectrascope_name = name
+        else:
+            model = create_timm_model(name[5:], num_classes=num_classes, img_size=img_size, **overrides)
     else:
         card = get_card(name)
         hw = _as_hw(img_size)
+        check_overrides(card, overrides)
+        check_input_size(card, hw, overrides, num_classes)
         try:
             model = card.builder(num_classes=num_classes, img_size=hw, **overrides)
-        except TypeError as exc:
-            allowed = _builder_args(card.builder)
-            raise TypeError(f"{card.name}: {exc}" + (f"; accepted overrides: {', '.join(allowed)}" if allowed else "")) from None
+        except (TypeError, ValueError, KeyError) as exc:
+            raise builder_error(card, exc, overrides) from None
         model.card = card
         model.spectrascope_name = card.name
+        model.pretrained_cfg = card.pretrained_cfg(model)
+        if pretrained and checkpoint is None:
+            from spectrascope.zoo import weights
+            checkpoint = weights.resolve(card, weights_dir=weights_dir)
     if checkpoint is not None:
         from spectrascope.zoo.checkpoint import load_checkpoint
         load_checkpoint(model, checkpoint, strict=strict, use_ema=use_ema)
+    if features_only and not name.startswith("timm:"):
+        from spectrascope.models.base import FeaturesOnly
+        wrapped = FeaturesOnly(model, out_indices)
+        for attr in ("card", "spectrascope_name", "pretrained_cfg", "checkpoint_info", "checkpoint_report"):
+            if hasattr(model, attr):
+                setattr(wrapped, attr, getattr(model, attr))
+        model = wrapped
     return model
 
 

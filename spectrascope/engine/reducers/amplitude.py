@@ -1,15 +1,22 @@
-"""The amplitude / spectrum reducer: batch and channel sums of ``log(|F| + eps)`` per tap."""
+"""The amplitude / spectrum reducer: batch and channel sums of ``log(|F| + eps)`` per tap.
+
+Its sufficient statistics per tap are one float64 sum (the half-plane of the 2-D map, or
+the half-diagonal only), the number of maps, the number of zero-mean maps, and the map
+size; ``state()`` / ``load_state()`` carry them across ranks and ``all_reduce(dist)``
+sums them over every rank in rank order (a rank that saw no batch of a tap adds nothing),
+so each rank ends with the statistics one process would have over all images.
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 
-from spectrascope.probe.spec import TapSpec
-from spectrascope.ops.fourier import EPS, DiagonalStats, SpectrumStats, diagonal_stats, spectrum_stats
 from spectrascope.engine.reducers import Reducer
+from spectrascope.ops.fourier import EPS, DiagonalStats, SpectrumStats, diagonal_stats, spectrum_stats
 from spectrascope.probe import SPATIAL_LAYOUTS, TapError
 from spectrascope.probe.grammar import check_spatial
+from spectrascope.probe.spec import TapSpec
 
 __all__ = ["AmplitudeReducer", "SpectrumReducer", "SPATIAL_LAYOUTS"]
 
@@ -21,12 +28,23 @@ def _grid(tap: TapSpec, x: torch.Tensor):
     return tap.grid if tap.grid[0] * tap.grid[1] == L else None
 
 
+def _sum_of(st) -> torch.Tensor:
+    return st.half_sum if isinstance(st, SpectrumStats) else st.diag_sum
+
+
+def _stats_from(entry: dict):
+    """A SpectrumStats / DiagonalStats from one tap's state entry."""
+    cls = SpectrumStats if entry["kind"] == "maps" else DiagonalStats
+    return cls(entry["sum"].clone(), int(entry["count"]), int(entry["small_dc"]), tuple(entry["size"]),
+               int(entry["channels"]))
+
+
 class AmplitudeReducer(Reducer):
     """Batch/channel sums of ``log(|F| + eps)`` per tap (float64 accumulators).
 
     With ``maps=True`` the whole half-plane is accumulated: ``stats[name]`` is a
     :class:`~spectrascope.ops.fourier.SpectrumStats` from which the relative curve, its radial
-    variant and the 2-D spectrum map follow (``spectral.curve_from_map(stats.mean_map())``).
+    variant and the 2-D spectrum map follow (``curve_from_map(stats.mean_map())``).
     With ``maps=False`` (the fast default for curves) only the half-diagonal is accumulated
     (:class:`~spectrascope.ops.fourier.DiagonalStats`, ``stats[name].curve()``; square maps only).
     The accumulators stay on the device of the captured tensors until :meth:`finalise`
@@ -66,6 +84,46 @@ class AmplitudeReducer(Reducer):
     def missing(self) -> list[str]:
         """Taps whose hooks never fired."""
         return [t.name for t in self.taps if t.name not in self.stats]
+
+    # ------------------------------------------------------------------ sufficient statistics
+    def state(self) -> dict:
+        """tap name -> {kind, sum (float64, CPU), count, small_dc, size, channels, calls}."""
+        out = {}
+        for name, st in self.stats.items():
+            out[name] = {"kind": "maps" if isinstance(st, SpectrumStats) else "diag",
+                         "sum": _sum_of(st).detach().to("cpu", torch.float64), "count": int(st.count),
+                         "small_dc": int(st.small_dc), "size": tuple(st.size), "channels": int(st.channels),
+                         "calls": int(self.calls.get(name, 0))}
+        return out
+
+    def load_state(self, state: dict) -> None:
+        self.stats = {name: _stats_from(e) for name, e in state.items()}
+        self.calls = {name: int(e["calls"]) for name, e in state.items()}
+        self.shapes = {name: (int(e["channels"]), *e["size"]) for name, e in state.items()}
+
+    @staticmethod
+    def merge(states) -> dict:
+        """Tap-wise sums of several states (in the given order); sizes must agree."""
+        out: dict = {}
+        for st in states:
+            for name, e in (st or {}).items():
+                if name not in out:
+                    out[name] = dict(e, sum=e["sum"].clone())
+                    continue
+                m = out[name]
+                if tuple(m["size"]) != tuple(e["size"]) or m["kind"] != e["kind"]:
+                    raise TapError(f"tap {name}: map size {tuple(e['size'])} on one rank, {tuple(m['size'])} on "
+                                   "another")
+                m["sum"] = m["sum"] + e["sum"]
+                for k in ("count", "small_dc", "calls"):
+                    m[k] = int(m[k]) + int(e[k])
+        return out
+
+    def all_reduce(self, dist) -> None:
+        """Replace this rank's sums by the sums over every rank (no-op in one process)."""
+        if dist is None or not dist.enabled:
+            return
+        self.load_state(self.merge(dist.all_gather_object(self.state())))
 
     def finalise(self) -> dict[str, SpectrumStats]:
         """Move the accumulators to the CPU; returns ``stats`` (tap name -> SpectrumStats)."""

@@ -1,0 +1,281 @@
+"""Official weights (spectrascope.zoo.weights, --pretrained) against an HTTP server started here on
+127.0.0.1: weights folder, mirror, official URL, cache hits without network, truncated and corrupted
+cache files, interrupted downloads resumed with a Range request, the one-line offline and
+non-direct-URL messages, and ``--pretrained`` on the command line."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import io
+import threading
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import spectrascope
+from spectrascope.zoo import registry, weights
+from spectrascope.zoo.weights import WeightsError
+
+NAME = "poolformer_s12"
+
+
+class _Server:
+    """Serves ``files`` (name -> bytes) with Range support; ``cut`` (name -> byte count) closes the
+    first response of a file after that many body bytes."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.cut: dict[str, int] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                rng = self.headers.get("Range")
+                outer.requests.append((self.path, rng))
+                if name not in outer.files:
+                    self.send_error(404)
+                    return
+                data = outer.files[name]
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                body = data[start:]
+                self.send_response(206 if rng else 200)
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                cut = outer.cut.pop(name, None)
+                self.wfile.write(body if cut is None else body[:cut])
+                self.wfile.flush()
+                if cut is not None:
+                    self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECTRASCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SPECTRASCOPE_WEIGHTS", raising=False)
+    monkeypatch.delenv("SPECTRASCOPE_WEIGHTS_MIRROR", raising=False)
+    return tmp_path
+
+
+@pytest.fixture()
+def server():
+    with _Server() as s:
+        yield s
+
+
+def _payload(seed: int = 0) -> tuple[bytes, dict]:
+    torch.manual_seed(seed)
+    state = spectrascope.create_model(NAME).state_dict()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue(), state
+
+
+def _card(url=None, **changes):
+    card = registry.get_card(NAME)
+    return dataclasses.replace(card, weight_url=url if url is not None else card.weight_url, **changes)
+
+
+def _cached(env):
+    return env / "cache" / "weights" / registry.get_card(NAME).weight_file
+
+
+def test_weights_folder_is_used_first_without_network(env, server, monkeypatch):
+    folder = env / "w"
+    folder.mkdir()
+    data, state = _payload()
+    (folder / registry.get_card(NAME).weight_file).write_bytes(data)
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url)
+    path = weights.resolve(_card(), weights_dir=folder)
+    assert path.parent == folder and not server.requests
+    model = spectrascope.create_model(NAME, pretrained=True, weights_dir=folder)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS", str(folder))          # the environment variable works too
+    assert weights.resolve(_card()).parent == folder and not server.requests
+
+
+def test_mirror_download_then_cache_hit_without_network(env, server, monkeypatch):
+    data, _ = _payload()
+    file = registry.get_card(NAME).weight_file
+    server.files[file] = data
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url + "/mirror/")
+    path = weights.resolve(_card(), progress=False)
+    assert path == _cached(env) and path.read_bytes() == data
+    assert server.requests == [(f"/mirror/{file}", None)]
+    record = weights._read_record(path)
+    assert record["sha256"] == hashlib.sha256(data).hexdigest() and record["size"] == len(data)
+    assert not path.with_name(path.name + ".part").exists()
+    server.httpd.shutdown()                                           # no network from now on
+    assert weights.resolve(_card(), progress=False) == path
+    assert len(server.requests) == 1
+
+
+def test_official_direct_url_is_downloaded(env, server):
+    data, _ = _payload()
+    server.files["official.pth"] = data
+    path = weights.resolve(_card(url=server.url + "/releases/official.pth"), progress=False)
+    assert path.read_bytes() == data and path.name == registry.get_card(NAME).weight_file
+
+
+def test_truncated_cache_file_is_resumed(env, server, monkeypatch):
+    data, _ = _payload()
+    file = registry.get_card(NAME).weight_file
+    server.files[file] = data
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url)
+    path = weights.resolve(_card(), progress=False)
+    path.write_bytes(data[: len(data) // 3])                          # truncated behind our back
+    assert weights.verify_cached(path) == "truncated"
+    assert weights.resolve(_card(), progress=False).read_bytes() == data
+    assert server.requests[-1] == (f"/{file}", f"bytes={len(data) // 3}-")
+
+
+def test_corrupted_cache_file_is_refetched(env, server, monkeypatch):
+    data, _ = _payload()
+    file = registry.get_card(NAME).weight_file
+    server.files[file] = data
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url)
+    path = weights.resolve(_card(), progress=False)
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0xFF                                        # same size, one byte flipped
+    path.write_bytes(bytes(bad))
+    assert weights.verify_cached(path) == "corrupt"
+    assert weights.resolve(_card(), progress=False).read_bytes() == data
+    assert server.requests[-1] == (f"/{file}", None) and len(server.requests) == 2
+
+
+def test_interrupted_download_is_resumed_with_a_range_request(env, server, monkeypatch):
+    data, state = _payload()
+    file = registry.get_card(NAME).weight_file
+    server.files[file] = data
+    server.cut[file] = len(data) // 2                                 # the first response stops half-way
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url)
+    path = weights.resolve(_card(), progress=False)
+    assert path.read_bytes() == data
+    assert [r for _, r in server.requests] == [None, f"bytes={len(data) // 2}-"]
+    model = spectrascope.create_model(NAME, pretrained=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_interrupted_download_without_retries_keeps_the_part_for_the_next_run(env, server, monkeypatch):
+    data, _ = _payload()
+    file = registry.get_card(NAME).weight_file
+    server.files[file] = data
+    server.cut[file] = 1000
+    monkeypatch.setattr(weights, "RETRIES", 0)
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url)
+    with pytest.raises(WeightsError, match="interrupted"):
+        weights.download(server.url + "/" + file, _cached(env), progress=False, retries=0)
+    part = _cached(env).with_name(file + ".part")
+    assert part.stat().st_size == 1000
+    assert weights.resolve(_card(), progress=False).read_bytes() == data
+    assert server.requests[-1][1] == "bytes=1000-"
+
+
+def test_offline_message_is_one_line_naming_url_and_folder(env, server):
+    url = server.url + "/gone/poolformer_s12.pth.tar"
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    with pytest.raises(WeightsError) as err:
+        weights.resolve(_card(url=url), weights_dir=env / "w", progress=False)
+    text = str(err.value)
+    assert "\n" not in text and url in text and str(env / "w") in text
+
+
+def test_non_direct_url_is_refused_in_one_line(env):
+    card = _card(url="https://onedrive.live.com/?id=ABC", weight_file="checkpoint_ema_score_79.pt")
+    with pytest.raises(WeightsError) as err:
+        weights.resolve(card)
+    text = str(err.value)
+    assert "not a direct download" in text and "onedrive.live.com" in text and "\n" not in text
+    affnet = registry.get_card("affnet")
+    with pytest.raises(WeightsError, match="TokenMixers"):
+        weights.resolve(affnet, weights_dir=env)
+    (env / "checkpoint_ema_score_79.8.pt").write_bytes(b"x")           # found by the card's pattern
+    assert weights.resolve(affnet, weights_dir=env).name == "checkpoint_ema_score_79.8.pt"
+
+
+def test_models_without_release_and_direct_url_classification():
+    with pytest.raises(WeightsError, match="no released weights"):
+        weights.resolve(registry.get_card("gfformer_s18"))
+    assert weights.is_direct("https://github.com/okojoalg/dfformer/releases/download/weights/dfformer_s18.pth")
+    assert weights.is_direct("https://huggingface.co/sail/dl/resolve/main/caformer/caformer_s18.pth")
+    assert weights.is_direct("https://cloud.tsinghua.edu.cn/f/3d0c1579aa524a0a99dd/?dl=1")
+    assert not weights.is_direct("https://1drv.ms/u/s!abc") and not weights.is_direct(None)
+
+
+def test_pretrained_option_on_the_command_line(env, server, monkeypatch):
+    from spectrascope.cli import main
+    data, _ = _payload()
+    server.files[registry.get_card(NAME).weight_file] = data
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url)
+    res = CliRunner().invoke(main, ["predict", "--model", NAME, "--pretrained", "--num-images", "1",
+                                    "--img-size", "64"])
+    assert res.exit_code == 0, res.output
+    assert "random weights" not in res.output and _cached(env).is_file()
+    res = CliRunner().invoke(main, ["predict", "--model", "gfformer_s18", "--pretrained", "--num-images", "1"])
+    assert res.exit_code == 2 and "no released weights" in res.output
+
+
+def test_fill_pretrained_covers_every_checkpoint_option_shape(env):
+    from spectrascope.cli.options import fill_pretrained
+    folder = env / "w"
+    folder.mkdir()
+    for name in ("dfformer_s18", "gfnet_ti", "spanet_s"):
+        (folder / registry.get_card(name).weight_file).write_bytes(b"weights of " + name.encode())
+    path = {n: str(folder / registry.get_card(n).weight_file) for n in ("dfformer_s18", "gfnet_ti", "spanet_s")}
+    single = {"model_name": "gfnet_ti", "checkpoint": None}
+    fill_pretrained(single, folder)
+    assert single["checkpoint"] == path["gfnet_ti"]
+    explicit = {"model_name": "gfnet_ti", "checkpoint": "mine.pth"}
+    fill_pretrained(explicit, folder)
+    assert explicit["checkpoint"] == "mine.pth"                        # --checkpoint wins
+    pair = {"model_a": "dfformer_s18", "checkpoint_a": None, "model_b": "spanet_s", "checkpoint_b": "b.pth"}
+    fill_pretrained(pair, folder)
+    assert pair["checkpoint_a"] == path["dfformer_s18"] and pair["checkpoint_b"] == "b.pth"
+    multi = {"model_names": ("dfformer_s18", "gfnet_ti"), "checkpoints": ("x.pth", "-")}
+    fill_pretrained(multi, folder)
+    assert multi["checkpoints"] == ("dfformer_s18=x.pth", f"gfnet_ti={path['gfnet_ti']}")
+    figure = {"checkpoints": ("spanet_s=s.pth",)}
+    left = fill_pretrained(figure, folder, models=["spanet_s", "gfnet_ti", "gfformer_s18", "timm:resnet18"],
+                           skip_missing=True)
+    assert figure["checkpoints"] == ("spanet_s=s.pth", f"gfnet_ti={path['gfnet_ti']}")
+    assert left == ["gfformer_s18", "timm:resnet18"]
+
+
+def test_weights_dir_without_pretrained_is_refused():
+    from spectrascope.cli import main
+    res = CliRunner().invoke(main, ["predict", "--model", NAME, "--weights-dir", "/tmp", "--num-images", "1"])
+    assert res.exit_code == 2 and "--pretrained" in res.output
+
+
+def test_figure_recipe_pretrained_resolves_all_its_models_and_fails_in_one_line_offline(env, server, monkeypatch):
+    from spectrascope.cli import main
+    url = server.url
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", url)
+    res = CliRunner().invoke(main, ["figure", "dfformer-fig7", "--pretrained", "--output", str(env / "figs")])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and url in lines[0]
+    assert not (env / "figs").exists()
