@@ -45,6 +45,8 @@ RECIPE_OPTIONS = {
     "cmap": "matplotlib colour map of the maps (default: the recipe's)",
     "estimator": "mini-batch HSIC estimator: unbiased (the paper's) or biased",
     "engine": "CKA engine: spectrascope, or torch-cka (torch-cka 0.21's float32 computation, the paper's tool)",
+    "throughput": "also measure throughput of every counted row on --device at --batch-size",
+    "add": "add a measured model to the chart: NAME=results.json with top1 and model (or params and flops)",
 }
 #: the accepted values of the recipe options that are choices
 RECIPE_CHOICES = {"estimator": ("unbiased", "biased"), "engine": ("spectrascope", "torch-cka")}
@@ -141,8 +143,8 @@ def _discover() -> dict[str, tuple[FigureSpec, ModuleType]]:
         if not isinstance(spec, FigureSpec):
             spec = FigureSpec(**dict(spec))
         found[_norm(spec.name)] = (spec, mod)
-    from spectrascope.report.paper_tables import recipes as paper_table_recipes   # tables and bubble charts
-    for spec, mod in paper_table_recipes():
+    from spectrascope.report.paper_recipes import recipes as paper_table_recipes   # tables and bubble charts
+    for spec, mod in paper_table_recipes(FigureSpec):
         found.setdefault(_norm(spec.name), (spec, mod))
     return found
 
