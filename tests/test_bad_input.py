@@ -133,7 +133,7 @@ CASES = [
     # -- data loss: the overwrite policy never deletes what spectrascope did not write
     _c("out-holds-user-files", [*AMP, "--output", "{user}"], "--output", "not empty"),
     _c("overwrite-user-files", [*AMP, "--output", "{user}", "--overwrite"], "--output", "did not write"),
-    _c("overwrite-images-folder", [*AMP, "--output", "{imgs}", "--overwrite"], "--output", "photo"),
+    _c("overwrite-images-folder", [*AMP, "--output", "{imgs}", "--overwrite"], "--output", "input"),
     _c("overwrite-parent-of-images", ["amplitude", "--model", "dfformer_s18", *TINY, *SMALL, "--images",
                                       "{ws}/user", "--output", "{ws}", "--overwrite"], "--output"),
     _c("output-inside-images", [*AMP, "--output", "{imgs}/results"], "--output", "input",
