@@ -161,3 +161,10 @@ def test_committed_figures_are_fresh():
         for model, size in [("timm:mobilevit_xxs", (3, 256, 256)), ("timm:resnet50", (3, 224, 224))]:
             c = count_flops(model, size, fft="nlogn")
             assert known[(model, size)] == {"params": c.params, "flops": c.flops, "flops_fft": c.flops_fft}
+
+
+def test_model_cards_carry_the_flops_explanation():
+    from spectrascope.zoo.registry import get_card
+    for name in NOT_REPRODUCING:
+        desc = get_card(name).description
+        assert "FLOPs" in desc and "spectrascope/assets/papers/" in desc and "paper's" in desc, name
