@@ -168,3 +168,16 @@ def test_model_cards_carry_the_flops_explanation():
     for name in NOT_REPRODUCING:
         desc = get_card(name).description
         assert "FLOPs" in desc and "spectrascope/assets/papers/" in desc and "paper's" in desc, name
+
+
+def test_cli_table_options():
+    """--add belongs to the bubble charts only; the table recipes list --throughput."""
+    from click.testing import CliRunner
+
+    from spectrascope.cli import main
+    bad = CliRunner().invoke(main, ["figure", "affnet-table6", "--output", "/nonexistent", "--add", "x=y.json"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    helps = CliRunner().invoke(main, ["figure", "affnet-table6", "--help"])
+    assert helps.exit_code == 0 and "--throughput" in helps.output
+    chart = CliRunner().invoke(main, ["figure", "affnet-fig1", "--help"])
+    assert "--add" in chart.output and "NAME=results.json" in chart.output
