@@ -48,6 +48,8 @@ RECIPE_OPTIONS = {
     "cmap": "matplotlib colour map of the maps (default: the recipe's)",
     "estimator": "mini-batch HSIC estimator: unbiased (the paper's) or biased",
     "engine": "CKA engine: spectrascope, or torch-cka (torch-cka 0.21's float32 computation, the paper's tool)",
+    "throughput": "also measure throughput of every counted row on --device at --batch-size",
+    "add": "add a measured model to the chart: NAME=results.json with top1 and model (or params and flops)",
 }
 #: the accepted values of the recipe options that are choices
 RECIPE_CHOICES = {"estimator": ("unbiased", "biased"), "engine": ("spectrascope", "torch-cka")}
