@@ -1,7 +1,7 @@
 """Shared steps of the Fourier figure recipes (not a recipe itself: the name starts with '_')."""
 from __future__ import annotations
 
-from spectrascope.analysis.fourier import amplitude_analysis, spectrum_analysis
+from spectrascope.pipelines.fourier import amplitude_analysis, spectrum_analysis
 from spectrascope.report.fourier import write_results
 from spectrascope.probe.spec import TapList
 

@@ -12,7 +12,8 @@ FIGURE = FigureSpec(
             "timm:focalnet_tiny_lrf"),
     summary="Park & Kim curves of every token-mixer output (DepConv, global MSA, local MSA, focal modulation), "
             "coloured by normalised depth. With trained weights DepConv keeps the most and global MSA the least "
-            "high-frequency content. FocalNet-T is the LRF variant (the paper's 82.3 % row; --focalnet srf for the other).",
+            "high-frequency content. FocalNet-T is the LRF variant (the paper's 82.3 % row; --focalnet srf for the "
+            "other).",
     options=("models", "focalnet", "freq_axis"),
 )
 

@@ -13,6 +13,7 @@ FIGURE = FigureSpec(
             "comparison models; these are MetaFormer-family models of similar size from the zoo. Score-CAM costs "
             "one forward per channel of the last stage (512 per image here): use a GPU.",
     num_images=4,
+    options=("models",),
 )
 
 

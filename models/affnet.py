@@ -797,16 +797,20 @@ _register("affnet_et", {"mode": "xx_small"}, 1.4,
 
 #: the paper's ablations, all on the AFFNet (mode small) base: name -> (flags, paper params
 #: [M], paper top-1, table, description)
+_FLOPS_NOTE = " (FLOPs note in spectrascope/assets/papers/affnet.json)"
 ABLATIONS = {
     "affnet_no_mixer": (dict(token_mixer="none"), 5.2, 77.9, "Tables 4/5",
-                        "Base.: every AFF token mixer replaced by the identity"),
+                        "Base.: every AFF token mixer replaced by the identity; 1.426 G by fvcore's rules vs the "
+                        "paper's 1.3 G, 5.26 M parameters (paper 5.2)" + _FLOPS_NOTE),
     "affnet_conv3x3": (dict(token_mixer="conv3x3"), 10.7, 78.6, "Table 4",
-                       "Base. + Conv-Mixer (3x3): dense 3x3 convolution as token mixer"),
+                       "Base. + Conv-Mixer (3x3): dense 3x3 convolution as token mixer; 2.509 G by fvcore's rules "
+                       "vs the paper's 2.7 G, 10.68 M parameters (paper 10.7)" + _FLOPS_NOTE),
     "affnet_nofft": (dict(transform="identity"), 5.5, 78.4, "Tables 4/12",
                      "Base. + AFF w/o FFT: the same adaptive filtering in the original space"),
     "affnet_afno": (dict(token_mixer="afno"), 5.5, 78.8, "Table 5", "Base. + AFNO"),
     "affnet_gfn": (dict(token_mixer="gfn"), 6.5, 79.1, "Table 5",
-                   "Base. + GFN: static global filter (bound to the build resolution)"),
+                   "Base. + GFN: static global filter (bound to the build resolution); 1.426 G by fvcore's rules "
+                   "(element-wise filtering is free) vs the paper's 1.5 G, 5.91 M parameters vs 6.5" + _FLOPS_NOTE),
     "affnet_ffc": (dict(token_mixer="ffc"), 7.7, 79.1, "Table 5", "Base. + FFC Fourier unit"),
     "affnet_dff": (dict(token_mixer="dff"), 7.7, 79.3, "Table 5", "Base. + DFF spatial frequency mask"),
     "affnet_fno": (dict(token_mixer="fno"), 141.0, 79.7, "Table 5",
@@ -816,7 +820,9 @@ ABLATIONS = {
     "affnet_gc": (dict(num_blocks="C"), 5.3, 79.4, "Table 7", "mask net with N_group = C (depthwise)"),
     "affnet_g1": (dict(num_blocks=1), 7.7, 79.9, "Table 7", "mask net with N_group = 1 (dense)"),
     "affnet_k3": (dict(mask_kernel_size=3), 7.9, 79.8, "Table 7", "mask net with 3x3 group convolutions (8 groups)"),
-    "affnet_dct": (dict(transform="dct"), 5.5, 79.6, "Table 12", "DCT-II instead of FFT"),
+    "affnet_dct": (dict(transform="dct"), 5.5, 79.6, "Table 12",
+                   "DCT-II instead of FFT; 1.568 G by fvcore's rules (the DCT as matrix products) vs the paper's "
+                   "1.5 G (a DCT through an FFT is free)" + _FLOPS_NOTE),
     "affnet_dwt": (dict(transform="dwt"), 5.5, 78.6, "Table 12", "one-level Haar wavelet instead of FFT"),
     "affnet_token_first": (dict(block_order="token_first"), 5.5, 79.7, "Table 13",
                            "token mixing before channel mixing in every block"),

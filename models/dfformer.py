@@ -203,13 +203,16 @@ for _s, _c in _SIZES.items():
 
 _reg("gfformer_s18", "gfformer", dict(_S18, token_mixers="global_filter"), 30, weights=False,
      variant_of="dfformer_s18", description="ablation DF -> static global filter (no released weights)")
+_AFNO_FLOPS = ("; FLOPs 4.453 G by fvcore's rules vs the paper's 3.8 G: the AFNO spectral block MLP adds 0.66 G "
+               "of einsum MACs the printed figure leaves out (note in spectrascope/assets/papers/dfformer.json)")
 _ABLATIONS = {
     "dfformer_s18_k2": (dict(mixer_kwargs={"num_filters": 2}), 29, "ablation N = 4 -> 2 filters"),
     "dfformer_s18_d8": (dict(mixer_kwargs={"reweight_expansion_ratio": 0.125}), 28, "ablation rho = 0.25 -> 0.125"),
     "dfformer_s18_gelu": (dict(act="gelu"), 30, "ablation StarReLU -> GELU (mixer act1 and channel MLP)"),
     "dfformer_s18_relu": (dict(act="relu"), 30, "ablation StarReLU -> ReLU (mixer act1 and channel MLP)"),
-    "dfformer_s18_afno": (dict(token_mixers="afno"), 30, "ablation DF -> AFNO"),
-    "dfformer_s18_afno_relu": (dict(token_mixers="afno", act="relu"), 30, "ablation StarReLU, DF -> ReLU, AFNO"),
+    "dfformer_s18_afno": (dict(token_mixers="afno"), 30, "ablation DF -> AFNO" + _AFNO_FLOPS),
+    "dfformer_s18_afno_relu": (dict(token_mixers="afno", act="relu"), 30,
+                               "ablation StarReLU, DF -> ReLU, AFNO" + _AFNO_FLOPS),
 }
 for _n, (_extra, _p, _d) in _ABLATIONS.items():
     _cfg = dict(_S18, token_mixers="dynamic_filter")

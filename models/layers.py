@@ -147,6 +147,9 @@ class LayerNormGeneral(nn.Module):
         self.eps = eps
 
     def forward(self, x):
+        if self.normalized_dim in ((-1,), (x.ndim - 1,)) and (self.weight is None or self.weight.shape == x.shape[-1:]):
+            # the usual channels-last case: the same maths in torch's fused kernel (much faster on CPU)
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         c = x - x.mean(self.normalized_dim, keepdim=True)
         s = c.pow(2).mean(self.normalized_dim, keepdim=True)
         x = c / torch.sqrt(s + self.eps)

@@ -14,7 +14,7 @@ from spectrascope.probe import Probe, TapError, model_taps, select_taps
 from spectrascope.ops.fourier import (ZeroMeanWarning, high_frequency_delta, radial_log_amplitude, relative_log_amplitude,
                        spectrum_map)
 from spectrascope.engine.reducers.amplitude import AmplitudeReducer
-from spectrascope.analysis.fourier import amplitude_analysis, spectrum_analysis
+from spectrascope.pipelines.fourier import amplitude_analysis, spectrum_analysis
 from spectrascope.report.fourier import redraw, write_results
 from spectrascope.ops.cka import MinibatchCKA, linear_cka
 from spectrascope.ops.cam import CamError, box_mask, energy_in_box, localisation_scores, pointing_game

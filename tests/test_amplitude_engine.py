@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from distributed import ROOT, torchrun
-from spectrascope.analysis.fourier import amplitude_analysis, annotate_mixers, mixer_kind
+from spectrascope.analysis.fourier import annotate_mixers, mixer_kind
+from spectrascope.pipelines.fourier import amplitude_analysis
 from spectrascope.cli import main
 from spectrascope.engine.reducers.amplitude import AmplitudeReducer
 from spectrascope.probe import Probe, model_taps
@@ -271,10 +272,21 @@ def test_figures_png_pdf_dpi_and_labelled_colour_bars(tmp_path, two_model_payloa
         assert (tmp_path / "amp" / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
     amp = figures_for(two_model_payload)["amplitude"]
     assert "Normalized depth" in [a.get_ylabel() for a in amp.axes]
-    from spectrascope.analysis.fourier import spectrum_analysis
+    from spectrascope.pipelines.fourier import spectrum_analysis
     spec = spectrum_analysis(["dfformer_s18"], model_kwargs=TINY_KW, img_size=32, num_images=1, device="cpu")
     fig = spectrum_figure(spec)
     assert "\u0394 log amplitude (DC = 0)" in [a.get_ylabel() for a in fig.axes]
     absolute = spectrum_analysis(["dfformer_s18"], model_kwargs=TINY_KW, img_size=32, num_images=1, device="cpu",
                                  relative=False)
     assert "log amplitude" in [a.get_ylabel() for a in spectrum_figure(absolute).axes]
+
+
+def test_torchrun_refused_output_stops_every_rank(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    res = torchrun(["spectrum", "--model", "dfformer_s18", *TINY, "--img-size", "32", "--num-images", "2",
+                    "--output", out], cwd=tmp_path, nproc=2, timeout=240)
+    err = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error:")]
+    assert res.returncode != 0 and len(err) == 1 and "exists and is not empty" in err[0], res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "x"

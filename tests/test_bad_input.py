@@ -81,6 +81,10 @@ def ws(tmp_path, assets, monkeypatch):
     (mixed / "results.json").write_text("{}\n")
     record_outputs(mixed, command="amplitude", files=["results.json"])
     (mixed / "mine.txt").write_text("mine\n")
+    run = tmp_path / "trainrun"                                # a training run folder
+    run.mkdir()
+    (run / "last.pth").write_bytes(b"weights of a long run")
+    record_outputs(run, command="train", files=["last.pth"])
     return tmp_path
 
 
@@ -97,6 +101,7 @@ def snapshot(*roots: Path) -> dict:
 def fill(args, ws: Path, assets: Path) -> list[str]:
     names = {"ws": ws, "imgs": assets / "imgs", "badimgs": assets / "badimgs", "user": ws / "user",
              "afile": ws / "afile.txt", "out": ws / "out", "ours": ws / "ours", "mixed": ws / "mixed",
+             "trainrun": ws / "trainrun",
              **{k: assets / f"{k}.pth" for k in ("good", "nan", "inf", "garbage")}}
     return [str(a).format(**{k: str(v) for k, v in names.items()}) for a in args]
 
@@ -133,15 +138,16 @@ CASES = [
     # -- data loss: the overwrite policy never deletes what spectrascope did not write
     _c("out-holds-user-files", [*AMP, "--output", "{user}"], "--output", "not empty"),
     _c("overwrite-user-files", [*AMP, "--output", "{user}", "--overwrite"], "--output", "did not write"),
-    _c("overwrite-images-folder", [*AMP, "--output", "{imgs}", "--overwrite"], "--output", "photo"),
+    _c("overwrite-images-folder", [*AMP, "--output", "{imgs}", "--overwrite"], "--output", "input"),
     _c("overwrite-parent-of-images", ["amplitude", "--model", "dfformer_s18", *TINY, *SMALL, "--images",
                                       "{ws}/user", "--output", "{ws}", "--overwrite"], "--output"),
-    _c("output-inside-images", [*AMP, "--output", "{imgs}/results"], "--output", "input",
-       xfail="cli/fourier.py does not pass --images as inputs= to staged_output, so an output inside the image folder is accepted"),
+    _c("output-inside-images", [*AMP, "--output", "{imgs}/results"], "--output", "input"),
     _c("overwrite-other-commands-outputs", [*AMP, "--output", "{ours}", "--overwrite"], "--output", "spectrum"),
     _c("overwrite-mixed-folder", [*AMP, "--output", "{mixed}", "--overwrite"], "--output", "mine.txt"),
-    _c("output-is-a-file", [*AMP, "--output", "{afile}"], "--output", "file",
-       xfail="--output is a click.Path(file_okay=False) in each command: click prints its usage block (3 lines), not one line"),
+    _c("overwrite-training-run", [*AMP, "--output", "{trainrun}", "--overwrite"], "--output", "train"),
+    _c("checkpoint-inside-output", [*AMP, "--checkpoint", "{trainrun}/last.pth", "--output", "{trainrun}",
+                                    "--overwrite"], "--output"),
+    _c("output-is-a-file", [*AMP, "--output", "{afile}"], "--output", "file"),
     _c("output-under-a-file", [*AMP, "--output", "{afile}/sub"], "--output", "file"),
     _c("output-not-creatable", [*AMP, "--output", "/proc/spectrascope-test/out"], "--output", "cannot"),
     _c("cam-overwrite-user-files", ["cam", "--model", "dfformer_s18", *TINY, *SMALL, "--images", "{imgs}",
@@ -150,38 +156,33 @@ CASES = [
                                          "--checkpoint", "{good}", "--data", SYNTH, "--output", "{user}",
                                          "--overwrite"], "--output"),
     # -- non-finite weights: a one-line stop, never NaN results
-    _c("amplitude-nan-weights", [*AMP, "--checkpoint", "{nan}", "--output", "{out}"], "non-finite",
-       xfail="the command does not stop on non-finite weights yet (the per-command NaN stop of its owner)"),
-    _c("amplitude-inf-weights", [*AMP, "--checkpoint", "{inf}", "--output", "{out}"], "non-finite",
-       xfail="the command does not stop on non-finite weights yet (the per-command NaN stop of its owner)"),
+    _c("amplitude-nan-weights", [*AMP, "--checkpoint", "{nan}", "--output", "{out}"], "non-finite"),
+    _c("amplitude-inf-weights", [*AMP, "--checkpoint", "{inf}", "--output", "{out}"], "non-finite"),
     _c("spectrum-nan-weights", ["spectrum", "--model", "dfformer_s18", *TINY, *SMALL, "--images", "{imgs}",
-                                "--checkpoint", "{nan}", "--output", "{out}"], "non-finite",
-       xfail="the command does not stop on non-finite weights yet (the per-command NaN stop of its owner)"),
-    _c("predict-nan-weights", [*PRED, "--checkpoint", "{nan}"], "non-finite",
-       xfail="the command does not stop on non-finite weights yet (the per-command NaN stop of its owner)"),
+                                "--checkpoint", "{nan}", "--output", "{out}"], "non-finite"),
+    _c("predict-nan-weights", [*PRED, "--checkpoint", "{nan}"], "non-finite"),
     _c("cam-nan-weights", ["cam", "--model", "dfformer_s18", *TINY, *SMALL, "--images", "{imgs}", "--method",
-                           "gradcam", "--checkpoint", "{nan}", "--output", "{out}"], "non-finite",
-       xfail="the command does not stop on non-finite weights yet (the per-command NaN stop of its owner)"),
+                           "gradcam", "--checkpoint", "{nan}", "--output", "{out}"], "non-finite"),
     _c("cka-nan-weights", ["cka", "--model-a", "dfformer_s18", "--model-b", "dfformer_s18", *TINY, *SMALL,
                            "--images", "{imgs}", "--num-images", "4", "--checkpoint-a", "{nan}", "--output", "{out}"],
-       "non-finite", xfail="the command does not stop on non-finite weights yet (the per-command NaN stop of its owner)"),
+       "non-finite"),
     _c("filters-nan-weights", ["filters", "--model", "dfformer_s18", *TINY, *SMALL, "--images", "{imgs}",
-                               "--checkpoint", "{nan}", "--output", "{out}"], "non-finite",
-       xfail="the command does not stop on non-finite weights yet (the per-command NaN stop of its owner)"),
+                               "--checkpoint", "{nan}", "--output", "{out}"], "non-finite"),
     _c("evaluate-nan-weights", ["evaluate", "--model", "dfformer_s18", *TINY, "--img-size", "32", "--checkpoint",
-                                "{nan}", "--data", SYNTH, "--output", "{out}"], "non-finite",
-       xfail="the command does not stop on non-finite weights yet (the per-command NaN stop of its owner)"),
+                                "{nan}", "--data", SYNTH, "--output", "{out}"], "non-finite"),
     # -- bad option values: sizes
     _c("img-size-zero", [*PRED, "--img-size", "0"], "--img-size"),
     _c("img-size-negative", [*PRED, "--img-size=-5"], "--img-size"),
     _c("img-size-zero-side", [*PRED, "--img-size", "64x0"], "--img-size"),
     _c("img-size-text", [*PRED, "--img-size", "big"], "--img-size"),
     _c("img-size-three-sides", [*PRED, "--img-size", "3x64x64"], "--img-size"),
+    _c("img-size-fraction", [*PRED, "--img-size", "64.5"], "--img-size"),
     _c("img-size-huge", [*PRED, "--img-size", "100000"], "--img-size", "8192"),
     _c("img-size-beyond-memory", ["predict", "--model", "caformer_s18", "--num-images", "1", "--images", "{imgs}",
                                   "--img-size", "8192"], "--img-size", "caformer_s18", "GiB"),
     _c("img-size-below-minimum", ["predict", "--model", "gfnet_ti", "--num-images", "1", "--images", "{imgs}",
-                                  "--img-size", "8"], "--img-size", "gfnet_ti", "16x16"),
+                                  "--model-kwargs", "embed_dim=16", "--model-kwargs", "depth=1", "--img-size", "8"],
+       "--img-size", "gfnet_ti", "16x16"),
     # -- model overrides
     _c("override-unknown-name", [*PRED, "--model-kwargs", "no_such_arg=1"], "--model-kwargs", "no_such_arg",
        "depths", "token_mixers"),
@@ -195,12 +196,12 @@ CASES = [
        "--model-kwargs", "depths"),
     _c("override-unknown-mixer", [*PRED, "--model-kwargs", "token_mixers=fourier"], "--model-kwargs", "fourier"),
     _c("override-not-key-value", [*PRED, "--model-kwargs", "depths"], "--model-kwargs"),
+    _c("override-empty-key", [*PRED, "--model-kwargs", "=3"], "--model-kwargs"),
     _c("override-bad-json", [*PRED, "--model-kwargs", "mixer_kwargs={{num_filters:"], "--model-kwargs", "JSON"),
     _c("override-own-option", [*PRED, "--model-kwargs", "input_size=3,64,64"], "--model-kwargs", "--img-size"),
     _c("evaluate-num-classes-override", ["evaluate", "--model", "dfformer_s18", *TINY, "--img-size", "32",
                                          "--model-kwargs", "num_classes=8", "--data", SYNTH, "--output", "{out}"],
-       "--model-kwargs", "num_classes",
-       xfail="train/evaluate.py passes num_classes= and **model_kwargs to create_model: TypeError 'multiple values for num_classes'"),
+       "--model-kwargs", "num_classes"),
     _c("unknown-model", ["predict", "--model", "dfformer_s81", "--images", "{imgs}"], "dfformer_s18"),
     # -- devices
     _c("device-unknown", [*PRED, "--device", "foo"], "--device", "cpu"),
@@ -217,6 +218,10 @@ CASES = [
     _c("data-unknown-kind", [*AMP_NO_IMAGES, "--num-images", "2", "--data", "webdataset:/x"], "--data"),
     _c("data-empty-path", [*AMP_NO_IMAGES, "--num-images", "2", "--data", "imagefolder:"], "--data", "PATH"),
     _c("data-missing-folder", [*AMP_NO_IMAGES, "--num-images", "2", "--data", "imagefolder:{ws}/nowhere"], "nowhere"),
+    _c("data-cifar-missing", [*AMP_NO_IMAGES, "--num-images", "2", "--data", "cifar10:{ws}/nowhere"], "nowhere"),
+    _c("evaluate-classes-mismatch", ["evaluate", "--model", "dfformer_s18", *TINY, "--img-size", "32", "--checkpoint",
+                                     "{good}", "--data", SYNTH.replace("num_classes=4", "num_classes=8"), "--output",
+                                     "{out}"], "classes"),
     _c("images-and-data", [*AMP, "--data", "samples", "--output", "{out}"], "--data"),
     _c("images-missing", [*AMP_NO_IMAGES, "--images", "{ws}/nowhere"], "nowhere"),
     _c("images-undecodable", [*AMP_NO_IMAGES, "--images", "{badimgs}", "--num-images", "2"], "broken.png"),
@@ -228,11 +233,11 @@ CASES = [
     _c("checkpoint-missing", [*PRED, "--checkpoint", "{ws}/none.pth"], "none.pth"),
     _c("checkpoint-garbage", [*PRED, "--checkpoint", "{garbage}"], "garbage.pth"),
     _c("checkpoint-wrong-arch", ["predict", "--model", "dfformer_s18", "--num-images", "1", "--images", "{imgs}",
+                                 "--model-kwargs", "depths=1,1,2,1", "--model-kwargs", "dims=8,16,24,40",
                                  "--checkpoint", "{good}"], "good.pth"),
     # -- ranges and selections
     _c("channels-reversed-range", ["filters", "--model", "dfformer_s18", *TINY, *SMALL, "--images", "{imgs}",
-                                   "--channels", "5-2", "--output", "{out}"], "--channels",
-       xfail="cli/filters.py _channels: a reversed range 5-2 gives an empty list and is silently ignored"),
+                                   "--channels", "5-2", "--output", "{out}"], "--channels"),
     _c("stage-out-of-range", [*AMP, "--stage", "9", "--output", "{out}"], "--stage",
        xfail="the TapError for a stage the model lacks does not name --stage"),
     _c("taps-unknown-role", [*AMP, "--taps", "no_such_role", "--output", "{out}"], "no_such_role"),
@@ -249,6 +254,14 @@ def test_bad_input(case, ws, assets):
     assert_contract(res, [n.format(ws=ws) for n in case.needles], before, snapshot(ws, assets))
 
 
+def test_output_dot_with_overwrite_in_a_user_folder(ws, assets, monkeypatch):
+    """``--output . --overwrite`` inside a folder of the user's files: refused, no staging copy left."""
+    monkeypatch.chdir(ws / "user")
+    before = snapshot(ws, assets)
+    res = CliRunner().invoke(main, fill([*AMP, "--output", ".", "--overwrite"], ws, assets))
+    assert_contract(res, ["--output", "did not write"], before, snapshot(ws, assets))
+
+
 def test_at_least_forty_cases():
     assert len(CASES) >= 40
 
@@ -256,7 +269,7 @@ def test_at_least_forty_cases():
 def test_huge_size_fails_at_once(ws, assets):
     t0 = time.perf_counter()
     res = CliRunner().invoke(main, fill(["predict", "--model", "caformer_s18", "--num-images", "1", "--images",
-                                         "{imgs}", "--img-size", "8192x8192"], ws, assets))
+                                         "{imgs}", "--img-size", "8192x8192"], ws, assets))   # the full model
     assert res.exit_code == 2 and "GiB" in res.stderr
     assert time.perf_counter() - t0 < 30
 

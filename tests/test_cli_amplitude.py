@@ -285,7 +285,7 @@ def fake_recipes(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "fake_fig.py").write_text(textwrap.dedent('''
         from spectrascope.report.recipes import FigureSpec
-        from spectrascope.analysis.fourier import amplitude_analysis
+        from spectrascope.pipelines.fourier import amplitude_analysis
         from spectrascope.report.fourier import write_results
         FIGURE = FigureSpec(name="fake-fig", title="A test figure", paper="nobody 2024, Fig. 0",
                             models=("dfformer_s18", "not_a_model"), num_images=1)

@@ -138,3 +138,43 @@ def test_figure_recipes(tmp_path, figure, files):
         assert doc["summary"]["equivalence_max_abs_error"] <= 1e-4
     if figure == "spanet-fig4":
         assert doc["summary"]["block"] == "s4.b3"
+
+
+def _nan_checkpoint(tmp_path, name, **kw):
+    torch.manual_seed(0)
+    model = spectrascope.create_model(name, num_classes=1000, **kw)
+    state = model.state_dict()
+    key = [k for k, v in state.items() if v.is_floating_point() and v.ndim >= 2][1]
+    state[key].view(-1)[0] = float("nan")
+    path = tmp_path / f"{name}_nan.pth"
+    torch.save(state, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["scorecam", "gradcam", "context"])
+def test_nonfinite_checkpoint_stops_in_one_line_and_writes_nothing(tmp_path, command):
+    """NaN weights: one 'Error:' line naming the first non-finite tap and the weights, exit 2, no
+    output folder and no staging leftovers (never an all-NaN map with 'top-1 class 0')."""
+    out = tmp_path / "out"
+    if command == "context":
+        need("spanet_s")
+        ck = _nan_checkpoint(tmp_path, "spanet_s", img_size=32, layers=[1, 1, 1, 1], embed_dims=[8, 16, 20, 32])
+        args = ["context", "--model", "spanet_s", "--checkpoint", ck, *SPANET_TINY]
+    else:
+        ck = _nan_checkpoint(tmp_path, "dfformer_s18", img_size=64, depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
+        args = ["cam", "--model", "dfformer_s18", "--checkpoint", ck, *CAM_TINY, "--method", command]
+    res = run([*args, "--num-images", "1", "--output", str(out)])
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "non-finite" in errors[0] and "model weights" in errors[0], res.output
+    assert "Traceback" not in res.output
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_results_json_is_strict(tmp_path):
+    from spectrascope.io.results import loads
+    out = tmp_path / "gc"
+    ok(["cam", "--model", "dfformer_s18", *CAM_TINY, "--num-images", "2", "--method", "gradcam",
+        "--output", str(out)])
+    doc = loads((out / "results.json").read_text())         # refuses NaN / Infinity tokens
+    assert doc["provenance"]["world_size"] == 1 and doc["models"][0]["target_tap"] == "stage4"

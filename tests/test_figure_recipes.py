@@ -49,6 +49,9 @@ def test_spanet_recipes_use_focalnet_lrf_and_the_variant_option():
         assert "timm:focalnet_tiny_srf" in swapped and len(swapped) == len(spec.models)
     spec, _ = recipes.get_figure("dfformer-fig9")
     assert recipes.recipe_models(spec, {"models": ["dfformer_m36"]}) == ("dfformer_m36",)
+    spec, _ = recipes.get_figure("spanet-figs2")
+    assert "models" in spec.options
+    assert recipes.recipe_models(spec, {"models": ["spanet_s", "caformer_s18"]}) == ("spanet_s", "caformer_s18")
     with pytest.raises(FigureError, match="takes no option --focalnet"):
         recipes.run_figure("dfformer-fig9", options={"focalnet": "srf"})
 

@@ -257,3 +257,21 @@ def test_filter_figures_are_pdf_and_png_at_200_dpi_with_labelled_bars_and_a_clea
     heads = [t.get_window_extent(r) for t in maps[0].get_xticklabels() if t.get_text()]
     assert [t.get_text() for t in maps[0].get_xticklabels()] == ["basis 0", "basis 1", "basis 2", "basis 3"]
     assert heads and all(h.y1 <= title.y0 for h in heads)                      # no overlap with the headers
+
+
+def test_a_nonfinite_stop_on_one_rank_stops_every_rank():
+    from spectrascope.analysis.filters import _stop_together
+    from spectrascope.errors import NonFiniteError
+
+    class TwoRanks:
+        enabled = True
+
+        def __init__(self, other):
+            self.other = other
+
+        def all_gather_object(self, obj):
+            return [obj, self.other]
+    _stop_together(TwoRanks(None), None)                                   # nobody failed: no error
+    with pytest.raises(NonFiniteError, match="tap s1.b0.df_routing in batch 2"):
+        _stop_together(TwoRanks("non-finite values (NaN/inf) first appeared at tap s1.b0.df_routing in batch 2"),
+                       None)

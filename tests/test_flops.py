@@ -20,11 +20,20 @@ from spectrascope.ops.flops import ceil_log2, fft_nlogn, matmul_macs
 fvcore = pytest.importorskip("fvcore.nn")
 
 
+def _sdpa_handle(inputs, outputs):
+    """fvcore's handler form for ``scaled_dot_product_attention`` (stock fvcore skips the op): the two
+    products it replaces, ``q k^T`` and ``attn v``, as fvcore's matmul rule counts them."""
+    from fvcore.nn.jit_handles import get_shape
+    q, k, v = (get_shape(inputs[i]) for i in range(3))
+    return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
 def fvcore_total(model: nn.Module, size) -> int:
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = fvcore.FlopCountAnalysis(model, torch.randn(1, *size))
+        a.set_op_handle("aten::scaled_dot_product_attention", _sdpa_handle)
         a.unsupported_ops_warnings(False)
         a.uncalled_modules_warnings(False)
         return int(a.total())
@@ -108,6 +117,23 @@ def test_torch_flop_counter_is_twice_ours_for_macs():
     with torch.no_grad(), fc:
         m(x)
     assert 2 * count_flops(m, (3, 32, 32)).flops == fc.get_total_flops()
+
+
+def test_attention_counts_both_products():
+    """F.scaled_dot_product_attention = q k^T and attn v, as the explicit form counts them (stock fvcore
+    does not see inside the fused op; CAFormer's 4.1 G in the papers includes them)."""
+    class Explicit(nn.Module):
+        def forward(self, x):
+            q = k = v = x.reshape(1, 2, 12, 8)
+            return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+
+    class Fused(nn.Module):
+        def forward(self, x):
+            q = k = v = x.reshape(1, 2, 12, 8)
+            return nn.functional.scaled_dot_product_attention(q, k, v)
+    a, b = count_flops(Explicit(), (2, 12, 8)), count_flops(Fused(), (2, 12, 8))
+    assert a.flops == b.flops == 2 * 12 * 12 * (8 + 8) == fvcore_total(Explicit(), (2, 12, 8))
+    assert round(count_flops("caformer_s18").flops / 1e9, 1) == 4.1
 
 
 def test_norm_and_pool_rules_are_fvcore():

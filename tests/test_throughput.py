@@ -57,3 +57,18 @@ def test_command_writes_results_and_rejects_bad_input(tmp_path):
         r = CliRunner().invoke(main, args + extra + ["--output", str(bad)])
         assert r.exit_code != 0 and r.output.count("Error") == 1
         assert not bad.exists()
+
+
+def test_command_says_why_cpu_runs_have_no_memory_figure(tmp_path):
+    out = tmp_path / "tp"
+    r = CliRunner().invoke(main, ["throughput", "--model", "convformer_s18", "--resolutions", "32", "--batch-size", "1",
+                                  "--warmup", "0", "--iters", "1", "--device", "cpu", "--model-kwargs",
+                                  "depths=1,1,1,1", "--model-kwargs", "dims=8,16,32,64", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.output.splitlines() if "no memory figure" in line]
+    assert notes == ["note: peak memory is measured with torch.cuda.max_memory_allocated, which tracks CUDA "
+                     "allocations only: no memory figure on cpu"]
+    assert not (out / "memory_vs_resolution.png").exists() and (out / "throughput_vs_resolution.pdf").exists()
+    r = CliRunner().invoke(main, ["throughput", "--model", "convformer_s18", "--batch-size", "0",
+                                  "--output", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "--batch-size" in r.output and not (tmp_path / "bad").exists()

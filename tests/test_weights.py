@@ -279,3 +279,33 @@ def test_figure_recipe_pretrained_resolves_all_its_models_and_fails_in_one_line_
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and url in lines[0]
     assert not (env / "figs").exists()
+
+
+def test_concurrent_resolves_download_once(env, server, monkeypatch):
+    data, _ = _payload()
+    file = registry.get_card(NAME).weight_file
+    server.files[file] = data
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url)
+    out: list = []
+    threads = [threading.Thread(target=lambda: out.append(weights.resolve(_card(), progress=False)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 3 and all(p.read_bytes() == data for p in out)
+    assert len(server.requests) == 1
+
+
+def test_model_spec_pretrained_builds_with_the_official_file(env):
+    from spectrascope.zoo.build import ModelSpec, build
+    folder = env / "w"
+    folder.mkdir()
+    data, state = _payload(seed=5)
+    (folder / registry.get_card(NAME).weight_file).write_bytes(data)
+    spec = ModelSpec(NAME, img_size=64, pretrained=True, weights_dir=str(folder))
+    assert spec.key() != ModelSpec(NAME, img_size=64).key()
+    built = build(spec)
+    assert not built.random_weights and built.describe()["checkpoint"] == str(folder / registry.get_card(NAME).weight_file)
+    assert built.checkpoint_sha256 == hashlib.sha256(data).hexdigest()
+    assert all(torch.equal(built.model.state_dict()[k], v) for k, v in state.items())

@@ -232,10 +232,26 @@ def routing_statistics(model, dataset, runner: Runner, *, selection: TapList | N
     taps = TapList(t for t in _taps_of(model, "df_routing", "dynamic-filter routing")
                    if layer_selected(selection, _block(t), t.path.rsplit(".", 1)[0]))
     reducer = RoutingReducer(taps)
-    with Probe(model, taps, callback=reducer, **reducer.probe_kwargs) as probe:
-        runner.run(model, dataset, probe, need_output=False, desc="routing")
+    failure = None
+    try:
+        with Probe(model, taps, callback=reducer, **reducer.probe_kwargs) as probe:
+            runner.run(model, dataset, probe, need_output=False, desc="routing")
+    except NonFiniteError as exc:
+        failure = exc
+    _stop_together(runner.dist, failure)
     reducer.all_reduce(runner.dist)
     return reducer.result()
+
+
+def _stop_together(dist, failure: Exception | None) -> None:
+    """A non-finite stop on one rank stops every rank with the same message (no rank waits forever
+    in the all-reduce)."""
+    if dist is not None and dist.enabled:
+        messages = [m for m in dist.all_gather_object(str(failure) if failure is not None else None) if m]
+        if messages:
+            raise NonFiniteError(messages[0])
+    elif failure is not None:
+        raise failure
 
 
 def effective_filters(model, x: torch.Tensor, runner: Runner, *, channels: Sequence[int],

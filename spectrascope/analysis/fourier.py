@@ -1,8 +1,11 @@
-"""Fourier analyses of feature maps: model -> taps -> streaming reducer -> results -> figures.
+"""Fourier analyses of feature maps: model -> taps -> streaming reducer -> results payload.
 
-``amplitude_analysis`` gives the relative log-amplitude curves (Park & Kim 2022; DFFormer
-Fig. 1 and 8; SPANet Fig. 2) and the high-frequency Delta per latent; ``spectrum_analysis``
-gives the 2-D spectrum maps of token-mixer outputs (SPANet Fig. 1). Both run on the engine:
+``analyse(models, source, kind="amplitude")`` gives the relative log-amplitude curves (Park &
+Kim 2022; DFFormer Fig. 1 and 8; SPANet Fig. 2) and the high-frequency Delta per latent;
+``kind="spectrum"`` the 2-D spectrum maps of token-mixer outputs (SPANet Fig. 1). ``source``
+provides the images (``dataset(preprocessing)``, ``describe()``, ``notes``: an
+``io.sources.ImageSource``; ``pipelines.fourier.amplitude_analysis`` resolves one from
+``--images``/``--data``). Both run on the engine:
 taps from the one grammar (``probe.grammar``), captures through ``Probe`` feeding the
 ``AmplitudeReducer``, forwards through ``engine.runner.Runner`` (batching, device, AMP,
 channels-last, the non-finite stop, the early stop after the last tap) and, under
@@ -15,7 +18,6 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import replace
-from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -26,8 +28,6 @@ from spectrascope.engine import dist as _dist
 from spectrascope.engine.reducers.amplitude import AmplitudeReducer
 from spectrascope.engine.runner import Batch, RunConfig, Runner, RunStats
 from spectrascope.errors import DataError, NonFiniteError, OptionError, TapError
-from spectrascope.io.results import SCHEMA_VERSION
-from spectrascope.io.sources import ImageSource
 from spectrascope.ops.fourier import (EPS, ZERO_MEAN_WARN_FRACTION, DiagonalStats, ZeroMeanWarning, curve_from_map,
                                       frequency_axis, normalised_depth)
 from spectrascope.probe import Probe, model_taps, select_taps
@@ -35,8 +35,7 @@ from spectrascope.probe.grammar import TapRequest, check_spatial
 from spectrascope.probe.spec import TapList, TapSpec
 
 __all__ = ["DEFAULT_AMPLITUDE_ROLES", "DEFAULT_SPECTRUM_ROLES", "parse_tap_request", "choose_taps", "fourier_taps",
-           "annotate_mixers", "mixer_kind", "reduce_spectra", "reduce_dataset", "analyse", "amplitude_analysis",
-           "spectrum_analysis"]
+           "annotate_mixers", "mixer_kind", "reduce_spectra", "reduce_dataset", "analyse"]
 
 #: Park & Kim's latents: the residual stream after every token mixer and every MLP, plus downsampling
 DEFAULT_AMPLITUDE_ROLES = ("stem", "downsample", "residual", "block")
@@ -328,15 +327,6 @@ def _check_options(kind, method, freq_axis, dtype, models) -> list[str]:
     return names
 
 
-def _source(images, data, num_images, image_paths) -> ImageSource:
-    if image_paths is None:
-        return ImageSource.resolve(images, data, num_images)
-    paths = [Path(p) for p in image_paths][:num_images] if num_images is not None else [Path(p) for p in image_paths]
-    if not paths:
-        raise DataError("no images to analyse")
-    return ImageSource(paths, [p.stem for p in paths], description=str(images) if images else (data or "samples"))
-
-
 def _build(spec, ck, img_size, device, model_kwargs, d: _dist.Dist):
     """The model and its preprocessing; under torchrun, random weights are drawn from one seed
     (rank 0's) so that every rank analyses the same network."""
@@ -352,7 +342,7 @@ def _build(spec, ck, img_size, device, model_kwargs, d: _dist.Dist):
     return build_for_inference(spec, checkpoint=ck, img_size=img_size, device=device, **dict(model_kwargs or {}))
 
 
-def _model_record(name, label, spec, ck, model, cfg, n, tap_recs, run: RunStats, d: _dist.Dist) -> dict:
+def _model_record(name, label, spec, ck, model, cfg, n, tap_recs, run: RunStats, runner: Runner) -> dict:
     info = getattr(model, "checkpoint_info", None) or {}
     card = getattr(model, "card", None)
     return {
@@ -362,16 +352,9 @@ def _model_record(name, label, spec, ck, model, cfg, n, tap_recs, run: RunStats,
         "checkpoint_sha256": info.get("sha256") if ck is not None else None,
         "random_weights": ck is None and not isinstance(spec, nn.Module),
         "input_size": list(cfg["size"]), "num_images": n, "taps": tap_recs,
-        "forward": {"batches": int(runner_total(d, run.batches)), "stopped_early": d.any(run.stopped_early),
+        "forward": {"batches": int(runner.total(run.batches)), "stopped_early": runner.dist.any(run.stopped_early),
                     "last_tap": tap_recs[-1]["name"] if tap_recs else None},
     }
-
-
-def runner_total(d: _dist.Dist, n: int) -> int:
-    """``n`` summed over the ranks."""
-    if not d.enabled:
-        return n
-    return int(d.all_reduce(torch.tensor([float(n)], dtype=torch.float64)).item())
 
 
 def _analyse_model(k, spec, name, ck, ctx) -> tuple[dict, dict]:
@@ -395,7 +378,7 @@ def _analyse_model(k, spec, name, ck, ctx) -> tuple[dict, dict]:
     if msg:
         ctx["warnings"].append(msg)
     label = ctx["labels"][k] if ctx["labels"] else name
-    return _model_record(name, label, spec, ck, model, cfg, n, tap_recs, run, ctx["runner"].dist), arrays
+    return _model_record(name, label, spec, ck, model, cfg, n, tap_recs, run, ctx["runner"]), arrays
 
 
 def _run_config(device, batch_size, progress, amp, channels_last, compile, workers, check_finite) -> RunConfig:
@@ -405,8 +388,7 @@ def _run_config(device, batch_size, progress, amp, channels_last, compile, worke
                      workers=workers, progress=progress, check_finite=check_finite)
 
 
-def analyse(models, *, kind: str = "amplitude", checkpoints=None, images=None, data: str | None = None,
-            num_images: int | None = None, image_paths: Sequence | None = None, img_size=None,
+def analyse(models, source, *, kind: str = "amplitude", checkpoints=None, img_size=None,
             roles: Sequence[str] | None = None, stages: Sequence[int] | None = None,
             tap_paths: Sequence[tuple[str, str | None]] = (), blocks=None, taps: str | Sequence[str] | None = None,
             select: Callable[[str, nn.Module, TapList], TapList] | None = None, device="auto",
@@ -414,9 +396,10 @@ def analyse(models, *, kind: str = "amplitude", checkpoints=None, images=None, d
             eps: float = EPS, dtype: torch.dtype = torch.float32, progress: bool = False,
             model_kwargs: Mapping | None = None, labels: Sequence[str] | None = None,
             save_maps: bool | None = None, amp: str = "off", channels_last: bool = False, compile: bool = False,
-            workers: int = 0, check_finite: bool = True, source: ImageSource | None = None) -> dict:
+            workers: int = 0, check_finite: bool = True) -> dict:
     """Run the Fourier analysis of ``kind`` ("amplitude" or "spectrum") for one or more models on the
-    same images and return the results payload (no provenance yet; see ``write_results``).
+    images of ``source`` and return the results payload (no provenance yet; see
+    ``report.fourier.write_results``).
 
     ``models`` are registry names, ``timm:<name>`` or built modules. The taps are ``taps`` (the
     ``--taps`` grammar) or ``roles`` + ``tap_paths``, with ``stages`` and ``blocks`` (default: all;
@@ -430,7 +413,9 @@ def analyse(models, *, kind: str = "amplitude", checkpoints=None, images=None, d
     names = _check_options(kind, method, freq_axis, dtype, mlist)
     cks = _checkpoint_map(names, checkpoints)
     runner = Runner(_run_config(device, batch_size, progress, amp, channels_last, compile, workers, check_finite))
-    src = source if source is not None else _source(images, data, num_images, image_paths)
+    src = source
+    if len(src) == 0:
+        raise DataError("no images to analyse")
     if blocks is None:
         blocks = "last" if kind == "spectrum" else "all"
     tokens = taps if taps is not None else (_request_tokens(roles, tap_paths) or None)
@@ -450,7 +435,6 @@ def analyse(models, *, kind: str = "amplitude", checkpoints=None, images=None, d
 
 def _payload(kind, ctx, roles, stages, blocks, freq_axis, src, runner, records, arrays, t0) -> dict:
     return {
-        "schema_version": SCHEMA_VERSION,
         "kind": kind,
         "method": {
             "name": "relative log amplitude of Fourier-transformed feature maps" if kind == "amplitude"
@@ -471,15 +455,3 @@ def _payload(kind, ctx, roles, stages, blocks, freq_axis, src, runner, records, 
         # not JSON: centred mean log-amplitude maps (model/tap -> H x W), written to maps.npz
         "arrays": arrays,
     }
-
-
-def amplitude_analysis(models, **kw) -> dict:
-    """Relative log-amplitude curves (see ``analyse``); default taps: stem, downsample,
-    residual (after each token mixer) and block (after each MLP)."""
-    return analyse(models, kind="amplitude", **kw)
-
-
-def spectrum_analysis(models, **kw) -> dict:
-    """2-D spectrum maps (see ``analyse``); default taps: the token mixer of the last block
-    of every stage (``blocks="last"``); ``relative=True`` puts the DC value at 0."""
-    return analyse(models, kind="spectrum", **kw)

@@ -51,6 +51,10 @@ def _recipe_option(name: str):
     if name in RECIPE_CHOICES:
         return click.option("--" + name.replace("_", "-"), name, type=click.Choice(RECIPE_CHOICES[name]),
                             default=None, help=f"{text} [default: {RECIPE_CHOICES[name][0]}]")
+    if name == "throughput":
+        return click.option("--throughput", is_flag=True, default=None, help=text)
+    if name == "add":
+        return click.option("--add", "add", multiple=True, metavar="NAME=results.json", help=text + " (repeat)")
     if name == "freq_axis":
         return click.option("--freq-axis", "freq_axis", type=click.Choice(["index", "true"]), default=None,
                             help=text + " [default: index]")
@@ -77,7 +81,8 @@ def figure_list_cmd():
             click.echo(f"    models: {', '.join(marks)}")
         click.echo(f"    weights: {weights}")
         if f.options:
-            click.echo(f"    options: {', '.join('--' + o.replace('_', '-').replace('models', 'model') for o in f.options)}")
+            flags = ["--model" if o == "models" else "--" + o.replace("_", "-") for o in f.options]
+            click.echo(f"    options: {', '.join(flags)}")
 
 
 def _report(spec, doc, folder) -> None:

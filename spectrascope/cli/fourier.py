@@ -25,7 +25,7 @@ def _fourier_options(kind: str):
                          show_default=True, help="radial: ring average for non-square maps (documented deviation)"),
             click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32",
                          show_default=True, help="FFT precision (whatever the model dtype)"),
-            click.option("--output", type=click.Path(file_okay=False), default=None,
+            click.option("--output", type=click.Path(), default=None,
                          help=f"result folder [runs/{kind}/<model>-<time>]"),
             click.option("--overwrite", is_flag=True, help="replace a non-empty --output"),
         ]
@@ -120,7 +120,7 @@ def spectrum_cmd(models, checkpoints, img_size, device, model_kwargs, images, da
 
 @main.command("plot")
 @click.argument("results", type=click.Path(exists=True))
-@click.option("--output", type=click.Path(file_okay=False), default=None,
+@click.option("--output", type=click.Path(), default=None,
               help="folder for the figures (default: next to results.json)")
 @click.option("--format", "formats", default="png,pdf", show_default=True, help="comma list of formats")
 @click.option("--freq-axis", type=click.Choice(["index", "true"]), default=None, help="amplitude x axis")

@@ -170,7 +170,7 @@ class SyntheticConfig:
             b = n // o if o and n % o == 0 else 0
         elif o is None:
             o = n // b if b and n % b == 0 else 0
-        if not (b and o and b * o == n):
+        if not (isinstance(b, int) and isinstance(o, int) and b >= 1 and o >= 1 and b * o == n):
             raise DataError(f"synthetic: num_classes={n} must equal bands x orientations "
                             f"(got bands={self.bands}, orientations={self.orientations})", option="--data")
         object.__setattr__(self, "bands", int(b))
@@ -920,6 +920,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("SPECTRASCOPE_CACHE", Path.home() / ".cache" / "spectrascope"))
 
 
+def _cached_count(meta_path: Path) -> int:
+    """Images already written beside ``labels.json`` (0 when it is missing or damaged: rewritten)."""
+    if not meta_path.is_file():
+        return 0
+    try:
+        return len(json.loads(meta_path.read_text())["labels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def materialize_images(spec: str | DataSpec, split: str = "val", limit: int | None = None) -> list[Path]:
     """Write the first ``limit`` images of a synthetic or CIFAR split as PNG files (cached in
     ``$SPECTRASCOPE_CACHE`` or ~/.cache/spectrascope; lossless, so their pixels equal the data
@@ -939,7 +949,7 @@ def materialize_images(spec: str | DataSpec, split: str = "val", limit: int | No
     folder = cache_root() / "images" / f"{spec.kind}-{split}-{digest}"
     names = [f"{i:06d}.png" for i in range(n)]
     meta_path = folder / "labels.json"
-    have = len(json.loads(meta_path.read_text())["labels"]) if meta_path.is_file() else 0
+    have = _cached_count(meta_path)
     if have >= n:
         return [folder / nm for nm in names]
     from PIL import Image

@@ -29,7 +29,10 @@ def list_images(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as exc:
+        raise DataError(f"cannot list the images of {folder}: {exc.strerror or exc}") from None
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files
@@ -44,7 +47,10 @@ def paths_digest(paths: Sequence) -> str:
     h = hashlib.sha256()
     for p in paths:
         h.update(Path(p).name.encode())
-        h.update(Path(p).read_bytes())
+        try:
+            h.update(Path(p).read_bytes())
+        except OSError as exc:
+            raise DataError(f"cannot read image {p}: {exc.strerror or exc}") from None
     return h.hexdigest()
 
 

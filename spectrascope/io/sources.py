@@ -70,6 +70,20 @@ class _RenderedSynthetic(torch.utils.data.Dataset):
         return _normalize(to_float(img), self.pre["mean"], self.pre["std"])
 
 
+def _read_labels(meta: Path, paths: Sequence[Path]):
+    """Labels (and boxes) of materialised images from their ``labels.json``; a damaged file is a
+    ``DataError`` naming it."""
+    try:
+        doc = json.loads(meta.read_text())
+        idx = [int(Path(p).stem) for p in paths]
+        labels = [int(doc["labels"][i]) for i in idx]
+        boxes = [[tuple(doc["boxes"][i])] for i in idx] if doc.get("boxes") else None
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise DataError(f"{meta} is damaged ({type(exc).__name__}: {exc}); delete its folder to rebuild it",
+                        option="--data") from None
+    return labels, boxes
+
+
 @dataclass
 class ImageSource:
     """An ordered set of images with optional labels (class indices) and boxes (see the module doc)."""
@@ -115,11 +129,7 @@ class ImageSource:
             src.roots = [Path(data.split(":", 1)[1])]
         meta = Path(paths[0]).parent / "labels.json"
         if kind in ("synthetic", "cifar10", "cifar100") and meta.is_file():
-            doc = json.loads(meta.read_text())
-            idx = [int(Path(p).stem) for p in paths]
-            src.labels = [int(doc["labels"][i]) for i in idx]
-            if doc.get("boxes"):
-                src.boxes = [[tuple(doc["boxes"][i])] for i in idx]
+            src.labels, src.boxes = _read_labels(meta, paths)
         return src
 
     def _note_count(self, asked: int | None, have: int, where: str) -> None:

@@ -14,7 +14,11 @@ The conventions are fvcore's (the counter the papers used):
   of the transformed axes (the real-signal side for ``rfft``/``irfft``) and ``C`` every other
   element (batch and channels), for real and complex transforms alike.
 
-One difference from fvcore, on purpose: fvcore's ``matmul`` rule multiplies the *first*
+``scaled_dot_product_attention`` counts its two products (``q k^T`` and ``attn v``), as fvcore
+counts the explicit ``q @ k.T`` / ``attn @ v`` form the papers' models used; stock fvcore skips
+the fused operator (registering an fvcore handler with this formula gives equal counts).
+
+One more difference from fvcore, on purpose: fvcore's ``matmul`` rule multiplies the *first*
 operand's size by the last output axis, which under-counts a product whose first operand is
 broadcast over a batch (``D @ x`` with ``D`` of shape ``(H, H)`` and ``x`` of shape
 ``(B, C, H, W)`` counts ``H*H*W`` instead of ``B*C*H*H*W``). The rules here count the MACs

@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 import numpy as np
 
-from spectrascope.errors import DataError, FigureError
-from spectrascope.io.results import provenance, write_csv, write_json
+from spectrascope.errors import DataError, FigureError, OutputError
+from spectrascope.io.results import SCHEMA_VERSION, provenance, write_csv, write_json
 from spectrascope.report.style import (DEPTH_CMAP, MARKERS, PAPER_RC, RANDOM_COLOR, SPECTRUM_CMAP,  # noqa: F401
                                        new_figure, save_figure)
 
@@ -354,7 +354,7 @@ def write_results(payload: dict, out_dir, *, command: str, wall_time_s: float | 
                       images_sha256=payload["images"]["sha256"], device=payload.get("device"),
                       wall_time_s=wall_time_s, random_weights=any(m["random_weights"] for m in payload["models"]),
                       world_size=(payload.get("run") or {}).get("world_size"), extra=extra)
-    doc = dict(payload)
+    doc = {"schema_version": SCHEMA_VERSION, **payload}
     arrays = dict(doc.pop("arrays", None) or {}, **(maps or {}))
     doc["provenance"] = prov
     if title:
@@ -394,6 +394,8 @@ def redraw(results, output=None, *, formats: Sequence[str] = ("png", "pdf"), fre
     src = Path(results)
     doc = load_results(src)
     out = Path(output) if output else (src if src.is_dir() else src.parent)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file; give a folder", option="--output")
     written = []
     for stem, fig in figures_for(doc, freq_axis=freq_axis, cmap=cmap, title=doc.get("title")).items():
         written += save_figure(fig, out, stem, formats)

@@ -57,12 +57,13 @@ def parse_add(items) -> list[dict]:
     return points
 
 
-def chart_points(chart: str, added=()) -> list[dict]:
-    """One point per table row with a published top-1 (families filtered as in the paper's figure)."""
+def chart_points(chart: str, added=(), use_timm: bool | None = None) -> list[dict]:
+    """One point per table row with a published top-1 (families filtered as in the paper's figure);
+    rows counted neither in the zoo nor with timm keep the paper's params/FLOPs (``source`` "paper")."""
     from spectrascope.report.paper_tables import table_rows
     table, _, _, keep, _ = CHARTS[chart]
     points = []
-    for r in table_rows(table):
+    for r in table_rows(table, use_timm=use_timm):
         fam = _family(r["model"])
         if keep and fam not in keep or r["paper top-1"] == "":
             continue
@@ -78,7 +79,8 @@ def _draw(points: list[dict], axes: tuple, size_key: str, title: str):
     from spectrascope.report.style import new_figure
     fig = new_figure(5.2 * len(axes), 4.2)
     fams = list(dict.fromkeys(p["family"] for p in points))
-    cmap = __import__("matplotlib").colormaps["tab20"]
+    mpl = __import__("matplotlib")
+    palette = list(mpl.colormaps["tab10"].colors) + list(mpl.colormaps["Dark2"].colors)
     scale = max(p[f"{size_key}_m" if size_key == "params" else "flops_g"] for p in points) or 1.0
     for i, ax_key in enumerate(axes):
         ax = fig.add_subplot(1, len(axes), i + 1)
@@ -86,13 +88,19 @@ def _draw(points: list[dict], axes: tuple, size_key: str, title: str):
             sel = [p for p in points if p["family"] == fam]
             xs = [p["flops_g"] if ax_key == "flops" else p["params_m"] for p in sel]
             ss = [30 + 900 * (p["params_m"] if size_key == "params" else p["flops_g"]) / scale for p in sel]
-            ax.scatter(xs, [p["top1"] for p in sel], s=ss, alpha=0.55, color=cmap(k % 20), label=fam,
-                       edgecolors=["k" if p["source"] != "paper" else "none" for p in sel], linewidths=0.6)
-            ax.plot(xs, [p["top1"] for p in sel], color=cmap(k % 20), lw=0.8, alpha=0.7)
+            for counted in (True, False):
+                idx = [j for j, p in enumerate(sel) if (p["source"] != "paper") == counted]
+                if idx:
+                    ax.scatter([xs[j] for j in idx], [sel[j]["top1"] for j in idx], s=[ss[j] for j in idx],
+                               alpha=0.55, color=palette[k % len(palette)], label=fam if counted or len(idx) == len(sel)
+                               else None, edgecolors="k" if counted else "none", linewidths=0.8 if counted else 0)
+            ax.plot(xs, [p["top1"] for p in sel], color=palette[k % len(palette)], lw=0.8, alpha=0.7)
         ax.set_xlabel("FLOPs (G)" if ax_key == "flops" else "Parameters (M)")
         ax.set_ylabel("ImageNet-1K top-1 (%)")
         ax.grid(alpha=0.3)
-    fig.axes[-1].legend(fontsize=7, loc="lower right", ncol=2)
+    legend = fig.axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    for handle in legend.legend_handles:
+        handle.set_sizes([40])
     fig.suptitle(title + "\n(black edge: our count; no edge: the paper's numbers)", fontsize=9)
     return fig
 

@@ -134,7 +134,7 @@ def render(use_timm: bool | None = None, known: dict | None = None) -> dict[str,
         "## Tables", "", "| recipe | table | rows that reproduce / counted | paper only |", "|---|---|---|---|",
         table_index, "", "## FLOPs", "", "- [every zoo model](flops/zoo.md) ([csv](flops/zoo.csv))", breakdowns, ""])
     files["index.json"] = json.dumps({"timm": timm_version if use_timm else None,
-                                      "files": sorted(files) + ["index.json"]}, indent=1) + "\n"
+                                      "files": sorted(set(files) | {"index.json"})}, indent=1) + "\n"
     return files
 
 

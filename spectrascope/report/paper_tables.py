@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from spectrascope.errors import FigureError
 
 __all__ = ["PAPERS", "TABLES", "option", "load_paper", "table_spec", "table_rows", "table_notes", "COLUMNS",
-           "flops_ok", "params_ok", "recipes", "write_table"]
+           "flops_ok", "params_ok", "write_table", "run_table"]
 
 PAPERS = ("dfformer", "spanet", "affnet")
 #: recipe name -> (paper, table key)
@@ -207,7 +207,7 @@ def write_table(folder, name: str, rows: list[dict], notes: list[str]) -> list[s
     return write_tables(folder, name.replace("-", "_"), rows, columns, title=spec["title"], notes=notes)
 
 
-def _run_table(name: str):
+def run_table(name: str):
     def run(ctx):
         from spectrascope.io.results import write_json
         rows = table_rows(name)
@@ -221,29 +221,3 @@ def _run_table(name: str):
         return {"rows": len(rows), "reproduce": sum(r["status"] == "reproduces" for r in rows),
                 "differ": differs, "files": files}
     return run
-
-
-def _spec(**fields):
-    """A FigureSpec with the fields this version of the framework knows."""
-    from dataclasses import fields as dc_fields
-
-    from spectrascope.report.recipes import FigureSpec
-    known = {f.name for f in dc_fields(FigureSpec)}
-    return FigureSpec(**{k: v for k, v in fields.items() if k in known})
-
-
-def recipes() -> list[tuple[object, SimpleNamespace]]:
-    """(FigureSpec, module-like with ``run``) for every table recipe and bubble chart."""
-    from spectrascope.report import paper_charts
-    out = []
-    for name, (paper, key) in TABLES.items():
-        spec = table_spec(name)
-        zoo = tuple(dict.fromkeys(r["model"] for r in spec["rows"] if r.get("model") and ":" not in r["model"]))
-        fs = _spec(name=name, title=spec["title"], paper=f"{spec['paper']}, {spec['cite']}", models=zoo,
-                   needs_weights=False, options=("throughput",),
-                   summary="The paper's params/FLOPs (and throughput, top-1) beside ours, as CSV, Markdown and "
-                           "LaTeX; --throughput measures throughput on --device at --batch-size; --checkpoint "
-                           "MODEL=PATH with --data measures top-1.")
-        out.append((fs, SimpleNamespace(FIGURE=fs, run=_run_table(name))))
-    out += [(fs, SimpleNamespace(FIGURE=fs, run=run)) for fs, run in paper_charts.charts(_spec)]
-    return out

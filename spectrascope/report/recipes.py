@@ -13,6 +13,9 @@ that composes library calls. Adding a figure needs nothing else than such a modu
         ...                          # library calls; write files into ctx.output
         return {"note": "..."}       # optional summary, stored in figure.json
 
+A module may also hold several recipes as ``FIGURES``, a list of ``(FigureSpec, runner)`` pairs
+whose runner has ``run(ctx)`` (``analyses/paper_tables.py``: the papers' tables and charts).
+
 The framework resolves the output folder (``<output>/<name>/``, written through
 ``staged_output`` so a failed run leaves nothing behind), the checkpoints given as
 ``--checkpoint MODEL=PATH``, the image source, the device, and which of ``FIGURE.models``
@@ -45,6 +48,8 @@ RECIPE_OPTIONS = {
     "cmap": "matplotlib colour map of the maps (default: the recipe's)",
     "estimator": "mini-batch HSIC estimator: unbiased (the paper's) or biased",
     "engine": "CKA engine: spectrascope, or torch-cka (torch-cka 0.21's float32 computation, the paper's tool)",
+    "throughput": "also measure throughput of every counted row on --device at --batch-size",
+    "add": "add a measured model to the chart: NAME=results.json with top1 and model (or params and flops)",
 }
 #: the accepted values of the recipe options that are choices
 RECIPE_CHOICES = {"estimator": ("unbiased", "biased"), "engine": ("spectrascope", "torch-cka")}
@@ -135,15 +140,12 @@ def _discover() -> dict[str, tuple[FigureSpec, ModuleType]]:
         except Exception as exc:   # one broken recipe must not hide the others
             log.warning("figure recipe %s cannot be imported: %s", info.name, exc)
             continue
-        spec = getattr(mod, "FIGURE", None)
-        if spec is None or not callable(getattr(mod, "run", None)):
-            continue
-        if not isinstance(spec, FigureSpec):
-            spec = FigureSpec(**dict(spec))
-        found[_norm(spec.name)] = (spec, mod)
-    from spectrascope.report.paper_tables import recipes as paper_table_recipes   # tables and bubble charts
-    for spec, mod in paper_table_recipes():
-        found.setdefault(_norm(spec.name), (spec, mod))
+        for spec, runner in [(getattr(mod, "FIGURE", None), mod)] + list(getattr(mod, "FIGURES", ())):
+            if spec is None or not callable(getattr(runner, "run", None)):
+                continue
+            if not isinstance(spec, FigureSpec):
+                spec = FigureSpec(**dict(spec))
+            found.setdefault(_norm(spec.name), (spec, runner))
     return found
 
 
@@ -270,7 +272,8 @@ def run_figure(name: str, *, output="figures", overwrite: bool = False, checkpoi
     with staged_output(final, overwrite=overwrite, command=f"figure {spec.name}") as stage:
         ctx = FigureContext(spec=spec, output=Path(stage), checkpoints=cks, device=device, images=images, data=data,
                             num_images=num_images if num_images is not None else spec.num_images,
-                            batch_size=batch_size or spec.batch_size or 16, img_size=img_size, progress=progress, models=avail,
+                            batch_size=batch_size or spec.batch_size or 16, img_size=img_size, progress=progress,
+                            models=avail,
                             skipped=skipped, options=opts)
         with _warnings.catch_warnings(record=True) as caught:
             _warnings.simplefilter("always")

@@ -102,10 +102,15 @@ def model_spec_from_info(info: dict) -> CheckpointModelSpec | None:
     if not isinstance(args, dict) or "model" not in args or "spectrascope" not in args:
         return None
     sp = args["spectrascope"]
-    size = sp.get("img_size")
-    return CheckpointModelSpec(name=sp["model"], num_classes=int(sp["num_classes"]),
-                               img_size=tuple(size) if size else None, overrides=dict(sp.get("overrides") or {}),
-                               has_ema=bool(sp.get("has_ema")), classes=sp.get("classes"), data=args.get("data"))
+    try:
+        size = sp.get("img_size")
+        return CheckpointModelSpec(name=str(sp["model"]), num_classes=int(sp["num_classes"]),
+                                   img_size=tuple(int(v) for v in size) if size else None,
+                                   overrides=dict(sp.get("overrides") or {}), has_ema=bool(sp.get("has_ema")),
+                                   classes=sp.get("classes"), data=args.get("data"))
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{info.get('path', 'checkpoint')}: its recorded architecture is damaged "
+                              f"({type(exc).__name__}: {exc})", option="--checkpoint") from None
 
 
 def model_spec_from_checkpoint(path) -> CheckpointModelSpec | None:
@@ -143,12 +148,15 @@ class ModelSpec:
     overrides: Mapping = field(default_factory=dict)
     use_ema: bool = False
     num_classes: int | None = None
+    #: without ``checkpoint``: the card's official weights (``spectrascope.zoo.weights.resolve``)
+    pretrained: bool = False
+    weights_dir: str | None = None
 
     def key(self) -> tuple:
         """Identity of the built model (two equal keys build the same model)."""
         return (self.name, str(self.checkpoint) if self.checkpoint else None, _hw(self.img_size),
                 tuple(sorted((str(k), repr(v)) for k, v in dict(self.overrides).items())), self.use_ema,
-                self.num_classes)
+                self.num_classes) + (("pretrained",) if self.pretrained and not self.checkpoint else ())
 
 
 @dataclass
@@ -175,6 +183,12 @@ class Built:
 
 def build(spec: ModelSpec, device: torch.device | str = "cpu", *, seed: int | None = None) -> Built:
     """Build ``spec`` (random init under ``seed`` when given), load its checkpoint, ``eval()``, move to ``device``."""
+    if spec.pretrained and spec.checkpoint is None and not spec.name.startswith("timm:"):
+        from dataclasses import replace
+
+        from spectrascope.zoo import weights
+        spec = replace(spec, checkpoint=str(weights.resolve(registry.get_card(spec.name),
+                                                            weights_dir=spec.weights_dir)))
     if seed is not None:
         torch.manual_seed(seed)
     model, pre = build_for_inference(spec.name, checkpoint=spec.checkpoint, img_size=spec.img_size, device=device,

@@ -24,7 +24,7 @@ from spectrascope.errors import OptionError, UserError
 __all__ = ["InputSizeTooSmall", "InputSizeTooLarge", "check_input_size", "footprint", "available_memory"]
 
 OPTION = "--img-size"
-CHECK_BELOW = 64
+CHECK_BELOW = 32
 CHECK_ABOVE = 1024 * 1024
 
 

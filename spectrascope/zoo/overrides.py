@@ -170,12 +170,16 @@ def check_overrides(card, overrides: Mapping, option: str = OPTION) -> None:
                                 option=option)
 
 
-def builder_error(card, exc: Exception, overrides: Mapping, option: str = OPTION) -> Exception:
-    """The error to raise when ``card``'s builder refused the given overrides: user errors pass
-    through; builtin ValueError/TypeError/KeyError become an ``OptionError`` naming the overrides
-    (without overrides the builder's error is a bug and is returned as it is)."""
-    if isinstance(exc, UserError) or not overrides:
+def builder_error(card, exc: Exception, overrides: Mapping, option: str = OPTION, img_size=None) -> Exception:
+    """The error to raise when ``card``'s builder refused the given overrides or input size: user
+    errors pass through; builtin ValueError/TypeError/KeyError become an ``OptionError`` naming the
+    overrides (or ``--img-size`` when only a size was given); with neither the builder's error is a
+    bug and is returned as it is."""
+    if isinstance(exc, UserError) or not (overrides or img_size):
         return exc
+    if not overrides:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return OptionError(f"{card.name} cannot be built for {img_size[0]}x{img_size[1]}: {msg}", option="--img-size")
     given = " ".join(f"{k}={_show(v)}" for k, v in overrides.items())
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     cls = OverrideError if isinstance(exc, TypeError) else OptionError

@@ -245,7 +245,7 @@ def create_model(name: str, *, checkpoint=None, num_classes: int = 1000, img_siz
         try:
             model = card.builder(num_classes=num_classes, img_size=hw, **overrides)
         except (TypeError, ValueError, KeyError) as exc:
-            raise builder_error(card, exc, overrides) from None
+            raise builder_error(card, exc, overrides, img_size=hw) from None
         model.card = card
         model.spectrascope_name = card.name
         model.pretrained_cfg = card.pretrained_cfg(model)

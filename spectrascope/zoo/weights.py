@@ -17,6 +17,7 @@ Downloads go to ``<file>.part`` (resumed with an HTTP Range request after an int
 show progress, are checked against the announced size and renamed atomically."""
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import http.client
 import json
@@ -244,16 +245,41 @@ def resolve(card, *, weights_dir=None, mirror=None, progress: bool = True) -> Pa
         if hit is not None:
             return hit
     target = folder if folder is not None else cache
+    if mirrored or is_direct(url):
+        with _locked(cache / file_name):       # one download when several processes (torchrun ranks) ask
+            hit = _in_folder(cache, file_name)
+            if hit is not None and verify_cached(hit) == "ok":
+                return hit
+            return _download_card(name, file_name, url, mirrored, target, progress)
+    where = url or MANUAL_SOURCES.get(getattr(card, "family", ""), getattr(card, "source", "") or "its model card")
+    raise WeightsError(f"{name}: the official weights are not a direct download ({where}); download "
+                       f"{file_name} by hand and put it in {target} ({ENV_DIR} or --weights-dir)")
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        try:
+            import fcntl
+        except ImportError:       # not POSIX: no inter-process lock
+            yield
+            return
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _download_card(name: str, file_name: str, url, mirrored, target: Path, progress: bool) -> Path:
+    cache = cache_dir()
     if mirrored:
         try:
             return _verified(download(mirrored, cache / file_name, progress=progress))
         except WeightsError as exc:
             raise WeightsError(f"{name}: {exc}; or put {file_name} in {target} "
                                f"({ENV_DIR} or --weights-dir)") from None
-    if not is_direct(url):
-        where = url or MANUAL_SOURCES.get(getattr(card, "family", ""), getattr(card, "source", "") or "its model card")
-        raise WeightsError(f"{name}: the official weights are not a direct download ({where}); download "
-                           f"{file_name} by hand and put it in {target} ({ENV_DIR} or --weights-dir)")
     try:
         return _verified(download(url, cache / file_name, progress=progress))
     except WeightsError as exc:

@@ -1,0 +1,32 @@
+"""The paper-table recipes and bubble charts as figure recipes (``spectrascope figure list``):
+one (FigureSpec, module-like with ``run``) per table of ``paper_tables.TABLES`` and per chart of
+``paper_charts.CHARTS``. ``report.recipes`` passes its ``FigureSpec`` class in, so this module
+does not import it."""
+from __future__ import annotations
+
+from dataclasses import fields as dc_fields
+from types import SimpleNamespace
+
+from spectrascope.report import paper_charts, paper_tables
+
+__all__ = ["recipes"]
+
+
+def recipes(spec_cls) -> list[tuple[object, SimpleNamespace]]:
+    known = {f.name for f in dc_fields(spec_cls)}
+
+    def make_spec(**fields):
+        return spec_cls(**{k: v for k, v in fields.items() if k in known})
+
+    out = []
+    for name in paper_tables.TABLES:
+        spec = paper_tables.table_spec(name)
+        zoo = tuple(dict.fromkeys(r["model"] for r in spec["rows"] if r.get("model") and ":" not in r["model"]))
+        fs = make_spec(name=name, title=spec["title"], paper=f"{spec['paper']}, {spec['cite']}", models=zoo,
+                       needs_weights=False, options=("throughput",),
+                       summary="The paper's params/FLOPs (and throughput, top-1) beside ours, as CSV, Markdown "
+                               "and LaTeX; --throughput measures throughput on --device at --batch-size; "
+                               "--checkpoint MODEL=PATH with --data measures top-1.")
+        out.append((fs, SimpleNamespace(FIGURE=fs, run=paper_tables.run_table(name))))
+    out += [(fs, SimpleNamespace(FIGURE=fs, run=run)) for fs, run in paper_charts.charts(make_spec)]
+    return out
