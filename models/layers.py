@@ -146,8 +146,13 @@ class LayerNormGeneral(nn.Module):
         self.bias = nn.Parameter(torch.zeros(affine_shape)) if bias else None
         self.eps = eps
 
+    #: take torch's fused kernel for the channels-last case (the same maths; off while counting FLOPs,
+    #: which follow the official code's element-wise operations: ``spectrascope.analysis.flops``)
+    fused = True
+
     def forward(self, x):
-        if self.normalized_dim in ((-1,), (x.ndim - 1,)) and (self.weight is None or self.weight.shape == x.shape[-1:]):
+        if self.fused and self.normalized_dim in ((-1,), (x.ndim - 1,)) and \
+                (self.weight is None or self.weight.shape == x.shape[-1:]):
             # the usual channels-last case: the same maths in torch's fused kernel (much faster on CPU)
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         c = x - x.mean(self.normalized_dim, keepdim=True)

@@ -61,7 +61,9 @@ def create_timm_model(name: str, *, num_classes: int = 1000, img_size=None, **kw
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise ValueError(f"unknown timm model {name!r}") from None
+            from spectrascope.errors import UnknownModelError
+            raise UnknownModelError(f"unknown timm model {name!r} (timm.list_models() lists timm's names)",
+                                    option="--model") from None
         raise
     model.spectrascope_name = f"timm:{name}"
     return model

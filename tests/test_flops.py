@@ -29,8 +29,11 @@ def _sdpa_handle(inputs, outputs):
 
 
 def fvcore_total(model: nn.Module, size) -> int:
+    """fvcore on the official computation (``official_graph``: LayerNormGeneral's element-wise ops,
+    not the fused fast path the zoo takes at run time)."""
+    from spectrascope.analysis.flops import official_graph
     model.eval()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), official_graph():
         warnings.simplefilter("ignore")
         a = fvcore.FlopCountAnalysis(model, torch.randn(1, *size))
         a.set_op_handle("aten::scaled_dot_product_attention", _sdpa_handle)

@@ -11,6 +11,8 @@ taps).
 """
 from __future__ import annotations
 
+import contextlib
+
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -24,7 +26,7 @@ from torch.utils.module_tracker import ModuleTracker
 from spectrascope.errors import OptionError
 from spectrascope.ops.flops import FUNCTION_RULES, rule_for
 
-__all__ = ["FlopCount", "count_flops", "FFT_MODES", "BREAKDOWNS", "as_input_size", "stage_of"]
+__all__ = ["FlopCount", "count_flops", "official_graph", "FFT_MODES", "BREAKDOWNS", "as_input_size", "stage_of"]
 
 FFT_MODES = ("none", "nlogn")
 BREAKDOWNS = ("module", "op", "stage")
@@ -182,6 +184,21 @@ def _build(name: str, input_size, device):
     return model, size
 
 
+@contextlib.contextmanager
+def official_graph():
+    """Run the zoo's models as the official code computes them while counting: the fused
+    ``F.layer_norm`` fast path of ``LayerNormGeneral`` (the same maths, which fvcore's norm rule
+    would count) gives way to the official element-wise operations (which it does not count),
+    so the counts are those of the official code under the papers' convention."""
+    from spectrascope.models.layers import LayerNormGeneral
+    old = LayerNormGeneral.fused
+    LayerNormGeneral.fused = False
+    try:
+        yield
+    finally:
+        LayerNormGeneral.fused = old
+
+
 def count_flops(model, input_size=None, *, fft: str = "none", device: str = "meta", name: str | None = None) -> FlopCount:
     """Count one forward pass of one image of ``input_size`` (S, (H, W) or (C, H, W)).
 
@@ -212,7 +229,7 @@ def count_flops(model, input_size=None, *, fft: str = "none", device: str = "met
     try:   # no parameter needs a gradient: a mixer handing out a parameter must not arm backward tracking
         for p, _ in grads:
             p.requires_grad_(False)
-        with torch.no_grad(), tracker, counter, _FunctionCounter(counter):
+        with torch.no_grad(), official_graph(), tracker, counter, _FunctionCounter(counter):
             model(x)
     finally:
         model.train(was_training)

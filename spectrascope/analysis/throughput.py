@@ -18,7 +18,7 @@ import torch
 from spectrascope.engine.runner import RunConfig, Runner, autocast
 from spectrascope.zoo.registry import create_model
 
-__all__ = ["MEMORY_NOTE", "measure", "sweep", "figures"]
+__all__ = ["MEMORY_NOTE", "measure", "sweep"]
 
 #: why a CPU run has no memory figure (one line, shown by the command and the recipe)
 MEMORY_NOTE = ("peak memory is measured with torch.cuda.max_memory_allocated, which tracks CUDA allocations "
@@ -84,29 +84,3 @@ def sweep(models: Sequence[str], resolutions: Iterable, *, batch_size: int = 4, 
             if progress is not None:
                 progress(row)
     return rows
-
-
-def figures(rows: Sequence[dict], *, labels=None, title_suffix: str = "") -> dict:
-    """Throughput vs resolution and (CUDA) peak memory vs resolution, one line per model."""
-    from spectrascope.report.style import MARKERS, new_figure
-    labels = labels or {}
-    out = {}
-    metrics = [("throughput", "throughput_img_s", "throughput (images / s)")]
-    if any(r.get("peak_memory_mib") is not None for r in rows):
-        metrics.append(("memory", "peak_memory_mib", "peak memory (MiB)"))
-    names = list(dict.fromkeys(r["model"] for r in rows))
-    for stem, key, ylabel in metrics:
-        fig = new_figure(4.2, 3.2)
-        ax = fig.add_subplot(1, 1, 1)
-        for i, name in enumerate(names):
-            pts = [(r["resolution"][0], r[key]) for r in rows if r["model"] == name and r.get(key) is not None]
-            if pts:
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], label=labels.get(name, name))
-        ax.set_xlabel("input resolution (px)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{ylabel.split(' (')[0].capitalize()} vs resolution{title_suffix}", fontsize=9)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        out[f"{stem}_vs_resolution"] = fig
-    return out

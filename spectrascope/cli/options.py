@@ -10,11 +10,7 @@ import threading
 
 import click
 
-from spectrascope.errors import Interrupted, OptionError, SpectrascopeError, TrainingError, UserError
-
-#: builtin exceptions still accepted as the user's input (legacy; being replaced by UserError)
-LEGACY_USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
-
+from spectrascope.errors import Interrupted, OptionError, TrainingError, UserError
 
 class OneLineError(click.ClickException):
     """A user error shown as ``Error: <one line>`` with the error's exit status."""
@@ -77,10 +73,6 @@ def user_errors(fn):
             sys.exit(exc.exit_code)
         except (UserError, TrainingError) as exc:
             raise OneLineError(_first_line(exc), getattr(exc, "exit_code", 2)) from None
-        except LEGACY_USER_ERRORS as exc:
-            if isinstance(exc, SpectrascopeError):
-                raise
-            raise OneLineError(_first_line(exc), 1) from None
 
     return wrapper
 

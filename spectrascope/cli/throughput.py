@@ -46,7 +46,8 @@ def throughput_cmd(models, resolutions, batch_size, warmup, iters, amp, channels
                    overwrite):
     """Inference throughput and peak memory vs resolution (DFFormer Figs. 5-6); every model is built for each
     resolution. Peak memory is measured on CUDA only."""
-    from spectrascope.analysis.throughput import MEMORY_NOTE, figures, sweep
+    from spectrascope.analysis.throughput import MEMORY_NOTE, sweep
+    from spectrascope.report.throughput import figures
     from spectrascope.io.results import Stopwatch, provenance, write_csv, write_json
     from spectrascope.pipelines.common import session, stage_output
     from spectrascope.report.style import save_figure
