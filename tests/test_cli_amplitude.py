@@ -298,15 +298,24 @@ def fake_recipes(tmp_path, monkeypatch):
             return {"n": payload["images"]["count"]}
     '''))
     (folder / "broken_fig.py").write_text(textwrap.dedent('''
+        from spectrascope.errors import FigureError
         from spectrascope.report.recipes import FigureSpec
         FIGURE = FigureSpec(name="broken-fig", title="fails", paper="-", models=("dfformer_s18",))
         def run(ctx):
             (ctx.output / "half.txt").write_text("half")
-            raise ValueError("recipe failed half way")
+            raise FigureError("recipe failed half way")
+    '''))
+    (folder / "buggy_fig.py").write_text(textwrap.dedent('''
+        from spectrascope.report.recipes import FigureSpec
+        FIGURE = FigureSpec(name="buggy-fig", title="a bug", paper="-", models=("dfformer_s18",))
+        def run(ctx):
+            (ctx.output / "half.txt").write_text("half")
+            raise ValueError("a bug in the recipe")
     '''))
     monkeypatch.setattr(pkg, "__path__", list(pkg.__path__) + [str(folder)])
     yield
-    for name in ("spectrascope.analyses.fake_fig", "spectrascope.analyses.broken_fig"):
+    for name in ("spectrascope.analyses.fake_fig", "spectrascope.analyses.broken_fig",
+                 "spectrascope.analyses.buggy_fig"):
         sys.modules.pop(name, None)
 
 
@@ -326,6 +335,10 @@ def test_figure_framework_generic_recipe(tmp_path, fake_recipes):
     assert_figures(folder, "amplitude", "highfreq")
     assert_one_line_error(run(["figure", "broken-fig", "--output", out]), "recipe failed half way")
     assert_nothing_written(out / "broken-fig")
+    # a builtin exception is a bug: it keeps its traceback (never a one-liner), and still nothing is written
+    with pytest.raises(ValueError, match="a bug in the recipe"):
+        run(["figure", "buggy-fig", "--output", out])
+    assert_nothing_written(out / "buggy-fig")
 
 
 def test_figure_dfformer_fig8_stage3(tmp_path):
