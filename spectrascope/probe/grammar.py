@@ -176,7 +176,7 @@ class TapRequest:
             bad = [s for s in self.stages if s not in have]
             if bad:
                 raise TapError(f"stage(s) {', '.join(map(str, bad))} not in this model (stages "
-                               f"{', '.join(map(str, have)) or 'none'})")
+                               f"{', '.join(map(str, have)) or 'none'})", option="--stage")
             base = out if tokens else declared
             out = TapList(t for t in base if t.stage in self.stages)
         out = _filter_blocks(out, self.blocks)
