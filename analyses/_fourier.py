@@ -32,7 +32,7 @@ def amplitude_recipe(ctx, *, labels: dict, title: str, **analysis) -> dict:
 
 def spectrum_recipe(ctx, *, labels: dict, title: str, **analysis) -> dict:
     payload = spectrum_analysis(ctx.models, labels=labels_for(ctx, labels), **_analysis(ctx, analysis))
-    write_results(payload, ctx.output, command=f"figure {ctx.spec.name}", title=title)
+    write_results(payload, ctx.output, command=f"figure {ctx.spec.name}", title=title, cmap=ctx.option("cmap"))
     return dict(_summary(payload, ctx), title=title)
 
 

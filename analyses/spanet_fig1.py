@@ -16,7 +16,7 @@ FIGURE = FigureSpec(
             "normalised depth) is shown. FocalNet-T is the LRF variant (the paper's 82.3 % row; --focalnet srf for the "
             "other).",
     num_images=1,
-    options=("models", "focalnet"),
+    options=("models", "focalnet", "cmap"),
 )
 
 LABELS = {"timm:convnext_tiny": "ConvNeXt-T (DepConv)", "timm:vit_base_patch16_224": "ViT-B/16 (global MSA)",

@@ -135,3 +135,13 @@ def test_recipe_warnings_are_recorded_and_reprinted(tmp_path, monkeypatch):
     doc = json.loads((tmp_path / "out" / "warn-fig" / "figure.json").read_text())
     assert doc["warnings"] == ["recorded by the recipe", "raised by the recipe"]
     assert spectrascope  # the package imported the analyses
+
+
+def test_spectrum_recipe_takes_a_colour_map(tmp_path):
+    """``spanet-fig1 --cmap``: the option reaches the spectrum figure and is recorded with the run."""
+    res = run(["figure", "spanet-fig1", "--help"])
+    assert "--cmap" in res.output
+    folder, doc = recipes.run_figure("spanet-fig1", output=tmp_path, img_size=64, num_images=1, device="cpu",
+                                     options={"models": ["dfformer_s18"], "cmap": "magma"})
+    assert (folder / "spectrum.png").exists() and (folder / "spectrum.pdf").exists()
+    assert doc["options"]["cmap"] == "magma"
