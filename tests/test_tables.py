@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from spectrascope.report.paper_charts import chart_points, parse_add
 from spectrascope.report.tables import latex_escape, to_latex, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPERS = Path("/work/shared/papers")
+#: the papers' text beside the project (``../shared/papers``), or ``SPECTRASCOPE_PAPERS``
+PAPERS = Path(os.environ.get("SPECTRASCOPE_PAPERS", ROOT.parent / "shared" / "papers"))
 
 #: the zoo rows that do not reproduce, each explained in the data file (and nothing else)
 NOT_REPRODUCING = {"dfformer_s18_afno", "dfformer_s18_afno_relu", "affnet_no_mixer", "affnet_conv3x3", "affnet_gfn",
