@@ -11,6 +11,7 @@ import threading
 import click
 
 from spectrascope.errors import Interrupted, OptionError, TrainingError, UserError
+from spectrascope.io.datasets import parse_scalar
 
 class OneLineError(click.ClickException):
     """A user error shown as ``Error: <one line>`` with the error's exit status."""
@@ -98,20 +99,6 @@ def parse_img_size(value, option: str = "--img-size"):
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-def _scalar(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _json_value(key: str, text: str):
     """``mixer_kwargs={"num_filters": 2}`` / ``dims=[8,16]``: a JSON object or list."""
     import json
@@ -142,7 +129,8 @@ def parse_model_kwargs(items) -> dict:
             if value.strip()[:1] in ("{", "["):
                 vals = _json_value(key, value)
             else:
-                vals = [_scalar(v) for v in value.split(",")] if "," in value else _scalar(value)
+                vals = [parse_scalar(v, booleans=True) for v in value.split(",")] if "," in value \
+                    else parse_scalar(value, booleans=True)
             out[key.strip()] = vals
     return out
 

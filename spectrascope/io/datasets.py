@@ -80,8 +80,12 @@ def parse_data_spec(text: str) -> DataSpec:
     return DataSpec(kind, Path(rest.strip()).expanduser(), {}, text)
 
 
-def _option_value(text: str):
+def parse_scalar(text: str, *, booleans: bool = False):
+    """One option value: ``none``/``null`` -> None, an int, a float, ``true``/``false`` when
+    ``booleans``, else the text itself (data-spec values and ``--model-kwargs`` both use it)."""
     low = text.lower()
+    if booleans and low in ("true", "false"):
+        return low == "true"
     if low in ("none", "null"):
         return None
     for cast in (int, float):
@@ -104,7 +108,7 @@ def _parse_options(text: str) -> dict:
                             option="--data")
         if k in out:
             raise DataError(f"synthetic option {k!r} is given twice", option="--data")
-        out[k] = _option_value(v)
+        out[k] = parse_scalar(v)
     return out
 
 
