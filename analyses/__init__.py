@@ -1,3 +1,6 @@
-"""One small recipe per paper figure (imported as ``spectrascope.analyses``).
+"""The built-in analyses (imported as ``spectrascope.analyses``): one module per analysis, each a
+declaration on the analysis seam (``spectrascope.seam``) with the analysis's run on the engine.
 
-Each recipe module composes library calls and writes its outputs under ``figures/``."""
+A module's ``@register``-ed ``Analysis`` subclass becomes the command ``spectrascope <name>`` and
+``spectrascope.run("<name>", ...)``; installed packages add theirs through the entry-point group
+``spectrascope.analyses``."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 __all__ = [
     "SpectrascopeError", "UserError", "InternalError", "OptionError", "UnknownModelError", "CheckpointError",
     "DataError", "TapError", "CamError", "OutputError", "OutputExistsError", "FigureError", "NonFiniteError",
-    "TrainingError", "NonFiniteLossError", "Interrupted", "TrainingInterrupted",
+    "TrainingError", "NonFiniteLossError", "Interrupted", "TrainingInterrupted", "PeerFailure",
 ]
 
 
@@ -112,3 +112,17 @@ class Interrupted(SpectrascopeError):
 
 class TrainingInterrupted(Interrupted, TrainingError):
     """SIGTERM/SIGINT during training: a checkpoint was written first."""
+
+
+class PeerFailure(SpectrascopeError):
+    """Another process of the ``torchrun`` group failed: this one stops with the same line and exit
+    status (``engine.dist.Dist.agree``), before any collective could wait for the failed one.
+
+    ``kind`` says how the command line shows it: ``"user"`` (one ``Error:`` line), ``"signal"``
+    (the signal's line) or ``"bug"`` (one line pointing at the traceback of the failed process)."""
+
+    def __init__(self, message: str, exit_code: int = 2, kind: str = "user", rank: int | None = None):
+        super().__init__(message)
+        self.exit_code = int(exit_code)
+        self.kind = kind
+        self.rank = rank

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from distributed import ROOT, torchrun
-from spectrascope.analysis.fourier import annotate_mixers, mixer_kind
-from spectrascope.pipelines.fourier import amplitude_analysis
+from spectrascope.probe.mixers import annotate_mixers, mixer_kind
+from spectrascope.seam import get, run, write_result
 from spectrascope.cli import main
 from spectrascope.engine.reducers.amplitude import AmplitudeReducer
 from spectrascope.probe import Probe, model_taps
-from spectrascope.report.fourier import figures_for, highfreq_figure, shading_spans, spectrum_figure
+from spectrascope.report.amplitude import figures_for, highfreq_figure, shading_spans, spectrum_figure
 from spectrascope.zoo.build import build_for_inference
 
 TINY = ["--model-kwargs", "depths=1,1,2,1", "--model-kwargs", "dims=8,16,24,32"]
@@ -161,11 +161,12 @@ def test_stage_1_stops_the_forward_after_stage_1(tmp_path):
     model, _ = build_for_inference("dfformer_s18", img_size=32, **TINY_KW)
     later = _counting(model.stages[1])            # the second stage: never runs for stage-1 taps
     head = _counting(model.head)
-    payload = amplitude_analysis([model], stages=[1], img_size=32, num_images=3, batch_size=1, device="cpu")
+    payload = run("amplitude", model=(model,), stage=(1,), img_size=32, num_images=3, batch_size=1,
+                  device="cpu").to_json()
     (m,) = payload["models"]
     assert {t["stage"] for t in m["taps"]} == {1} and m["forward"]["stopped_early"] is True
     assert m["forward"]["batches"] == 3 and later[0] == 0 and head[0] == 0
-    full = amplitude_analysis([model], img_size=32, num_images=3, batch_size=1, device="cpu")
+    full = run("amplitude", model=(model,), img_size=32, num_images=3, batch_size=1, device="cpu").to_json()
     assert later[0] == 3 and head[0] == 0         # the full run stops after the last block too
     assert full["models"][0]["forward"]["stopped_early"] is True
     # the stage-1 curves are those of the full run
@@ -229,11 +230,12 @@ def test_mixer_kinds_from_the_models():
 
 @pytest.fixture(scope="module")
 def two_model_payload():
-    return amplitude_analysis(["caformer_s18", "dfformer_s18"], model_kwargs=TINY_KW, img_size=32, num_images=1,
-                              device="cpu")
+    return run("amplitude", model=("caformer_s18", "dfformer_s18"), model_kwargs=TINY_KW, img_size=32,
+               num_images=1, device="cpu")
 
 
 def test_highfreq_shading_by_mixer_kind_one_and_two_models(two_model_payload):
+    two_model_payload = two_model_payload.to_json()
     ca, df = two_model_payload["models"]
     spans = shading_spans(ca["taps"])
     x = [t["normalised_depth"] for t in ca["taps"]]
@@ -263,21 +265,21 @@ def test_highfreq_shading_by_mixer_kind_one_and_two_models(two_model_payload):
 
 
 def test_figures_png_pdf_dpi_and_labelled_colour_bars(tmp_path, two_model_payload):
-    from spectrascope.report.fourier import write_results
     (tmp_path / "amp").mkdir()
-    write_results(two_model_payload, tmp_path / "amp", command="amplitude")
+    write_result(get("amplitude"), two_model_payload, tmp_path / "amp")
+    two_model_payload = two_model_payload.to_json()
     for stem in ("amplitude", "highfreq"):
         with Image.open(tmp_path / "amp" / f"{stem}.png") as im:
             assert min(im.info["dpi"]) >= 200
         assert (tmp_path / "amp" / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
     amp = figures_for(two_model_payload)["amplitude"]
     assert "Normalized depth" in [a.get_ylabel() for a in amp.axes]
-    from spectrascope.pipelines.fourier import spectrum_analysis
-    spec = spectrum_analysis(["dfformer_s18"], model_kwargs=TINY_KW, img_size=32, num_images=1, device="cpu")
+    spec = run("spectrum", model="dfformer_s18", model_kwargs=TINY_KW, img_size=32, num_images=1,
+               device="cpu").to_json()
     fig = spectrum_figure(spec)
     assert "\u0394 log amplitude (DC = 0)" in [a.get_ylabel() for a in fig.axes]
-    absolute = spectrum_analysis(["dfformer_s18"], model_kwargs=TINY_KW, img_size=32, num_images=1, device="cpu",
-                                 relative=False)
+    absolute = run("spectrum", model="dfformer_s18", model_kwargs=TINY_KW, img_size=32, num_images=1,
+                   device="cpu", absolute=True).to_json()
     assert "log amplitude" in [a.get_ylabel() for a in spectrum_figure(absolute).axes]
 
 

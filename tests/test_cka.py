@@ -18,7 +18,7 @@ from conftest import fixtures_dir
 
 import spectrascope
 from spectrascope.ops.cka import MinibatchCKA, hsic, linear_cka, u_centre
-from spectrascope.analysis.cka import (TorchCKACompat, compare_models, make_engine, resolve_taps)
+from spectrascope.analyses.cka import (TorchCKACompat, compare_models, make_engine, resolve_taps)
 from spectrascope.probe import TapError, TapSpec
 
 F64 = torch.float64
@@ -499,8 +499,9 @@ def test_resolve_taps_specs():
 
 # ---------------------------------------------------------------------------- report
 def test_report_files_heatmap_conventions_and_best_matches(tmp_path):
-    from spectrascope.analysis.cka import CKAResult
-    from spectrascope.report.cka import FILES, best_matches, plot_heatmap, write_report
+    from spectrascope.analyses.cka import CKAResult
+    from spectrascope.analyses.cka import write_report
+    from spectrascope.report.cka import FILES, best_matches, plot_heatmap
     ta = [TapSpec(f"a{i}", "block", f"a{i}", "NCHW", stage=1 + i // 2) for i in range(4)]
     tb = [TapSpec(f"b{j}", "block", f"b{j}", "NCHW", stage=1 + j // 2) for j in range(3)]
     mat = torch.tensor([[0.9, 0.2, 0.1], [0.3, 0.8, float("nan")], [-0.1, 0.4, 0.7], [0.2, 0.95, 0.6]], dtype=F64)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import spectrascope
 from distributed import torchrun
-from spectrascope.analysis.cka import compare_models
+from spectrascope.analyses.cka import compare_models
 from spectrascope.cli import main
 from spectrascope.engine.reducers.cka import CKAReducer
 from spectrascope.probe import Probe, TapSpec

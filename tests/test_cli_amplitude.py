@@ -61,7 +61,7 @@ def test_amplitude_outputs_and_end_to_end_values(tmp_path):
     assert "random weights" in res.output and str(out) in res.output
     doc = load(out)
     paths = sample_images()[:2]
-    assert doc["kind"] == "amplitude" and doc["schema_version"] == 1
+    assert doc["kind"] == "amplitude" and doc["schema_version"] == 2 and doc["analysis"] == "amplitude"
     prov = doc["provenance"]
     assert prov["command"] == "amplitude" and prov["random_weights"] is True and prov["model"] == "dfformer_s18"
     assert prov["images_sha256"] == paths_digest(paths) == doc["images"]["sha256"]
@@ -190,7 +190,7 @@ def test_plot_redraws_amplitude_and_refuses_other_files(tmp_path):
     assert_figures(out, "amplitude", "highfreq")
     bogus = tmp_path / "other.json"
     bogus.write_text(json.dumps({"kind": "cka"}))
-    assert_one_line_error(run(["plot", bogus]), "no amplitude or spectrum results")
+    assert_one_line_error(run(["plot", bogus]), "other.json")
     (tmp_path / "broken.json").write_text("{not json")
     assert_one_line_error(run(["plot", tmp_path / "broken.json"]), "not a results.json")
 
@@ -280,33 +280,31 @@ def test_figure_list_and_unknown_figure():
 
 @pytest.fixture()
 def fake_recipes(tmp_path, monkeypatch):
-    import spectrascope.analyses as pkg
+    import spectrascope.recipes as pkg
     folder = tmp_path / "recipes"
     folder.mkdir()
     (folder / "fake_fig.py").write_text(textwrap.dedent('''
-        from spectrascope.report.recipes import FigureSpec
-        from spectrascope.pipelines.fourier import amplitude_analysis
-        from spectrascope.report.fourier import write_results
+        from spectrascope.recipes import FigureSpec
+        import spectrascope
         FIGURE = FigureSpec(name="fake-fig", title="A test figure", paper="nobody 2024, Fig. 0",
                             models=("dfformer_s18", "not_a_model"), num_images=1)
         def run(ctx):
             kw = ctx.analysis_kwargs()
             kw["img_size"] = 32
-            payload = amplitude_analysis(ctx.models, model_kwargs={"depths": [1, 1, 2, 1], "dims": [8, 16, 24, 32]},
-                                         **{k: v for k, v in kw.items() if k != "model_kwargs"})
-            write_results(payload, ctx.output, command="figure fake-fig", title=ctx.spec.title)
-            return {"n": payload["images"]["count"]}
+            result = spectrascope.run("amplitude", model_kwargs={"depths": [1, 1, 2, 1], "dims": [8, 16, 24, 32]}, **kw)
+            ctx.save(result, title=ctx.spec.title)
+            return {"n": result.images["count"]}
     '''))
     (folder / "broken_fig.py").write_text(textwrap.dedent('''
         from spectrascope.errors import FigureError
-        from spectrascope.report.recipes import FigureSpec
+        from spectrascope.recipes import FigureSpec
         FIGURE = FigureSpec(name="broken-fig", title="fails", paper="-", models=("dfformer_s18",))
         def run(ctx):
             (ctx.output / "half.txt").write_text("half")
             raise FigureError("recipe failed half way")
     '''))
     (folder / "buggy_fig.py").write_text(textwrap.dedent('''
-        from spectrascope.report.recipes import FigureSpec
+        from spectrascope.recipes import FigureSpec
         FIGURE = FigureSpec(name="buggy-fig", title="a bug", paper="-", models=("dfformer_s18",))
         def run(ctx):
             (ctx.output / "half.txt").write_text("half")
@@ -314,8 +312,8 @@ def fake_recipes(tmp_path, monkeypatch):
     '''))
     monkeypatch.setattr(pkg, "__path__", list(pkg.__path__) + [str(folder)])
     yield
-    for name in ("spectrascope.analyses.fake_fig", "spectrascope.analyses.broken_fig",
-                 "spectrascope.analyses.buggy_fig"):
+    for name in ("spectrascope.recipes.fake_fig", "spectrascope.recipes.broken_fig",
+                 "spectrascope.recipes.buggy_fig"):
         sys.modules.pop(name, None)
 
 

@@ -125,7 +125,7 @@ def test_bad_inputs_fail_clearly(tmp_path, args, msg):
 
 @pytest.mark.parametrize("figure,files", [("spanet-fig4", ["context/grid.png"])])
 def test_figure_recipes(tmp_path, figure, files):
-    figures = pytest.importorskip("spectrascope.report.recipes")
+    figures = pytest.importorskip("spectrascope.recipes")
     get_figure, run_figure = figures.get_figure, figures.run_figure
     spec, _ = get_figure(figure)
     for m in spec.models:

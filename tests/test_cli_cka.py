@@ -157,7 +157,7 @@ def test_float32_precision_matches_float64(tmp_path, noise_images):
 
 
 def test_fig7_recipe(tmp_path, noise_images):
-    from spectrascope.analyses import cka_fig7
+    from spectrascope.recipes import cka_fig7
     assert [(a, b) for _, a, b in cka_fig7.PAIRS] == [
         ("gfformer_s18", "dfformer_s18"), ("caformer_s18", "cdfformer_s18"), ("convformer_s18", "dfformer_s18")]
     out = tmp_path / "fig7"

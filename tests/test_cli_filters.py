@@ -133,7 +133,7 @@ def test_existing_output_needs_overwrite(tmp_path):
 
 @pytest.mark.parametrize("figure,files", [("affnet-kernels", ["affnet/results.json"])])
 def test_figure_recipes(tmp_path, figure, files):
-    figures = pytest.importorskip("spectrascope.report.recipes")
+    figures = pytest.importorskip("spectrascope.recipes")
     get_figure, run_figure = figures.get_figure, figures.run_figure
     spec, _ = get_figure(figure)
     for m in spec.models:

@@ -11,7 +11,7 @@ from PIL import Image
 import spectrascope
 from spectrascope.cli import main
 from spectrascope.errors import FigureError
-from spectrascope.report import recipes
+from spectrascope.recipes import base as recipes
 
 
 def run(args):
@@ -78,7 +78,7 @@ def test_filter_recipes_share_the_colour_key_and_write_png_pdf_at_200_dpi(tmp_pa
 
 
 def test_fig5_6_honours_batch_size_and_says_why_no_memory_figure(tmp_path, monkeypatch):
-    import spectrascope.analyses.dfformer_fig5_6 as fig
+    import spectrascope.recipes.dfformer_fig5_6 as fig
     monkeypatch.setattr(fig, "CPU_RESOLUTIONS", (32, 48))                 # a quick sweep
     res = run(["figure", "dfformer-fig5-6", "--output", tmp_path, "--device", "cpu", "--batch-size", "1",
                "--model", "convformer_s18"])
@@ -110,12 +110,12 @@ def test_recipe_warnings_are_recorded_and_reprinted(tmp_path, monkeypatch):
     import sys
     import textwrap
     import warnings
-    import spectrascope.analyses as pkg
+    import spectrascope.recipes as pkg
     folder = tmp_path / "recipes"
     folder.mkdir()
     (folder / "warn_fig.py").write_text(textwrap.dedent('''
         import warnings
-        from spectrascope.report.recipes import FigureSpec
+        from spectrascope.recipes import FigureSpec
         FIGURE = FigureSpec(name="warn-fig", title="t", paper="-", models=(), needs_weights=False)
         def run(ctx):
             ctx.warn("recorded by the recipe")
@@ -129,7 +129,7 @@ def test_recipe_warnings_are_recorded_and_reprinted(tmp_path, monkeypatch):
             warnings.simplefilter("ignore")
             res = run(["figure", "warn-fig", "--output", tmp_path / "out"])
     finally:
-        sys.modules.pop("spectrascope.analyses.warn_fig", None)
+        sys.modules.pop("spectrascope.recipes.warn_fig", None)
     assert res.exit_code == 0, res.output
     assert "warning: recorded by the recipe" in res.output and "warning: raised by the recipe" in res.output
     doc = json.loads((tmp_path / "out" / "warn-fig" / "figure.json").read_text())

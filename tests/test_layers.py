@@ -23,7 +23,9 @@ LAYERS = [
     ("spectrascope.analysis",),
     ("spectrascope.io",),
     ("spectrascope.report", "spectrascope.train"),
+    ("spectrascope.seam",),
     ("spectrascope.analyses", "spectrascope.pipelines"),
+    ("spectrascope.recipes",),
     ("spectrascope.cli", "spectrascope.__init__", "spectrascope.__main__"),
 ]
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 import spectrascope
-from spectrascope.analysis.fourier import choose_taps, parse_tap_request, reduce_spectra
+from spectrascope.analyses.amplitude import reduce_spectra
+from spectrascope.probe.grammar import choose_taps, parse_tap_request
 from spectrascope.models.base import TapSpec
 from spectrascope.engine.reducers.amplitude import AmplitudeReducer
 from spectrascope.ops.fourier import relative_log_amplitude

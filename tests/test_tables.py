@@ -116,7 +116,7 @@ def test_latex_and_markdown_escaping():
 
 
 def test_recipe_runs_through_the_figure_framework(tmp_path):
-    from spectrascope.report.recipes import get_figure, list_figures, run_figure
+    from spectrascope.recipes import get_figure, list_figures, run_figure
     names = {f.name for f in list_figures()}
     assert set(pt.TABLES) | {"spanet-fig5", "affnet-fig1"} <= names
     spec, _ = get_figure("affnet-table13")

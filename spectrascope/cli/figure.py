@@ -8,16 +8,16 @@ from spectrascope.cli.options import _given, image_options, parse_img_size, user
 
 
 class _FigureGroup(click.Group):
-    """``figure list`` plus one sub-command per recipe module in ``spectrascope.analyses``."""
+    """``figure list`` plus one sub-command per recipe module in ``spectrascope.recipes``."""
 
     def list_commands(self, ctx):
-        from spectrascope.report.recipes import list_figures
+        from spectrascope.recipes import list_figures
         return ["list"] + [f.name for f in list_figures()]
 
     def get_command(self, ctx, name):
         if name in self.commands:
             return self.commands[name]
-        from spectrascope.report.recipes import FigureError, get_figure
+        from spectrascope.recipes import FigureError, get_figure
         try:
             spec, _ = get_figure(name)
         except FigureError:
@@ -25,7 +25,7 @@ class _FigureGroup(click.Group):
         return _figure_command(spec)
 
     def resolve_command(self, ctx, args):
-        from spectrascope.report.recipes import FigureError, get_figure
+        from spectrascope.recipes import FigureError, get_figure
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             try:
                 get_figure(args[0])
@@ -41,7 +41,7 @@ def figure_group():
 
 #: the command-line form of every recipe option (``FigureSpec.options`` names them)
 def _recipe_option(name: str):
-    from spectrascope.report.recipes import FOCALNET_VARIANTS, RECIPE_CHOICES, RECIPE_OPTIONS
+    from spectrascope.recipes import FOCALNET_VARIANTS, RECIPE_CHOICES, RECIPE_OPTIONS
     text = RECIPE_OPTIONS.get(name, name)
     if name == "models":
         return click.option("--model", "models", multiple=True, metavar="NAME", help=text + " (repeat)")
@@ -64,10 +64,10 @@ def _recipe_option(name: str):
 @figure_group.command("list")
 def figure_list_cmd():
     """The figure recipes, the models they need, whether they need trained weights and their options."""
-    from spectrascope.report.recipes import list_figures, model_available
+    from spectrascope.recipes import list_figures, model_available
     figs = list_figures()
     if not figs:
-        raise click.ClickException("no figure recipes found in spectrascope.analyses")
+        raise click.ClickException("no figure recipes found in spectrascope.recipes")
     for f in figs:
         marks = []
         for m in f.models:
@@ -98,7 +98,7 @@ def _report(spec, doc, folder) -> None:
 def _figure_command(spec):
     def cmd(checkpoints, output, overwrite, img_size, device, skip_unavailable, images, data, num_images,
             batch_size, pretrained=False, weights_dir=None, **options):
-        from spectrascope.report.recipes import recipe_models, run_figure
+        from spectrascope.recipes import recipe_models, run_figure
         if pretrained:
             from spectrascope.cli.options import fill_pretrained
             kw = {"checkpoints": checkpoints}

@@ -11,6 +11,12 @@ the image list goes to rank ``i mod world``): no image is seen twice, no padding
 statistics that depend on batch composition (mini-batch CKA) equal a one-process run.
 Reducers all-reduce their sufficient statistics (float64 sums); per-image outputs are
 gathered to rank 0, which alone writes.
+
+Failures are agreed (``Dist.agree`` / ``with dist.together():``): a block that raised on any
+rank raises on every rank -- the failing rank its own error, the others a ``PeerFailure`` with
+the same line and exit status -- before the next collective, so no process waits for one that
+gave up (on NCCL that wait lasts until the watchdog kills the job). This is the one rank
+agreement of the package; the runner's ``run`` and every phase of the analysis seam use it.
 """
 from __future__ import annotations
 
@@ -21,9 +27,24 @@ from typing import Any, Sequence
 
 import torch
 
-from spectrascope.errors import OptionError
+from spectrascope.errors import Interrupted, OptionError, PeerFailure, SpectrascopeError
 
-__all__ = ["Dist", "init", "current", "shutdown", "session", "launched"]
+__all__ = ["Dist", "init", "current", "shutdown", "session", "launched", "describe_failure"]
+
+
+def describe_failure(exc: BaseException) -> tuple[str, int, str]:
+    """(one line, exit status, kind) of an exception as every rank reports it: ``kind`` is
+    ``user`` (one ``Error:`` line), ``signal`` or ``bug`` (a traceback on the failing rank)."""
+    if isinstance(exc, PeerFailure):
+        return str(exc), exc.exit_code, exc.kind
+    if isinstance(exc, Interrupted):
+        return str(exc), exc.exit_code, "signal"
+    if isinstance(exc, KeyboardInterrupt):
+        return "stopped by SIGINT; nothing was written", 130, "signal"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, SpectrascopeError) and getattr(exc, "exit_code", None) is not None:
+        return text, int(exc.exit_code), "user"
+    return f"{type(exc).__name__}: {text}", 1, "bug"
 
 
 @dataclass
@@ -103,6 +124,51 @@ class Dist:
         if self.enabled:
             import torch.distributed as td
             td.barrier()
+
+    # ------------------------------------------------------------------ agreement on failure
+    def agree(self, error: BaseException | None = None) -> None:
+        """Every rank passes what it met (None: nothing). When any rank met an error, every rank
+        raises: the failing rank ``error`` itself, the others a ``PeerFailure`` with the first failing
+        rank's line and exit status. One process: raises ``error`` when given."""
+        if not self.enabled:
+            if error is not None:
+                raise error
+            return
+        mine = None if error is None else describe_failure(error)
+        try:
+            got = self.all_gather_object(mine)
+        except Exception as exc:               # the group broke (a peer died): report what we know
+            if error is not None:
+                raise error
+            raise PeerFailure(f"another process of the group stopped ({type(exc).__name__}); this one stops too",
+                              1, "bug") from None
+        if error is not None:
+            raise error
+        for rank, msg in enumerate(got):
+            if msg is not None:
+                text, code, kind = msg
+                if kind == "bug":
+                    text = f"process {rank} failed ({text}); see its traceback"
+                raise PeerFailure(text, code, kind, rank)
+
+    @contextlib.contextmanager
+    def together(self):
+        """``with dist.together():`` -- the block runs on every rank; when it raised on any rank it
+        raises on every rank on leaving (see ``agree``). Put one around every stretch of work that a
+        collective follows."""
+        try:
+            yield
+        except BaseException as exc:
+            if isinstance(exc, GeneratorExit):
+                raise
+            self.agree(exc)
+            raise
+        self.agree(None)
+
+    def agreed(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` inside ``together()``; returns its value."""
+        with self.together():
+            return fn(*args, **kwargs)
 
 
 _CURRENT = Dist()

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from spectrascope.engine import dist as _dist
 from spectrascope.engine.device import resolve_device
-from spectrascope.errors import NonFiniteError, OptionError
+from spectrascope.errors import DataError, NonFiniteError, OptionError, TapError
 from spectrascope.probe.probe import Probe, StopForward
 
 __all__ = ["AMP_DTYPES", "RunConfig", "Batch", "RunStats", "Runner", "autocast", "batch_chunks", "nonfinite_cause"]
@@ -211,23 +211,27 @@ class Runner:
     def run(self, model, dataset, probe: Probe | None = None, *, on_batch: Callable | None = None,
             need_output: bool = False, grad: bool = False, desc: str = "") -> RunStats:
         """Run ``model`` over this rank's shard of ``dataset``; ``on_batch(batch, output)`` sees every
-        batch (output None when the forward stopped early). The probe must be entered by the caller."""
+        batch (output None when the forward stopped early). The probe must be entered by the caller.
+
+        Every rank of the group calls it: a failure on any rank (a non-finite value, an undecodable
+        image) raises on every rank when the loop ends (``Dist.together``)."""
         stats = RunStats()
         t0 = time.perf_counter()
         fn = torch.compile(model) if self.config.compile else model
         mine = self.chunks(len(dataset))
         bar = self._bar(len(mine), desc)
         try:
-            for b in self.batches(dataset):
-                out = self.forward(fn, b, probe, need_output=need_output, grad=grad)
-                if out is None and probe is not None:
-                    stats.stopped_early = True
-                if on_batch is not None:
-                    on_batch(b, out)
-                stats.images += len(b.indices)
-                stats.batches += 1
-                if bar is not None:
-                    bar.update(1)
+            with self.dist.together():           # a failure on any rank stops every rank here
+                for b in self.batches(dataset):
+                    out = self.forward(fn, b, probe, need_output=need_output, grad=grad)
+                    if out is None and probe is not None:
+                        stats.stopped_early = True
+                    if on_batch is not None:
+                        on_batch(b, out)
+                    stats.images += len(b.indices)
+                    stats.batches += 1
+                    if bar is not None:
+                        bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
@@ -236,6 +240,29 @@ class Runner:
         stats.seconds = time.perf_counter() - t0
         if probe is not None:
             stats.order = list(probe.order)
+        return stats
+
+    def reduce(self, model, dataset, reducer, *, desc: str = "") -> RunStats:
+        """Run ``model`` over this rank's shard of ``dataset`` with ``reducer`` (``engine.reducers``) fed
+        by a probe on its taps, then merge its statistics over every rank.
+
+        Returns the ``RunStats`` with ``images``, ``batches`` and ``stopped_early`` over every rank and
+        ``order``, the taps' firing order (the same on every rank). Raises ``DataError`` when no image
+        was processed and ``TapError`` when a tap never fired."""
+        with Probe(model, reducer.taps, callback=reducer, **reducer.probe_kwargs) as probe:
+            stats = self.run(model, dataset, probe, need_output=False, desc=desc)
+        order = list(stats.order)
+        stats.images, stats.batches = self.total(stats.images), self.total(stats.batches)
+        stats.stopped_early = self.dist.any(stats.stopped_early)
+        if stats.images == 0:
+            raise DataError("no images were processed")
+        reducer.all_reduce(self.dist)
+        missing = reducer.missing()
+        if missing:
+            raise TapError(f"tap(s) {', '.join(missing[:5])} never fired during the forward pass")
+        if self.dist.enabled:                      # the first rank that ran a batch
+            order = next((o for o in self.dist.all_gather_object(order) if o), [])
+        stats.order = order + [t.name for t in reducer.taps if t.name not in order]
         return stats
 
     def total(self, n: int | float) -> int | float:

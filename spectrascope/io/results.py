@@ -47,7 +47,9 @@ __all__ = ["SCHEMA_VERSION", "MANIFEST", "default_output_dir", "check_output", "
            "read_manifest", "record_outputs", "atomic_write", "write_json", "dumps", "loads", "write_csv", "provenance",
            "library_versions", "device_info", "Stopwatch"]
 
-SCHEMA_VERSION = 1
+#: version of the results.json layout (2: every analysis writes ``{"schema_version", "analysis", <result
+#: fields>, "provenance"}`` through the analysis seam; 1: the per-command layouts before it)
+SCHEMA_VERSION = 2
 #: the manifest a result folder carries: which files spectrascope wrote, and which command
 MANIFEST = ".spectrascope-manifest.json"
 

@@ -35,7 +35,11 @@ from spectrascope.probe.infer import model_taps, resolve_layouts
 from spectrascope.probe.layouts import SPATIAL_LAYOUTS
 from spectrascope.probe.spec import LAYOUTS, TapList, TapSpec
 
-__all__ = ["PRESETS", "TapRequest", "resolve_taps", "select_taps", "check_spatial", "parse_stages", "parse_blocks"]
+__all__ = ["PRESETS", "TapRequest", "resolve_taps", "select_taps", "check_spatial", "parse_stages", "parse_blocks",
+           "parse_tap_request", "choose_taps", "SPECTRAL_ROLES"]
+
+#: the default taps of the amplitude analysis (Park & Kim's latents): stem, downsampling, residual stream
+SPECTRAL_ROLES = ("stem", "downsample", "residual", "block")
 
 #: presets: name -> (roles, roles that may be missing, fallback preset when a needed role is missing)
 PRESETS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = {
@@ -353,3 +357,56 @@ def select_taps(taps: Sequence[TapSpec], roles: Iterable[str] | None = None, sta
     if not out:
         raise TapError("the tap selection is empty")
     return out
+
+
+# ---------------------------------------------------------------------------- library helpers
+
+def parse_tap_request(text: str | Iterable[str] | None) -> tuple[list[str] | None, list[tuple[str, str | None]]]:
+    """``"mixer,block,path:blocks.3.attn:NLC"`` -> (roles, [(module path, layout or None)]) (library helper;
+    the commands parse ``--taps`` with ``probe.grammar.TapRequest``)."""
+    if text is None:
+        return None, []
+    roles, paths = [], []
+    for item in ([text] if isinstance(text, str) else list(text)):
+        for part in (p.strip() for p in str(item).split(",")):
+            if part.startswith("path:"):
+                path, _, layout = part[5:].partition(":")
+                if not path:
+                    raise TapError(f"empty module path in {part!r}")
+                paths.append((path, layout.upper() or None))
+            elif part:
+                roles.append(part)
+    return (roles or None), paths
+
+
+def _request_tokens(roles, paths) -> list[str]:
+    """Grammar tokens of a (roles, module paths) selection."""
+    out = list(roles or [])
+    for path, layout in paths or ():
+        out.append(f"path:{path}:{layout}" if layout else f"path:{path}")
+    return out
+
+
+def choose_taps(model: nn.Module, *, roles: Sequence[str] | None = None, stages: Sequence[int] | None = None,
+                paths: Sequence[tuple[str, str | None]] = (), blocks="all",
+                default_roles: Sequence[str] = SPECTRAL_ROLES, input_size=None,
+                what: str = "the amplitude") -> TapList:
+    """Spatial taps of ``model`` by role / 1-based stage / module path, through the one grammar.
+
+    Library form of ``--taps``/``--stage``/``--blocks``: roles must be roles of the model and a
+    module path that is not a declared tap needs its layout (``(path, "NHWC")``)."""
+    declared = model_taps(model, input_size=input_size)
+    if roles:
+        select_taps(declared, roles=roles)                  # names unknown roles as such
+    if stages:
+        select_taps(declared, stages=stages)                # validates the stage numbers
+    by_path = {t.path for t in declared if t.hook == "forward"}
+    for path, layout in paths or ():
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            raise TapError(f"no module {path!r} in this model (see `spectrascope taps --model ...`)") from None
+        if layout is None and path not in by_path:
+            raise TapError(f"module {path!r} is not a declared tap; give its layout as path:{path}:NCHW|NHWC|NLC")
+    req = TapRequest.parse(_request_tokens(roles, paths) or None, stages=stages, blocks=blocks)
+    return req.resolve(model, input_size=input_size, default=default_roles, spatial=True, what=what)

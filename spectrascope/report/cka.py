@@ -1,5 +1,5 @@
-"""The CKA report directory: heatmap (PNG + PDF), matrix CSV, best-match table,
-results.json and a self-contained report.html.
+"""The report of ``cka``: heatmap (PNG + PDF), matrix CSV, best-match table and a self-contained
+report.html beside results.json, drawn from the result alone (``analyses.cka.CKAResult``).
 
 Heatmap conventions: origin lower-left (row 0 = the shallowest tap of model A at the
 bottom, as in torch-cka's and DFFormer's figures), a fixed 0-1 colour range so figures are
@@ -17,22 +17,21 @@ from typing import Sequence
 
 import numpy as np
 
-from spectrascope.analysis.cka import CKAResult
-from spectrascope.io.results import provenance, staged_output, write_csv, write_json
+from spectrascope.io.results import provenance, write_csv
 
-__all__ = ["plot_heatmap", "best_matches", "matrix_rows", "payload", "write_files", "write_report", "render_html",
-           "FILES"]
+__all__ = ["plot_heatmap", "best_matches", "matrix_rows", "render_html", "write_report_files", "draw",
+           "default_title", "provenance_of", "FILES"]
 
 #: files of a report directory
 FILES = ("cka.png", "cka.pdf", "cka_matrix.csv", "best_match.csv", "results.json", "report.html")
 
 
-def _display_name(result: CKAResult, side: str) -> str:
+def _display_name(result, side: str) -> str:
     info = result.meta.get(f"model_{side}") or {}
     return str(info.get("name") or side.upper())
 
 
-def _random_sides(result: CKAResult) -> list[str]:
+def _random_sides(result) -> list[str]:
     return [_display_name(result, s) for s in ("a", "b") if (result.meta.get(f"model_{s}") or {}).get("random_weights")]
 
 
@@ -61,7 +60,7 @@ def _index_ticks(n: int) -> list[int]:
     return list(range(0, n, step))
 
 
-def plot_heatmap(result: CKAResult, png: Path | None = None, pdf: Path | None = None, *, title: str | None = None,
+def plot_heatmap(result, png: Path | None = None, pdf: Path | None = None, *, title: str | None = None,
                  cmap: str = "magma", ax=None, colorbar: bool = True):
     """Draw the CKA matrix (rows = model A, columns = model B); save to ``png``/``pdf`` if given.
     Returns the matplotlib figure."""
@@ -117,7 +116,7 @@ def plot_heatmap(result: CKAResult, png: Path | None = None, pdf: Path | None = 
     return fig
 
 
-def best_matches(result: CKAResult) -> list[dict]:
+def best_matches(result) -> list[dict]:
     """For every tap of A its most similar tap of B, and for every tap of B its most similar
     tap of A (NaN cells ignored; an all-NaN line has no match)."""
     m = result.matrix.double().numpy()
@@ -138,7 +137,7 @@ def best_matches(result: CKAResult) -> list[dict]:
     return rows
 
 
-def matrix_rows(result: CKAResult) -> tuple[list[str], list[dict]]:
+def matrix_rows(result) -> tuple[list[str], list[dict]]:
     """The matrix as CSV rows: first column the tap of A, then one column per tap of B."""
     head = ["layer_a \\ layer_b"] + list(result.labels_b)
     out = []
@@ -157,7 +156,7 @@ def _colour(v: float, cmap) -> tuple[str, str]:
     return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}", ("#000" if lum > 0.5 else "#fff")
 
 
-def render_html(result: CKAResult, png_bytes: bytes, best: list[dict], prov: dict, title: str) -> str:
+def render_html(result, png_bytes: bytes, best: list[dict], prov: dict, title: str) -> str:
     """A self-contained HTML page: heatmap (base64 PNG), summary, diagnostics, best-match
     table, the full matrix and the provenance."""
     import matplotlib
@@ -216,11 +215,12 @@ def render_html(result: CKAResult, png_bytes: bytes, best: list[dict], prov: dic
     return "\n".join(parts)
 
 
-def _provenance(result: CKAResult, command: str) -> dict:
+def provenance_of(result) -> dict:
+    """A provenance block for a result built by hand (library calls without a run)."""
     a, b = _display_name(result, "a"), _display_name(result, "b")
     meta_a, meta_b = result.meta.get("model_a") or {}, result.meta.get("model_b") or {}
     rnd = bool(meta_a.get("random_weights") or meta_b.get("random_weights"))
-    return provenance(command=command, model=f"{a} vs {b}", checkpoint_sha256=None,
+    return provenance(command="cka", model=f"{a} vs {b}", checkpoint_sha256=None,
                       images_sha256=result.meta.get("images_sha256"), device=result.meta.get("device"),
                       wall_time_s=result.meta.get("wall_time_s"), random_weights=rnd,
                       world_size=result.meta.get("world_size"),
@@ -228,34 +228,31 @@ def _provenance(result: CKAResult, command: str) -> dict:
                              "checkpoint_sha256_b": meta_b.get("checkpoint_sha256")})
 
 
-def payload(result: CKAResult, *, title: str, prov: dict, best: list[dict] | None = None) -> dict:
-    """The results.json content (strict JSON: NaN cells and undefined best matches are null)."""
-    best = best_matches(result) if best is None else best
-    return {"title": title, "provenance": prov, **result.as_dict(),
-            "best_match": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                           for r in best]}
+def default_title(result) -> str:
+    return f"CKA: {_display_name(result, 'a')} vs {_display_name(result, 'b')}"
 
 
-def write_files(result: CKAResult, folder, *, title: str | None = None, command: str = "cka") -> Path:
-    """Write the report files (see ``FILES``) into the existing (staging) ``folder``."""
+def write_report_files(result, folder) -> list[str]:
+    """The report files beside results.json (see ``FILES``) in the existing (staging) ``folder``."""
     folder = Path(folder)
-    title = title or f"CKA: {_display_name(result, 'a')} vs {_display_name(result, 'b')}"
-    prov = _provenance(result, command)
+    title = result.title or default_title(result)
     best = best_matches(result)
     plot_heatmap(result, folder / "cka.png", folder / "cka.pdf")
     head, rows = matrix_rows(result)
     write_csv(folder / "cka_matrix.csv", rows, head)
     write_csv(folder / "best_match.csv", [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v)
                                            for k, v in r.items()} for r in best])
-    write_json(folder / "results.json", payload(result, title=title, prov=prov, best=best))
-    (folder / "report.html").write_text(render_html(result, (folder / "cka.png").read_bytes(), best, prov, title))
-    return folder
+    (folder / "report.html").write_text(render_html(result, (folder / "cka.png").read_bytes(), best,
+                                                    result.provenance, title))
+    return ["cka.png", "cka.pdf", "cka_matrix.csv", "best_match.csv", "report.html"]
 
 
-def write_report(result: CKAResult, out_dir, *, title: str | None = None, overwrite: bool = False,
-                 command: str = "cka") -> Path:
-    """Write the report directory (see ``FILES``) atomically through a staged output; returns its path."""
-    out_dir = Path(out_dir)
-    with staged_output(out_dir, overwrite=overwrite, command=command) as stage:
-        write_files(result, stage, title=title, command=command)
-    return out_dir
+def draw(result, folder, style) -> list[str]:
+    """The heatmap of ``result`` in ``style.formats`` (``plot``)."""
+    folder = Path(folder)
+    fig = plot_heatmap(result)
+    written = []
+    for fmt in style.formats:
+        fig.savefig(folder / f"cka.{fmt}", dpi=200)
+        written.append(f"cka.{fmt}")
+    return written

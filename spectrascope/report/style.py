@@ -11,7 +11,8 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["PAPER_RC", "DEPTH_CMAP", "SPECTRUM_CMAP", "MARKERS", "RANDOM_COLOR", "new_figure", "save_figure"]
+__all__ = ["PAPER_RC", "DEPTH_CMAP", "SPECTRUM_CMAP", "MARKERS", "RANDOM_COLOR", "new_figure", "save_figure",
+           "check_cmap"]
 
 #: rc settings applied to every figure of the toolkit
 PAPER_RC = {
@@ -24,6 +25,20 @@ DEPTH_CMAP = "plasma"
 SPECTRUM_CMAP = "viridis"
 MARKERS = ("o", "D", "s", "^", "v", "P", "X", "*")
 RANDOM_COLOR = "#b22222"
+
+
+def check_cmap(name, option: str = "--cmap"):
+    """``name`` when matplotlib knows the colour map (None passes), else an ``OptionError`` naming a few."""
+    if name is None:
+        return None
+    if str(name) not in matplotlib.colormaps:
+        import difflib
+
+        from spectrascope.errors import OptionError
+        close = difflib.get_close_matches(str(name), list(matplotlib.colormaps), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "e.g. viridis, magma, gray"
+        raise OptionError(f"{name!r} is not a matplotlib colour map; {hint}", option=option)
+    return str(name)
 
 
 def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from spectrascope.engine.runner import Runner
-from spectrascope.errors import CheckpointError, NonFiniteError, OptionError
+from spectrascope.errors import CheckpointError, OptionError
 from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
 from spectrascope.train.metrics import AccuracyReducer
 from spectrascope.zoo import registry
@@ -38,16 +38,8 @@ def first_batches(dataset, limit_batches: int | None, batch_size: int):
 
 
 def agreed(d, fn):
-    """``fn()`` on every rank; when it stops on a non-finite value on any rank, every rank stops
-    (so no rank waits in a collective for one that gave up)."""
-    error = None
-    try:
-        result = fn()
-    except NonFiniteError as exc:
-        error, result = exc, None
-    if d.any(error is not None):
-        raise error or NonFiniteError("another process stopped on non-finite values (NaN/inf); nothing was written")
-    return result
+    """``fn()`` on every rank; when it fails on any rank, every rank stops (``Dist.agreed``)."""
+    return d.agreed(fn)
 
 
 def evaluate_model(model, dataset, runner: Runner) -> dict:

@@ -14,7 +14,7 @@ import torch
 
 from spectrascope.engine.dist import Dist
 from spectrascope.engine.runner import AMP_DTYPES, RunConfig, Runner
-from spectrascope.errors import OptionError, UserError
+from spectrascope.errors import OptionError
 from spectrascope.io.datasets import (AugmentConfig, TrainTransform, TransformedDataset, build_mixup, load_data,
                                       resolve_backend)
 from spectrascope.io.results import default_output_dir
@@ -145,14 +145,9 @@ def _output(run: Run) -> None:
         out = Path(d.broadcast_object(str(out)))
     resuming = ckpt is not None and Path(os.path.abspath(out)) == Path(os.path.abspath(Path(ckpt["_path"]).parent))
     inputs = [run.bundle.spec.path] if run.bundle.spec.path is not None else []
-    error = None
-    if d.main:
-        try:
+    with d.together():                               # rank 0 checks; a refusal stops every rank
+        if d.main:
             prepare_output(out, cfg.overwrite, resuming=resuming, inputs=inputs)
-        except UserError as exc:
-            error = exc
-    if d.any(error is not None):
-        raise error or OptionError("the run folder was refused (see rank 0)", option="--output")
     run.out = out
 
 

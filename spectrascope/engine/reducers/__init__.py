@@ -33,6 +33,8 @@ class Reducer:
 
     #: how to build the Probe feeding this reducer: it handles raw layouts and consumes inside the hook
     probe_kwargs = {"nchw": False, "clone": False, "dtype": None}
+    #: the taps it is fed from (``Runner.reduce`` probes them)
+    taps: tuple = ()
 
     def __call__(self, tap, x) -> None:  # pragma: no cover - protocol
         raise NotImplementedError
@@ -43,6 +45,10 @@ class Reducer:
 
     def load_state(self, state: dict) -> None:  # pragma: no cover - protocol
         raise NotImplementedError
+
+    def missing(self) -> list[str]:
+        """Taps that never fired (``Runner.reduce`` refuses to go on with them); default none."""
+        return []
 
     def all_reduce(self, dist) -> None:
         """Replace this rank's sums by the sums over every rank."""

@@ -1,6 +1,6 @@
 """SPANet Fig. 4 / S1: SPG maps at lambda = 0.7 / 0.8 / 0.9 and the aggregated context."""
 from spectrascope.engine.device import resolve_device
-from spectrascope.report.recipes import FigureSpec
+from spectrascope.recipes import FigureSpec
 
 FIGURE = FigureSpec(
     name="spanet-fig4",

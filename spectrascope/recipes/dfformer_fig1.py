@@ -1,5 +1,5 @@
 """DFFormer Fig. 1: relative log amplitudes of Fourier-transformed feature maps, ViT vs GFNet."""
-from spectrascope.report.recipes import FigureSpec
+from spectrascope.recipes import FigureSpec
 
 from ._fourier import amplitude_recipe, models_title
 

@@ -1,15 +1,15 @@
-"""The paper-table recipes and bubble charts as figure recipes (``spectrascope figure list``):
-one (FigureSpec, module-like with ``run``) per table of ``paper_tables.TABLES`` and per chart of
-``paper_charts.CHARTS``. ``report.recipes`` passes its ``FigureSpec`` class in, so this module
-does not import it."""
+"""The papers' measurement tables and bubble charts as recipes: ``FIGURES`` holds one
+(FigureSpec, runner) pair per table of ``spectrascope.report.paper_tables`` and per chart of
+``spectrascope.report.paper_charts``."""
 from __future__ import annotations
 
 from dataclasses import fields as dc_fields
 from types import SimpleNamespace
 
+from spectrascope.recipes.base import FigureSpec
 from spectrascope.report import paper_charts, paper_tables
 
-__all__ = ["recipes"]
+__all__ = ["FIGURES"]
 
 
 def recipes(spec_cls) -> list[tuple[object, SimpleNamespace]]:
@@ -30,3 +30,6 @@ def recipes(spec_cls) -> list[tuple[object, SimpleNamespace]]:
         out.append((fs, SimpleNamespace(FIGURE=fs, run=paper_tables.run_table(name))))
     out += [(fs, SimpleNamespace(FIGURE=fs, run=run)) for fs, run in paper_charts.charts(make_spec)]
     return out
+
+
+FIGURES = recipes(FigureSpec)

@@ -1,5 +1,5 @@
 """SPANet Fig. 2: relative log amplitudes of token-mixer outputs of four architectures."""
-from spectrascope.report.recipes import FigureSpec
+from spectrascope.recipes import FigureSpec
 
 from ._fourier import amplitude_recipe
 
@@ -24,4 +24,4 @@ LABELS = {"timm:convnext_tiny": "ConvNeXt-T (DepConv)", "timm:vit_base_patch16_2
 
 
 def run(ctx):
-    return amplitude_recipe(ctx, labels=LABELS, title=FIGURE.title, roles=["mixer"])
+    return amplitude_recipe(ctx, labels=LABELS, title=FIGURE.title, taps="mixer")

@@ -1,5 +1,5 @@
-"""Figures in the papers' style, drawn from results payloads alone (no model needed), and the
-files of an amplitude / spectrum result folder (``write_results``, ``load_results``, ``redraw``).
+"""The report of ``amplitude`` and ``spectrum``: figures in the papers' style drawn from the
+result alone (no model needed; ``draw``), and the tidy CSV beside results.json (``write_tables``).
 
 Uses matplotlib's object API with the Agg canvas (no pyplot, no global state), so it
 works headless and can be called from any thread. Every figure is written as PNG and
@@ -13,7 +13,6 @@ frequency at the centre with a shared colour scale across panels.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,14 +24,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 import numpy as np
 
-from spectrascope.errors import DataError, FigureError, OutputError
-from spectrascope.io.results import SCHEMA_VERSION, provenance, write_csv, write_json
+from spectrascope.errors import FigureError
+from spectrascope.io.results import write_csv
 from spectrascope.report.style import (DEPTH_CMAP, MARKERS, PAPER_RC, RANDOM_COLOR, SPECTRUM_CMAP,  # noqa: F401
                                        new_figure, save_figure)
 
 __all__ = ["PAPER_RC", "new_figure", "save_figure", "depth_colors", "pi_formatter", "amplitude_figure",
-           "highfreq_figure", "spectrum_figure", "figures_for", "random_weights_note", "shading_spans",
-           "MIXER_COLORS", "MIXER_LABELS", "write_results", "load_results", "redraw"]
+           "highfreq_figure", "spectrum_figure", "figures_for", "random_weights_footer", "shading_spans",
+           "MIXER_COLORS", "MIXER_LABELS", "write_tables", "draw"]
 
 
 def depth_colors(depths: Sequence[float], cmap: str = DEPTH_CMAP):
@@ -44,7 +43,7 @@ def pi_formatter(decimals: int = 1) -> FuncFormatter:
     return FuncFormatter(lambda v, _p: f"{v:.{decimals}f}\u03c0")
 
 
-def random_weights_note(models: Sequence[Mapping]) -> str | None:
+def random_weights_footer(models: Sequence[Mapping]) -> str | None:
     rnd = [m["model"] for m in models if m.get("random_weights")]
     if not rnd:
         return None
@@ -63,7 +62,7 @@ def _footer(fig: Figure, payload: Mapping, extra: str = "") -> None:
         bits.append(f"eps={method['eps']:g}")
     if extra:
         bits.append(extra)
-    note = random_weights_note(payload.get("models", []))
+    note = random_weights_footer(payload.get("models", []))
     y = -0.03
     if note:
         fig.text(0.01, y, note, fontsize=7, color=RANDOM_COLOR, ha="left", va="top")
@@ -341,62 +340,18 @@ def _csv_rows(payload: Mapping) -> list[dict]:
     return rows
 
 
-def write_results(payload: dict, out_dir, *, command: str, wall_time_s: float | None = None,
-                  formats: Sequence[str] = ("png", "pdf"), title: str | None = None, extra: Mapping | None = None,
-                  maps: Mapping[str, np.ndarray] | None = None, cmap: str | None = None) -> list[Path]:
-    """Write ``results.json`` (payload + provenance with ``world_size``), ``<kind>.csv``, the figures
-    (``cmap``: the spectrum maps' colour map) and, when given, ``maps.npz`` into ``out_dir``
-    (normally a staged output directory)."""
-    out_dir = Path(out_dir)
-    names = [m["model"] for m in payload["models"]]
-    shas = [m["checkpoint_sha256"] for m in payload["models"]]
-    prov = provenance(command=command, model=", ".join(names), checkpoint_sha256=shas[0] if len(shas) == 1 else None,
-                      images_sha256=payload["images"]["sha256"], device=payload.get("device"),
-                      wall_time_s=wall_time_s, random_weights=any(m["random_weights"] for m in payload["models"]),
-                      world_size=(payload.get("run") or {}).get("world_size"), extra=extra)
-    doc = {"schema_version": SCHEMA_VERSION, **payload}
-    arrays = dict(doc.pop("arrays", None) or {}, **(maps or {}))
-    doc["provenance"] = prov
-    if title:
-        doc["title"] = title
-    write_json(out_dir / "results.json", doc)
-    write_csv(out_dir / f"{payload['kind']}.csv", _csv_rows(payload))
-    written = [out_dir / "results.json", out_dir / f"{payload['kind']}.csv"]
-    if arrays:
-        np.savez_compressed(out_dir / "maps.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
-        written.append(out_dir / "maps.npz")
-    for stem, fig in figures_for(doc, title=title, cmap=cmap).items():
-        written += save_figure(fig, out_dir, stem, formats)
-    return written
+def write_tables(result, folder) -> list[str]:
+    """``<kind>.csv`` into ``folder``: one row per curve point (amplitude) or map pixel (spectrum)."""
+    doc = result.to_json()
+    write_csv(Path(folder) / f"{doc['kind']}.csv", _csv_rows(doc))
+    return [f"{doc['kind']}.csv"]
 
 
-def load_results(path) -> dict:
-    """The amplitude or spectrum ``results.json`` at ``path`` (a file or its folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.is_file():
-        raise DataError(f"no results file {path}")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a results.json file: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("kind") not in ("amplitude", "spectrum") or "models" not in doc:
-        kind = doc.get("kind") if isinstance(doc, dict) else None
-        raise DataError(f"{path} holds no amplitude or spectrum results (kind={kind!r})")
-    return doc
-
-
-def redraw(results, output=None, *, formats: Sequence[str] = ("png", "pdf"), freq_axis: str | None = None,
-           cmap: str | None = None) -> list[Path]:
-    """Draw the figures of a ``results.json`` again (from its data alone) into ``output``
-    (default: the folder of the results file)."""
-    src = Path(results)
-    doc = load_results(src)
-    out = Path(output) if output else (src if src.is_dir() else src.parent)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is a file; give a folder", option="--output")
+def draw(result, folder, style) -> list[str]:
+    """The figures of an amplitude or spectrum result (``style``: formats, ``freq_axis``, ``cmap``)."""
+    doc = result.to_json() if hasattr(result, "to_json") else dict(result)
+    cmap = style.get("cmap") or (doc.get("method") or {}).get("cmap")
     written = []
-    for stem, fig in figures_for(doc, freq_axis=freq_axis, cmap=cmap, title=doc.get("title")).items():
-        written += save_figure(fig, out, stem, formats)
+    for stem, fig in figures_for(doc, freq_axis=style.get("freq_axis"), cmap=cmap, title=doc.get("title")).items():
+        written += [p.name for p in save_figure(fig, Path(folder), stem, style.formats)]
     return written

@@ -5,7 +5,7 @@ from spectrascope.analysis.throughput import MEMORY_NOTE, sweep
 from spectrascope.report.throughput import figures
 from spectrascope.engine.device import resolve_device
 from spectrascope.io.results import write_csv
-from spectrascope.report.recipes import FigureSpec
+from spectrascope.recipes import FigureSpec
 from spectrascope.report.style import save_figure
 
 FIGURE = FigureSpec(

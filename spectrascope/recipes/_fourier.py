@@ -1,9 +1,8 @@
 """Shared steps of the Fourier figure recipes (not a recipe itself: the name starts with '_')."""
 from __future__ import annotations
 
-from spectrascope.pipelines.fourier import amplitude_analysis, spectrum_analysis
-from spectrascope.report.fourier import write_results
 from spectrascope.probe.spec import TapList
+from spectrascope.seam import run
 
 
 def labels_for(ctx, labels: dict) -> list[str]:
@@ -25,24 +24,27 @@ def _analysis(ctx, analysis: dict) -> dict:
 
 def amplitude_recipe(ctx, *, labels: dict, title: str, **analysis) -> dict:
     """Relative log-amplitude curves of ``ctx.models`` on the same images -> results + figures."""
-    payload = amplitude_analysis(ctx.models, labels=labels_for(ctx, labels), **_analysis(ctx, analysis))
-    write_results(payload, ctx.output, command=f"figure {ctx.spec.name}", title=title)
-    return dict(_summary(payload, ctx), title=title)
+    result = run("amplitude", labels=tuple(labels_for(ctx, labels)), **_analysis(ctx, analysis))
+    ctx.save(result, title=title)
+    return dict(_summary(result, ctx), title=title)
 
 
 def spectrum_recipe(ctx, *, labels: dict, title: str, **analysis) -> dict:
-    payload = spectrum_analysis(ctx.models, labels=labels_for(ctx, labels), **_analysis(ctx, analysis))
-    write_results(payload, ctx.output, command=f"figure {ctx.spec.name}", title=title, cmap=ctx.option("cmap"))
-    return dict(_summary(payload, ctx), title=title)
+    """2-D spectrum maps of ``ctx.models`` on the same images -> results + figures."""
+    if ctx.option("cmap"):
+        analysis["cmap"] = ctx.option("cmap")
+    result = run("spectrum", labels=tuple(labels_for(ctx, labels)), **_analysis(ctx, analysis))
+    ctx.save(result, title=title)
+    return dict(_summary(result, ctx), title=title)
 
 
-def _summary(payload, ctx) -> dict:
+def _summary(result, ctx) -> dict:
     return {
-        "kind": payload["kind"],
-        "images": payload["images"]["count"],
-        "taps": {m["model"]: [t["name"] for t in m["taps"]] for m in payload["models"]},
+        "kind": result.kind,
+        "images": result.images["count"],
+        "taps": {m["model"]: [t["name"] for t in m["taps"]] for m in result.models},
         "high_freq_delta": {m["model"]: [round(t["high_freq_delta"], 4) for t in m["taps"]]
-                            for m in payload["models"]},
+                            for m in result.models},
         "skipped": [m for m, _ in ctx.skipped],
     }
 

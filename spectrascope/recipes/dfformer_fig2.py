@@ -1,5 +1,5 @@
 """DFFormer Fig. 2 (GFNet style): the global filters of GFNet-Ti in the frequency domain."""
-from spectrascope.report.recipes import FigureSpec
+from spectrascope.recipes import FigureSpec
 
 from ._filters_cam import filters_recipe
 

@@ -1,10 +1,10 @@
 """Paper-figure recipes: discovery and running (``spectrascope figure``).
 
-A recipe is one small module in ``analyses/`` (imported as ``spectrascope.analyses``)
-that composes library calls. Adding a figure needs nothing else than such a module::
+A recipe is one small module in ``spectrascope/recipes/`` that composes analyses (through
+``spectrascope.run``) and library calls. Adding a figure needs nothing else than such a module::
 
-    # analyses/mypaper_fig3.py
-    from spectrascope.report.recipes import FigureSpec
+    # spectrascope/recipes/mypaper_fig3.py
+    from spectrascope.recipes import FigureSpec
 
     FIGURE = FigureSpec(name="mypaper-fig3", title="...", paper="Author et al. 2024, Fig. 3",
                         models=("dfformer_s18", "timm:vit_tiny_patch16_224"))
@@ -14,7 +14,7 @@ that composes library calls. Adding a figure needs nothing else than such a modu
         return {"note": "..."}       # optional summary, stored in figure.json
 
 A module may also hold several recipes as ``FIGURES``, a list of ``(FigureSpec, runner)`` pairs
-whose runner has ``run(ctx)`` (``analyses/paper_tables.py``: the papers' tables and charts).
+whose runner has ``run(ctx)`` (``recipes/paper_tables.py``: the papers' tables and charts).
 
 The framework resolves the output folder (``<output>/<name>/``, written through
 ``staged_output`` so a failed run leaves nothing behind), the checkpoints given as
@@ -35,7 +35,7 @@ from types import ModuleType
 from typing import Mapping, Sequence
 from spectrascope.errors import FigureError
 
-log = logging.getLogger("spectrascope.report.recipes")
+log = logging.getLogger("spectrascope.recipes")
 
 __all__ = ["FigureSpec", "FigureContext", "FigureError", "list_figures", "get_figure", "run_figure",
            "model_available", "RECIPE_OPTIONS", "RECIPE_CHOICES", "FOCALNET_VARIANTS", "recipe_models"]
@@ -115,14 +115,24 @@ class FigureContext:
                 self.warnings.append(m)
 
     def analysis_kwargs(self) -> dict:
-        """Keyword arguments for ``amplitude_analysis`` / ``spectrum_analysis`` (images, device, sizes)."""
-        return {"images": self.images, "data": self.data, "num_images": self.num_images,
-                "batch_size": self.batch_size, "img_size": self.img_size, "device": self.device,
-                "progress": self.progress, "checkpoints": {m: self.checkpoints.get(m) for m in self.models}}
+        """Options of ``spectrascope.run`` for the recipe's models: images, device, sizes, checkpoints."""
+        return {"model": tuple(self.models), "images": self.images, "data": self.data,
+                "num_images": self.num_images, "batch_size": self.batch_size, "img_size": self.img_size,
+                "device": self.device, "progress": self.progress,
+                "checkpoint": tuple(f"{m}={p}" for m, p in self.checkpoints.items() if p and m in self.models)}
+
+    def save(self, result, *, title: str | None = None, **draw) -> None:
+        """Write ``result`` (results.json, tables, figures) into the recipe's folder; ``title`` heads its
+        figures and the provenance names the recipe."""
+        from spectrascope.seam import Style, get, write_result
+        if title is not None:
+            result.title = title
+        result.provenance = dict(result.provenance, command=f"figure {self.spec.name}")
+        write_result(get(result.analysis), result, self.output, Style(options=draw))
 
 
 def _package():
-    return importlib.import_module("spectrascope.analyses")
+    return importlib.import_module("spectrascope.recipes")
 
 
 def _norm(name: str) -> str:
@@ -133,7 +143,7 @@ def _discover() -> dict[str, tuple[FigureSpec, ModuleType]]:
     pkg = _package()
     found: dict[str, tuple[FigureSpec, ModuleType]] = {}
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):
+        if info.name.startswith("_") or info.name == "base":
             continue
         try:
             mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
@@ -150,7 +160,7 @@ def _discover() -> dict[str, tuple[FigureSpec, ModuleType]]:
 
 
 def list_figures() -> list[FigureSpec]:
-    """Every recipe in ``spectrascope.analyses`` (sorted by name)."""
+    """Every recipe in ``spectrascope.recipes`` (sorted by name)."""
     return [spec for spec, _ in sorted(_discover().values(), key=lambda sm: sm[0].name)]
 
 
@@ -247,7 +257,7 @@ def _recorded(caught, recipe: ModuleType) -> list[str]:
     keep = []
     for w in caught:
         where = str(getattr(w, "filename", ""))
-        if where.startswith(here) or any(part in where for part in ("spectrascope", "/analyses/", "/models/")):
+        if where.startswith(here) or any(part in where for part in ("spectrascope", "/recipes/", "/analyses/", "/models/")):
             keep.append(str(w.message))
     return list(dict.fromkeys(keep))
 

@@ -1,5 +1,5 @@
 """SPANet Fig. 1: 2-D Fourier spectrum maps of five token mixers for the same input."""
-from spectrascope.report.recipes import FigureSpec
+from spectrascope.recipes import FigureSpec
 
 from ._fourier import one_mixer_per_model, spectrum_recipe
 

@@ -1,5 +1,5 @@
 """DFFormer Fig. 8: relative log amplitudes on stage 3, CAFormer-S18 vs CDFFormer-S18."""
-from spectrascope.report.recipes import FigureSpec
+from spectrascope.recipes import FigureSpec
 
 from ._fourier import amplitude_recipe
 
@@ -18,4 +18,4 @@ LABELS = {"caformer_s18": "CAFormer-S18", "cdfformer_s18": "CDFFormer-S18"}
 
 
 def run(ctx):
-    return amplitude_recipe(ctx, labels=LABELS, title=FIGURE.title, stages=[3])
+    return amplitude_recipe(ctx, labels=LABELS, title=FIGURE.title, stage=(3,))

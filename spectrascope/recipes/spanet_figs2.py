@@ -1,6 +1,6 @@
 """SPANet Fig. S2: Score-CAM maps of several ImageNet models on the same images."""
 from spectrascope.engine.device import resolve_device
-from spectrascope.report.recipes import FigureSpec
+from spectrascope.recipes import FigureSpec
 
 FIGURE = FigureSpec(
     name="spanet-figs2",

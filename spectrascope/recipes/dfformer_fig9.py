@@ -1,5 +1,5 @@
 """DFFormer Fig. 9: the dynamic-filter bases of DFFormer-S18 in the frequency domain."""
-from spectrascope.report.recipes import FigureSpec
+from spectrascope.recipes import FigureSpec
 
 from ._filters_cam import filters_recipe
 

@@ -1,5 +1,5 @@
 """AFFNet: adaptive frequency masks and their equivalent global dynamic convolution kernels."""
-from spectrascope.report.recipes import FigureSpec
+from spectrascope.recipes import FigureSpec
 
 from ._filters_cam import filters_recipe
 

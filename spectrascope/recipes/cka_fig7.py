@@ -10,7 +10,7 @@ Usage::
 
     spectrascope figure dfformer-fig7 --checkpoint gfformer_s18=gf.pth --data imagefolder:/data/imagenet \\
         --engine torch-cka --estimator unbiased
-    python -m spectrascope.analyses.cka_fig7 --checkpoint-dir weights/ --data imagefolder:/data/imagenet \\
+    python -m spectrascope.recipes.cka_fig7 --checkpoint-dir weights/ --data imagefolder:/data/imagenet \\
         --batch-size 64 --output figures/cka_fig7
 
 Checkpoints are looked up in ``--checkpoint-dir`` by each model card's ``weight_file`` (or
@@ -28,13 +28,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from spectrascope.analysis.cka import FIG7_PAIRS, CKAResult, ModelSpec
-from spectrascope.engine.runner import RunConfig, Runner
+from spectrascope.analyses.cka import FIG7_PAIRS, CKAResult, skip_warning
 from spectrascope.io.results import staged_output, write_json
-from spectrascope.io.sources import ImageSource
-from spectrascope.pipelines.cka import CKAOptions, compute as compute_pair, skip_warning
-from spectrascope.report.cka import plot_heatmap, write_files
-from spectrascope.report.recipes import FigureSpec
+from spectrascope.recipes.base import FigureSpec
+from spectrascope.report.cka import plot_heatmap
+from spectrascope.seam import Style, get, run as run_analysis, write_result
 from spectrascope.zoo.registry import get_card
 
 __all__ = ["FIGURE", "PAIRS", "DPI", "find_checkpoint", "compute", "run", "main"]
@@ -57,10 +55,9 @@ FIGURE = FigureSpec(
 
 def run(ctx):
     """``spectrascope figure dfformer-fig7`` entry point (writes into the framework's staging folder)."""
-    from spectrascope.engine.device import resolve_device
     res, summary = _write_panels(ctx.output, checkpoints=ctx.checkpoints, images=ctx.images, data=ctx.data,
                                  num_images=ctx.num_images, batch_size=ctx.batch_size or 16,
-                                 device=resolve_device(ctx.device), img_size=ctx.img_size, progress=ctx.progress,
+                                 device=ctx.device, img_size=ctx.img_size, progress=ctx.progress,
                                  estimator=ctx.option("estimator", "unbiased"),
                                  engine=ctx.option("engine", "spectrascope"))
     ctx.warn(*summary["warnings"])                  # re-printed by `spectrascope figure` (skipped batches ...)
@@ -97,38 +94,39 @@ def compute(out_dir="figures/cka_fig7", *, checkpoint_dir=None, checkpoints: dic
         return res
 
 
-def _panel(panel, a, b, stage: Path, source, runner, opts, *, checkpoint_dir, checkpoints, img_size, overrides):
-    spec_a = ModelSpec(a, find_checkpoint(a, checkpoint_dir, checkpoints), img_size, dict(overrides or {}))
-    spec_b = ModelSpec(b, find_checkpoint(b, checkpoint_dir, checkpoints), img_size, dict(overrides or {}))
+def _panel(panel, a, b, stage: Path, common: dict, *, checkpoint_dir, checkpoints):
+    cks = tuple(find_checkpoint(m, checkpoint_dir, checkpoints) or "-" for m in (a, b))
     with warnings.catch_warnings():          # reported once per panel below, with the totals over the run
         warnings.filterwarnings("ignore", message="CKA: skipped", category=RuntimeWarning)
-        res = compute_pair(spec_a, spec_b, source, runner, opts)
+        res = run_analysis("cka", model=(a, b), checkpoint=cks, taps="fig7", **common)
     res.meta["panel"] = f"Fig. 7{panel}"
     sub = f"fig7{panel}_{a}_vs_{b}"
     (stage / sub).mkdir()
-    write_files(res, stage / sub, title=f"DFFormer Fig. 7{panel}: {a} vs {b}", command="figure dfformer-fig7")
+    res.title = f"DFFormer Fig. 7{panel}: {a} vs {b}"
+    res.provenance = dict(res.provenance, command="figure dfformer-fig7")
+    write_result(get("cka"), res, stage / sub, Style())
     info = {"model_a": a, "model_b": b, "report": sub, "taps": len(res.labels_a), "images": res.examples,
             "batches": res.batches, "skipped_batches": res.skipped_batches,
             "skipped_examples": res.skipped_examples, "diagnostics": list(res.diagnostics),
-            "random_weights": [s.name for s in (spec_a, spec_b) if s.checkpoint is None],
-            "wall_time_s": res.meta.get("wall_time_s")}
-    return res, info
+            "random_weights": [m for m, ck in zip((a, b), cks) if ck == "-"],
+            "wall_time_s": res.provenance.get("wall_time_s")}
+    return res, info, res.notes
 
 
 def _write_panels(stage: Path, *, checkpoint_dir=None, checkpoints=None, images=None, data=None, num_images=None,
                   batch_size=16, device="cpu", img_size=None, estimator="unbiased", engine="spectrascope",
                   progress=True, overrides=None, pairs=PAIRS) -> tuple[dict[str, CKAResult], dict]:
-    source = ImageSource.resolve(images, data, num_images)
-    runner = Runner(RunConfig(device=device, batch_size=batch_size, progress=progress))
-    opts = CKAOptions(taps="fig7", estimator=estimator, engine=engine)
+    common = {"images": images, "data": data, "num_images": num_images, "batch_size": batch_size,
+              "device": device, "img_size": img_size, "estimator": estimator, "engine": engine,
+              "progress": progress, "model_kwargs": dict(overrides or {})}
     results: dict[str, CKAResult] = {}
-    panels = {}
+    panels, notes = {}, []
     for panel, a, b in pairs:
-        results[panel], panels[panel] = _panel(panel, a, b, Path(stage), source, runner, opts,
-                                               checkpoint_dir=checkpoint_dir, checkpoints=checkpoints,
-                                               img_size=img_size, overrides=overrides)
-    warn = list(source.notes) + [f"Fig. 7{p}: {w}" for p, r in results.items() for w in
-                                 filter(None, [skip_warning(r)] + list(r.diagnostics))]
+        results[panel], panels[panel], more = _panel(panel, a, b, Path(stage), common,
+                                                     checkpoint_dir=checkpoint_dir, checkpoints=checkpoints)
+        notes += [n for n in more if not n.startswith("random weights") and n not in notes]
+    warn = notes + [f"Fig. 7{p}: {w}" for p, r in results.items() for w in
+                    filter(None, [skip_warning(r)] + list(r.diagnostics))]
     footer = _footer(results, batch_size, estimator, engine)
     layout = _draw(results, Path(stage), footer)
     summary = {"figure": "DFFormer Fig. 7", "estimator": estimator, "engine": engine, "batch_size": batch_size,
@@ -174,7 +172,7 @@ def _draw(results: dict[str, CKAResult], stage: Path, footer: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m spectrascope.analyses.cka_fig7", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m spectrascope.recipes.cka_fig7", description=__doc__.split("\n")[0])
     ap.add_argument("--output", default="figures/cka_fig7")
     ap.add_argument("--checkpoint-dir", default=None)
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH")
@@ -188,13 +186,12 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", default="spectrascope", choices=["spectrascope", "torch-cka"])
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
-    from spectrascope.engine.device import resolve_device
     from spectrascope.errors import UserError
     ckpts = dict(item.split("=", 1) for item in args.checkpoint)
     try:
         res = compute(args.output, checkpoint_dir=args.checkpoint_dir, checkpoints=ckpts, images=args.images,
                       data=args.data, num_images=args.num_images, batch_size=args.batch_size,
-                      device=resolve_device(args.device), img_size=args.img_size, estimator=args.estimator,
+                      device=args.device, img_size=args.img_size, estimator=args.estimator,
                       engine=args.engine, overwrite=args.overwrite)
     except UserError as exc:
         print(f"Error: {str(exc).splitlines()[0]}", file=sys.stderr)
