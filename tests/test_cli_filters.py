@@ -180,7 +180,7 @@ def test_nonfinite_checkpoint_stops_in_one_line_and_writes_nothing(tmp_path, key
 
 def test_nonfinite_forward_names_the_first_tap(tmp_path):
     """Finite weights, a NaN pixel in image 4: the runner names the first non-finite tap, the batch and the cause."""
-    from spectrascope.analysis.filters import routing_statistics
+    from spectrascope.analyses.filters import routing_statistics
     from spectrascope.engine.runner import RunConfig, Runner
     from spectrascope.errors import NonFiniteError
     model = spectrascope.create_model("dfformer_s18", num_classes=3, img_size=32, depths=[1, 1, 1, 1],

@@ -152,7 +152,7 @@ def test_affnet_mixer_is_a_circular_convolution_with_the_mask_kernel():
 
 
 def test_collect_filters_uses_the_built_grid():
-    from spectrascope.analysis.filters import collect_filters
+    from spectrascope.analyses.filters import collect_filters
     model = spectrascope.create_model("dfformer_s18", num_classes=3, img_size=(28, 36), depths=[1, 1, 1, 1],
                                       dims=[8, 16, 24, 32])
     layers = collect_filters(model)
@@ -183,7 +183,7 @@ def _tiny_df():
 
 
 def test_routing_reducer_equals_closed_form_and_merges_like_one_pass():
-    from spectrascope.analysis.filters import RoutingReducer
+    from spectrascope.analyses.filters import RoutingReducer
     from spectrascope.engine.reducers import merge_states
     model = _tiny_df()
     taps = select_taps(model_taps(model), roles=["df_routing"])
@@ -210,7 +210,7 @@ def test_routing_reducer_equals_closed_form_and_merges_like_one_pass():
 
 
 def test_layers_use_the_tap_grammar():
-    from spectrascope.analysis.filters import collect_filters, resolve_layers, select_layers
+    from spectrascope.analyses.filters import collect_filters, resolve_layers, select_layers
     from spectrascope.errors import TapError
     model = _tiny_df()
     banks = collect_filters(model)
@@ -233,7 +233,7 @@ def test_layers_use_the_tap_grammar():
 
 def test_filter_figures_are_pdf_and_png_at_200_dpi_with_labelled_bars_and_a_clear_title(tmp_path):
     from PIL import Image
-    from spectrascope.analysis.filters import collect_filters
+    from spectrascope.analyses.filters import collect_filters
     from spectrascope.report import filters as rf
     model = _tiny_df()
     banks = collect_filters(model)
@@ -260,18 +260,21 @@ def test_filter_figures_are_pdf_and_png_at_200_dpi_with_labelled_bars_and_a_clea
 
 
 def test_a_nonfinite_stop_on_one_rank_stops_every_rank():
-    from spectrascope.analysis.filters import _stop_together
-    from spectrascope.errors import NonFiniteError
+    from spectrascope.engine.dist import Dist
+    from spectrascope.errors import NonFiniteError, PeerFailure
 
-    class TwoRanks:
-        enabled = True
-
+    class TwoRanks(Dist):
         def __init__(self, other):
+            super().__init__(rank=0, world=2)
             self.other = other
 
         def all_gather_object(self, obj):
             return [obj, self.other]
-    _stop_together(TwoRanks(None), None)                                   # nobody failed: no error
-    with pytest.raises(NonFiniteError, match="tap s1.b0.df_routing in batch 2"):
-        _stop_together(TwoRanks("non-finite values (NaN/inf) first appeared at tap s1.b0.df_routing in batch 2"),
-                       None)
+    TwoRanks(None).agree(None)                                              # nobody failed: no error
+    msg = "non-finite values (NaN/inf) first appeared at tap s1.b0.df_routing in batch 2"
+    with pytest.raises(PeerFailure, match="tap s1.b0.df_routing in batch 2") as info:
+        TwoRanks((msg, 2, "user")).agree(None)                             # the other rank failed
+    assert info.value.exit_code == 2 and str(info.value) == msg
+    with pytest.raises(NonFiniteError):                                     # this rank failed: its own error
+        with TwoRanks(None).together():
+            raise NonFiniteError(msg)

@@ -17,7 +17,8 @@ import numpy as np
 
 from spectrascope.report.style import new_figure, save_figure
 
-__all__ = ["DPI", "FORMATS", "AMPLITUDE_LABEL", "DEFAULT_CMAP", "plot_filter_grid", "plot_rows", "plot_routing"]
+__all__ = ["DPI", "FORMATS", "AMPLITUDE_LABEL", "DEFAULT_CMAP", "GLOBAL_COLUMNS", "plot_filter_grid", "plot_rows",
+           "plot_routing", "draw"]
 
 DPI = 200
 FORMATS = ("png", "pdf")
@@ -40,8 +41,8 @@ def _frame(width: float, height_body: float, title: str, left: float = 0.9, righ
     return fig
 
 
-def _save(fig, directory, stem: str) -> list[str]:
-    return [p.name for p in save_figure(fig, Path(directory), stem, formats=FORMATS, dpi=DPI)]
+def _save(fig, directory, stem: str, formats=FORMATS) -> list[str]:
+    return [p.name for p in save_figure(fig, Path(directory), stem, formats=formats, dpi=DPI)]
 
 
 def _mosaic(amps: Sequence, cols: int) -> np.ndarray:
@@ -64,7 +65,7 @@ def _stages(layers) -> list[list[int]]:
 
 
 def plot_filter_grid(layers, amps, columns: int, directory, stem: str, *, title: str, cmap: str = DEFAULT_CMAP,
-                     col_label: str = "filter", cbar_label: str = AMPLITUDE_LABEL):
+                     col_label: str = "filter", cbar_label: str = AMPLITUDE_LABEL, formats=FORMATS):
     """Rows = layers (grouped by stage), columns = the first ``columns`` filters; one colour
     scale per stage with a labelled colour bar beside it (one image per stage, so large banks
     draw quickly). Returns (figure, files)."""
@@ -95,11 +96,11 @@ def plot_filter_grid(layers, amps, columns: int, directory, stem: str, *, title:
         stage = layers[idx[0]].stage
         bar.set_label(f"stage {stage}: {cbar_label}" if len(groups) > 1 else cbar_label, fontsize=5)
         bar.ax.tick_params(labelsize=5)
-    return fig, _save(fig, directory, stem)
+    return fig, _save(fig, directory, stem, formats)
 
 
 def plot_rows(rows: Sequence[Sequence[np.ndarray]], row_labels, col_labels, directory, stem: str, *, title: str,
-              cmaps, cbar_labels, shared=None):
+              cmaps, cbar_labels, shared=None, formats=FORMATS):
     """A grid of maps (one row per layer / stage) with one labelled colour bar per map column."""
     nr, nc = len(rows), max(len(r) for r in rows)
     fig = _frame(1.5 * nc + 0.4 * nc, 1.5 * nr, title)
@@ -122,10 +123,10 @@ def plot_rows(rows: Sequence[Sequence[np.ndarray]], row_labels, col_labels, dire
             if i == 0:
                 ax.set_title(col_labels[j], fontsize=6)
         axes[i, 0].set_ylabel(row_labels[i], fontsize=6, rotation=0, ha="right", va="center")
-    return fig, _save(fig, directory, stem)
+    return fig, _save(fig, directory, stem, formats)
 
 
-def plot_routing(stats: dict, directory, stem: str, *, title: str, cmap: str = DEFAULT_CMAP):
+def plot_routing(stats: dict, directory, stem: str, *, title: str, cmap: str = DEFAULT_CMAP, formats=FORMATS):
     """Share of (image, channel) pairs whose top basis is each basis, one row per layer."""
     names = list(stats)
     share = np.stack([np.asarray(stats[n]["argmax_share"], dtype=float) for n in names])
@@ -141,4 +142,109 @@ def plot_routing(stats: dict, directory, stem: str, *, title: str, cmap: str = D
     bar = fig.colorbar(im, ax=ax, fraction=0.08, pad=0.03)
     bar.set_label("share of (image, channel) pairs with this top basis", fontsize=5)
     bar.ax.tick_params(labelsize=5)
-    return fig, _save(fig, directory, stem)
+    return fig, _save(fig, directory, stem, formats)
+
+
+# ---------------------------------------------------------------------------- the figures of a result
+#: channels of the global filters shown without --channels
+GLOBAL_COLUMNS = 24
+
+
+def _layers(result, kind_pred) -> list:
+    from types import SimpleNamespace
+    return [SimpleNamespace(**lay) for lay in result.layers if kind_pred(lay["kind"])]
+
+
+def _banks(result, folder, formats, cmap: str, note: str) -> list[str]:
+    arrays = result.filters
+    files = []
+    dynamic = _layers(result, lambda k: k == "dynamic-basis")
+    static = _layers(result, lambda k: k != "dynamic-basis")
+    if dynamic:
+        amps = [arrays[f"amplitude/{b.name}"] for b in dynamic]
+        files += plot_filter_grid(dynamic, amps, max(a.shape[0] for a in amps), folder, "basis_filters",
+                                  title=f"{result.model}: dynamic filter bases |W| (DC centred, one scale per "
+                                        f"stage){note}", cmap=cmap, col_label="basis", formats=formats)[1]
+    if static:
+        ch = result.channels
+        amps = [arrays[f"amplitude/{b.name}"][list(ch)] if ch else arrays[f"amplitude/{b.name}"] for b in static]
+        files += plot_filter_grid(static, amps, len(ch) if ch else GLOBAL_COLUMNS, folder, "global_filters",
+                                  title=f"{result.model}: global filters |W| (DC centred, one scale per stage){note}",
+                                  cmap=cmap, col_label="ch", formats=formats)[1]
+    return files
+
+
+def _routing(result, folder, formats, cmap: str, note: str) -> list[str]:
+    stats = {k: dict(v, mean=result.filters.get(f"routing_mean/{k}")) for k, v in result.routing.items()}
+    n = max((v["images"] for v in result.routing.values()), default=0)
+    return plot_routing(stats, folder, "routing", cmap=cmap,
+                        title=f"{result.model}: which basis the channels use over {n} images{note}",
+                        formats=formats)[1]
+
+
+def _effective(result, folder, formats, cmap: str, note: str) -> list[str]:
+    eff = result.effective
+    names, chs = eff["layers"], eff["channels"]
+    files = []
+    for i, image in enumerate(eff["images"]):
+        rows = [[result.filters[f"effective_amplitude/{k}"][i, c] for c in range(len(chs))] for k in names]
+        files += plot_rows(rows, names, [f"ch {c}" for c in chs], folder, f"effective_{i:02d}_{Path(image).stem}",
+                           title=f"{result.model}: effective filters of {image}{note}", cmaps=[cmap],
+                           cbar_labels=[AMPLITUDE_LABEL], formats=formats)[1]
+    return files
+
+
+def _aff(result, folder, formats, cmap: str, note: str) -> list[str]:
+    from spectrascope.ops import filters as fl
+    import torch
+    cols = ["|M| mean (DC centred)", "kernel mean", "kernel ch0", "kernel ch1", "kernel ch2"]
+    files = []
+    for i, image in enumerate(result.aff_images or []):
+        rows = []
+        for r in result.aff:
+            mask = torch.from_numpy(np.asarray(result.filters[f"aff_mask/{r['name']}"][i]))
+            amp = fl.filter_amplitude(mask, width=r["grid"][1])
+            ker = fl.centered_kernel(torch.from_numpy(np.asarray(result.filters[f"aff_kernel/{r['name']}"][i])))
+            rows.append([amp.mean(0).numpy(), ker.mean(0).numpy()] + [ker[c].numpy() for c in range(3)])
+        files += plot_rows(rows, [r["name"] for r in result.aff], cols, folder, f"aff_masks_{i:02d}_{Path(image).stem}",
+                           title=f"{result.model}: adaptive masks and equivalent kernels, {image}{note}",
+                           cmaps=[cmap, "gray", "gray", "gray", "gray"],
+                           cbar_labels=["amplitude |M|", "kernel weight"], formats=formats)[1]
+    return files
+
+
+def _spf(result, folder, formats, cmap: str) -> list[str]:
+    lams = sorted({round(r["lambda"], 6) for r in result.spf})
+    stages = sorted({r["stage"] for r in result.spf})
+    by = {(r["stage"], round(r["lambda"], 6)): r for r in result.spf}
+
+    def arr(kind, r):
+        return result.filters[f"spf_{kind}/stage{r['stage']}_lambda{r['lambda']:.1f}"]
+    heads = [f"lambda {lam:.1f}" for lam in lams]
+    rows = [[arr("mask", by[(s, lam)]) for lam in lams if (s, lam) in by] for s in stages]
+    files = plot_rows(rows, [f"stage {s} (r={by[(s, lams[0])]['radius']})" for s in stages], heads, folder,
+                      "spf_masks", title=f"{result.model}: SPF masks (DC centred)", cmaps=[cmap],
+                      cbar_labels=["mask value"], shared=[(0, 1)] * len(lams), formats=formats)[1]
+    rows = [[arr("kernel", by[(s, lam)]) for lam in lams if (s, lam) in by] for s in stages]
+    files += plot_rows(rows, [f"stage {s}" for s in stages], heads, folder, "spf_kernels",
+                       title=f"{result.model}: SPF equivalent spatial kernels (centred)", cmaps=["gray"],
+                       cbar_labels=["kernel weight"], formats=formats)[1]
+    return files
+
+
+def draw(result, folder, style) -> list[str]:
+    """Every figure of a ``filters`` result (``analyses.filters.FiltersResult``) from its data and
+    arrays alone: bases / global filters, routing, effective filters, AFF masks, SPF masks."""
+    cmap = style.get("cmap") or result.colour_map or DEFAULT_CMAP
+    note = "\n(random weights: no checkpoint given)" if result.random_weights else ""
+    fmts = style.formats
+    files = _banks(result, folder, fmts, cmap, note) if result.layers else []
+    if result.routing:
+        files += _routing(result, folder, fmts, cmap, note)
+    if result.effective:
+        files += _effective(result, folder, fmts, cmap, note)
+    if result.aff:
+        files += _aff(result, folder, fmts, cmap, note)
+    if result.spf:
+        files += _spf(result, folder, fmts, cmap)
+    return files

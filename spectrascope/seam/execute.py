@@ -104,21 +104,24 @@ def _provenance(ctx: Context, wall: float) -> dict:
 
 
 def write_result(analysis: Analysis, result: Result, folder, style: Style | None = None) -> list[str]:
-    """results.json, then the analysis's report, into ``folder`` (an existing, staged folder).
+    """The result folder's files in an existing (staged) ``folder``: the arrays (``result.npz``),
+    the analysis's report (tables, figures), then results.json naming them all.
 
     Raises:
         NonFiniteError: the result holds a NaN/inf (nothing is written).
     """
     folder = Path(folder)
     result.check_finite()
-    write_json(folder / "results.json", result.to_json())
-    written = ["results.json"]
+    written = []
     arrays = result.arrays()
     if arrays and result.npz:
         import numpy as np
         np.savez_compressed(folder / result.npz, **{k: np.asarray(v) for k, v in arrays.items()})
         written.append(result.npz)
-    return written + list(analysis.report(result, folder, style or Style()) or [])
+    written += [w for w in (analysis.report(result, folder, style or Style()) or []) if w not in written]
+    result.files = written
+    write_json(folder / "results.json", result.to_json())
+    return ["results.json"] + written
 
 
 def _finish(ctx: Context, result: Result, clock: Stopwatch, caught) -> None:

@@ -33,7 +33,8 @@ MAX_DEPTH = 64
 @dataclasses.dataclass(kw_only=True)
 class Result:
     """Base of every result: ``notes`` and ``warnings`` the run reported, the ``provenance``
-    block, and the folder it was written to (``output``, not stored)."""
+    block, the files written beside results.json, and the folder it was written to (``output``,
+    not stored)."""
 
     #: the analysis that writes this result (set by ``seam.register``)
     analysis: ClassVar[str] = ""
@@ -42,6 +43,8 @@ class Result:
 
     notes: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: the files of the result folder beside results.json (tables, arrays, figures)
+    files: list[str] = dataclasses.field(default_factory=list)
     provenance: dict = dataclasses.field(default_factory=dict)
     output: Path | None = dataclasses.field(default=None, metadata={"json": False}, compare=False)
 

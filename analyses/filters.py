@@ -1,5 +1,4 @@
-"""The frequency filters of a model, as data (the ``spectrascope filters`` analysis; the
-figures are in ``report.filters``, the command in ``pipelines.filters``).
+"""``filters``: the frequency filters of a model, as data, and their figures (``report.filters``).
 
 * DFFormer / CDFFormer: every dynamic-filter layer's N basis filters (DFFormer Fig. 9); the
   routing statistics over images (which basis each channel uses) as a streaming
@@ -16,23 +15,27 @@ GFNet recipe (``spectrascope.ops.filters.filter_amplitude``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 
-from spectrascope.engine.reducers import Reducer
+from spectrascope.engine.reducers.routing import RoutingReducer
 from spectrascope.engine.runner import Runner, nonfinite_cause
-from spectrascope.errors import NonFiniteError, TapError
+from spectrascope.errors import NonFiniteError, OptionError, TapError
 from spectrascope.ops import filters as fl
 from spectrascope.probe import Probe
 from spectrascope.probe.grammar import TapRequest
 from spectrascope.probe.infer import model_taps
 from spectrascope.probe.spec import TapList, TapSpec
+from spectrascope.report import filters as rf
+from spectrascope.report.style import check_cmap
+from spectrascope.seam import Analysis, Needs, Option, Result, register
 
-__all__ = ["FilterLayer", "collect_filters", "resolve_layers", "layer_selected", "select_layers", "RoutingReducer",
-           "routing_statistics", "effective_filters", "aff_masks", "spf_masks", "check_finite_weights",
-           "filter_summary"]
+__all__ = ["Filters", "FiltersResult", "FilterLayer", "collect_filters", "resolve_layers", "layer_selected",
+           "select_layers", "RoutingReducer", "routing_statistics", "effective_filters", "aff_masks", "spf_masks",
+           "check_finite_weights", "filter_summary", "parse_channels", "aff_lines"]
 
 
 @dataclass
@@ -169,57 +172,6 @@ def filter_summary(a: torch.Tensor) -> dict:
             "kinds": kinds}
 
 
-# ---------------------------------------------------------------------------- routing
-
-
-def _block(tap: TapSpec) -> str:
-    return tap.name.rsplit(".", 1)[0]
-
-
-class RoutingReducer(Reducer):
-    """Streamed DF routing statistics per layer from the ``df_routing`` taps ``(B, N, C)``:
-    float64 sums of the weights (N, C), of the (image, channel) pairs whose top basis is
-    each basis (N,), of the routing entropy per channel (C,) in nats, and the image count.
-    ``result()`` gives the means; ``all_reduce(dist)`` (the protocol's) merges the ranks."""
-
-    def __init__(self, taps: Sequence[TapSpec]):
-        self.taps = TapList(t for t in taps if t.role == "df_routing")
-        self.sums: dict[str, dict[str, torch.Tensor]] = {}
-
-    def __call__(self, tap: TapSpec, x: torch.Tensor) -> None:
-        r = x.detach().to(torch.float64)
-        n = r.shape[1]
-        top = torch.nn.functional.one_hot(r.argmax(dim=1), n).sum(dim=(0, 1)).to(torch.float64)
-        ent = -(r.clamp_min(1e-12).log() * r).sum(dim=1).sum(dim=0)
-        new = {"sum": r.sum(dim=0), "top": top, "ent": ent,
-               "n": torch.tensor(float(r.shape[0]), dtype=torch.float64, device=r.device)}
-        acc = self.sums.setdefault(_block(tap), {})
-        for k, v in new.items():
-            acc[k] = v if k not in acc else acc[k] + v
-
-    def state(self) -> dict:
-        return {f"{name}|{k}": v for name, acc in self.sums.items() for k, v in acc.items()}
-
-    def load_state(self, state: dict) -> None:
-        self.sums = {}
-        for key, v in state.items():
-            name, k = key.rsplit("|", 1)
-            self.sums.setdefault(name, {})[k] = v
-
-    def result(self) -> dict[str, dict]:
-        """Per layer (execution order): ``mean`` (N, C), ``argmax_share`` (N,), ``entropy`` (C,), ``images``."""
-        out = {}
-        for name in dict.fromkeys([_block(t) for t in self.taps] + list(self.sums)):
-            if name not in self.sums:
-                continue
-            s = {k: v.cpu() for k, v in self.sums[name].items()}
-            n = max(float(s["n"]), 1.0)
-            c = s["sum"].shape[1]
-            out[name] = {"mean": s["sum"] / n, "argmax_share": s["top"] / (n * c), "entropy": s["ent"] / n,
-                         "images": int(s["n"])}
-        return out
-
-
 def _taps_of(model, role: str, what: str) -> TapList:
     taps = TapList(t for t in _declared(model) if t.role == role)
     if not taps:
@@ -227,31 +179,18 @@ def _taps_of(model, role: str, what: str) -> TapList:
     return taps
 
 
+def _block(tap: TapSpec) -> str:
+    return tap.name.rsplit(".", 1)[0]
+
+
 def routing_statistics(model, dataset, runner: Runner, *, selection: TapList | None = None) -> dict:
-    """The ``RoutingReducer`` result over ``dataset`` (this rank's shard, merged over the ranks)."""
+    """The ``RoutingReducer`` result over ``dataset`` (``Runner.reduce``: this rank's shard, merged
+    over the ranks)."""
     taps = TapList(t for t in _taps_of(model, "df_routing", "dynamic-filter routing")
                    if layer_selected(selection, _block(t), t.path.rsplit(".", 1)[0]))
     reducer = RoutingReducer(taps)
-    failure = None
-    try:
-        with Probe(model, taps, callback=reducer, **reducer.probe_kwargs) as probe:
-            runner.run(model, dataset, probe, need_output=False, desc="routing")
-    except NonFiniteError as exc:
-        failure = exc
-    _stop_together(runner.dist, failure)
-    reducer.all_reduce(runner.dist)
+    runner.reduce(model, dataset, reducer, desc="routing")
     return reducer.result()
-
-
-def _stop_together(dist, failure: Exception | None) -> None:
-    """A non-finite stop on one rank stops every rank with the same message (no rank waits forever
-    in the all-reduce)."""
-    if dist is not None and dist.enabled:
-        messages = [m for m in dist.all_gather_object(str(failure) if failure is not None else None) if m]
-        if messages:
-            raise NonFiniteError(messages[0])
-    elif failure is not None:
-        raise failure
 
 
 def effective_filters(model, x: torch.Tensor, runner: Runner, *, channels: Sequence[int],
@@ -333,3 +272,203 @@ def spf_masks(model) -> list[dict]:
         seen[(stage, round(lam, 6))] = {"stage": stage, "lambda": lam, "radius": mod.radius, "mask": mask,
                                         "kernel": kernel, "path": key}
     return [seen[k] for k in sorted(seen)]
+
+
+# ---------------------------------------------------------------------------- the declaration
+#: channels of the effective filters shown without --channels
+DEFAULT_EFFECTIVE_CHANNELS = (0, 1, 2, 3)
+
+
+def parse_channels(value):
+    """``0,1,2`` / ``0-7`` / ``0-3,8`` -> a list of channel indices (ascending ranges only)."""
+    if value is None or value == "" or isinstance(value, (list, tuple)):
+        return list(value) if isinstance(value, (list, tuple)) else None
+    out = []
+    for part in str(value).split(","):
+        try:
+            if "-" in part:
+                a, b = (int(v) for v in part.split("-", 1))
+                if b < a:
+                    raise OptionError(f"{part!r} is an empty range (write low-high, e.g. 2-5)", option="--channels")
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+        except ValueError as exc:
+            if isinstance(exc, OptionError):
+                raise
+            raise OptionError(f"{value!r} is not a channel list such as 0,1,2 or 0-7", option="--channels") from None
+    if any(c < 0 for c in out):
+        raise OptionError("channels must be >= 0", option="--channels")
+    return out
+
+
+@dataclass(kw_only=True)
+class FiltersResult(Result):
+    """The filters of one model: a summary per layer (``layers``: name, parameter, kind, stage,
+    number of filters, grid, amplitude range, rough kinds), the routing statistics, the effective
+    filters' images and channels, the AFF and SPF entries; the arrays (amplitudes, routing means,
+    effective filters, masks and kernels) are in ``filters.npz``."""
+
+    model: str
+    family: str
+    input_size: list[int]
+    colour_map: str
+    random_weights: bool = False
+    channels: list[int] | None = None
+    layers: list[dict] = field(default_factory=list)
+    routing: dict | None = None
+    effective: dict | None = None
+    aff: list[dict] | None = None
+    aff_images: list[str] | None = None
+    spf: list[dict] | None = None
+    filters: dict = field(default_factory=dict, metadata={"json": False})
+    npz = "filters.npz"
+
+    def arrays(self) -> dict:
+        return self.filters
+
+    def load_arrays(self, arrays: dict) -> None:
+        self.filters = dict(arrays)
+
+
+def _family(model) -> str:
+    card = getattr(model, "card", None)
+    return card.family if card is not None else type(model).__name__.lower()
+
+
+def _has_aff(model) -> bool:
+    return any(t.role == "aff_mask" for t in _declared(model))
+
+
+def _has_spf(model) -> bool:
+    return hasattr(model, "spf_modules") and bool(model.spf_modules())
+
+
+def _banks(res: FiltersResult, banks: list) -> None:
+    for b in banks:
+        a = fl.filter_amplitude(b.filters, width=b.width)
+        res.filters[f"amplitude/{b.name}"] = a.numpy().astype(np.float32)
+        res.layers.append({"name": b.name, "parameter": b.path, "kind": b.kind, "stage": b.stage,
+                           "filters": int(a.shape[0]), "grid": list(b.grid), **filter_summary(a)})
+
+
+def _routing(ctx, res: FiltersResult, model, pre, selection) -> None:
+    stats = routing_statistics(model, ctx.source.dataset(pre), ctx.runner, selection=selection)
+    res.routing = {k: {"argmax_share": v["argmax_share"].tolist(), "mean_entropy_nats": float(v["entropy"].mean()),
+                       "images": v["images"]} for k, v in stats.items()}
+    for k, v in stats.items():
+        res.filters[f"routing_mean/{k}"] = v["mean"].numpy().astype(np.float32)
+
+
+def _images(ctx, pre, n: int) -> torch.Tensor:
+    return ctx.source.load(pre, list(range(min(n, len(ctx.source))))).to(ctx.runner.device)
+
+
+def _effective(ctx, res: FiltersResult, model, pre, selection) -> None:
+    chs = list(ctx.params.channels or DEFAULT_EFFECTIVE_CHANNELS)
+    eff = effective_filters(model, _images(ctx, pre, ctx.params.effective), ctx.runner, channels=chs,
+                            selection=selection)
+    for k, v in eff.items():
+        res.filters[f"effective_amplitude/{k}"] = v.numpy()
+    n = min(ctx.params.effective, len(ctx.source))
+    res.effective = {"layers": list(eff), "channels": chs, "images": list(ctx.source.names[:n])}
+
+
+def _aff(ctx, res: FiltersResult, model, pre, selection) -> None:
+    x = _images(ctx, pre, max(1, min(len(ctx.source), 4)))
+    out = aff_masks(model, x, ctx.runner, selection=selection)
+    res.aff = [{"name": r["name"], "stage": r["stage"], "grid": list(r["grid"]), "mask_shape": list(r["mask"].shape),
+                "equivalence_max_abs_error": r["equivalence_max_abs_error"]} for r in out]
+    res.aff_images = list(ctx.source.names[:x.shape[0]])
+    for r in out:
+        res.filters[f"aff_mask/{r['name']}"] = r["mask"].numpy()
+        res.filters[f"aff_kernel/{r['name']}"] = r["kernel"].numpy()
+
+
+def _spf(res: FiltersResult, model) -> None:
+    out = spf_masks(model)
+    res.spf = [{"stage": r["stage"], "lambda": r["lambda"], "radius": r["radius"], "grid": list(r["mask"].shape),
+                "values": sorted({round(float(v), 6) for v in r["mask"].unique()})} for r in out]
+    for r in out:
+        key = f"stage{r['stage']}_lambda{r['lambda']:.1f}"
+        res.filters[f"spf_mask/{key}"] = r["mask"].numpy()
+        res.filters[f"spf_kernel/{key}"] = r["kernel"].numpy()
+
+
+def _what(model, name: str, layers) -> tuple[list, bool, bool, object]:
+    """(filter banks, has AFF masks, has SPF masks, --layers selection), checked."""
+    banks = collect_filters(model)
+    has_aff, has_spf = _has_aff(model), _has_spf(model)
+    if not banks and not has_aff and not has_spf:
+        raise TapError(f"{name} has no frequency filters to show (no complex filter parameters, AFF masks or "
+                       "SPF masks)", option="--model")
+    selection = resolve_layers(model, layers, known=[b.name for b in banks])
+    if banks:
+        banks = select_layers(banks, selection, layers)
+    return banks, has_aff, has_spf, selection
+
+
+def aff_lines(result: FiltersResult) -> list[str]:
+    """The equivalence check of every AFF layer, one line each."""
+    return [f"{a['name']}: mask filtering == circular convolution with its kernel, "
+            f"max abs error {a['equivalence_max_abs_error']:.2e}"
+            for a in (result.aff or []) if a["equivalence_max_abs_error"] is not None]
+
+
+@register
+class Filters(Analysis):
+    """Frequency filters of a model: DFFormer bases (Fig. 9), GFNet/GFFormer global filters
+    (Fig. 2), AFFNet adaptive masks and their equivalent kernels, SPANet SPF masks.
+
+    Writes results.json, filters.npz and the figures. Runs under torchrun (the routing statistics
+    are sharded over the processes)."""
+
+    name = "filters"
+    summary = "Frequency filters of a model: DF bases, global filters, AFF masks, SPF masks (DFFormer Figs. 2, 9)"
+    needs = Needs(models="one", data="images")
+    options = (
+        Option("layers", None, "taps as in --taps: stages (3), layer names or globs (s3.*, s4.b2), module or "
+                               "parameter paths"),
+        Option("routing", False, "DFFormer: routing statistics over the images (which basis is used)", type=bool),
+        Option("effective", 0, "DFFormer: effective per-image filters of the first N images", type=int,
+               parse=lambda v: _non_negative(v, "--effective")),
+        Option("channels", None, "channels to show (global / effective filters), e.g. 0-23", parse=parse_channels),
+        Option("cmap", None, "matplotlib colour map (default viridis: yellow = high amplitude)", parse=check_cmap),
+    )
+    result = FiltersResult
+    random_weights = "the filters are its initialisation"
+    draw_options = ("cmap",)
+
+    def run(self, ctx) -> FiltersResult:
+        p = ctx.params
+        built = ctx.build(ctx.spec)
+        model = built.model
+        check_finite_weights(model, f"the weights of {built.name}")
+        banks, has_aff, has_spf, selection = _what(model, built.name, p.layers)
+        dynamic = any(b.kind == "dynamic-basis" for b in banks)
+        res = FiltersResult(model=built.name, family=_family(model), input_size=list(built.pre.size),
+                            colour_map=p.cmap or rf.DEFAULT_CMAP, random_weights=built.random_weights,
+                            channels=p.channels)
+        _banks(res, banks)
+        if p.routing and dynamic:
+            _routing(ctx, res, model, built.pre, selection)
+        if p.effective and dynamic and ctx.dist.main:
+            _effective(ctx, res, model, built.pre, selection)
+        if has_aff:
+            _aff(ctx, res, model, built.pre, selection)
+        if has_spf:
+            _spf(res, model)
+        return res
+
+    def draw(self, result, folder, style):
+        return rf.draw(result, folder, style)
+
+    def describe(self, result, output):
+        figures = [f for f in result.files if f.endswith(".png")]
+        return aff_lines(result) + [f"filters of {result.model} -> {output} ({', '.join(figures)})"]
+
+
+def _non_negative(value, flag: str):
+    if value is not None and value < 0:
+        raise OptionError("must be >= 0", option=flag)
+    return value
