@@ -147,7 +147,7 @@ class LayerNormGeneral(nn.Module):
         self.eps = eps
 
     #: take torch's fused kernel for the channels-last case (the same maths; off while counting FLOPs,
-    #: which follow the official code's element-wise operations: ``spectrascope.analysis.flops``)
+    #: which follow the official code's element-wise operations: ``spectrascope.engine.flops``)
     fused = True
 
     def forward(self, x):

@@ -88,7 +88,8 @@ def test_evaluate_under_torchrun_equals_one_process(run_dir, tmp_path, one_threa
     r1 = _cli(*common, "--output", tmp_path / "one")
     assert r1.exit_code == 0, r1.output
     one = loads((tmp_path / "one" / "results.json").read_text())
-    assert two["world_size"] == 2 and one["world_size"] == 1 and two["results"]["world_size"] == 2
+    assert two["provenance"]["world_size"] == 2 and one["provenance"]["world_size"] == 1
+    assert two["results"]["world_size"] == 2
     a, b = one["results"], two["results"]
     assert a["n"] == b["n"] == 44                            # 6 batches of 8 (the last of 4) over 2 ranks, none twice
     assert (a["top1"], a["top5"]) == (b["top1"], b["top5"])   # counts: exact

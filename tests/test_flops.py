@@ -13,7 +13,7 @@ import torch.nn as nn
 from click.testing import CliRunner
 
 import spectrascope
-from spectrascope.analysis.flops import count_flops
+from spectrascope.engine.flops import count_flops
 from spectrascope.cli import main
 from spectrascope.ops.flops import ceil_log2, fft_nlogn, matmul_macs
 
@@ -31,7 +31,7 @@ def _sdpa_handle(inputs, outputs):
 def fvcore_total(model: nn.Module, size) -> int:
     """fvcore on the official computation (``official_graph``: LayerNormGeneral's element-wise ops,
     not the fused fast path the zoo takes at run time)."""
-    from spectrascope.analysis.flops import official_graph
+    from spectrascope.engine.flops import official_graph
     model.eval()
     with warnings.catch_warnings(), official_graph():
         warnings.simplefilter("ignore")

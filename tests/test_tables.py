@@ -159,7 +159,7 @@ def test_committed_figures_are_fresh():
     stale = [rel for rel, text in fresh.items() if (fig / rel).read_text() != text]
     assert not stale, f"figures/ is stale ({', '.join(stale[:5])}): run `make figures`"
     if index["timm"] and _timm_version() == index["timm"]:
-        from spectrascope.analysis.flops import count_flops
+        from spectrascope.engine.flops import count_flops
         for model, size in [("timm:mobilevit_xxs", (3, 256, 256)), ("timm:resnet50", (3, 224, 224))]:
             c = count_flops(model, size, fft="nlogn")
             assert known[(model, size)] == {"params": c.params, "flops": c.flops, "flops_fft": c.flops_fft}

@@ -6,7 +6,7 @@ import torch
 from click.testing import CliRunner
 
 from spectrascope.cli import main
-from spectrascope.analysis.throughput import measure, sweep
+from spectrascope.engine.throughput import measure, sweep
 
 
 class Sleeper(torch.nn.Module):

@@ -1,13 +1,11 @@
-"""``spectrascope train``, ``evaluate`` and ``predict``: options parsed here, the work done by
-``pipelines.train`` and ``pipelines.evaluate``."""
+"""``spectrascope train``: options parsed here, the work done by ``pipelines.train``."""
 from __future__ import annotations
 
 
 import click
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import (image_options, model_options, parse_img_size, parse_model_kwargs, speaks,
-                                      user_errors)
+from spectrascope.cli.options import parse_img_size, parse_model_kwargs, user_errors
 
 
 def _train_options(fn):
@@ -85,51 +83,3 @@ def train_cmd(compile_, model_kwargs, img_size, no_progress, resume, **opts):
     outcome = run_train(cfg, resume=resume)
     if outcome.summary:
         click.echo(outcome.summary)
-
-
-def _echo(outcome) -> None:
-    if not speaks():
-        return
-    for note in outcome.notes:
-        click.echo(note, err=True)
-    if outcome.summary:
-        click.echo(outcome.summary)
-
-
-@main.command("evaluate")
-@model_options
-@click.option("--data", required=True, help="imagefolder:PATH | cifar10:PATH | cifar100:PATH | synthetic[:k=v,...]")
-@click.option("-b", "--batch-size", default=64, show_default=True, type=int)
-@click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default="off", show_default=True)
-@click.option("--use-ema", is_flag=True, help="evaluate the EMA weights of the checkpoint")
-@click.option("--channels-last", is_flag=True)
-@click.option("-j", "--workers", default=0, show_default=True, type=int)
-@click.option("--limit-batches", type=int, default=None, help="evaluate the first N batches only")
-@click.option("--output", type=click.Path(file_okay=False), default=None,
-              help="result folder [runs/evaluate/<model>-<time>]")
-@click.option("--overwrite", is_flag=True)
-@user_errors
-def evaluate_cmd(model_name, checkpoint, img_size, device, model_kwargs, data, batch_size, amp, use_ema, channels_last,
-                 workers, limit_batches, output, overwrite):
-    """Top-1/top-5 accuracy, loss and throughput on a data spec's validation split -> results.json
-    (under torchrun the batches are shared out; the numbers equal one process)."""
-    from spectrascope.pipelines.evaluate import EvaluateRequest, run_evaluate
-    req = EvaluateRequest(model=model_name, data=data, checkpoint=checkpoint, img_size=parse_img_size(img_size),
-                          batch_size=batch_size, device=device, amp=amp, use_ema=use_ema,
-                          channels_last=channels_last, workers=workers, limit_batches=limit_batches,
-                          model_kwargs=parse_model_kwargs(model_kwargs), output=output, overwrite=overwrite)
-    _echo(run_evaluate(req))
-
-
-@main.command("predict")
-@model_options
-@image_options
-@click.option("--topk", default=5, show_default=True, type=int)
-@user_errors
-def predict_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, data, num_images, batch_size, topk):
-    """Run a model on images and print the top-k classes (a smoke test of a checkpoint)."""
-    from spectrascope.pipelines.evaluate import PredictRequest, run_predict
-    req = PredictRequest(model=model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size), device=device,
-                         model_kwargs=parse_model_kwargs(model_kwargs), images=images, data=data,
-                         num_images=num_images, batch_size=batch_size, topk=topk)
-    _echo(run_predict(req))

@@ -1,7 +1,7 @@
 """DFFormer Figs. 5-6: inference throughput and peak memory vs resolution."""
 import torch
 
-from spectrascope.analysis.throughput import MEMORY_NOTE, sweep
+from spectrascope.engine.throughput import MEMORY_NOTE, sweep
 from spectrascope.report.throughput import figures
 from spectrascope.engine.device import resolve_device
 from spectrascope.io.results import write_csv

@@ -30,7 +30,7 @@ def _family(label: str) -> str:
 
 def parse_add(items) -> list[dict]:
     """``NAME=results.json`` items -> points (counted when the JSON names a model)."""
-    from spectrascope.analysis.flops import count_flops
+    from spectrascope.engine.flops import count_flops
     points = []
     for item in items or ():
         name, sep, path = str(item).partition("=")

@@ -76,7 +76,7 @@ def _timm_ok() -> bool:
 @lru_cache(maxsize=512)
 def _count(model: str, size: tuple):
     """Counts are pure functions of (model, input size): a model in several tables is counted once."""
-    from spectrascope.analysis.flops import count_flops
+    from spectrascope.engine.flops import count_flops
     return count_flops(model, size, fft="nlogn")
 
 
@@ -178,7 +178,7 @@ def _measure(ctx, rows: list[dict]) -> tuple[dict, str]:
     how = ""
     models = [r["ours"] for r in rows if r["ours"] and r["status"] != "paper only"]
     if option(ctx, "throughput"):
-        from spectrascope.analysis.throughput import measure
+        from spectrascope.engine.throughput import measure
         from spectrascope.engine.device import resolve_device
         from spectrascope.zoo.registry import create_model
         dev = resolve_device(ctx.device)

@@ -53,6 +53,7 @@ class Needs:
             that print their answer.
         seed: ``--seed`` (random weights and random draws).
         gradients: the analysis back-propagates (documentation; the runner is used with ``grad=True``).
+        batches: ``--batch-size`` without images (timing random batches); implied by ``data``.
     """
 
     models: str = "one"
@@ -61,6 +62,7 @@ class Needs:
     output: bool = True
     seed: bool = True
     gradients: bool = False
+    batches: bool = False
 
     def __post_init__(self):
         if self.models not in ("one", "many", "none"):
@@ -144,6 +146,8 @@ class Analysis:
             groups.append(so.IMAGES)
         elif n.data == "labelled":
             groups.append(so.LABELLED)
+        elif n.batches:
+            groups.append(so.BATCH)
         groups.append(so.RUNTIME if n.runner else so.RUNTIME[:1])
         if n.seed:
             groups.append(so.SEED)

@@ -25,7 +25,7 @@ from spectrascope.errors import OptionError
 from spectrascope.io.datasets import parse_scalar
 
 __all__ = ["Option", "MAX_SIDE", "parse_img_size", "parse_model_kwargs", "parse_positive", "parse_non_negative",
-           "choice", "MODEL_ONE", "MODEL_MANY", "IMAGES", "LABELLED", "RUNTIME", "SEED", "OUTPUT", "AMP_CHOICES",
+           "choice", "MODEL_ONE", "MODEL_MANY", "BATCH", "IMAGES", "LABELLED", "RUNTIME", "SEED", "OUTPUT", "AMP_CHOICES",
            "SHARED_NAMES"]
 
 #: largest accepted side of an input (px): beyond it no zoo model fits in memory
@@ -240,6 +240,9 @@ MODEL_MANY = (
     *_PRETRAINED,
 )
 
+#: images per forward pass
+BATCH = (Option("batch_size", 16, "images per forward pass", type=int, metavar="N",
+                parse=parse_positive("--batch-size", "a batch size (an integer >= 1)")),)
 #: the images an analysis looks at
 IMAGES = (
     Option("images", None, "folder of images (default: the bundled sample photos)", metavar="DIR"),
@@ -247,8 +250,7 @@ IMAGES = (
            metavar="SPEC"),
     Option("num_images", None, "use the first N images", type=int, metavar="N",
            parse=parse_positive("--num-images", "a number of images (an integer >= 1)")),
-    Option("batch_size", 16, "images per forward pass", type=int, metavar="N",
-           parse=parse_positive("--batch-size", "a batch size (an integer >= 1)")),
+    *BATCH,
 )
 #: labelled data (accuracy, errors under perturbations)
 LABELLED = (
