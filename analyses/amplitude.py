@@ -95,13 +95,12 @@ class SpectraResult(Result):
     compute_time_s: float = 0.0
     title: str | None = None
     maps: dict = field(default_factory=dict, metadata={"json": False})
-    npz = "maps.npz"
 
     def arrays(self) -> dict:
-        return {k: np.asarray(v, dtype=np.float32) for k, v in self.maps.items()}
+        return {"maps.npz": {k: np.asarray(v, dtype=np.float32) for k, v in self.maps.items()}}
 
-    def load_arrays(self, arrays: dict) -> None:
-        self.maps = dict(arrays)
+    def load_arrays(self, files: dict) -> None:
+        self.maps = dict(files.get("maps.npz", {}))
 
 
 @dataclass(kw_only=True)

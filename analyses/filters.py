@@ -322,13 +322,12 @@ class FiltersResult(Result):
     aff_images: list[str] | None = None
     spf: list[dict] | None = None
     filters: dict = field(default_factory=dict, metadata={"json": False})
-    npz = "filters.npz"
 
     def arrays(self) -> dict:
-        return self.filters
+        return {"filters.npz": self.filters}
 
-    def load_arrays(self, arrays: dict) -> None:
-        self.filters = dict(arrays)
+    def load_arrays(self, files: dict) -> None:
+        self.filters = dict(files.get("filters.npz", {}))
 
 
 def _family(model) -> str:

@@ -50,7 +50,7 @@ def test_cam_scorecam_grid_of_two_models(tmp_path):
 def test_cam_scorecam_batch_is_automatic_unless_given(tmp_path, monkeypatch):
     """Without --batch-size Score-CAM chooses its own masked-input batch (None reaches score_cam);
     with it, the given number is used."""
-    import spectrascope.pipelines.cam as cam_run
+    import spectrascope.analyses.cam as cam_run
     seen = []
     real = cam_run.make_cam
 

@@ -139,6 +139,19 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.names)
 
+    def keys(self) -> list[str]:
+        """One unique key per image for file and array names: its stem when the stems differ, else its
+        file name, else its path under the images' common folder (``x.png`` and ``x.jpg`` never share one)."""
+        if not self.paths:
+            return list(self.names)
+        paths = [Path(p) for p in self.paths]
+        for candidate in ([p.stem for p in paths], [p.name for p in paths]):
+            if len(set(candidate)) == len(candidate):
+                return candidate
+        import os
+        root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        return [p.relative_to(root).as_posix() for p in paths]
+
     @property
     def digest(self) -> str:
         if self._digest is None:

@@ -1,5 +1,4 @@
 """SPANet Fig. 4 / S1: SPG maps at lambda = 0.7 / 0.8 / 0.9 and the aggregated context."""
-from spectrascope.engine.device import resolve_device
 from spectrascope.recipes import FigureSpec
 
 FIGURE = FigureSpec(
@@ -17,8 +16,8 @@ FIGURE = FigureSpec(
 
 
 def run(ctx):
-    from spectrascope.pipelines.cam import run_context
-    payload = run_context("spanet_s", checkpoint=ctx.checkpoint("spanet_s"), images=ctx.images, data=ctx.data,
-                          num_images=ctx.num_images, img_size=ctx.img_size, device=resolve_device(ctx.device),
-                          output=ctx.output / "context").payload
-    return {"block": payload["block"], "maps": payload["maps"], "images": payload["images"]}
+    import spectrascope
+    res = spectrascope.run("context", model="spanet_s", checkpoint=ctx.checkpoint("spanet_s"), images=ctx.images,
+                           data=ctx.data, num_images=ctx.num_images, img_size=ctx.img_size, device=ctx.device,
+                           output=ctx.output / "context")
+    return {"block": res.block, "maps": res.maps_shown, "images": res.images}

@@ -1,5 +1,4 @@
 """SPANet Fig. S2: Score-CAM maps of several ImageNet models on the same images."""
-from spectrascope.engine.device import resolve_device
 from spectrascope.recipes import FigureSpec
 
 FIGURE = FigureSpec(
@@ -18,10 +17,11 @@ FIGURE = FigureSpec(
 
 
 def run(ctx):
-    from spectrascope.pipelines.cam import run_cam
-    payload = run_cam([(m, ctx.checkpoint(m)) for m in ctx.models], method="scorecam", flavour="gradcam-lib",
-                      images=ctx.images, data=ctx.data, num_images=ctx.num_images, img_size=ctx.img_size,
-                      device=resolve_device(ctx.device), batch_size=32, output=ctx.output / "cam",
-                      progress=ctx.progress).payload
+    import spectrascope
+    res = spectrascope.run("cam", model=tuple(ctx.models), checkpoint=tuple(f"{m}={ctx.checkpoint(m)}" for m in
+                                                                          ctx.models if ctx.checkpoint(m)),
+                           method="scorecam", flavour="gradcam-lib", images=ctx.images, data=ctx.data,
+                           num_images=ctx.num_images, img_size=ctx.img_size, device=ctx.device, batch_size=32,
+                           output=ctx.output / "cam", progress=ctx.progress)
     return {"models": [{"model": m["model"], "target_layer": m["target_layer"], "classes": m["classes"]}
-                       for m in payload["models"]], "images": payload["images"]}
+                       for m in res.models], "images": res.images}

@@ -12,7 +12,8 @@ import torch
 
 from spectrascope.report.style import new_figure, save_figure
 
-__all__ = ["overlay", "denormalize", "to_uint8", "plot_grid", "save_png", "safe_name", "cam_title"]
+__all__ = ["overlay", "denormalize", "to_uint8", "plot_grid", "save_png", "safe_name", "cam_title", "draw_cam",
+           "draw_context"]
 
 
 def overlay(rgb: np.ndarray, cam: np.ndarray, image_weight: float = 0.5, cmap: str = "jet") -> np.ndarray:
@@ -80,3 +81,53 @@ def cam_title(method: str, flavour: str, random_weights: bool) -> str:
     if random_weights:
         title += "\n(random weights where marked: no checkpoint given)"
     return title
+
+
+def _model_label(entry: dict) -> str:
+    return entry["model"] + ("" if entry.get("checkpoint") else " (random)")
+
+
+def draw_cam(result, folder, style) -> list[str]:
+    """The overlays (``overlays/<model>/<image>.png``) and the image-by-model grid of a ``cam`` result,
+    from its maps and input images alone."""
+    folder = Path(folder)
+    keys = [e.get("key", e["model"]) for e in result.models]
+    cols: dict[str, dict] = {"input": {}}
+    files = []
+    for entry, key in zip(result.models, keys):
+        mdir = folder / "overlays" / safe_name(key)
+        mdir.mkdir(parents=True, exist_ok=True)
+        label = _model_label(entry) if key == entry["model"] else key + ("" if entry.get("checkpoint") else " (random)")
+        for image in result.images:
+            rgb = np.asarray(result.inputs[f"{key}/{image}"])
+            ov = overlay(rgb.astype(np.float32) / 255.0, np.asarray(result.maps[f"{key}/{image}"]))
+            save_png(mdir / f"{safe_name(image)}.png", ov)
+            files.append(f"overlays/{safe_name(key)}/{safe_name(image)}.png")
+            cols.setdefault(label, {})[image] = ov
+            cols["input"].setdefault(image, rgb)
+    names = list(cols)
+    rows = [[cols[c][n] for c in names if n in cols[c]] for n in result.images]
+    title = cam_title(result.method, (result.models[0].get("flavour") or "gradcam-lib") if result.models else "",
+                      any(not e.get("checkpoint") for e in result.models))
+    plot_grid(rows, result.images, names, folder, title)
+    return ["grid.png"] + files
+
+
+def draw_context(result, folder, style) -> list[str]:
+    """The overlays (``overlays/<image>_<map>.png``) and the grid of a ``context`` result."""
+    folder = Path(folder)
+    odir = folder / "overlays"
+    odir.mkdir(parents=True, exist_ok=True)
+    keys = list(result.maps_shown)
+    rows, files = [], []
+    for image in result.images:
+        rgb = np.asarray(result.inputs[image])
+        row = [rgb]
+        for k in keys:
+            ov = overlay(rgb.astype(np.float32) / 255.0, np.asarray(result.maps[f"{image}/{k}"]))
+            save_png(odir / f"{safe_name(image)}_{k}.png", ov)
+            files.append(f"overlays/{safe_name(image)}_{k}.png")
+            row.append(ov)
+        rows.append(row)
+    plot_grid(rows, result.images, ["input"] + [result.maps_shown[k] for k in keys], folder, result.title)
+    return ["grid.png"] + files

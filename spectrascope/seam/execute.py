@@ -113,11 +113,11 @@ def write_result(analysis: Analysis, result: Result, folder, style: Style | None
     folder = Path(folder)
     result.check_finite()
     written = []
-    arrays = result.arrays()
-    if arrays and result.npz:
-        import numpy as np
-        np.savez_compressed(folder / result.npz, **{k: np.asarray(v) for k, v in arrays.items()})
-        written.append(result.npz)
+    for name, arrays in result.arrays().items():
+        if arrays:
+            import numpy as np
+            np.savez_compressed(folder / name, **{k: np.asarray(v) for k, v in arrays.items()})
+            written.append(name)
     written += [w for w in (analysis.report(result, folder, style or Style()) or []) if w not in written]
     result.files = written
     write_json(folder / "results.json", result.to_json())

@@ -49,6 +49,7 @@ def _into_results_folder(analysis, result, folder: Path, style: Style) -> list[P
                               "(give another folder with --output)", option="--output")
         record_outputs(folder, command=man["command"], files=names)
         for n in names:
+            (folder / n).parent.mkdir(parents=True, exist_ok=True)
             os.replace(Path(tmp) / n, folder / n)
     return [folder / n for n in names]
 

@@ -38,8 +38,6 @@ class Result:
 
     #: the analysis that writes this result (set by ``seam.register``)
     analysis: ClassVar[str] = ""
-    #: the file beside results.json holding ``arrays()`` (None: the result has no arrays)
-    npz: ClassVar[str | None] = None
 
     notes: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
@@ -76,11 +74,12 @@ class Result:
         return cls(**kwargs)
 
     def arrays(self) -> dict:
-        """Arrays that stay out of results.json, by name (written to ``npz`` by the seam); default none."""
+        """Arrays that stay out of results.json: ``{file name: {key: array}}`` (``maps.npz`` ...), written
+        by the seam beside results.json; default none."""
         return {}
 
-    def load_arrays(self, arrays: dict) -> None:
-        """Take back the arrays of ``npz`` (``load_result``); default: ignore them."""
+    def load_arrays(self, files: dict) -> None:
+        """Take back the arrays of ``arrays()`` (``{file name: {key: array}}``; ``load_result``)."""
 
     def check_finite(self) -> None:
         """A ``NonFiniteError`` naming the first NaN/inf of the JSON document (nothing is written)."""
@@ -240,11 +239,17 @@ def load_result(path):
     except DataError as exc:
         raise DataError(f"{file}: {exc}", option="RESULTS") from None
     result.output = file.parent
-    if result.npz and (file.parent / result.npz).is_file():
+    arrays = {}
+    for name in (f for f in result.files if isinstance(f, str) and f.endswith(".npz") and "/" not in f):
+        path = file.parent / name
+        if not path.is_file():
+            continue
         import numpy as np
         try:
-            with np.load(file.parent / result.npz, allow_pickle=False) as z:
-                result.load_arrays({k: z[k] for k in z.files})
+            with np.load(path, allow_pickle=False) as z:
+                arrays[name] = {k: z[k] for k in z.files}
         except (OSError, ValueError) as exc:
-            raise DataError(f"{file.parent / result.npz} cannot be read ({exc})", option="RESULTS") from None
+            raise DataError(f"{path} cannot be read ({exc})", option="RESULTS") from None
+    if arrays:
+        result.load_arrays(arrays)
     return result
