@@ -42,14 +42,14 @@ from spectrascope.report import amplitude as report
 from spectrascope.seam import Analysis, Context, Needs, Option, Result, register
 from spectrascope.seam.options import choice
 
-__all__ = ["Amplitude", "AmplitudeResult", "SpectraResult", "DEFAULT_ROLES", "REFERENCE", "PRECISIONS",
+__all__ = ["Amplitude", "AmplitudeResult", "SpectraResult", "DEFAULT_ROLES", "REFERENCE", "FFT_DTYPES",
            "measure", "spectra", "reduce_spectra"]
 
 #: Park & Kim's latents: the residual stream after every token mixer and every MLP, plus downsampling
 DEFAULT_ROLES = SPECTRAL_ROLES
 REFERENCE = "Park & Kim 2022 (How do vision transformers work?), fourier_analysis.ipynb @ 9571ff1"
 #: ``--precision`` values
-PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+FFT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 # ---------------------------------------------------------------------------- options (shared with spectrum)
@@ -183,7 +183,7 @@ def measure(ctx: Context, k: int, spec, *, kind: str, default: Sequence[str], ma
     built = ctx.build(spec)
     name = built.name
     taps = _taps(ctx, built.model, name, built.pre, kind, default)
-    reducer = AmplitudeReducer(taps, eps=p.eps, dtype=PRECISIONS[p.precision], maps=maps)
+    reducer = AmplitudeReducer(taps, eps=p.eps, dtype=FFT_DTYPES[p.precision], maps=maps)
     stats = ctx.runner.reduce(built.model, ctx.source.dataset(built.pre), reducer, desc=name)
     found = reducer.finalise()
     rank = {nm: i for i, nm in enumerate(stats.order)}

@@ -43,6 +43,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from spectrascope.engine.device import model_device
 from spectrascope.engine.reducers.cka import CKAReducer
 from spectrascope.engine.runner import Batch, RunConfig, Runner
 from spectrascope.errors import DataError, OptionError, TapError
@@ -56,7 +57,7 @@ from spectrascope.seam import Analysis, Context, Needs, Option, Result, register
 from spectrascope.seam.options import choice, parse_model_kwargs
 from spectrascope.zoo.build import ModelSpec
 
-__all__ = ["CKA", "PRESETS", "ENGINES", "ESTIMATORS", "PRECISIONS", "FIG7_PAIRS", "resolve_taps", "TorchCKACompat",
+__all__ = ["CKA", "PRESETS", "ENGINES", "ESTIMATORS", "GRAM_DTYPES", "FIG7_PAIRS", "resolve_taps", "TorchCKACompat",
            "MinibatchCKA", "make_engine", "CKAResult", "PairDataset", "compare_models", "compare_dataset",
            "ModelSpec", "skip_warning", "write_report"]
 
@@ -224,14 +225,6 @@ class PairDataset(torch.utils.data.Dataset):
         return self.a[i], self.b[i]
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 def _listed_batches(batches: Iterable) -> Iterator[tuple[Batch, torch.Tensor | None]]:
     """Tensors or ``(x_a, x_b)`` pairs -> (Batch of A's input, B's input or None)."""
     start = 0
@@ -257,20 +250,21 @@ def _runner_batches(runner: Runner, dataset, paired: bool) -> Iterator[tuple[Bat
 # ---------------------------------------------------------------------------- comparison
 def compare_models(model_a: nn.Module, model_b: nn.Module, batches: Iterable, *, taps_a: Sequence[TapSpec],
                    taps_b: Sequence[TapSpec], estimator: str = "unbiased", engine: str = "spectrascope",
-                   num_batches: int | None = None, dtype: torch.dtype | None = None, progress: bool = False,
-                   desc: str = "CKA", progress_total: int | None = None, runner: Runner | None = None) -> CKAResult:
+                   num_batches: int | None = None, dtype: torch.dtype | None = None, progress: bool | str = False,
+                   runner: Runner | None = None) -> CKAResult:
     """Mini-batch CKA between ``taps_a`` of ``model_a`` and ``taps_b`` of ``model_b``.
 
     ``batches`` yields input tensors (fed to both models) or ``(x_a, x_b)`` pairs holding the
     same images preprocessed for each model. ``model_a`` may be ``model_b`` (one forward
     per batch, one probe). Under torch.distributed pass each rank its own batches; the
     result is the all-reduced matrix. ``num_batches`` (global) sizes the progress bar and
-    the torch-cka engine's averaging."""
-    runner = runner or Runner(RunConfig(device=_device_of(model_a)))
+    the torch-cka engine's averaging; ``progress`` may be the bar's label."""
+    runner = runner or Runner(RunConfig(device=model_device(model_a)))
     reducer = CKAReducer(taps_a, taps_b, estimator=estimator, engine=engine, num_batches=num_batches or 1,
                          dtype=dtype)
+    desc = progress if isinstance(progress, str) else "CKA"
     return _compare(model_a, model_b, _listed_batches(batches), reducer, runner,
-                    bar=_bar(progress, progress_total or num_batches, desc))
+                    bar=_bar(bool(progress), num_batches, desc))
 
 
 def compare_dataset(model_a: nn.Module, model_b: nn.Module, dataset, runner: Runner, *,
@@ -305,7 +299,7 @@ def _compare(model_a, model_b, items, reducer: CKAReducer, runner: Runner, *, ba
     """The loop: per accepted batch one forward per model (full forwards, so a module that
     runs twice is seen), then the reducer's update; finally the all-reduce over ranks."""
     probes = _probes(model_a, model_b, reducer)
-    dev_a, dev_b = _device_of(model_a), _device_of(model_b)
+    dev_a, dev_b = model_device(model_a), model_device(model_b)
     try:
         with runner.dist.together(), contextlib.ExitStack() as stack:   # a NaN on one rank stops every rank
             for p in probes:
@@ -351,7 +345,7 @@ def _result(reducer: CKAReducer) -> CKAResult:
 
 # ---------------------------------------------------------------------------- the declaration
 #: ``--precision`` -> Gram-product dtype (None: automatic)
-PRECISIONS = {"auto": None, "float32": torch.float32, "float64": torch.float64}
+GRAM_DTYPES = {"auto": None, "float32": torch.float32, "float64": torch.float64}
 
 
 def skip_warning(result: CKAResult) -> str | None:
@@ -412,7 +406,7 @@ class CKA(Analysis):
                type=choice(*ENGINES)),
         Option("precision", "auto", "Gram products of the centred features (sums are float64 either way); auto = "
                                     "float32 for float32/half features, float64 for float64 ones",
-               type=choice(*PRECISIONS)),
+               type=choice(*GRAM_DTYPES)),
         Option("title", None, "report title"),
         Option("model_a", None, "deprecated spelling of the first --model"),
         Option("model_b", None, "deprecated spelling of the second --model"),
@@ -470,7 +464,7 @@ class CKA(Analysis):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             result = compare_dataset(model_a, model_b, dataset, ctx.runner, taps_a=ta, taps_b=tb,
-                                     estimator=p.estimator, engine=p.engine, dtype=PRECISIONS[p.precision],
+                                     estimator=p.estimator, engine=p.engine, dtype=GRAM_DTYPES[p.precision],
                                      desc=f"CKA {spec_a.name} vs {spec_b.name}")
         ctx.warn(*[str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)
                    and not str(w.message).startswith("CKA: skipped")])

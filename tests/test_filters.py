@@ -1,4 +1,4 @@
-"""Filter maths: the GFNet visualisation recipe oracles (analyses.md section 5.3), the
+"""Filter maths: the oracles of the official GFNet visualisation recipe, the
 convolution-theorem equivalence of frequency masks (AFFNet), DFFormer dynamic filters
 and SPANet masks, on plain tensors and on tiny zoo models."""
 from __future__ import annotations

@@ -24,7 +24,7 @@ LAYERS = [
     ("spectrascope.io",),
     ("spectrascope.report", "spectrascope.train"),
     ("spectrascope.seam",),
-    ("spectrascope.analyses", "spectrascope.pipelines"),
+    ("spectrascope.analyses",),
     ("spectrascope.recipes",),
     ("spectrascope.cli", "spectrascope.__init__", "spectrascope.__main__"),
 ]

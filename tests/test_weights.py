@@ -236,30 +236,20 @@ def test_pretrained_option_on_the_command_line(env, server, monkeypatch):
     assert res.exit_code == 2 and "no released weights" in res.output
 
 
-def test_fill_pretrained_covers_every_checkpoint_option_shape(env):
-    from spectrascope.cli.options import fill_pretrained
+def test_recipe_pretrained_fills_every_model_without_a_checkpoint(env):
+    from spectrascope.recipes.base import pretrained_checkpoints
     folder = env / "w"
     folder.mkdir()
     for name in ("dfformer_s18", "gfnet_ti", "spanet_s"):
         (folder / registry.get_card(name).weight_file).write_bytes(b"weights of " + name.encode())
     path = {n: str(folder / registry.get_card(n).weight_file) for n in ("dfformer_s18", "gfnet_ti", "spanet_s")}
-    single = {"model_name": "gfnet_ti", "checkpoint": None}
-    fill_pretrained(single, folder)
-    assert single["checkpoint"] == path["gfnet_ti"]
-    explicit = {"model_name": "gfnet_ti", "checkpoint": "mine.pth"}
-    fill_pretrained(explicit, folder)
-    assert explicit["checkpoint"] == "mine.pth"                        # --checkpoint wins
-    pair = {"model_a": "dfformer_s18", "checkpoint_a": None, "model_b": "spanet_s", "checkpoint_b": "b.pth"}
-    fill_pretrained(pair, folder)
-    assert pair["checkpoint_a"] == path["dfformer_s18"] and pair["checkpoint_b"] == "b.pth"
-    multi = {"model_names": ("dfformer_s18", "gfnet_ti"), "checkpoints": ("x.pth", "-")}
-    fill_pretrained(multi, folder)
-    assert multi["checkpoints"] == ("dfformer_s18=x.pth", f"gfnet_ti={path['gfnet_ti']}")
-    figure = {"checkpoints": ("spanet_s=s.pth",)}
-    left = fill_pretrained(figure, folder, models=["spanet_s", "gfnet_ti", "gfformer_s18", "timm:resnet18"],
-                           skip_missing=True)
-    assert figure["checkpoints"] == ("spanet_s=s.pth", f"gfnet_ti={path['gfnet_ti']}")
-    assert left == ["gfformer_s18", "timm:resnet18"]
+    (folder / "s.pth").write_bytes(b"mine")
+    models = ["spanet_s", "gfnet_ti", "gfformer_s18", "timm:resnet18"]
+    cks, left = pretrained_checkpoints(models, (f"spanet_s={folder / 's.pth'}",), folder)
+    assert cks == (f"spanet_s={folder / 's.pth'}", f"gfnet_ti={path['gfnet_ti']}")   # --checkpoint wins
+    assert left == ["gfformer_s18", "timm:resnet18"]                                  # no release: random weights
+    cks, left = pretrained_checkpoints(["dfformer_s18"], (), folder)
+    assert cks == (f"dfformer_s18={path['dfformer_s18']}",) and left == []
 
 
 def test_weights_dir_without_pretrained_is_refused():

@@ -6,30 +6,11 @@ import click
 from click.core import ParameterSource
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import speaks, user_errors
+from spectrascope.cli.options import click_option, speaks, user_errors
 from spectrascope.seam import Analysis, Option, execute
 from spectrascope.seam import registry
 
-__all__ = ["click_option", "make_command", "echo_outcome", "add_analysis_commands"]
-
-
-def click_option(o: Option, *, default_none: bool = False) -> click.Option:
-    """The click form of a declared option (``default_none``: no default, for ``plot``)."""
-    decls = [f"{o.flag}/--no-{o.flag[2:]}" if o.negatable else o.flag, *o.aliases, o.name]
-    kw: dict = {"help": o.help, "multiple": o.multiple, "show_default": o.show_default and not default_none,
-                "default": None if default_none else o.default, "required": o.required and not default_none}
-    if o.metavar:
-        kw["metavar"] = o.metavar
-    if o.type is bool and not o.negatable:
-        kw["is_flag"] = True
-        kw["default"] = None if default_none else bool(o.default)
-    elif o.choices is not None:
-        kw["type"] = click.Choice(list(o.choices))
-    elif o.type in (int, float):
-        kw["type"] = o.type
-    if o.multiple and kw["default"] is None:
-        kw["default"] = ()
-    return click.Option(decls, **kw)
+__all__ = ["make_command", "echo_outcome", "add_analysis_commands"]
 
 
 def echo_outcome(outcome) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import _given, image_options, parse_img_size, user_errors
+from spectrascope.cli.options import shared_option, user_errors, with_options
+from spectrascope.seam.options import parse_img_size
 
 
 class _FigureGroup(click.Group):
@@ -99,17 +100,20 @@ def _figure_command(spec):
     def cmd(checkpoints, output, overwrite, img_size, device, skip_unavailable, images, data, num_images,
             batch_size, pretrained=False, weights_dir=None, **options):
         from spectrascope.recipes import recipe_models, run_figure
+        from spectrascope.recipes.base import pretrained_checkpoints
         if pretrained:
-            from spectrascope.cli.options import fill_pretrained
-            kw = {"checkpoints": checkpoints}
-            for m in fill_pretrained(kw, weights_dir, models=list(recipe_models(spec, options)), skip_missing=True):
+            checkpoints, left = pretrained_checkpoints(list(recipe_models(spec, options)), checkpoints, weights_dir)
+            for m in left:
                 click.echo(f"note: {m} has no official weights for --pretrained; it keeps random weights", err=True)
-            checkpoints = kw["checkpoints"]
-        batch_size = batch_size if _given("batch_size") else None       # None: the recipe's default
+        elif weights_dir:
+            from spectrascope.errors import OptionError
+            raise OptionError("give --pretrained too (the folder is where official weights are looked up)",
+                              option="--weights-dir")
         try:
             folder, doc = run_figure(spec.name, output=output, overwrite=overwrite, checkpoints=checkpoints,
-                                     device=device, images=images, data=data, num_images=num_images,
-                                     batch_size=batch_size, img_size=parse_img_size(img_size),
+                                     inputs={"device": device, "images": images, "data": data,
+                                             "num_images": num_images, "batch_size": batch_size,
+                                             "img_size": parse_img_size(img_size)},
                                      skip_unavailable=skip_unavailable, progress=True, options=options)
         except ImportError as exc:
             raise click.ClickException(str(exc).splitlines()[0]) from None
@@ -118,20 +122,17 @@ def _figure_command(spec):
     cmd = user_errors(cmd)
     for name in reversed(spec.options):
         cmd = _recipe_option(name)(cmd)
-    cmd = image_options(cmd)
-    for deco in (click.option("--pretrained", is_flag=True, help="official weights for every model without "
-                                                                   "--checkpoint"),
-                 click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
-                              help="folder of official weight files (default: $SPECTRASCOPE_WEIGHTS)"),
-                 click.option("--skip-unavailable", is_flag=True, help="draw the available models when some are "
-                                                                          "missing"),
-                 click.option("--device", default="auto", show_default=True),
-                 click.option("--img-size", default=None, help="input size S or HxW (default: each model's)"),
-                 click.option("--overwrite", is_flag=True, help="replace an existing figure folder"),
-                 click.option("--output", type=click.Path(file_okay=False), default="figures", show_default=True,
-                              help="parent folder; the figure goes to OUTPUT/<name>/"),
-                 click.option("--checkpoint", "checkpoints", multiple=True, metavar="MODEL=PATH",
-                              help=f"weights per model ({', '.join(spec.models)})")):
-        cmd = deco(cmd)
+    cmd = with_options(
+        click.Option(["--checkpoint", "checkpoints"], multiple=True, metavar="MODEL=PATH",
+                     help=f"weights per model ({', '.join(spec.models)})"),
+        shared_option("output", default="runs/figures", help="parent folder; the figure goes to OUTPUT/<name>/"),
+        shared_option("overwrite", help="replace an existing figure folder"),
+        shared_option("img_size"), shared_option("device"),
+        click.Option(["--skip-unavailable"], is_flag=True, help="draw the available models when some are missing"),
+        shared_option("pretrained"), shared_option("weights_dir"),
+        *(shared_option(n) for n in ("images", "data", "num_images")),
+        shared_option("batch_size", default=None, show_default=False, help="images per forward pass [the recipe's]"),
+    )(cmd)
     weights = "Needs trained weights." if spec.needs_weights else "Meaningful with random weights."
-    return click.command(spec.name, help=f"{spec.title}. {spec.paper}.\n\n{spec.summary}\n\n{weights}")(cmd)
+    return click.command(spec.name, help=f"{spec.title}. {spec.paper}.\n\n{spec.summary}\n\n{weights}",
+                         short_help=spec.title)(cmd)

@@ -1,5 +1,6 @@
-"""Shared options of the command line and how their values are parsed and validated; the
-wrapper that turns user errors into one line."""
+"""What every command shares: the wrapper that turns user errors into one line (and signals into a
+clean exit), which process speaks under ``torchrun``, and the click form of the shared options
+(declared once in ``seam.options``)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +11,9 @@ import threading
 
 import click
 
-from spectrascope.errors import Interrupted, OptionError, TrainingError, UserError
-from spectrascope.io.datasets import parse_scalar
+from spectrascope.errors import Interrupted, PeerFailure, TrainingError, UserError
+from spectrascope.seam.options import Option
+
 
 class OneLineError(click.ClickException):
     """A user error shown as ``Error: <one line>`` with the error's exit status."""
@@ -72,185 +74,57 @@ def user_errors(fn):
             if speaks():
                 click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
+        except PeerFailure as exc:                    # another process failed: the same line, the same status
+            if exc.kind == "signal":
+                if speaks():
+                    click.echo(str(exc), err=True)
+                sys.exit(exc.exit_code)
+            raise OneLineError(_first_line(exc), exc.exit_code) from None
         except (UserError, TrainingError) as exc:
             raise OneLineError(_first_line(exc), getattr(exc, "exit_code", 2)) from None
 
     return wrapper
 
 
-#: largest accepted side of an input (px): beyond it no zoo model fits in memory
-MAX_SIDE = 8192
+def click_option(o: Option, *, default_none: bool = False) -> click.Option:
+    """The click form of a declared option (``default_none``: no default, for ``plot``)."""
+    decls = [f"{o.flag}/--no-{o.flag[2:]}" if o.negatable else o.flag, *o.aliases, o.name]
+    kw: dict = {"help": o.help, "multiple": o.multiple, "show_default": o.show_default and not default_none,
+                "default": None if default_none else o.default, "required": o.required and not default_none}
+    if o.metavar:
+        kw["metavar"] = o.metavar
+    if o.type is bool and not o.negatable:
+        kw["is_flag"] = True
+        kw["default"] = None if default_none else bool(o.default)
+    elif o.choices is not None:
+        kw["type"] = click.Choice(list(o.choices))
+    elif o.type in (int, float):
+        kw["type"] = o.type
+    if o.multiple and kw["default"] is None:
+        kw["default"] = ()
+    return click.Option(decls, **kw)
 
 
-def parse_img_size(value, option: str = "--img-size"):
-    """'224' -> 224, '96x128' -> (96, 128); sides are integers in [1, MAX_SIDE]."""
-    if value is None:
-        return None
-    text = str(value).strip().lower().replace(",", "x")
-    try:
-        parts = [int(v) for v in text.split("x")]
-    except ValueError:
-        raise OptionError(f"{value!r} is not S or HxW (e.g. 224 or 192x256)", option=option) from None
-    if len(parts) not in (1, 2):
-        raise OptionError(f"{value!r} is not S or HxW (e.g. 224 or 192x256)", option=option)
-    bad = [v for v in parts if not 1 <= v <= MAX_SIDE]
-    if bad:
-        raise OptionError(f"{value!r}: every side must be between 1 and {MAX_SIDE} pixels", option=option)
-    return parts[0] if len(parts) == 1 else tuple(parts)
+def shared_option(name: str, **changes) -> click.Option:
+    """The click option of a shared option (``--amp``, ``--output`` ...), from its one declaration in
+    ``seam.options``; ``changes`` adjust it for a command (another default or help)."""
+    from spectrascope.seam import options as so
+    for group in (so.MODEL_ONE, so.IMAGES, so.RUNTIME, so.SEED, so.OUTPUT):
+        for o in group:
+            if o.name == name:
+                return click_option(o.but(**changes) if changes else o)
+    raise KeyError(name)
 
 
-def _json_value(key: str, text: str):
-    """``mixer_kwargs={"num_filters": 2}`` / ``dims=[8,16]``: a JSON object or list."""
-    import json
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise OptionError(f"{key}={text}: not valid JSON ({exc.args[0] if exc.args else exc})",
-                          option="--model-kwargs") from None
+def with_options(*opts: click.Option):
+    """A decorator adding click ``Option`` objects to a command (in the given order)."""
+    def deco(fn):
+        fn.__click_params__ = list(getattr(fn, "__click_params__", [])) + list(reversed(opts))
+        return fn
+    return deco
 
 
-def _given(param: str) -> bool:
+def given(param: str) -> bool:
     """Whether the user set a click parameter (rather than its default)."""
     from click.core import ParameterSource
     return click.get_current_context().get_parameter_source(param) not in (ParameterSource.DEFAULT, None)
-
-
-def parse_model_kwargs(items) -> dict:
-    """``("dims=32,64,96,128", "drop_path_rate=0.1", "token_mixers=sepconv,df")`` -> overrides dict.
-    Comma-separated values become lists; numbers, true/false and none are converted."""
-    out = {}
-    for item in items or ():
-        for part in [item] if "=" in item and item.count("=") == 1 else item.split():
-            if "=" not in part:
-                raise OptionError(f"{part!r} is not KEY=VALUE (e.g. dims=32,64,96,128)", option="--model-kwargs")
-            if not part.split("=", 1)[0].strip():
-                raise OptionError(f"{part!r} has no key (KEY=VALUE)", option="--model-kwargs")
-            key, value = part.split("=", 1)
-            if value.strip()[:1] in ("{", "["):
-                vals = _json_value(key, value)
-            else:
-                vals = [parse_scalar(v, booleans=True) for v in value.split(",")] if "," in value \
-                    else parse_scalar(value, booleans=True)
-            out[key.strip()] = vals
-    return out
-
-
-#: (model option, checkpoint option) keyword pairs of the commands that take checkpoints
-_CHECKPOINT_KWARGS = (("model_name", "checkpoint"), ("model_a", "checkpoint_a"), ("model_b", "checkpoint_b"),
-                      ("model_names", "checkpoints"), ("models", "checkpoints"))
-
-
-def _pretrained_path(model: str, weights_dir, *, skip_missing: bool = False) -> str | None:
-    from spectrascope.zoo import registry, weights
-    if model.startswith("timm:"):
-        if skip_missing:
-            return None
-        raise OptionError(f"{model}: --pretrained resolves zoo models' official weights; for timm models "
-                          "pass a file with --checkpoint", option="--pretrained")
-    card = registry.get_card(model)
-    if not card.weight_file and skip_missing:
-        return None
-    return str(weights.resolve(card, weights_dir=weights_dir))
-
-
-def fill_pretrained(kwargs: dict, weights_dir=None, models=None, *, skip_missing: bool = False) -> list[str]:
-    """Give every model of a command's ``kwargs`` that has no ``--checkpoint`` its official weights
-    (``spectrascope.zoo.weights.resolve``); ``models`` names them where no model option does
-    (figure recipes). Returns the models left with random weights (``skip_missing``: no release)."""
-    left: list[str] = []
-    done: set[str] = set()
-    for model_key, ck_key in _CHECKPOINT_KWARGS:
-        if ck_key in done or ck_key not in kwargs or (model_key not in kwargs and models is None):
-            continue
-        done.add(ck_key)
-        names = models if model_key not in kwargs else kwargs[model_key]
-        if isinstance(names, str):
-            if kwargs[ck_key] is None:
-                kwargs[ck_key] = _pretrained_path(names, weights_dir)
-            continue
-        names = list(dict.fromkeys(names))
-        given = [str(c) for c in kwargs[ck_key] or ()]
-        if given and all("=" in c for c in given):
-            pairs = dict(c.split("=", 1) for c in given)
-        elif given and len(given) == len(names):
-            pairs = dict(zip(names, given))
-        elif given:
-            return left       # the command reports the mismatch
-        else:
-            pairs = {}
-        for m in names:
-            if pairs.get(m) in (None, "", "-"):
-                path = _pretrained_path(m, weights_dir, skip_missing=skip_missing)
-                if path is None:
-                    left.append(m)
-                    pairs.pop(m, None)
-                else:
-                    pairs[m] = path
-        kwargs[ck_key] = tuple(f"{m}={p}" for m, p in pairs.items())
-    return left
-
-
-def pretrained_options(fn):
-    """--pretrained/--weights-dir: every model without a --checkpoint gets its card's official
-    weights (weights folder, cache, SPECTRASCOPE_WEIGHTS_MIRROR, official URL)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, pretrained=False, weights_dir=None, **kwargs):
-        if pretrained:
-            try:
-                fill_pretrained(kwargs, weights_dir)
-            except UserError as exc:
-                raise OneLineError(_first_line(exc), getattr(exc, "exit_code", 2)) from None
-        elif weights_dir:
-            raise OneLineError("--weights-dir: give --pretrained too (the folder is where official weights are "
-                               "looked up)")
-        return fn(*args, **kwargs)
-
-    wrapper = click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
-                           help="folder of official weight files under their official names "
-                                "(default: $SPECTRASCOPE_WEIGHTS)")(wrapper)
-    wrapper = click.option("--pretrained", is_flag=True,
-                           help="official weights for every model without --checkpoint (weights folder, "
-                                "cache, $SPECTRASCOPE_WEIGHTS_MIRROR, official URL)")(wrapper)
-    return wrapper
-
-
-def runtime_options(fn):
-    """--img-size/--device/--model-kwargs (and --pretrained/--weights-dir): how every analysed model
-    is built and where it runs."""
-    fn = pretrained_options(fn)
-    fn = click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE",
-                      help="constructor overrides with the official argument names (every model), "
-                           "e.g. dims=32,64,96,128")(fn)
-    fn = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")(fn)
-    fn = click.option("--img-size", default=None, help="input size S or HxW (default: each model's)")(fn)
-    return fn
-
-
-def model_options(fn):
-    """--model/--checkpoint/--img-size/--device/--model-kwargs, shared by the analysis commands."""
-    fn = runtime_options(fn)
-    fn = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-                      help="official .pth, timm .pth.tar, spectrascope checkpoint or .safetensors")(fn)
-    fn = click.option("--model", "model_name", required=True, help="registry name, alias or timm:<name>")(fn)
-    return fn
-
-
-def image_options(fn):
-    """--images/--data/--num-images/--batch-size, shared by the analysis commands."""
-    fn = click.option("--batch-size", default=16, show_default=True, type=int)(fn)
-    fn = click.option("--num-images", default=None, type=int, help="use the first N images")(fn)
-    fn = click.option("--data", default=None,
-                      help="samples | imagefolder:PATH | synthetic[:k=v,...] | cifar10:PATH | cifar100:PATH")(fn)
-    fn = click.option("--images", type=click.Path(file_okay=False), default=None,
-                      help="folder of images (default: the bundled sample photos)")(fn)
-    return fn
-
-
-def _output_dir(output, command: str, tag: str, overwrite: bool):
-    from pathlib import Path
-
-    from spectrascope.io.results import check_output, default_output_dir
-    out = Path(output) if output else default_output_dir(command, tag)
-    check_output(out, command=command, overwrite=overwrite)
-    return out

@@ -8,7 +8,8 @@ import click
 import torch
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import parse_img_size, parse_model_kwargs, user_errors
+from spectrascope.cli.options import shared_option, user_errors, with_options
+from spectrascope.seam.options import parse_img_size, parse_model_kwargs
 from spectrascope.zoo import registry
 from spectrascope.probe.grammar import parse_stages
 
@@ -54,17 +55,16 @@ def zoo_markdown(cards) -> str:
 
 
 @main.command("taps")
-@click.option("--model", "model_name", required=True, help="registry name, alias or timm:<name>")
-@click.option("--img-size", default=None, help="input size S or HxW (default: the model's)")
-@click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE", help="constructor overrides")
+@with_options(shared_option("model"), shared_option("img_size"), shared_option("model_kwargs"))
 @click.option("--role", "roles", default=None, metavar="ROLE,...", help="only these roles")
 @click.option("--stage", "stages", default=None, metavar="K[,K]", help="only these 1-based stages")
 @click.option("--json", "as_json", is_flag=True, help="print the taps as JSON")
 @user_errors
-def taps_cmd(model_name, img_size, model_kwargs, roles, stages, as_json):
+def taps_cmd(model, img_size, model_kwargs, roles, stages, as_json):
     """List the hookable taps of a model in execution order (name, role, stage, layout, grid,
     module path), i.e. what --taps ROLE / path:<module.path> can address."""
     from spectrascope.probe import model_taps, select_taps
+    model_name = model
     size = parse_img_size(img_size)
     if model_name.startswith("timm:"):
         try:
@@ -98,7 +98,7 @@ def taps_cmd(model_name, img_size, model_kwargs, roles, stages, as_json):
 @click.option("--to", "to", required=True, help="layout to write: timm or official")
 @click.option("--model", "model_name", default=None,
               help="check the result by loading it strictly into this zoo model (official) or timm model (timm)")
-@click.option("--overwrite", is_flag=True, help="replace an existing TARGET")
+@with_options(shared_option("overwrite", help="replace an existing TARGET"))
 @user_errors
 def convert_cmd(source, target, to, model_name, overwrite):
     """Convert a ConvFormer / CAFormer / PoolFormer (v1, v2) checkpoint between the official layout

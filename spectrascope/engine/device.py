@@ -5,7 +5,7 @@ import torch
 
 from spectrascope.errors import OptionError
 
-__all__ = ["resolve_device", "DEVICE_HELP"]
+__all__ = ["resolve_device", "model_device", "DEVICE_HELP"]
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 
@@ -39,3 +39,12 @@ def resolve_device(name: str | torch.device | None = "auto", option: str = "--de
         if mps is None or not mps.is_available():
             raise OptionError("mps was requested but is not available here (use cpu or auto)", option=option)
     return dev
+
+
+def model_device(model: torch.nn.Module, fallback="cpu") -> torch.device:
+    """The device of a model's first parameter (or buffer); ``fallback`` for a model without tensors."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device(fallback)

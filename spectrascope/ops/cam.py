@@ -7,7 +7,7 @@ No hooks, no I/O, no models: ``spectrascope.analysis.cam`` captures the activati
 gradients) through ``probe.Probe``, runs the forwards through ``engine.runner.Runner`` and
 calls these functions.
 
-Score-CAM flavours (analyses.md section 7):
+Score-CAM flavours (as each implementation computes them):
 
 ``gradcam-lib`` (default, pytorch-grad-cam 1.5.x, used for the SPANet figures)
     masks = bilinear ``align_corners=True`` upsampling of each channel, min-max (+1e-8);

@@ -262,16 +262,58 @@ def _recorded(caught, recipe: ModuleType) -> list[str]:
     return list(dict.fromkeys(keep))
 
 
-def run_figure(name: str, *, output="figures", overwrite: bool = False, checkpoints=None, device: str = "auto",
-               images=None, data: str | None = None, num_images: int | None = None, batch_size: int | None = None,
-               img_size=None, skip_unavailable: bool = False, progress: bool = False,
-               options: Mapping | None = None) -> tuple[Path, dict]:
+def pretrained_checkpoints(models: Sequence[str], given, weights_dir=None) -> tuple[tuple[str, ...], list[str]]:
+    """``--pretrained`` for a recipe: every model without a ``--checkpoint`` gets its official weights.
+
+    Returns:
+        (``MODEL=PATH`` checkpoints, the models left with random weights: timm models and zoo models
+        without released weights).
+    """
+    from spectrascope.zoo import registry, weights
+    pairs = _parse_checkpoints(given, models) if given else {}
+    left = []
+    for m in models:
+        if pairs.get(m):
+            continue
+        card = None if m.startswith("timm:") else registry.get_card(m)
+        if card is None or not card.weight_file:
+            left.append(m)
+            continue
+        pairs[m] = str(weights.resolve(card, weights_dir=weights_dir))
+    return tuple(f"{m}={p}" for m, p in pairs.items()), left
+
+
+#: the options of a recipe run that describe its inputs (``run_figure(inputs=...)``)
+INPUTS = ("device", "images", "data", "num_images", "batch_size", "img_size")
+
+
+def run_figure(name: str, *, output="runs/figures", overwrite: bool = False, checkpoints=None,
+               inputs: Mapping | None = None, skip_unavailable: bool = False, progress: bool = False,
+               options: Mapping | None = None, **more) -> tuple[Path, dict]:
     """Run the recipe ``name`` into ``<output>/<name>/``; returns (folder, figure.json content).
-    ``options`` are the recipe options (``FigureSpec.options``); figure.json records them and
-    every warning the run recorded (``warnings``), which the command re-prints."""
+
+    Args:
+        name: the recipe (``spectrascope figure list``).
+        output: the parent folder.
+        overwrite: replace an earlier run of the recipe there.
+        checkpoints: ``MODEL=PATH`` items or a mapping.
+        inputs: ``device``, ``images``, ``data``, ``num_images``, ``batch_size``, ``img_size`` (keywords of the
+            same names are taken too).
+        skip_unavailable: draw the available models when some are missing.
+        progress: progress bars.
+        options: the recipe options (``FigureSpec.options``); figure.json records them and every warning
+            the run recorded (``warnings``), which the command re-prints.
+    """
     import warnings as _warnings
 
-    from spectrascope.io.results import provenance, staged_output, write_json
+    from spectrascope.io.results import staged_output, write_json
+    inp = {k: None for k in INPUTS}
+    inp["device"] = "auto"
+    inp.update({k: v for k, v in dict(inputs or {}).items() if v is not None})
+    unknown = [k for k in more if k not in INPUTS]
+    if unknown:
+        raise TypeError(f"run_figure() got unexpected keyword arguments {unknown}")
+    inp.update({k: v for k, v in more.items() if v is not None})
     spec, mod = get_figure(name)
     opts = _check_options(spec, options or {})
     models = recipe_models(spec, opts)
@@ -280,28 +322,32 @@ def run_figure(name: str, *, output="figures", overwrite: bool = False, checkpoi
     final = Path(output) / spec.name
     t0 = time.perf_counter()
     with staged_output(final, overwrite=overwrite, command=f"figure {spec.name}") as stage:
-        ctx = FigureContext(spec=spec, output=Path(stage), checkpoints=cks, device=device, images=images, data=data,
-                            num_images=num_images if num_images is not None else spec.num_images,
-                            batch_size=batch_size or spec.batch_size or 16, img_size=img_size, progress=progress,
-                            models=avail,
-                            skipped=skipped, options=opts)
+        ctx = FigureContext(spec=spec, output=Path(stage), checkpoints=cks, device=inp["device"],
+                            images=inp["images"], data=inp["data"],
+                            num_images=inp["num_images"] if inp["num_images"] is not None else spec.num_images,
+                            batch_size=inp["batch_size"] or spec.batch_size or 16, img_size=inp["img_size"],
+                            progress=progress, models=avail, skipped=skipped, options=opts)
         with _warnings.catch_warnings(record=True) as caught:
             _warnings.simplefilter("always")
             summary = mod.run(ctx) or {}
         ctx.warn(*_recorded(caught, mod))
-        doc = {
-            "figure": spec.as_dict(),
-            "models": avail,
-            "skipped_models": [{"model": m, "reason": why} for m, why in skipped],
-            "checkpoints": cks,
-            "random_weights": [m for m in avail if m not in cks],
-            "options": opts,
-            "warnings": list(ctx.warnings),
-            "summary": summary,
-            "files": sorted(p.name for p in Path(stage).iterdir()),
-            "provenance": provenance(command=f"figure {spec.name}", model=", ".join(avail),
-                                     random_weights=any(m not in cks for m in avail),
-                                     wall_time_s=time.perf_counter() - t0),
-        }
+        doc = _figure_doc(ctx, spec, avail, skipped, cks, opts, summary, Path(stage), time.perf_counter() - t0)
         write_json(Path(stage) / "figure.json", doc)
     return final, doc
+
+
+def _figure_doc(ctx, spec, avail, skipped, cks, opts, summary, stage: Path, wall: float) -> dict:
+    from spectrascope.io.results import provenance
+    return {
+        "figure": spec.as_dict(),
+        "models": avail,
+        "skipped_models": [{"model": m, "reason": why} for m, why in skipped],
+        "checkpoints": cks,
+        "random_weights": [m for m in avail if m not in cks],
+        "options": opts,
+        "warnings": list(ctx.warnings),
+        "summary": summary,
+        "files": sorted(p.name for p in stage.iterdir()),
+        "provenance": provenance(command=f"figure {spec.name}", model=", ".join(avail),
+                                 random_weights=any(m not in cks for m in avail), wall_time_s=wall),
+    }

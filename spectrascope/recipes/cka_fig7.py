@@ -55,11 +55,10 @@ FIGURE = FigureSpec(
 
 def run(ctx):
     """``spectrascope figure dfformer-fig7`` entry point (writes into the framework's staging folder)."""
-    res, summary = _write_panels(ctx.output, checkpoints=ctx.checkpoints, images=ctx.images, data=ctx.data,
-                                 num_images=ctx.num_images, batch_size=ctx.batch_size or 16,
-                                 device=ctx.device, img_size=ctx.img_size, progress=ctx.progress,
-                                 estimator=ctx.option("estimator", "unbiased"),
-                                 engine=ctx.option("engine", "spectrascope"))
+    res, summary = _write_panels(ctx.output, checkpoints=ctx.checkpoints, options=dict(
+        images=ctx.images, data=ctx.data, num_images=ctx.num_images, batch_size=ctx.batch_size or 16,
+        device=ctx.device, img_size=ctx.img_size, progress=ctx.progress,
+        estimator=ctx.option("estimator", "unbiased"), engine=ctx.option("engine", "spectrascope")))
     ctx.warn(*summary["warnings"])                  # re-printed by `spectrascope figure` (skipped batches ...)
     return {"panels": {p: f"{r.meta['model_a']['name']} vs {r.meta['model_b']['name']}" for p, r in res.items()},
             "images": summary["images"], "estimator": summary["estimator"], "engine": summary["engine"],
@@ -80,17 +79,15 @@ def find_checkpoint(name: str, checkpoint_dir=None, checkpoints: dict | None = N
     return None
 
 
-def compute(out_dir="figures/cka_fig7", *, checkpoint_dir=None, checkpoints: dict | None = None, images=None,
-            data: str | None = None, num_images: int | None = None, batch_size: int = 16, device="cpu",
-            img_size=None, estimator: str = "unbiased", engine: str = "spectrascope", overwrite: bool = False,
-            progress: bool = True, overrides: dict | None = None, pairs=PAIRS) -> dict[str, CKAResult]:
+def compute(out_dir="figures/cka_fig7", *, checkpoint_dir=None, checkpoints: dict | None = None,
+            overwrite: bool = False, pairs=PAIRS, **options) -> dict[str, CKAResult]:
     """Compute the panels and write their reports plus the combined figure into ``out_dir``
-    (nothing is left there if a panel fails)."""
+    (nothing is left there if a panel fails). ``options``: the ``cka`` options of every panel
+    (``images``, ``data``, ``num_images``, ``batch_size``, ``device``, ``img_size``, ``estimator``,
+    ``engine``, ``progress``) and ``overrides`` (constructor overrides of every model)."""
     with staged_output(Path(out_dir), overwrite=overwrite, command="figure dfformer-fig7") as stage:
-        res, _ = _write_panels(stage, checkpoint_dir=checkpoint_dir, checkpoints=checkpoints, images=images,
-                               data=data, num_images=num_images, batch_size=batch_size, device=device,
-                               img_size=img_size, estimator=estimator, engine=engine, progress=progress,
-                               overrides=overrides, pairs=pairs)
+        res, _ = _write_panels(stage, checkpoint_dir=checkpoint_dir, checkpoints=checkpoints, pairs=pairs,
+                               options=options)
         return res
 
 
@@ -113,12 +110,11 @@ def _panel(panel, a, b, stage: Path, common: dict, *, checkpoint_dir, checkpoint
     return res, info, res.notes
 
 
-def _write_panels(stage: Path, *, checkpoint_dir=None, checkpoints=None, images=None, data=None, num_images=None,
-                  batch_size=16, device="cpu", img_size=None, estimator="unbiased", engine="spectrascope",
-                  progress=True, overrides=None, pairs=PAIRS) -> tuple[dict[str, CKAResult], dict]:
-    common = {"images": images, "data": data, "num_images": num_images, "batch_size": batch_size,
-              "device": device, "img_size": img_size, "estimator": estimator, "engine": engine,
-              "progress": progress, "model_kwargs": dict(overrides or {})}
+def _write_panels(stage: Path, *, checkpoint_dir=None, checkpoints=None, pairs=PAIRS,
+                  options: dict | None = None) -> tuple[dict[str, CKAResult], dict]:
+    common = {"batch_size": 16, "device": "cpu", "estimator": "unbiased", "engine": "spectrascope", "progress": True}
+    common.update({k: v for k, v in dict(options or {}).items() if v is not None})
+    common["model_kwargs"] = dict(common.pop("overrides", None) or {})
     results: dict[str, CKAResult] = {}
     panels, notes = {}, []
     for panel, a, b in pairs:
@@ -127,6 +123,7 @@ def _write_panels(stage: Path, *, checkpoint_dir=None, checkpoints=None, images=
         notes += [n for n in more if not n.startswith("random weights") and n not in notes]
     warn = notes + [f"Fig. 7{p}: {w}" for p, r in results.items() for w in
                     filter(None, [skip_warning(r)] + list(r.diagnostics))]
+    batch_size, estimator, engine = common["batch_size"], common["estimator"], common["engine"]
     footer = _footer(results, batch_size, estimator, engine)
     layout = _draw(results, Path(stage), footer)
     summary = {"figure": "DFFormer Fig. 7", "estimator": estimator, "engine": engine, "batch_size": batch_size,

@@ -1,7 +1,7 @@
 """DFFormer Fig. 1: relative log amplitudes of Fourier-transformed feature maps, ViT vs GFNet."""
 from spectrascope.recipes import FigureSpec
 
-from ._fourier import amplitude_recipe, models_title
+from ._spectra import amplitude_recipe, models_title
 
 FIGURE = FigureSpec(
     name="dfformer-fig1",

@@ -1,12 +1,13 @@
 """DFFormer Figs. 5-6: inference throughput and peak memory vs resolution."""
 import torch
 
-from spectrascope.engine.throughput import MEMORY_NOTE, sweep
-from spectrascope.report.throughput import figures
 from spectrascope.engine.device import resolve_device
+from spectrascope.engine.throughput import MEMORY_NOTE
 from spectrascope.io.results import write_csv
-from spectrascope.recipes import FigureSpec
+from spectrascope.recipes.base import FigureSpec
 from spectrascope.report.style import save_figure
+from spectrascope.report.throughput import figures
+from spectrascope.seam import run as run_analysis
 
 FIGURE = FigureSpec(
     name="dfformer-fig5-6",
@@ -31,8 +32,9 @@ CPU_RESOLUTIONS = (64, 96, 128, 160)
 def run(ctx):
     device = resolve_device(ctx.device)
     gpu = device.type == "cuda"
-    rows = sweep(ctx.models, GPU_RESOLUTIONS if gpu else CPU_RESOLUTIONS, batch_size=ctx.batch_size, device=device,
-                 warmup=10 if gpu else 1, iters=40 if gpu else 2)
+    rows = run_analysis("throughput", model=tuple(ctx.models), resolutions=GPU_RESOLUTIONS if gpu else CPU_RESOLUTIONS,
+                        batch_size=ctx.batch_size, device=str(device), warmup=10 if gpu else 1,
+                        iters=40 if gpu else 2).rows
     write_csv(ctx.output / "throughput.csv", [dict(r, resolution=r["resolution"][0]) for r in rows])
     name = torch.cuda.get_device_name(device) if gpu else "CPU"
     figs = figures(rows, labels=LABELS, title_suffix=f" ({name}, batch {ctx.batch_size})")

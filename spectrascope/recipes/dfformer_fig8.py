@@ -1,7 +1,7 @@
 """DFFormer Fig. 8: relative log amplitudes on stage 3, CAFormer-S18 vs CDFFormer-S18."""
 from spectrascope.recipes import FigureSpec
 
-from ._fourier import amplitude_recipe
+from ._spectra import amplitude_recipe
 
 FIGURE = FigureSpec(
     name="dfformer-fig8",

@@ -1,7 +1,7 @@
 """SPANet Fig. 1: 2-D Fourier spectrum maps of five token mixers for the same input."""
 from spectrascope.recipes import FigureSpec
 
-from ._fourier import one_mixer_per_model, spectrum_recipe
+from ._spectra import one_mixer_per_model, spectrum_recipe
 
 FIGURE = FigureSpec(
     name="spanet-fig1",

@@ -1,7 +1,7 @@
 """SPANet Fig. 2: relative log amplitudes of token-mixer outputs of four architectures."""
 from spectrascope.recipes import FigureSpec
 
-from ._fourier import amplitude_recipe
+from ._spectra import amplitude_recipe
 
 FIGURE = FigureSpec(
     name="spanet-fig2",

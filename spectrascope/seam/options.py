@@ -81,6 +81,8 @@ class Option:
     def convert(self, value):
         """The checked value of ``value`` (``None`` and empty repeats give the default)."""
         if value is None or (self.multiple and value == ()):
+            if self.parse is not None and self.default is not None:
+                return self.parse(self.default)              # a default in the option's own spelling
             return self.default
         if self.multiple and isinstance(value, Mapping):       # --model-kwargs as a dict (Python API)
             return self.parse(value) if self.parse is not None else dict(value)

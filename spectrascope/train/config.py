@@ -86,8 +86,7 @@ _TIMM_AUG = dict(aa="rand-m9-mstd0.5-inc1", smoothing=0.1, mixup=0.8, cutmix=1.0
 #: The papers' ImageNet recipes. ``lr`` is the peak rate at the reference global batch
 #: ``batch_ref``; it is scaled linearly to the actual global batch (batch x accumulation
 #: x processes) unless --lr is given. ``drop_path``/``model_kwargs`` per model are in
-#: ``_PER_MODEL``. Sources: ../shared/research/architectures.md §2.6, §3.6, §4.7, §5.4, §6
-#: and the papers.
+#: ``_PER_MODEL``. Sources: the papers' training sections and their official repositories' READMEs.
 RECIPES: dict[str, dict] = {
     # DFFormer paper + README: 300 ep, batch 1024, lr 5e-4 x batch/512, 20 warm-up epochs,
     # drop path 0.2 (S18), RandAugment, mixup 0.8, cutmix 1.0, random erasing 0.25

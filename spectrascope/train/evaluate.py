@@ -21,7 +21,7 @@ from spectrascope.zoo import registry
 from spectrascope.zoo.build import model_spec_from_checkpoint, num_classes_in, preprocessing
 from spectrascope.zoo.checkpoint import file_sha256, read_checkpoint
 
-__all__ = ["evaluate", "evaluate_model", "agreed", "eval_dataset", "first_batches", "EvalModel", "resolve_eval_model"]
+__all__ = ["evaluate", "evaluate_model", "eval_dataset", "first_batches", "EvalModel", "resolve_eval_model"]
 
 
 def eval_dataset(split, pre, center_crop: bool) -> TransformedDataset:
@@ -37,11 +37,6 @@ def first_batches(dataset, limit_batches: int | None, batch_size: int):
     return torch.utils.data.Subset(dataset, range(limit_batches * batch_size))
 
 
-def agreed(d, fn):
-    """``fn()`` on every rank; when it fails on any rank, every rank stops (``Dist.agreed``)."""
-    return d.agreed(fn)
-
-
 def evaluate_model(model, dataset, runner: Runner) -> dict:
     """Cross-entropy (no smoothing), top-1/top-5 (percent; k clipped to the number of
     classes) and images/s of ``model`` over ``dataset`` (sums over every rank of the runner's
@@ -55,7 +50,7 @@ def evaluate_model(model, dataset, runner: Runner) -> dict:
 
     t0 = time.perf_counter()
     try:
-        agreed(runner.dist, lambda: runner.run(model, dataset, on_batch=on_batch, need_output=True))
+        runner.run(model, dataset, on_batch=on_batch, need_output=True)      # agreed over every rank
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - t0
@@ -129,19 +124,19 @@ def _build(m: EvalModel, checkpoint, num_classes: int, use_ema: bool):
         raise OptionError(str(exc).splitlines()[0], option="--model-kwargs") from None
 
 
-def evaluate(model_name: str | None, *, checkpoint=None, data: str, img_size=None, batch_size: int = 64,
-             device="auto", amp: str = "off", use_ema: bool = False, channels_last: bool = False, workers: int = 0,
-             limit_batches: int | None = None, model_kwargs: dict | None = None, runner: Runner | None = None) -> dict:
+def evaluate(model_name: str | None, *, checkpoint=None, data: str, img_size=None, use_ema: bool = False,
+             limit_batches: int | None = None, model_kwargs: dict | None = None, runner: Runner | None = None,
+             **run) -> dict:
     """Evaluate a zoo model (optionally from a checkpoint) on ``data``'s validation split.
 
     A spectrascope training checkpoint supplies the architecture (overrides, input size,
     number of classes); for other checkpoints the head must match the data's classes.
-    ``runner`` (default: one built from the options) decides device and distribution."""
+    ``runner`` decides device and distribution; without one, ``run`` gives its ``RunConfig``
+    (``batch_size`` [64], ``device``, ``amp``, ``channels_last``, ``workers``)."""
     from spectrascope.engine.runner import RunConfig
     if limit_batches is not None and limit_batches < 1:
         raise OptionError("--limit-batches must be >= 1", option="--limit-batches")
-    runner = runner or Runner(RunConfig(device=device, batch_size=batch_size, amp=amp, channels_last=channels_last,
-                                        workers=workers))
+    runner = runner or Runner(RunConfig(**dict({"device": "auto", "batch_size": 64}, **run)))
     m = resolve_eval_model(model_name, checkpoint, model_kwargs, img_size, use_ema)
     bundle = load_data(data, m.img_size)
     m.img_size = _default_size(bundle, m.img_size)
