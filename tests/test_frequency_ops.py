@@ -15,7 +15,7 @@ from spectrascope.ops.bands import (band_limit, band_limited_noise, band_mask, c
 from spectrascope.ops.binomial import normal_quantile, wilson_interval
 from spectrascope.ops.fourier_basis import (basis_ids, basis_signs, fourier_basis, full_plane, half_plane,
                                             half_plane_index, map_frequencies, perturb, signed_frequencies)
-from spectrascope.ops.spectra import (band_concentration, difference_spectrum, fourier_sensitivity,
+from spectrascope.ops.spectra import (band_concentration, concentration, difference_spectrum, fourier_sensitivity,
                                       gradient_power, radial_mass, radial_sum)
 
 SIZES = [(32, 32), (31, 31), (8, 5), (7, 10), (6, 6)]
@@ -325,11 +325,18 @@ def test_radial_mass_finds_a_ring_of_errors():
     torch.testing.assert_close(out["mass"], torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
     assert float(out["area"].sum()) == pytest.approx(1.0)
     assert float(out["area"][1]) == pytest.approx(float(ring.double().mean()))
-    assert band_concentration(values, freqs, H, W, 0.1, 0.2) == pytest.approx(1 / float(ring.double().mean()))
+    share = float(ring.double().mean())
+    assert band_concentration(values, freqs, H, W, (0.1, 0.2)) == pytest.approx(1 / share)
+    assert band_concentration(values, freqs, H, W, [(0.1, 0.15), (0.15, 0.2)]) == pytest.approx(1 / share)
+    assert band_concentration(values, freqs, H, W, [(0.0, 0.1), (0.3, 0.4)]) == 0.0
+    assert math.isnan(band_concentration(values, freqs, H, W, (0.1, 0.2), baseline=0.6))   # no excess
     flat = torch.full((len(freqs),), 0.3)
-    assert math.isnan(band_concentration(flat, freqs, H, W, 0.1, 0.2))
-    noisy = 0.3 + 0.01 * torch.rand(len(freqs))
-    assert band_concentration(noisy, freqs, H, W, 0.1, 0.2) == pytest.approx(1.0, abs=0.3)
+    assert math.isnan(band_concentration(flat, freqs, H, W, (0.1, 0.2)))
+    noisy = 0.3 + 0.01 * torch.rand(len(freqs), generator=torch.Generator().manual_seed(0))
+    assert band_concentration(noisy, freqs, H, W, (0.1, 0.2)) == pytest.approx(1.0, abs=0.3)
+    # a curve over noise rings: the same measure
+    centres = torch.tensor([0.05, 0.15, 0.25, 0.35])
+    assert concentration(torch.tensor([0.1, 0.5, 0.1, 0.1]), centres, (0.1, 0.2), baseline=0.1) == pytest.approx(4.0)
 
 
 def test_wilson_interval_matches_scipy():

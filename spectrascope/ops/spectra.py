@@ -28,7 +28,7 @@ from spectrascope.ops.fourier_basis import signed_frequencies
 
 __all__ = [
     "gradient_power", "ring_index", "radial_sum", "normalise_profiles", "fourier_sensitivity",
-    "difference_spectrum", "radial_mass", "band_concentration",
+    "difference_spectrum", "basis_radii", "in_bands", "radial_mass", "concentration", "band_concentration",
 ]
 
 
@@ -104,6 +104,23 @@ def _excess(values: torch.Tensor, baseline: float | None) -> torch.Tensor:
     return (v - base).clamp_min(0.0)
 
 
+def basis_radii(freqs, H: int, W: int) -> torch.Tensor:
+    """(K,) radial frequency ``sqrt((fy / H)^2 + (fx / W)^2)`` in cycles per pixel of (K, 2) signed
+    frequencies."""
+    f = torch.as_tensor(freqs).long().reshape(-1, 2).double()
+    return torch.sqrt((f[:, 0] / H) ** 2 + (f[:, 1] / W) ** 2)
+
+
+def in_bands(radii, bands: Sequence[Sequence[float]]) -> torch.Tensor:
+    """Boolean mask of the radii inside any of the half-open ``(low, high)`` bands."""
+    r = torch.as_tensor(radii).double()
+    pairs = [tuple(bands)] if len(bands) == 2 and not isinstance(bands[0], (list, tuple)) else list(bands)
+    out = torch.zeros_like(r, dtype=torch.bool)
+    for lo, hi in pairs:
+        out |= (r >= float(lo)) & (r < float(hi))
+    return out
+
+
 def radial_mass(values, freqs, H: int, W: int, edges: Sequence[float], *,
                 baseline: float | None = None) -> dict:
     """Where a heat map's error mass lies by radius.
@@ -113,7 +130,7 @@ def radial_mass(values, freqs, H: int, W: int, edges: Sequence[float], *,
         freqs: (K, 2) signed ``(fy, fx)`` of those bases (``ops.fourier_basis.half_plane``), one
             per distinct basis image.
         H, W: the image size.
-        edges: increasing radii in cycles per pixel (``sqrt((fy/H)^2 + (fx/W)^2)``); bin ``b`` is
+        edges: increasing radii in cycles per pixel (``basis_radii``); bin ``b`` is
             ``[edges[b], edges[b + 1])``.
         baseline: the level that counts as no effect (e.g. the clean error); the mass is
             ``max(value - baseline, 0)``. Default: the map's minimum.
@@ -124,10 +141,9 @@ def radial_mass(values, freqs, H: int, W: int, edges: Sequence[float], *,
         all bases, so they sum to less than 1 when the edges leave some out.
     """
     v = torch.as_tensor(values).double().flatten()
-    f = torch.as_tensor(freqs).long().reshape(-1, 2)
-    if len(v) != len(f):
-        raise ValueError(f"{len(v)} values for {len(f)} frequencies")
-    r = torch.sqrt((f[:, 0].double() / H) ** 2 + (f[:, 1].double() / W) ** 2)
+    r = basis_radii(freqs, H, W)
+    if len(v) != len(r):
+        raise ValueError(f"{len(v)} values for {len(r)} frequencies")
     ex = _excess(v, baseline)
     total = float(ex.sum())
     e = [float(x) for x in edges]
@@ -137,15 +153,35 @@ def radial_mass(values, freqs, H: int, W: int, edges: Sequence[float], *,
         mass.append(float(ex[sel].sum()) / total if total > 0 else math.nan)
         area.append(float(sel.double().mean()))
         mean.append(float(v[sel].mean()) if bool(sel.any()) else math.nan)
-    return {"mass": torch.tensor(mass), "area": torch.tensor(area), "mean": torch.tensor(mean), "edges": e}
+    f64 = torch.float64
+    return {"mass": torch.tensor(mass, dtype=f64), "area": torch.tensor(area, dtype=f64),
+            "mean": torch.tensor(mean, dtype=f64), "edges": e}
 
 
-def band_concentration(values, freqs, H: int, W: int, low: float, high: float, *,
+def concentration(values, radii, bands: Sequence[Sequence[float]], *, baseline: float | None = None) -> float:
+    """How much more of the excess ``max(value - baseline, 0)`` lies at the radii inside ``bands``
+    than their share of the points: (mass share) / (point share). 1 means no preference, larger
+    means the values concentrate in the bands; NaN when there is no excess or no point inside.
+
+    Args:
+        values: (K,) values (a heat map's per-basis errors, or a curve's errors per noise ring).
+        radii: (K,) their radial frequencies (``basis_radii``, or ring centres), cycles per pixel.
+        bands: one ``(low, high)`` pair or several (their union), cycles per pixel.
+        baseline: the no-effect level (default: the minimum value).
+    """
+    v = torch.as_tensor(values).double().flatten()
+    inside = in_bands(radii, bands)
+    if len(v) != len(inside):
+        raise ValueError(f"{len(v)} values for {len(inside)} radii")
+    ex = _excess(v, baseline)
+    total, share = float(ex.sum()), float(inside.double().mean())
+    if total <= 0 or share <= 0:
+        return math.nan
+    return float(ex[inside].sum()) / total / share
+
+
+def band_concentration(values, freqs, H: int, W: int, bands: Sequence[Sequence[float]], *,
                        baseline: float | None = None) -> float:
-    """How much more of a heat map's excess error mass lies in the radial band ``[low, high)``
-    (cycles per pixel) than its share of the bases: (mass share) / (area share). 1 means no
-    preference, larger means the errors concentrate in the band; NaN when the map has no excess
-    mass or the band holds no basis."""
-    out = radial_mass(values, freqs, H, W, [low, high], baseline=baseline)
-    m, a = float(out["mass"][0]), float(out["area"][0])
-    return m / a if a > 0 and math.isfinite(m) else math.nan
+    """``concentration`` of a heat map: per-basis ``values`` of the bases ``freqs`` (one per
+    distinct basis image), radii from ``basis_radii``; ``bands`` in cycles per pixel."""
+    return concentration(values, basis_radii(freqs, H, W), bands, baseline=baseline)
