@@ -238,3 +238,14 @@ def test_input_gradients_of_a_linear_model_are_closed_form():
     ref, _ = fourier_sensitivity(want)
     torch.testing.assert_close(prof, ref)
     assert bool(valid.all())
+
+
+def test_bad_settings_name_their_option():
+    from spectrascope.errors import OptionError
+    with pytest.raises(OptionError, match="^--sign: "):
+        HeatmapSpec(sign="positive")
+    for eps in (math.nan, -1.0, math.inf, "4"):
+        with pytest.raises(OptionError, match="^--eps: "):
+            HeatmapSpec(eps=eps)
+    with pytest.raises(OptionError, match="^--max-freq: "):
+        basis_ids(8, 8, -1)

@@ -29,6 +29,7 @@ import torch
 
 from spectrascope.engine.runner import Runner
 from spectrascope.engine.variants import VariantCounts, evaluate_variants
+from spectrascope.errors import OptionError
 from spectrascope.ops.binomial import wilson_interval
 from spectrascope.ops.fourier_basis import (SIGNS, basis_signs, fourier_basis, full_plane, half_plane, map_frequencies,
                                             perturb)
@@ -39,7 +40,8 @@ __all__ = ["HeatmapSpec", "HeatmapProgress", "heatmap_counts", "run_heatmap", "h
 @dataclass(frozen=True)
 class HeatmapSpec:
     """The perturbation: L2 norm ``eps`` per channel (Yin et al.: 4 for CIFAR-size images, 15.7 for
-    ImageNet), ``sign`` ``+1`` / ``-1`` / ``random`` and the ``seed`` of the random signs."""
+    ImageNet), ``sign`` ``+1`` / ``-1`` / ``random`` and the ``seed`` of the random signs. Bad values
+    are ``OptionError``s naming ``--eps`` / ``--sign``."""
 
     eps: float = 4.0
     sign: str = "random"
@@ -47,9 +49,10 @@ class HeatmapSpec:
 
     def __post_init__(self):
         if self.sign not in SIGNS:
-            raise ValueError(f"sign must be one of {', '.join(SIGNS)}, not {self.sign!r}")
-        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+            raise OptionError(f"{self.sign!r} is not a sign; use {', '.join(SIGNS)}", option="--sign")
+        if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps)
+                                              and self.eps >= 0):
+            raise OptionError(f"{self.eps!r} is not a perturbation norm (a finite number >= 0)", option="--eps")
 
 
 def heatmap_counts(model, x: torch.Tensor, labels, ids, spec: HeatmapSpec, *, normalization,

@@ -10,7 +10,7 @@ top-1 errors and the summed cross-entropy; the images themselves are decoded onc
 
 The model is any callable from a normalised (B, C, H, W) batch to logits; it runs under
 ``inference_mode`` and the runner's autocast (``amp``), on channels-last inputs when the runner
-asks for them. No hooks are installed. Non-finite logits stop the evaluation with a
+asks for them (``compile`` is the caller's: pass a compiled model). No hooks are installed. Non-finite logits stop the evaluation with a
 ``NonFiniteError`` naming the variant and the likely cause. ``band_noise_counts`` and
 ``filter_counts`` are the noise and filter analyses on this loop; the heat map is in
 ``engine.heatmap``.

@@ -12,12 +12,12 @@ Distances (``radius_grid``), in ``units="cycles"`` (cycles per pixel, ``fy / H``
 an axis) or ``units="index"`` (``fy`` itself, as HFC's pixel distance on the centred spectrum):
 
 * ``kind="square"``: ``max(|fy|, |fx|)`` -- the square rings of Park & Kim's public
-  ``FreqAttack`` (``ops/adversarial.py`` of how-do-vits-work), which keep the FFT of the noise
-  inside ``[-a, a - 1]^2`` minus a smaller square and take the real part of the inverse FFT.
-  Our ring ``a_in <= max(|fy|, |fx|) < a_out`` is their ring made Hermitian (their one-sided
-  edge at ``-a`` is dropped), so the noise is real without taking a real part. Their frequency
-  ``f`` in [0, pi] (radians per pixel) with half-width ``s`` is the band
-  ``[(f - s) / 2 pi, (f + s) / 2 pi)`` in cycles.
+  ``FreqAttack`` (``ops/adversarial.py`` of how-do-vits-work). Theirs keeps the FFT of the noise
+  inside the square ``[-a_out, a_out - 1]^2`` minus ``[-a_in, a_in - 1]^2`` (one-sided: it holds
+  ``-a`` but not ``+a``, hence their real part of the inverse FFT); ours is the symmetric ring
+  ``a_in <= max(|fy|, |fx|) < a_out``, which differs from theirs only on the square edges and
+  gives real noise as it is. Their frequency ``f`` in [0, pi] (radians per pixel) with
+  half-width ``s`` is the band ``[(f - s) / 2 pi, (f + s) / 2 pi)`` in cycles.
 * ``kind="circle"``: ``sqrt(fy^2 + fx^2)`` (Euclidean), as HFC's ``mask_radial``.
 
 Bands are half-open, ``low <= d < high``; ``ring_partition`` turns edges ``0 = e0 < e1 < .. <

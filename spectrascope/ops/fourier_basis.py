@@ -29,9 +29,12 @@ evaluates, or on ``max_freq``.
 """
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 import torch
+
+from spectrascope.errors import OptionError
 
 __all__ = [
     "SIGNS", "signed_frequencies", "map_frequencies", "half_plane", "half_plane_index", "basis_ids",
@@ -97,10 +100,14 @@ def basis_ids(H: int, W: int, max_freq: int | None = None) -> torch.Tensor:
     ids = torch.arange(len(freqs))
     if max_freq is None:
         return ids
-    if int(max_freq) < 0:
-        raise ValueError(f"max_freq must be >= 0, got {max_freq}")
+    try:
+        bound = operator.index(max_freq)
+    except TypeError:
+        bound = -1
+    if isinstance(max_freq, bool) or bound < 0:
+        raise OptionError(f"{max_freq!r} is not a frequency bound (an integer >= 0)", option="--max-freq")
     grid = half_plane_index(H, W)
-    fy, fx = map_frequencies(H, max_freq), map_frequencies(W, max_freq)
+    fy, fx = map_frequencies(H, bound), map_frequencies(W, bound)
     return torch.unique(grid[fy[:, None] % H, fx[None, :] % W])
 
 
