@@ -191,11 +191,13 @@ def measure(ctx: Context, k: int, spec, *, kind: str, default: Sequence[str], ma
     depths = normalised_depth(len(ordered))
     tap_recs = [_tap_record(t, found[t.name], float(d), method=p.method, kind=kind, relative=relative)
                 for t, d in zip(ordered, depths)]
-    arrays = {f"{name}/{t.name}": found[t.name].mean_map(shift=True).numpy().astype(np.float32)
+    key = f"{name}@{built.spec.label}" if built.spec.label else name          # one model at several checkpoints
+    arrays = {f"{key}/{t.name}": found[t.name].mean_map(shift=True).numpy().astype(np.float32)
               for t in ordered} if maps else {}
     ctx.warn(_zero_mean_warning(name, tap_recs))
     labels = p.labels
-    label = labels[k] if labels and k < len(labels) else name
+    label = labels[k] if labels and k < len(labels) else (f"{name} ({built.spec.label})" if built.spec.label
+                                                            else name)
     return _model_record(built, label, int(stats.images), tap_recs, stats), arrays
 
 
@@ -252,7 +254,7 @@ def reduce_spectra(model: nn.Module, batches: Iterable, taps: Sequence[TapSpec],
 
 
 def summary_line(result: SpectraResult, output: Path | None) -> list[str]:
-    ntaps = ", ".join(f"{m['model']}: {len(m['taps'])} taps" for m in result.models)
+    ntaps = ", ".join(f"{m.get('label') or m['model']}: {len(m['taps'])} taps" for m in result.models)
     return [f"{result.kind} over {result.images['count']} images ({ntaps}) -> {output}"]
 
 
@@ -267,7 +269,7 @@ class Amplitude(Analysis):
     Runs under torchrun (images sharded over the processes, sums all-reduced)."""
 
     name = "amplitude"
-    summary = "relative log amplitude of Fourier-transformed feature maps (Park & Kim 2022)"
+    summary = "Relative log amplitude of Fourier-transformed feature maps (Park & Kim 2022)"
     needs = Needs(models="many", data="images")
     options = (
         TAPS, STAGE,

@@ -70,7 +70,7 @@ def model_keys(specs) -> list[str]:
     for s in specs:
         key = s.name
         if names.count(s.name) > 1:
-            key = f"{s.name}-{Path(s.checkpoint).stem if s.checkpoint else 'random'}"
+            key = f"{s.name}-{s.label or (Path(s.checkpoint).stem if s.checkpoint else 'random')}"
         base, k = key, 2
         while key in keys:
             key, k = f"{base}-{k}", k + 1

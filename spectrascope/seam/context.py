@@ -11,6 +11,7 @@ records).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,14 +23,73 @@ from spectrascope.errors import OptionError
 from spectrascope.io.sources import ImageSource
 from spectrascope.seam.analysis import Analysis, Params
 from spectrascope.zoo.build import Built, ModelSpec, build, pair_checkpoints, preprocessing
+from spectrascope.zoo.registry import resolve_name
 
-__all__ = ["Context", "model_specs"]
+__all__ = ["Context", "model_specs", "run_checkpoints"]
+
+
+#: the order of a training run's checkpoints when a run folder is given as ``--checkpoint``
+_RUN_ORDER = ("init", "epoch", "last", "best")
+
+
+def run_checkpoints(folder: Path) -> list[tuple[str, str]]:
+    """(label, path) of every checkpoint of a training run folder, in training order: ``init.pth``,
+    ``epoch_<k>.pth`` by k, ``last.pth``, ``best.pth``."""
+    def order(p: Path):
+        stem = p.stem
+        head = stem.split("_", 1)[0]
+        rank = _RUN_ORDER.index(head) if head in _RUN_ORDER else len(_RUN_ORDER)
+        tail = stem.split("_", 1)[1] if "_" in stem else ""
+        return (rank, int(tail) if tail.isdigit() else 0, stem)
+    found = sorted((p for p in Path(folder).glob("*.pth") if p.is_file()), key=order)
+    if not found:
+        raise OptionError(f"{folder} holds no checkpoint (*.pth)", option="--checkpoint")
+    return [(p.stem.replace("_", " "), str(p)) for p in found]
+
+
+def _labelled(name: str, given) -> list[tuple[str, str | None]] | None:
+    """One model at several checkpoints: ``LABEL=PATH`` items (labels that are not the model's name),
+    several plain paths, or a training run folder. None when ``given`` is one plain checkpoint."""
+    items = [str(g) for g in given]
+    if len(items) == 1 and Path(items[0]).is_dir():
+        return run_checkpoints(Path(items[0]))
+    if len(items) < 2:
+        return None
+    out = []
+    for item in items:
+        label, sep, path = item.partition("=")
+        if sep and label == name:
+            raise OptionError(f"{item!r}: give one model several checkpoints as LABEL=PATH with labels other than "
+                              "the model's name", option="--checkpoint")
+        if not sep:
+            label, path = Path(item).stem, item
+        out.append((label, None if path in ("", "-") else path))
+    labels = [lab for lab, _ in out]
+    if len(set(labels)) != len(labels):
+        raise OptionError(f"two checkpoints have the same label ({', '.join(labels)}); name them LABEL=PATH",
+                          option="--checkpoint")
+    return out
+
+
+def _checkpoints(names: list, text: list[str], given, many: bool, repeats: bool) -> list:
+    if not many:
+        return [given]
+    if given and len(set(text)) != len(text):
+        if len(given) != len(names) or any("=" in str(g) for g in given):
+            raise OptionError("a model listed twice takes its checkpoints in --model order, one per --model "
+                              "('-' for random weights)", option="--checkpoint")
+        return [None if str(g) in ("", "-") else str(g) for g in given]
+    pairs = pair_checkpoints(text, given) if given else {}
+    return [pairs.get(m) if isinstance(m, str) else None for m in names]
 
 
 def model_specs(params: Params, *, repeats: bool = False) -> list:
     """The ``ModelSpec`` of every ``--model`` (with its ``--checkpoint``, ``--img-size``,
     ``--model-kwargs``, ``--pretrained``); a built ``nn.Module`` (Python API) stays as it is.
-    ``repeats``: a model may be listed twice (checkpoints then pair by position)."""
+
+    ``repeats``: a model may be listed twice (checkpoints then pair by position). An analysis that
+    compares models also takes one model at several checkpoints (``--model M --checkpoint init=a.pth
+    --checkpoint ep10=b.pth``, or a training run folder): one labelled spec per checkpoint."""
     models = params.get("model")
     if models is None:
         return []
@@ -45,31 +105,28 @@ def model_specs(params: Params, *, repeats: bool = False) -> list:
     if not text and given:
         raise OptionError("pass checkpoints only with model names (a built model is used as it is)",
                           option="--checkpoint")
-    if not many:
-        cks = [given]
-    elif given and len(set(text)) != len(text):
-        if len(given) != len(names) or any("=" in str(g) for g in given):
-            raise OptionError("a model listed twice takes its checkpoints in --model order, one per --model "
-                              "('-' for random weights)", option="--checkpoint")
-        cks = [None if str(g) in ("", "-") else str(g) for g in given]
+    labelled = _labelled(names[0], given) if many and len(names) == 1 and text and given else None
+    if labelled is not None:
+        names, labels, cks = [names[0]] * len(labelled), [lab for lab, _ in labelled], [p for _, p in labelled]
     else:
-        pairs = pair_checkpoints(text, given) if given else {}
-        cks = [pairs.get(m) if isinstance(m, str) else None for m in names]
+        labels, cks = [None] * len(names), _checkpoints(names, text, given, many, repeats)
     overrides = params.get("model_kwargs") or {}
     pretrained = bool(params.get("pretrained"))
     if params.get("weights_dir") and not pretrained:
         raise OptionError("give --pretrained too (the folder is where official weights are looked up)",
                           option="--weights-dir")
     out = []
-    for m, ck in zip(names, cks):
+    for m, ck, label in zip(names, cks, labels):
         if not isinstance(m, str):
             out.append(m)
             continue
         if pretrained and ck is None and m.startswith("timm:"):
             raise OptionError(f"{m}: --pretrained resolves zoo models' official weights; for timm models pass a "
                               "file with --checkpoint", option="--pretrained")
-        out.append(ModelSpec(m, ck, params.get("img_size"), dict(overrides),
-                             pretrained=pretrained, weights_dir=params.get("weights_dir")))
+        if not m.startswith("timm:"):
+            resolve_name(m)                              # an unknown name fails before any output exists
+        out.append(ModelSpec(m, ck, params.get("img_size"), dict(overrides), pretrained=pretrained,
+                             weights_dir=params.get("weights_dir"), label=label))
     return out
 
 

@@ -151,6 +151,8 @@ class ModelSpec:
     #: without ``checkpoint``: the card's official weights (``spectrascope.zoo.weights.resolve``)
     pretrained: bool = False
     weights_dir: str | None = None
+    #: how results name this model when the same model appears several times (``init``, ``epoch 10``)
+    label: str | None = None
 
     def key(self) -> tuple:
         """Identity of the built model (two equal keys build the same model)."""
