@@ -78,32 +78,37 @@ def model_keys(specs) -> list[str]:
     return keys
 
 
-def gather_maps(d, local: dict) -> dict | None:
-    """Every rank's ``{image index: entry}`` on rank 0 (None elsewhere): one gather, not an all-gather,
-    so no process but the writing one holds the others' maps."""
-    got = d.gather_object(local)
-    if got is None:
-        return None
-    merged: dict = {}
-    for g in got:
-        merged.update(g)
+def gather_maps(d, chunks, compute) -> dict | None:
+    """``compute(indices) -> {image index: entry}`` over this rank's ``chunks`` (``Runner.chunks``), the
+    entries sent to rank 0 chunk by chunk (None elsewhere). Every round is agreed by every rank before
+    its gather, and a rank holds one chunk of entries at a time: only the writing rank keeps them all."""
+    rounds = int(d.all_reduce(torch.tensor([float(len(chunks))]), "max").item()) if d.enabled else len(chunks)
+    merged: dict | None = {} if d.main else None
+    for r in range(rounds):
+        with d.together():
+            local = compute(chunks[r][1]) if r < len(chunks) else {}
+        got = d.gather_object(local)
+        if got is not None:
+            for g in got:
+                merged.update(g)
     return merged
 
 
-def _maps_of(model, pre, layers, source: ImageSource, runner: Runner, method: str, classes, cam_kw: dict) -> dict:
-    """{image index: (map, class, probability, top-1)} for this rank's share of the images."""
-    ds = source.dataset(pre)
+def _maps_of(model, layers, ds, runner: Runner, method: str, classes, cam_kw: dict):
+    """A function mapping image indices to {index: (map, class, probability, top-1)}."""
     cam = make_cam(model, method, layers, runner=runner, **cam_kw)
-    out = {}
-    for _k, idx in runner.chunks(len(ds)):
+
+    def compute(idx):
         x = torch.stack([ds[i] for i in idx])
         cls = classes if (classes is None or isinstance(classes, int)) else [classes[i] for i in idx]
         maps = cam(x, cls)
         probs = cam.logits_.softmax(-1)
+        out = {}
         for j, i in enumerate(idx):
             c = int(cam.classes_[j])
             out[i] = (maps[j].numpy().astype(np.float32), c, float(probs[j, c]), int(cam.logits_[j].argmax()))
-    return out
+        return out
+    return compute
 
 
 def _entry(built, layers, method, flavour, res, n, seconds, boxes) -> dict:
@@ -181,9 +186,9 @@ class Cam(Analysis):
         res = CamResult(method=p.method, images=list(source.keys()), boxes=source.boxes_for(built[0].pre))
         for b, lay, key in zip(built, layers, keys):
             start = time.perf_counter()
-            with d.together():
-                local = _maps_of(b.model, b.pre, lay, source, runner, p.method, classes, cam_kw)
-            maps = gather_maps(d, local)
+            ds = source.dataset(b.pre)
+            maps = gather_maps(d, runner.chunks(len(ds)), _maps_of(b.model, lay, ds, runner, p.method, classes,
+                                                                  cam_kw))
             if maps is None:                                   # not the writing rank
                 continue
             n = len(source)

@@ -79,13 +79,11 @@ class Context(Analysis):
         model, pre = built.model, built.pre
         prefix, taps = context_taps(model, ctx.params.block)
         ds = src.dataset(pre)
-        with d.together():
-            local = {}
-            for _k, idx in ctx.runner.chunks(len(ds)):
-                res = context_maps(model, torch.stack([ds[i] for i in idx]), prefix, runner=ctx.runner)
-                for j, i in enumerate(idx):
-                    local[i] = {k: v[j].numpy().astype(np.float32) for k, v in res["maps"].items()}
-        maps = gather_maps(d, local)
+
+        def compute(idx):
+            res = context_maps(model, torch.stack([ds[i] for i in idx]), prefix, runner=ctx.runner)
+            return {i: {k: v[j].numpy().astype(np.float32) for k, v in res["maps"].items()} for j, i in enumerate(idx)}
+        maps = gather_maps(d, ctx.runner.chunks(len(ds)), compute)
         keys = [t.name.rsplit(".", 1)[1] for t in taps]
         labels = map_labels(keys, spg_lambdas(model, prefix))
         title = f"{built.name}: SPG maps and aggregated context at {prefix}"
