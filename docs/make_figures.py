@@ -10,7 +10,7 @@ drawn here from the results, with the toolkit's plot style.
 
 Usage::
 
-    python docs/make_figures.py [--work build/docs-figures] [--width 900]
+    python docs/make_figures.py [--work build/docs-figures] [--width 700]
 """
 from __future__ import annotations
 
@@ -51,15 +51,15 @@ def train(work: Path, folder: str) -> Path:
     return run
 
 
-def publish(src: Path, name: str, width: int) -> Path:
-    """``src`` as ``docs/img/<name>``: at most ``width`` px wide, 256 colours, optimised."""
+def publish(src: Path, name: str, width: int, colors: int = 256) -> Path:
+    """``src`` as ``docs/img/<name>``: at most ``width`` px wide, ``colors`` colours, optimised."""
     from PIL import Image
 
     im = Image.open(src).convert("RGB")
     if im.width > width:
         im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
     out = IMG / name
-    im.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(out, optimize=True)
+    im.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(out, optimize=True)
     print(f"{out.relative_to(ROOT)}: {im.width}x{im.height}, {out.stat().st_size / 1024:.0f} KiB", flush=True)
     return out
 
@@ -86,24 +86,19 @@ def analyses(work: Path, runs: dict, width: int) -> dict:
 
     spectrascope.run("filters", model="dfformer_s18", checkpoint=demo, layers="1", output=out / "filters",
                      **common)
-    publish(out / "filters" / "basis_filters.png", "filters-trained.png", width // 2)
+    publish(out / "filters" / "basis_filters.png", "filters-trained.png", width)
     kwargs = MODELS["synthetic-demo"][1]
     spectrascope.run("filters", model="dfformer_s18", model_kwargs=kwargs, img_size=64, layers="1",
                      output=out / "filters-init", **common)
-    publish(out / "filters-init" / "basis_filters.png", "filters-init.png", width // 2)
+    publish(out / "filters-init" / "basis_filters.png", "filters-init.png", width)
 
     res["cam"] = spectrascope.run("cam", model="dfformer_s18", checkpoint=demo, num_images=4,
                                   target_layer="stage3", output=out / "cam", **common)
-    publish(out / "cam" / "grid.png", "cam.png", width // 2)
-
-    spectrascope.run("cka", model=["gfformer_s18", "dfformer_s18"],
-                     checkpoint=[str(runs["synthetic-gf"] / "last.pth"), demo], num_images=256, batch_size=32,
-                     output=out / "cka", **common)
-    publish(out / "cka" / "cka.png", "cka.png", width)
+    publish(out / "cam" / "grid.png", "cam.png", width // 2, colors=48)         # photographs: few colours
 
     spectrascope.run("context", model="spanet_s", model_kwargs=SPANET, img_size=64, num_images=3,
                      output=out / "context", **common)
-    publish(out / "context" / "grid.png", "context.png", width)
+    publish(out / "context" / "grid.png", "context.png", width * 6 // 7, colors=48)
 
     spectrascope.run("throughput", model=S18, resolutions="64,128,192", batch_size=2, warmup=2, iters=5,
                      device="cpu", output=out / "throughput", overwrite=True)
@@ -112,6 +107,11 @@ def analyses(work: Path, runs: dict, width: int) -> dict:
     res["flops"] = spectrascope.run("flops", model=S18, by="stage")
     res["predict"] = spectrascope.run("predict", model="dfformer_s18", checkpoint=demo, data=DATA, num_images=8,
                                       topk=1)
+    runs["synthetic-gf"] = train(work, "synthetic-gf")          # the second model of the CKA tutorial
+    spectrascope.run("cka", model=["gfformer_s18", "dfformer_s18"],
+                     checkpoint=[str(runs["synthetic-gf"] / "last.pth"), demo], num_images=256, batch_size=32,
+                     output=out / "cka", **common)
+    publish(out / "cka" / "cka.png", "cka.png", width)
     res["evaluate"] = {f: spectrascope.run("evaluate", checkpoint=str(runs[f] / "last.pth"), data=DATA)
                        for f in MODELS}
     return res
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "docs-figures",
                     help="folder for the training runs and results (reused: existing runs are not trained again)")
-    ap.add_argument("--width", type=int, default=900, help="largest width of a published figure (px)")
+    ap.add_argument("--width", type=int, default=700, help="largest width of a published figure (px)")
     args = ap.parse_args(argv)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.chdir(work)
     IMG.mkdir(parents=True, exist_ok=True)
-    runs = {f: train(work, f) for f in MODELS}
+    runs = {"synthetic-demo": train(work, "synthetic-demo")}
     res = analyses(work, runs, args.width)
     draw_flops(res["flops"], args.width, work)
     draw_predict(res["predict"], args.width, work)
