@@ -130,7 +130,8 @@ def draw_flops(result, width: int, work: Path) -> None:
     for i, (c, by) in enumerate(zip(counts, totals)):
         xs = [j + (i - (n - 1) / 2) * 0.8 / n for j in range(len(stages))]
         ax.bar(xs, [by.get(s, 0) / 1e9 for s in stages], width=0.8 / n, label=c.model)
-    ax.set_xticks(range(len(stages)), stages)
+    ax.set_xticks(range(len(stages)), [st.split()[-1] for st in stages])
+    ax.set_xlabel("stage")
     ax.set_ylabel("FLOPs (G, FFTs left out)")
     ax.set_title("FLOPs by stage at 224 px")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
