@@ -5,7 +5,7 @@ PIP_FLAGS ?= --disable-pip-version-check
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: setup demo test test-fast bench gpu-check figures clean
+.PHONY: setup demo test test-fast bench gpu-check figures docs docs-figures clean
 
 # idempotent: re-running only re-installs what changed
 setup: $(BIN)/spectrascope
@@ -44,5 +44,18 @@ gpu-check: setup
 figures: setup
 	MPLBACKEND=Agg $(BIN)/python -m spectrascope.report.paper_figures --output figures
 
+# the documentation site (mkdocs-material + mkdocstrings) -> site/, warnings are errors
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+$(VENV)/.docs-installed: $(BIN)/spectrascope
+	$(BIN)/pip install $(PIP_FLAGS) -q -c constraints.txt torch==2.13.0 -e ".[dev,docs]"
+	touch $@
+
+# the figures of the documentation (docs/img/*.png) from three reduced models trained on synthetic
+# textures (trained once into build/docs-figures/; minutes on a CPU)
+docs-figures: setup
+	MPLBACKEND=Agg $(BIN)/python docs/make_figures.py --work build/docs-figures
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache

@@ -21,7 +21,7 @@ from spectrascope.analysis.cam import compute_cam, default_target_layer, grad_ca
 from spectrascope.ops.filters import dynamic_filters, equivalent_kernel, filter_amplitude, frequency_filter, spatial_kernel
 from spectrascope.engine.flops import FlopCount, count_flops
 from spectrascope.seam import Analysis, Needs, Option, Result, load_result, register, run, save
-from spectrascope.seam import names as analyses
+from spectrascope.seam import names as list_analyses
 from spectrascope.seam.plot import redraw as plot
 from spectrascope.zoo import timm as _timm_plugin
 
@@ -35,7 +35,7 @@ __all__ = [
     # probes
     "Probe", "TapError", "model_taps", "select_taps",
     # analyses: one verb
-    "run", "load_result", "save", "plot", "analyses", "Analysis", "Needs", "Option", "Result", "register",
+    "run", "load_result", "save", "plot", "list_analyses", "Analysis", "Needs", "Option", "Result", "register",
     # Fourier analysis
     "relative_log_amplitude", "spectrum_map", "radial_log_amplitude", "high_frequency_delta", "ZeroMeanWarning",
     "AmplitudeReducer",

@@ -190,7 +190,7 @@ def run(analysis: str | Analysis, **options: Any) -> Result:
     Returns:
         The analysis's ``Result`` dataclass (``result.output`` is the folder written, if any).
 
-    Example:
+    Examples:
         >>> import spectrascope
         >>> res = spectrascope.run("amplitude", model="dfformer_s18", img_size=64, num_images=2,
         ...                        model_kwargs={"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]})
