@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from mkdocs.plugins import event_priority
+
 ROOT = Path(__file__).resolve().parents[1]
 TREE = ROOT / "build" / "docs-src"
 MAPPED = {"analyses": ROOT / "analyses", "models": ROOT / "models"}
@@ -25,6 +27,7 @@ def _link_tree(src: Path, dst: Path) -> None:
         os.symlink(entry, dst / entry.name, target_is_directory=entry.is_dir())
 
 
+@event_priority(100)   # before mkdocstrings reads its handler paths (it drops paths that do not exist)
 def on_config(config, **kwargs):
     """Lay out ``build/docs-src/spectrascope`` (the installed package's shape) before any page is read."""
     if TREE.exists():

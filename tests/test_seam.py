@@ -4,6 +4,7 @@ agreement of every rank on failure, and a declaration that the registry refuses 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,3 +145,27 @@ def test_an_incomplete_declaration_is_refused():
     with pytest.raises(InternalError, match="run"):
         register(NoRun)
     assert "clash-test" not in names() and Needs().models == "one"
+
+
+def test_default_output_folders_of_runs_in_the_same_second_differ(tmp_path, monkeypatch):
+    """Two runs started within one second get two folders (the second one a ``-2`` suffix), so the
+    second neither fails on nor replaces the first one's results."""
+    import datetime as dt
+
+    from spectrascope.io import results
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(results._dt, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    first = results.default_output_dir("cam", "dfformer_s18")
+    assert first == Path("runs/cam/dfformer_s18-20260102-030405")
+    first.mkdir(parents=True)
+    (first / "results.json").write_text("{}")
+    second = results.default_output_dir("cam", "dfformer_s18")
+    assert second == Path("runs/cam/dfformer_s18-20260102-030405-2")
+    second.mkdir()
+    assert results.default_output_dir("cam", "dfformer_s18").name.endswith("-3")

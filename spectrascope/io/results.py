@@ -55,9 +55,16 @@ MANIFEST = ".spectrascope-manifest.json"
 
 
 def default_output_dir(command: str, tag: str) -> Path:
+    """``runs/<command>/<tag>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3`` ... after it when a folder of
+    that name is already there (two runs started within the same second)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in tag)
-    return Path("runs") / command / f"{safe}-{stamp}"
+    base = Path("runs") / command / f"{safe}-{stamp}"
+    out, n = base, 1
+    while out.exists() or out.is_symlink():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 # ---------------------------------------------------------------------------- manifest + policy
