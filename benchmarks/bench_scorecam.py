@@ -211,19 +211,15 @@ def timing(args, ref: str) -> dict:
     maps = {}
 
     def run(name):
-        def go():
-            out = {}
-            t = benchkit.timed(lambda: out.setdefault("m", calls[name]()), args.device)
-            maps[name] = out["m"]
-            return t
-        return go
+        return lambda: maps.__setitem__(name, calls[name]())
 
     def show(r, last):
         print(f"  repeat {r + 1}: ours {last['ours']:.2f} s, reference {last['reference']:.2f} s, "
               f"ratio {last['reference'] / last['ours']:.3f}, load {benchkit.load_average()}", flush=True)
-    times = benchkit.interleave({"ours": run("ours"), "reference": run("reference")}, args.repeats, show)
+    wall, cpu = benchkit.interleave({"ours": run("ours"), "reference": run("reference")}, args.repeats,
+                                    args.device, show)
     diff = float((maps["ours"] - maps["reference"].to(maps["ours"].dtype)).abs().max())
-    return {"times": times, "diff": diff, "plan": plan, "target_layer": tl.path}
+    return {"times": wall, "cpu": cpu, "diff": diff, "plan": plan, "target_layer": tl.path}
 
 
 def main(argv=None):
@@ -281,7 +277,8 @@ def main(argv=None):
                        res["times"]["reference"], target, "higher", reference_label=reference_label(ref), notes=notes,
                        extra={"max_diff": res["diff"], "maps_equal": res["diff"] <= MAP_TOL, "plan": plan,
                               "peak_bytes": mem, "target_layer": res["target_layer"], "amp": args.amp,
-                              "load_average_end": end_load})
+                              "load_average_end": end_load},
+                       ours_cpu=res["cpu"]["ours"], reference_cpu=res["cpu"]["reference"])
     print(f"target layer {res['target_layer']}; ours: batch {plan.get('batch_size')}, {plan.get('workers')} "
           f"concurrent forward(s) x {plan.get('threads')} thread(s); reference: batch {args.ref_batch_size}")
     print(f"maps max abs difference: {res['diff']:.2e} ({'equal' if res['diff'] <= MAP_TOL else 'DIFFERENT'}: "

@@ -9,9 +9,13 @@ change of load on a shared machine hits both sides alike. Two ratios summarise t
 * ``median``: the median over repeats of the paired ratio of repeat i (the two sides of one
   repeat ran under the same load).
 
+Each run is timed in wall seconds (the ratios above) and in CPU seconds of this process (all its
+threads): on a machine shared with other work the CPU time moves much less than the wall time,
+so its median paired ratio (``cpu median`` in the notes) is a cross-check of the wall ratio.
+
 ``better="higher"`` rows are speed-ups (reference time / ours: a target ``>= t``);
 ``better="lower"`` rows are costs (ours / reference: a target ``<= t``). A row meets its target
-when its median does.
+when its median does; a row without target is informational (a part of another row's cost).
 
 Scripts import this module as ``benchkit`` (``python benchmarks/<script>.py`` puts this folder
 on ``sys.path``); it is not part of the package.
@@ -43,12 +47,14 @@ class Row:
     device: str
     ours: list[float]
     reference: list[float]
-    target: float
+    target: float | None
     better: str = "higher"
     ours_label: str = "spectrascope"
     reference_label: str = "reference"
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    ours_cpu: list[float] | None = None
+    reference_cpu: list[float] | None = None
 
     def __post_init__(self):
         if self.better not in ("higher", "lower"):
@@ -73,18 +79,30 @@ class Row:
         return statistics.median(self.ratios)
 
     @property
+    def ratio_median_cpu(self) -> float | None:
+        """The median paired ratio of the CPU times (None when they were not recorded)."""
+        if not self.ours_cpu or not self.reference_cpu:
+            return None
+        return statistics.median(self._ratio(o, r) for o, r in zip(self.ours_cpu, self.reference_cpu))
+
+    @property
     def target_text(self) -> str:
+        if self.target is None:
+            return "-"
         return f"{'>=' if self.better == 'higher' else '<='} {self.target:g}"
 
     @property
-    def met(self) -> bool:
+    def met(self) -> bool | None:
+        """Whether the median meets the target (None: an informational row without target)."""
+        if self.target is None:
+            return None
         m = self.ratio_median
         return m >= self.target if self.better == "higher" else m <= self.target
 
     def to_json(self) -> dict:
         d = asdict(self)
         d.update(ratios=self.ratios, ratio_best=self.ratio_best, ratio_median=self.ratio_median,
-                 target_text=self.target_text, met=self.met)
+                 ratio_median_cpu=self.ratio_median_cpu, target_text=self.target_text, met=self.met)
         return d
 
     @classmethod
@@ -97,7 +115,7 @@ class Row:
         return [self.benchmark, self.setting, str(self.threads), self.device,
                 f"{statistics.median(self.ours):.3g} s", f"{statistics.median(self.reference):.3g} s",
                 f"{self.ratio_best:.3f}", f"{self.ratio_median:.3f} {unit}", self.target_text,
-                "met" if self.met else "MISSED"]
+                {True: "met", False: "MISSED", None: "-"}[self.met]]
 
 
 def _cpu_model() -> str:
@@ -142,31 +160,35 @@ def machine(device: str = "cpu") -> dict:
     return info
 
 
-def timed(fn: Callable[[], object], device: str = "cpu") -> float:
-    """Wall seconds of ``fn()`` (CUDA work synchronised on both ends)."""
+def timed(fn: Callable[[], object], device: str = "cpu") -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``fn()`` (CUDA work synchronised on both ends)."""
     import torch
     cuda = str(device).startswith("cuda") and torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     fn()
     if cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
-def interleave(fns: dict[str, Callable[[], float]], repeats: int,
-               on_repeat: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
-    """Run every ``fns[name]()`` (returning its seconds) once per repeat, in alternating order
-    (the given order, then reversed, ...). Returns name -> seconds per repeat."""
+def interleave(fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu",
+               on_repeat: Callable[[int, dict], None] | None = None) -> tuple[dict, dict]:
+    """Time every ``fns[name]()`` once per repeat, in alternating order (the given order, then
+    reversed, ...). Returns (name -> wall seconds per repeat, name -> CPU seconds per repeat);
+    ``on_repeat(r, {name: wall seconds})`` after each repeat."""
     names = list(fns)
-    out: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for n in (names if r % 2 == 0 else names[::-1]):
-            out[n].append(float(fns[n]()))
+            w, c = timed(fns[n], device)
+            wall[n].append(w)
+            cpu[n].append(c)
         if on_repeat is not None:
-            on_repeat(r, {n: v[-1] for n, v in out.items()})
-    return out
+            on_repeat(r, {n: v[-1] for n, v in wall.items()})
+    return wall, cpu
 
 
 def table_lines(rows: list[Row]) -> list[str]:
@@ -183,7 +205,12 @@ def print_table(rows: list[Row], title: str | None = None) -> None:
     for line in table_lines(rows):
         print(line)
     print("ratio best: best time vs best time; ratio median: median over the interleaved repeats of each "
-          "repeat's paired ratio (x = reference / ours; 'x the time' = ours / reference)")
+          "repeat's paired ratio (x = reference / ours; 'x the time' = ours / reference); wall-clock times")
+    for r in rows:
+        cpu = r.ratio_median_cpu
+        if r.notes or cpu is not None:
+            extra = [f"cpu-time median {cpu:.3f}"] if cpu is not None else []
+            print(f"  {r.benchmark} ({r.setting}): " + "; ".join(extra + ([r.notes] if r.notes else [])))
 
 
 def markdown_table(rows: list[Row]) -> str:

@@ -37,6 +37,7 @@ Deviations, both documented and opt-in:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -83,6 +84,14 @@ def as_nchw(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, g
     return to_nchw(x, layout, num_prefix_tokens, grid)
 
 
+def _no_autocast(device_type: str):
+    """Autocast switched off for the statistics (a no-op context when it is off already: the
+    reducers call this once per tap and forward)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _compute_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     if dtype is not None:
         if dtype not in (torch.float32, torch.float64):
@@ -110,7 +119,7 @@ class SpectrumStats:
     def __iadd__(self, other: "SpectrumStats") -> "SpectrumStats":
         if other.size != self.size:
             raise ValueError(f"map size changed from {self.size} to {other.size} between batches")
-        self.half_sum = self.half_sum + other.half_sum.to(self.half_sum)
+        self.half_sum = torch.add(self.half_sum, other.half_sum)    # promoted to the accumulator's dtype
         self.count += other.count
         self.small_dc += other.small_dc
         return self
@@ -152,7 +161,7 @@ def spectrum_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
     if H < 1 or W < 1 or B < 1 or C < 1:
         raise ValueError(f"empty feature map of shape {tuple(xl.shape)} (B, H, W, C)")
     xl = xl.to(cd)
-    with torch.autocast(device_type=xl.device.type, enabled=False):
+    with _no_autocast(xl.device.type):
         F = torch.fft.rfft2(xl, dim=(1, 2))
         mod = F.abs()
         small_dc = _zero_mean_count(mod[:, 0, 0, :], mod.amax(dim=(1, 2)), eps)
@@ -182,8 +191,9 @@ class DiagonalStats:
     def __iadd__(self, other: "DiagonalStats") -> "DiagonalStats":
         if other.size != self.size:
             raise ValueError(f"map size changed from {self.size} to {other.size} between batches")
-        if self.diag_sum.dtype == other.diag_sum.dtype and not self.diag_sum.is_inference():
-            self.diag_sum.add_(other.diag_sum)
+        if torch.promote_types(self.diag_sum.dtype, other.diag_sum.dtype) == self.diag_sum.dtype and (
+                torch.is_inference_mode_enabled() or not self.diag_sum.is_inference()):
+            self.diag_sum.add_(other.diag_sum)                     # promoted to the accumulator's dtype
         else:
             self.diag_sum = self.diag_sum + other.diag_sum.to(self.diag_sum)
         self.count += other.count
@@ -256,7 +266,7 @@ def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
         raise ValueError(f"empty feature map of shape {tuple(xl.shape)} (B, H, W, C)")
     N = H
     K = N - N // 2
-    with torch.autocast(device_type=xl.device.type, enabled=False):
+    with _no_autocast(xl.device.type):
         R = _antidiagonal_sums(xl, cd) @ _diagonal_basis(N, cd, xl.device).T     # (B*C, 2K): re then im
         re, im = R[:, :K], R[:, K:]
         mod = torch.sqrt(re * re + im * im)                        # |F(k, k)|, (maps, K)

@@ -50,8 +50,10 @@ class AmplitudeReducer(Reducer):
     The accumulators stay on the device of the captured tensors until :meth:`finalise`
     moves them to the CPU."""
 
-    #: how to build the Probe feeding this reducer
-    probe_kwargs = {"nchw": False, "clone": False, "dtype": None}
+    #: how to build the Probe feeding this reducer: the maps are read once, by the reduction, whose
+    #: statistic (returned by ``__call__``) is finite iff the map is, so the probe's own finiteness
+    #: pass over every map is not needed
+    probe_kwargs = {"nchw": False, "clone": False, "dtype": None, "finite_from_callback": True}
 
     def __init__(self, taps: Sequence[TapSpec], *, eps: float = EPS, dtype: torch.dtype = torch.float32,
                  maps: bool = True):
@@ -63,23 +65,28 @@ class AmplitudeReducer(Reducer):
         self.calls: dict[str, int] = {}
         self.shapes: dict[str, tuple[int, int, int]] = {}
 
-    def __call__(self, tap: TapSpec, x: torch.Tensor) -> None:
+    def __call__(self, tap: TapSpec, x: torch.Tensor) -> torch.Tensor:
+        """Add one captured map's statistics; returns a 0-d tensor that is finite iff ``x`` is
+        (NaN/inf reach every sum of the reduction), for ``Probe(finite_from_callback=True)``."""
         fn = spectrum_stats if self.maps else diagonal_stats
         try:
             st = fn(x, tap.layout, tap.num_prefix_tokens, _grid(tap, x), eps=self.eps, dtype=self.dtype)
         except ValueError as exc:
             raise TapError(f"tap {tap.name} ({tap.layout}, shape {tuple(x.shape)}): {exc}") from None
-        acc = torch.float64 if x.device.type != "mps" else torch.float32     # MPS has no float64
-        if self.maps:
-            st.half_sum = st.half_sum.to(acc)
+        finite = _sum_of(st).sum()
+        prev = self.stats.get(tap.name)
+        if prev is not None:
+            prev += st                                   # accumulated in the accumulator's dtype
         else:
-            st.diag_sum = st.diag_sum.to(acc)
-        if tap.name in self.stats:
-            self.stats[tap.name] += st
-        else:
+            acc = torch.float64 if x.device.type != "mps" else torch.float32     # MPS has no float64
+            if self.maps:
+                st.half_sum = st.half_sum.to(acc)
+            else:
+                st.diag_sum = st.diag_sum.to(acc)
             self.stats[tap.name] = st
             self.shapes[tap.name] = (st.channels, *st.size)
         self.calls[tap.name] = self.calls.get(tap.name, 0) + 1
+        return finite
 
     def missing(self) -> list[str]:
         """Taps whose hooks never fired."""
@@ -91,7 +98,7 @@ class AmplitudeReducer(Reducer):
         out = {}
         for name, st in self.stats.items():
             out[name] = {"kind": "maps" if isinstance(st, SpectrumStats) else "diag",
-                         "sum": _sum_of(st).detach().to("cpu", torch.float64), "count": int(st.count),
+                         "sum": _sum_of(st).detach().to("cpu", torch.float64, copy=True), "count": int(st.count),
                          "small_dc": int(st.small_dc), "size": tuple(st.size), "channels": int(st.channels),
                          "calls": int(self.calls.get(name, 0))}
         return out
