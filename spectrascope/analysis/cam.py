@@ -33,8 +33,9 @@ import torch.nn as nn
 from spectrascope.engine.runner import RunConfig, Runner
 from spectrascope.errors import CamError, NonFiniteError, TapError
 from spectrascope.ops.cam import (AUTO_BATCH_CAP, METHODS, auto_batch_size, check_flavour, class_scores,
-                                  cpu_workers, finish_map, flavour_score, gradcam_pp_weights, gradcam_weights, mean_of_layers,
-                                  scorecam_combine, scorecam_masks, scorecam_pairs, target_classes, weighted_cam)
+                                  cpu_workers, finish_map, flavour_score, gradcam_pp_weights, gradcam_weights,
+                                  mean_of_layers, scorecam_combine, scorecam_masks, scorecam_pairs, target_classes,
+                                  weighted_cam)
 from spectrascope.probe import Probe
 from spectrascope.probe.grammar import TapRequest
 from spectrascope.probe.infer import model_taps
