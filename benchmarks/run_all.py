@@ -137,10 +137,17 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of <out>/summary.json from jobs not run this time (each row keeps the "
                          "load average of its own job)")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="SUMMARY",
+                    help="run nothing: write <out>/summary.json and .md from these summary.json files (a job "
+                         "found in several: the last one's rows)")
     ap.add_argument("--markdown", action="store_true", help="print <out>/summary.json as markdown; run nothing")
     ap.add_argument("--readme", default=None, help="with --markdown: write the table into this README")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.combine:
+        parts = [json.loads(Path(p).read_text()) for p in args.combine]
+        write_summary(out, combine(parts, args.device))
+        return 0
     if args.markdown:
         path = out / "summary.json"
         if not path.is_file():
@@ -174,28 +181,51 @@ def main(argv=None) -> int:
     machine.update(load_average_start=start["load_average"], load_average_end=benchkit.load_average(),
                    date=time.strftime("%Y-%m-%d"), seconds=round(time.perf_counter() - t0),
                    set="full" if args.full else "quick")
+    summary = {"machine": machine, "rows": sort_rows(rows, args.device), "failed": failed}
     prev = out / "summary.json"
     if args.merge and prev.is_file():
-        old = json.loads(prev.read_text())
-        done = {name for _, name, _ in todo}
-        kept = [r for r in old.get("rows", []) if r.get("job") not in done]
-        rows = kept + rows
-        failed = [f for f in old.get("failed", []) if f["job"] not in done] + failed
-        om = old.get("machine", {})
-        machine["load_average_start"] = om.get("load_average_start", machine["load_average_start"])
-        machine["date"] = " to ".join(dict.fromkeys([om.get("date", machine["date"]).split(" to ")[0],
-                                                     machine["date"]]))
-        machine["set"] = "merged"
-    names = list(dict.fromkeys(name for _, name, _ in jobs(args.device, False) + jobs(args.device, True)))
+        summary = combine([json.loads(prev.read_text()), summary], args.device)
+    write_summary(out, summary)
+    return 1 if failed else 0
+
+
+def sort_rows(rows: list[dict], device: str) -> list[dict]:
+    """Rows by benchmark, then in the order of their jobs."""
+    names = list(dict.fromkeys(name for _, name, _ in jobs(device, False) + jobs(device, True)))
     rank = {b: i for i, b in enumerate(BENCHMARKS)}
-    rows.sort(key=lambda r: (rank.get(r["benchmark"], len(rank)),
-                             names.index(r["job"]) if r.get("job") in names else len(names)))
-    summary = {"machine": machine, "rows": rows, "failed": failed}
+    return sorted(rows, key=lambda r: (rank.get(r["benchmark"], len(rank)),
+                                       names.index(r["job"]) if r.get("job") in names else len(names)))
+
+
+def combine(parts: list[dict], device: str) -> dict:
+    """One summary from several (per job, the last summary holding it wins); the machine record
+    spans them: the first start load, the last end load."""
+    by_job: dict[str, list[dict]] = {}
+    failed: dict[str, dict] = {}
+    for p in parts:
+        jobs_here = {r.get("job") for r in p["rows"]} | {f["job"] for f in p.get("failed", [])}
+        for j in jobs_here:
+            by_job.pop(j, None)
+            failed.pop(j, None)
+        for r in p["rows"]:
+            by_job.setdefault(r.get("job"), []).append(r)
+        failed.update({f["job"]: f for f in p.get("failed", [])})
+    machine = dict(parts[-1]["machine"])
+    machine["load_average_start"] = parts[0]["machine"].get("load_average_start")
+    dates = list(dict.fromkeys(p["machine"].get("date", "") for p in parts))
+    machine.update(date=" to ".join(d for d in dates if d), set="combined",
+                   seconds=sum(p["machine"].get("seconds", 0) for p in parts))
+    rows = [r for rs in by_job.values() for r in rs]
+    return {"machine": machine, "rows": sort_rows(rows, device), "failed": list(failed.values())}
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    """<out>/summary.json and summary.md, and the markdown printed."""
+    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     md = render_md(summary)
     (out / "summary.md").write_text(md)
     print(md, end="")
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -47,9 +47,9 @@ METHODS = ("scorecam", "gradcam", "gradcam++")
 SCORES = ("logit", "softmax")
 _DEFAULT_SCORE = {"gradcam-lib": "logit", "torchcam": "logit", "authors": "softmax"}
 
-#: most masked inputs per forward chosen automatically. CPUs: 16 (one thread per forward, see
-#: ``cpu_workers``; dfformer_s18 on one thread runs 10-25 % faster at 16 than at 8 and gains nothing
-#: beyond, while peak memory grows linearly); GPUs need more
+#: most masked inputs per forward chosen automatically. CPUs: 16 (dfformer_s18 on one thread, at 96
+#: and 224 px, ran more images/s at 16 than at 8 and no more at 32-64, while peak memory grows
+#: linearly); GPUs need more
 AUTO_BATCH_CAP = {"cpu": 16, "other": 64}
 #: most concurrent masked forwards on a CPU (each runs with ``threads // workers`` threads): beyond
 #: this the interpreter lock between the forwards' many small operators costs more than it gains
