@@ -14,7 +14,7 @@ best times and as the median of the per-repeat paired ratios (robust to a shared
   runner batching the images, Probe hooks, half-diagonal reduction, non-finite check, curves)
   over the same forward passes alone (``model(x)`` under inference mode); target <= 1.02;
 * ``hooks only / plain forward``: the same runner and Probe with a callback that does nothing
-  (hooks, batching, the early stop after the last tap, no reduction and no finite check);
+  (hooks, batching, the early stop after the last tap; no reduction and no NaN/inf check);
 * ``reduction alone / plain forward``: the reducer applied to one batch's captured maps outside
   any forward (its read of every tapped map, the length-N DFTs, the logs, the finiteness value
   handed to the probe), times the number of batches;
@@ -79,8 +79,10 @@ def amplitude(model, ds, taps, runner, maps=False) -> bool:
 
 
 def hooks_only(model, ds, taps, runner) -> None:
-    """The same runner and Probe (hooks, batching, early stop) with a callback that does nothing."""
-    with Probe(model, taps, callback=lambda _tap, _x: None, nchw=False, clone=False) as probe:
+    """The same runner and Probe (hooks, batching, early stop) with a callback that does nothing
+    (and hands the probe no finiteness value: no NaN/inf check either)."""
+    with Probe(model, taps, callback=lambda _tap, _x: None, nchw=False, clone=False,
+               finite_from_callback=True) as probe:
         runner.run(model, ds, probe, need_output=False)
 
 

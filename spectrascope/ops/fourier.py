@@ -49,7 +49,7 @@ from spectrascope.probe.layouts import channels_last, to_nchw
 
 __all__ = [
     "EPS", "LAYOUTS", "ZeroMeanWarning", "SpectrumStats", "DiagonalStats", "as_nchw", "spectrum_stats",
-    "diagonal_stats", "log_amplitude_map",
+    "diagonal_stats", "antidiagonal_sums", "diagonal_from_sums", "log_amplitude_map",
     "spectrum_map", "relative_log_amplitude", "radial_log_amplitude", "curve_from_map", "frequency_axis",
     "high_frequency_delta", "normalised_depth", "zero_mean_fraction",
 ]
@@ -121,7 +121,7 @@ class SpectrumStats:
             raise ValueError(f"map size changed from {self.size} to {other.size} between batches")
         self.half_sum = torch.add(self.half_sum, other.half_sum)    # promoted to the accumulator's dtype
         self.count += other.count
-        self.small_dc += other.small_dc
+        self.small_dc = self.small_dc + other.small_dc
         return self
 
     def mean_map(self, shift: bool = True) -> torch.Tensor:
@@ -170,11 +170,13 @@ def spectrum_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
     return SpectrumStats(half_sum, B * C, small_dc, (H, W), C)
 
 
-def _zero_mean_count(dc: torch.Tensor, peak: torch.Tensor, eps: float) -> torch.Tensor:
+def _zero_mean_count(dc: torch.Tensor, peak: torch.Tensor, eps: float, dim=None) -> torch.Tensor:
     """Maps whose DC modulus is rounding noise while the map itself is not (all-zero "dead"
-    channels are not counted: they add log(eps) everywhere and do not shift the curve)."""
+    channels are not counted: they add log(eps) everywhere and do not shift the curve); counted
+    over ``dim`` (None: all)."""
     thr = DC_FACTOR * eps
-    return ((dc < thr) & (peak >= thr)).sum()
+    small = (dc < thr) & (peak >= thr)
+    return small.sum() if dim is None else small.sum(dim=dim)
 
 
 @dataclass
@@ -197,7 +199,7 @@ class DiagonalStats:
         else:
             self.diag_sum = self.diag_sum + other.diag_sum.to(self.diag_sum)
         self.count += other.count
-        self.small_dc += other.small_dc
+        self.small_dc = self.small_dc + other.small_dc
         return self
 
     def curve(self) -> torch.Tensor:
@@ -248,14 +250,23 @@ def _antidiagonal_sums(xl: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return S.transpose(1, 2).reshape(B * C, N)
 
 
-def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None, *,
-                   eps: float = EPS, dtype: torch.dtype | None = None) -> DiagonalStats:
-    """Fast path for the diagonal curve of square maps (no 2-D FFT).
+def antidiagonal_sums(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None, *,
+                      dtype: torch.dtype | None = None) -> tuple[torch.Tensor, tuple[int, int], int]:
+    """The one read of square maps that the diagonal curve needs: their wrapped anti-diagonal sums.
 
-    Only ``F(k, k)`` for ``k < ceil(N / 2)`` is needed, and ``F(k, k) = sum_{h,w} x[h, w]
-    exp(-2 pi i k (h + w) / N)`` depends on a pixel only through ``s = (h + w) mod N``: the maps
-    are first summed over their N wrapped anti-diagonals (one pass over the maps, no copy), then
-    a length-N DFT of those sums gives the half-diagonal (same values as ``fft2`` up to rounding)."""
+    Args:
+        x: a batch of square maps in ``layout`` (``NCHW``, ``NHWC`` or ``NLC`` tokens).
+        layout: the layout of ``x``.
+        num_prefix_tokens: leading class/register tokens of ``NLC`` input.
+        grid: the (H, W) of ``NLC`` input.
+        dtype: compute dtype (default: float32, float64 for float64 input).
+
+    Returns:
+        (S, (H, W), C): ``S`` (B*C, N) the sums of every map over its N wrapped anti-diagonals
+        ``(h + w) mod N = s``; ``diagonal_from_sums`` finishes the statistics.
+
+    Raises:
+        ValueError: for non-square or empty maps."""
     cd = _compute_dtype(x, dtype)
     xl = _channels_last(x.detach(), layout, num_prefix_tokens, grid)
     B, H, W, C = xl.shape
@@ -264,15 +275,42 @@ def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
                          "(ring average, a documented deviation from the reference)")
     if B < 1 or C < 1 or H < 1:
         raise ValueError(f"empty feature map of shape {tuple(xl.shape)} (B, H, W, C)")
-    N = H
-    K = N - N // 2
     with _no_autocast(xl.device.type):
-        R = _antidiagonal_sums(xl, cd) @ _diagonal_basis(N, cd, xl.device).T     # (B*C, 2K): re then im
-        re, im = R[:, :K], R[:, K:]
-        mod = torch.sqrt(re * re + im * im)                        # |F(k, k)|, (maps, K)
-        small_dc = _zero_mean_count(mod[:, 0], mod.amax(dim=1), eps)
-        diag_sum = torch.log(mod.add_(eps)).sum(dim=0)
-    return DiagonalStats(diag_sum, B * C, small_dc, (H, W), C)
+        return _antidiagonal_sums(xl, cd), (H, W), C
+
+
+def diagonal_from_sums(S: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The half-diagonal statistics of maps from their anti-diagonal sums, for several taps at once.
+
+    Args:
+        S: (..., M, N) anti-diagonal sums of M maps of size N x N (``antidiagonal_sums``), with
+            any leading axes (e.g. the taps of one stage, stacked).
+        eps: the epsilon added to the modulus before the log.
+
+    Returns:
+        (sums (..., K) over the M maps of ``log(|F(k, k)| + eps)`` for ``k < K = ceil(N / 2)``,
+        zero-mean map counts (...)): one length-N DFT of the sums per map."""
+    N = S.shape[-1]
+    K = N - N // 2
+    with _no_autocast(S.device.type):
+        R = S @ _diagonal_basis(N, S.dtype, S.device).T            # (..., M, 2K): re then im
+        re, im = R[..., :K], R[..., K:]
+        mod = torch.sqrt(re * re + im * im)                        # |F(k, k)|, (..., M, K)
+        small_dc = _zero_mean_count(mod[..., 0], mod.amax(dim=-1), eps, dim=-1)
+        return torch.log(mod.add_(eps)).sum(dim=-2), small_dc
+
+
+def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None, *,
+                   eps: float = EPS, dtype: torch.dtype | None = None) -> DiagonalStats:
+    """Fast path for the diagonal curve of square maps (no 2-D FFT).
+
+    Only ``F(k, k)`` for ``k < ceil(N / 2)`` is needed, and ``F(k, k) = sum_{h,w} x[h, w]
+    exp(-2 pi i k (h + w) / N)`` depends on a pixel only through ``s = (h + w) mod N``: the maps
+    are first summed over their N wrapped anti-diagonals (one pass over the maps, no copy), then
+    a length-N DFT of those sums gives the half-diagonal (same values as ``fft2`` up to rounding)."""
+    S, size, C = antidiagonal_sums(x, layout, num_prefix_tokens, grid, dtype=dtype)
+    diag_sum, small_dc = diagonal_from_sums(S, eps)
+    return DiagonalStats(diag_sum, S.shape[0], small_dc, size, C)
 
 
 def _warn_zero_mean(frac: float, what: str = "the feature maps", stacklevel: int = 3) -> None:
