@@ -5,7 +5,7 @@ PIP_FLAGS ?= --disable-pip-version-check
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: setup demo test test-fast bench gpu-check figures docs docs-figures clean
+.PHONY: setup demo test test-fast bench bench-readme gpu-check figures docs docs-figures clean
 
 # idempotent: re-running only re-installs what changed
 setup: $(BIN)/spectrascope
@@ -25,14 +25,17 @@ demo: setup
 test: setup
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
 
-# every benchmark script, printed and kept under runs/bench/ (minutes on a CPU): make bench DEVICE=cuda
+# every benchmark script, then one table of all their rows: runs/bench/summary.md and summary.json
+# (logs beside them). The quick set takes about 10 min on a quiet 2-core CPU; FULL=1 adds the long
+# settings (Score-CAM at 96 px x 2 images and 224 px, CKA at 224 px): make bench DEVICE=cuda FULL=1
 DEVICE ?= cpu
+FULL ?=
 bench: setup
-	mkdir -p runs/bench
-	$(BIN)/python benchmarks/bench_cka.py --device $(DEVICE) --precision both | tee runs/bench/cka.txt
-	$(BIN)/python benchmarks/bench_scorecam.py --device $(DEVICE) --img-size 224 --num-images 1 | tee runs/bench/scorecam.txt
-	$(BIN)/python benchmarks/bench_amplitude.py --device $(DEVICE) | tee runs/bench/amplitude.txt
-	$(BIN)/python benchmarks/bench_train.py --device $(DEVICE) --loop | tee runs/bench/train.txt
+	$(BIN)/python benchmarks/run_all.py --device $(DEVICE) $(if $(FULL),--full)
+
+# the benchmark table of docs/benchmarks.md, rendered from runs/bench/summary.json
+bench-readme: setup
+	$(BIN)/python benchmarks/run_all.py --markdown --readme docs/benchmarks.md
 
 # on a GPU machine (<= 8 min): CUDA parity per family, AMP, compile training steps, torchrun nccl, make bench
 gpu-check: setup

@@ -15,15 +15,17 @@ Configs:
         3 downsampling outputs, 18 token-mixer outputs, 18 block outputs) at --img-size; these
         features have large means, so differences there are torch-cka's float32 error.
 
-Each measurement runs in a fresh subprocess. Two modes:
+Timing: both engines in one fresh subprocess per config and mode, ``--repeat`` interleaved runs
+(torch-cka, spectrascope / spectrascope, torch-cka / ...); the table gives the ratio of the best
+times and the median of the per-repeat paired ratios. Two modes:
   CKA computation  the tap features are captured once and replayed through identity modules,
                    so both engines' timings contain only the CKA work (hooks, Gram matrices,
                    HSIC terms) on identical tensors;
   end to end       torch-cka's ``compare()`` vs ``compare_models`` on the real models (torch-cka
                    runs its forwards with autograd on and keeps every hooked output of a batch).
-Time = wall time of the comparison. Peak memory (end to end) = peak RSS (CPU) or peak
-allocated CUDA memory during the comparison minus the level before it (models and images
-already in memory).
+Time = wall time of the comparison. Peak memory (end to end, each engine once more in its own
+fresh subprocess) = peak RSS (CPU) or peak allocated CUDA memory during the comparison minus the
+level before it (models and images already in memory).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -148,7 +151,8 @@ def _capture(model, names, x, batch_size, device):
     return {n: torch.cat(v) for n, v in feats.items()}
 
 
-def worker(args) -> dict:
+def _setup(args):
+    """The two models (or their replayed features), tap names and batches of one config and mode."""
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,14 +164,18 @@ def worker(args) -> dict:
         names_a = [f"taps.{i}" for i in range(len(fa))]
         names_b = [f"taps.{i}" for i in range(len(fb))]
         x = torch.arange(args.images, device=args.device)
-    batches = list(x.split(args.batch_size))
-    m = Meter(args.device)
     with torch.no_grad():  # warm-up (first-call allocations, lazy inits)
-        a(batches[0][:4].to(args.device))
-        b(batches[0][:4].to(args.device))
-    # every engine computes once on a small batch first, so that lazily loaded kernels (e.g. the
-    # float64 BLAS code pages) and first-call allocations are not counted as its memory
-    if args.engine == "torch-cka":
+        a(x[:4].to(args.device))
+        b(x[:4].to(args.device))
+    return a, b, names_a, names_b, x
+
+
+def _engine(engine: str, precision: str, args, a, b, names_a, names_b, x):
+    """A callable running one comparison and returning its matrix (float64, CPU). Every engine
+    computes once on a small batch first, so that lazily loaded kernels (e.g. the float64 BLAS
+    code pages) and first-call allocations are counted neither as its time nor as its memory."""
+    import torch
+    if engine == "torch-cka":
         import torch_cka
         from torch.utils.data import DataLoader, TensorDataset
         dl = DataLoader(TensorDataset(x), batch_size=args.batch_size, shuffle=False)
@@ -177,73 +185,117 @@ def worker(args) -> dict:
                                 model2_layers=names_b, device=args.device)
             with mock.patch("torch_cka.cka.tqdm", lambda it, **_: it):
                 cka.compare(DataLoader(TensorDataset(x[:8]), batch_size=8))
-            m.start()
-            cka.compare(dl, dl)
-            dt, peak = m.stop()
-        mat = cka.export()["CKA"].double()
-    else:
-        from spectrascope.analysis.cka import compare_models
-        from spectrascope.probe import TapSpec
-        ta = [TapSpec(name=n, role="path", path=n, layout="raw") for n in names_a]
-        tb = [TapSpec(name=n, role="path", path=n, layout="raw") for n in names_b]
-        dtype = {"auto": None, "float32": torch.float32, "float64": torch.float64}[args.precision]
-        compare_models(a, b, [x[:8]], taps_a=ta, taps_b=tb, dtype=dtype)
-        m.start()
-        res = compare_models(a, b, batches, taps_a=ta, taps_b=tb, dtype=dtype)
-        dt, peak = m.stop()
-        mat = res.matrix
+
+        def run():
+            with warnings.catch_warnings(), mock.patch("torch_cka.cka.tqdm", lambda it, **_: it):
+                warnings.simplefilter("ignore")
+                cka.compare(dl, dl)
+            return cka.export()["CKA"].double()
+        return run
+    from spectrascope.analysis.cka import compare_models
+    from spectrascope.probe import TapSpec
+    ta = [TapSpec(name=n, role="path", path=n, layout="raw") for n in names_a]
+    tb = [TapSpec(name=n, role="path", path=n, layout="raw") for n in names_b]
+    dtype = {"auto": None, "float32": torch.float32, "float64": torch.float64}[precision]
+    batches = list(x.split(args.batch_size))
+    compare_models(a, b, [x[:8]], taps_a=ta, taps_b=tb, dtype=dtype)
+    return lambda: compare_models(a, b, batches, taps_a=ta, taps_b=tb, dtype=dtype).matrix
+
+
+def worker(args) -> dict:
+    """One engine once in this process: its time and peak memory (what the end-to-end memory
+    ratio compares; each engine in a fresh process)."""
+    setup = _setup(args)
+    run = _engine(args.engine, args.precision, args, *setup)
+    m = Meter(args.device)
+    m.start()
+    mat = run()
+    dt, peak = m.stop()
     return {"engine": args.engine, "time_s": dt, "peak_bytes": peak, "matrix": mat.tolist(),
-            "shape": list(mat.shape), "batches": len(batches)}
+            "shape": list(mat.shape), "batches": -(-args.images // args.batch_size)}
+
+
+def timing_worker(args) -> dict:
+    """torch-cka and spectrascope (each precision) in this process, ``--repeat`` interleaved runs."""
+    import benchkit
+    setup = _setup(args)
+    precisions = args.precisions.split(",")
+    fns = {"torch-cka": _engine("torch-cka", "float32", args, *setup)}
+    for p in precisions:
+        fns[p] = _engine("spectrascope", p, args, *setup)
+    mats = {}
+    wall, cpu = benchkit.interleave({k: (lambda k=k: mats.__setitem__(k, fns[k]())) for k in fns},
+                                    max(1, args.repeat), args.device)
+    return {"wall": wall, "cpu": cpu, "matrix": {k: v.tolist() for k, v in mats.items()},
+            "shape": list(mats["torch-cka"].shape), "batches": -(-args.images // args.batch_size)}
+
+
+def _run(ns, cmd_tail: list[str], env=None) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--config", ns.config, "--img-size", str(ns.img_size),
+           "--images", str(ns.images), "--batch-size", str(ns.batch_size), "--device", ns.device,
+           "--threads", str(ns.threads or 0), "--repeat", str(ns.repeat)] + cmd_tail
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd_tail)} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_worker(ns, engine: str, precision: str, mode: str) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", engine, "--mode", mode, "--config", ns.config,
-           "--img-size", str(ns.img_size), "--images", str(ns.images), "--batch-size", str(ns.batch_size),
-           "--device", ns.device, "--precision", precision, "--threads", str(ns.threads or 0)]
+    """One engine in a fresh process (its peak memory)."""
     # end to end (where peak memory is reported): a fixed glibc mmap threshold, so large buffers
     # are returned to the OS when freed and peak RSS follows the live tensors instead of the
-    # allocator's cache (same setting for both engines). Timing-only runs keep the default
-    # allocator: the fixed threshold turns every large allocation into fresh page faults.
+    # allocator's cache (same setting for both engines)
     env = dict(os.environ)
     if mode == "e2e" and not ns.device.startswith("cuda"):
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    best = None
-    for _ in range(max(1, ns.repeat)):
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if out.returncode != 0:
-            sys.exit(f"{engine} worker failed:\n{out.stderr[-3000:]}")
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        best = r if best is None or r["time_s"] < best["time_s"] else best
-    return best
+    return _run(ns, ["--_worker", engine, "--mode", mode, "--precision", precision], env)
 
 
-def report(ns, precisions) -> list[dict]:
+def report(ns, precisions) -> list:
     import torch
+
+    import benchkit
+    threads = ns.threads or torch.get_num_threads()
     print(f"[{ns.config}] {ns.images} images {ns.img_size}px, batch {ns.batch_size}, device {ns.device}, "
-          f"threads {ns.threads or torch.get_num_threads()}, best of {ns.repeat}")
+          f"threads {threads}, {ns.repeat} interleaved repeats; load average {benchkit.load_average()}", flush=True)
     rows = []
     for mode in ns.modes.split(","):
-        ref = run_worker(ns, "torch-cka", "float32", mode)
+        t = _run(ns, ["--_worker", "timing", "--mode", mode, "--precisions", ",".join(precisions)])
+        mem = {}
+        if mode == "e2e":
+            mem = {e: run_worker(ns, e, p, mode)["peak_bytes"] for e, p in [("torch-cka", "float32")] +
+                   [("spectrascope", q) for q in precisions]}
+        ref_wall, ref_cpu = t["wall"]["torch-cka"], t["cpu"]["torch-cka"]
+        b = torch.tensor(t["matrix"]["torch-cka"])
         for p in precisions:
-            ours = run_worker(ns, "spectrascope", p, mode)
-            a, b = torch.tensor(ours["matrix"]), torch.tensor(ref["matrix"])
+            a = torch.tensor(t["matrix"][p])
             diff = float((a - b).abs().nan_to_num(0).max())
-            speed = ref["time_s"] / ours["time_s"]
-            mem = ours["peak_bytes"] / max(ref["peak_bytes"], 1)
-            n_a, n_b = ours["shape"]
+            n_a, n_b = t["shape"]
             what = "CKA computation (replayed features)" if mode == "cka" else "end to end (forward passes included)"
             label = "auto (float32 for float32 features: the default)" if p == "auto" else p
-            print(f"  {what}, {n_a}x{n_b} taps, {ours['batches']} batches, spectrascope Gram products {label}:")
-            target = SPEED_TARGETS[ns.config]
-            print(f"    time     torch-cka {ref['time_s']:8.2f} s    spectrascope {ours['time_s']:7.2f} s    "
-                  f"speed ratio {speed:6.1f}x (target >= {target}x: {'met' if speed >= target else 'NOT met'})")
-            if mode == "e2e":
-                print(f"    peak mem torch-cka {ref['peak_bytes'] / 2**20:8.1f} MiB  spectrascope "
-                      f"{ours['peak_bytes'] / 2**20:7.1f} MiB  ratio {mem:6.3f} (target <= 0.25)")
+            target = SPEED_TARGETS[ns.config] if mode == "cka" else None
+            notes = f"max diff {diff:.2g}"
+            if mem:
+                notes += (f"; peak memory {mem['spectrascope'] / 2**20:.0f} vs {mem['torch-cka'] / 2**20:.0f} MiB "
+                          f"({mem['spectrascope'] / max(mem['torch-cka'], 1):.3f})")
+            setting = (f"{ns.config} {ns.img_size}px, {ns.images} images, {n_a}x{n_b} taps, "
+                       f"{'CKA computation' if mode == 'cka' else 'end to end'}"
+                       + ("" if p == "auto" else f", ours {p}"))
+            row = benchkit.Row("cka", setting, threads, ns.device, t["wall"][p], ref_wall, target, "higher",
+                               reference_label="torch-cka 0.21", notes=notes, ours_cpu=t["cpu"][p],
+                               reference_cpu=ref_cpu, extra={"max_diff": diff, "peak_bytes": mem or None})
+            rows.append(row)
+            print(f"  {what}, {n_a}x{n_b} taps, {t['batches']} batches, spectrascope Gram products {label}:")
+            met = "" if target is None else f" (target >= {target}x: {'met' if row.met else 'NOT met'})"
+            print(f"    time     torch-cka {statistics.median(ref_wall):8.2f} s    spectrascope "
+                  f"{statistics.median(t['wall'][p]):7.2f} s    speed ratio {row.ratio_median:6.1f}x median, "
+                  f"{row.ratio_best:.1f}x best{met}")
+            if mem:
+                print(f"    peak mem torch-cka {mem['torch-cka'] / 2**20:8.1f} MiB  spectrascope "
+                      f"{mem['spectrascope'] / 2**20:7.1f} MiB  ratio "
+                      f"{mem['spectrascope'] / max(mem['torch-cka'], 1):6.3f} (target <= 0.25)")
             print(f"    max |diff| {diff:.3g}  (torch-cka NaN cells: {int(torch.isnan(b).sum())}; "
                   f"{'well-conditioned' if ns.config == 'tanh' else 'large-mean features: torch-cka float32 error'})")
-            rows.append({"config": ns.config, "mode": mode, "precision": p, "speed": speed, "mem_ratio": mem,
-                         "max_diff": diff})
     return rows
 
 
@@ -259,23 +311,32 @@ def main(argv=None):
                          "auto (the default of the library and CLI) = float32 for these float32 features; "
                          "both = auto and float64")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch default)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest counts")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved timing repeats per measurement")
     ap.add_argument("--modes", default="cka,e2e", help="cka (replayed features), e2e (real models) or both")
     ap.add_argument("--mode", default="cka", help=argparse.SUPPRESS)
+    ap.add_argument("--rows", default=None, help="also write the table rows as JSON to this file")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--precisions", default="auto", help=argparse.SUPPRESS)
     ns = ap.parse_args(argv)
     if ns._worker:
         ns.engine = ns._worker
         ns.img_size = ns.img_size or (32 if ns.config == "tanh" else 64)
-        print(json.dumps(worker(ns)))
+        print(json.dumps(timing_worker(ns) if ns._worker == "timing" else worker(ns)))
         return
     configs = ["tanh", "fig7"] if ns.config == "all" else [ns.config]
     precisions = ["auto", "float64"] if ns.precision == "both" else [ns.precision]
+    import benchkit
+    start = benchkit.machine(ns.device)
+    rows = []
     for c in configs:
         sub = argparse.Namespace(**vars(ns))
         sub.config = c
         sub.img_size = ns.img_size or (32 if c == "tanh" else 64)
-        report(sub, precisions)
+        rows += report(sub, precisions)
+    end_load = benchkit.load_average()
+    print(f"load average: start {start['load_average']}, end {end_load}")
+    benchkit.print_table(rows)
+    benchkit.write_rows(rows, ns.rows, dict(start, load_average_end=end_load))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Forward time of our CAFormer-S18 vs timm's ``caformer_s18`` (same input, inference mode).
 
 Prints the median time per batch of each and the ratio ours / timm (<= 1.0: ours is at
-least as fast). Both use random weights (the timing does not depend on them); the explicit
-softmax(q k^T) v attention of earlier versions can be timed too (``--explicit``) to show
-what the fused kernel gains.
+least as fast; the table row takes the median of the per-round paired ratios). Both use
+random weights (the timing does not depend on them); the explicit softmax(q k^T) v attention
+of earlier versions can be timed too (``--explicit``) to show what the fused kernel gains.
 
     python benchmarks/bench_forward.py [--img-size 224] [--batch-size 8] [--iters 10] [--device cpu]
 """
@@ -15,6 +15,7 @@ import time
 
 import torch
 
+import benchkit
 import spectrascope.compat  # noqa: F401  (timm compatibility shims, before timm is imported)
 import spectrascope
 
@@ -66,7 +67,12 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--explicit", action="store_true", help="also time the explicit attention")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    benchkit.add_rows_option(ap)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = benchkit.machine(args.device)
     try:
         timm = spectrascope.compat.import_timm()
     except ImportError as exc:
@@ -93,6 +99,11 @@ def main(argv=None) -> int:
         paired = statistics.median(a / b for a, b in zip(times[k], times["timm"]))
         print(f"  {label[k]:<26s} {1e3 * med[k]:9.1f} ms/batch   ours/timm {med[k] / med['timm']:.3f} "
               f"(paired median {paired:.3f})")
+    row = benchkit.Row("forward", f"caformer_s18 forward, batch {args.batch_size} at {args.img_size}px, "
+                                  f"{args.iters} interleaved rounds", torch.get_num_threads(), str(dev), times["ours"],
+                       times["timm"], 1.0, "lower", reference_label=f"timm {timm.__version__} caformer_s18")
+    benchkit.print_table([row])
+    benchkit.write_rows([row], args.rows, dict(start, load_average_end=benchkit.load_average()))
     return 0
 
 

@@ -33,6 +33,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import benchkit
 import spectrascope
 from spectrascope.engine.device import resolve_device
 from spectrascope.train.loop import TrainConfig, param_groups, train
@@ -129,21 +130,12 @@ def bench_eval(args, dev) -> dict:
         return hits
 
     runner = Runner(RunConfig(device=dev, batch_size=args.batch_size))
-
-    def timed(fn) -> float:
-        sync(dev)
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        return time.perf_counter() - t0
-
     bare()
-    evaluate_model(model, Cached(), runner)                 # both warmed up, then the best of 3 alternating runs
-    t_bare, t_run = float("inf"), float("inf")
-    for _ in range(3):
-        t_bare = min(t_bare, timed(bare))
-        t_run = min(t_run, timed(lambda: evaluate_model(model, Cached(), runner)))
-    return {"bare_img_s": n / t_bare, "runner_img_s": n / t_run, "ratio": t_run / t_bare}
+    evaluate_model(model, Cached(), runner)                 # both warmed up, then interleaved repeats
+    wall, cpu = benchkit.interleave({"bare": bare, "runner": lambda: evaluate_model(model, Cached(), runner)},
+                                    args.repeats, str(dev))
+    return {"bare_img_s": n / min(wall["bare"]), "runner_img_s": n / min(wall["runner"]),
+            "ratio": min(wall["runner"]) / min(wall["bare"]), "wall": wall, "cpu": cpu, "images": n}
 
 
 def main():
@@ -157,6 +149,9 @@ def main():
     p.add_argument("--compile", action="store_true")
     p.add_argument("--loop", action="store_true", help="also time the full training loop")
     p.add_argument("--eval", action="store_true", help="also time evaluation through the runner")
+    p.add_argument("--eval-only", action="store_true", help="time only the evaluation through the runner")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the evaluation timing")
+    benchkit.add_rows_option(p)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--model-kwargs", default=None, help='JSON, e.g. \'{"dims": [32, 64, 96, 128]}\'')
     args = p.parse_args()
@@ -173,6 +168,9 @@ def main():
     if args.compile:
         configs.append(("bf16+channels_last+compile", True, True, True))
     results = {}
+    start = benchkit.machine(str(dev))
+    if args.eval_only:
+        configs, args.loop, args.eval = [], False, True
     for label, amp, cl, comp in configs:
         r = bench_step(args, dev, amp, cl, comp)
         results[label] = r
@@ -186,7 +184,15 @@ def main():
     if args.eval:
         r = bench_eval(args, dev)
         print(f"eval  runner {r['runner_img_s']:9.1f} img/s  bare loop {r['bare_img_s']:9.1f} img/s  "
-              f"runner/bare time x{r['ratio']:.2f}")
+              f"runner/bare time x{r['ratio']:.2f} (best of {args.repeats})")
+        what = "reduced " if not gpu and not args.model_kwargs else ""
+        row = benchkit.Row("train", f"evaluate through the runner vs a bare loop, {what}{args.model} "
+                                    f"{args.img_size}px, {r['images']} images in batches of {args.batch_size}",
+                           torch.get_num_threads(), str(dev), r["wall"]["runner"], r["wall"]["bare"], None, "lower",
+                           reference_label="bare inference loop", ours_cpu=r["cpu"]["runner"],
+                           reference_cpu=r["cpu"]["bare"])
+        benchkit.print_table([row])
+        benchkit.write_rows([row], args.rows, dict(start, load_average_end=benchkit.load_average()))
 
 
 if __name__ == "__main__":

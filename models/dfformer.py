@@ -48,6 +48,12 @@ class _FFTMixer(nn.Module):
         self.act2 = make_activation(act2_layer)()
         self.pwconv2 = nn.Linear(self.med_channels, dim, bias=bias)
 
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        """act2 -> pwconv2 on an NHWC-contiguous copy of the spectral output: ``irfft2`` over (H, W)
+        returns channels-first memory, on which ``nn.Linear`` under bf16 autocast takes a batched
+        matmul with its weight copied per row (several times slower than float32); same values."""
+        return self.pwconv2(self.act2(x.contiguous()))
+
     def _basis(self, param: torch.Tensor, grid: tuple[int, int], resize: bool) -> torch.Tensor:
         if tuple(param.shape[:2]) != grid:
             if not resize:
@@ -92,7 +98,7 @@ class DynamicFilter(_FFTMixer):
             weight = torch.einsum("bfc,hwf->bhwc", routing.to(torch.complex64), basis)
             x = x * self.filter_tap(weight)
             x = torch.fft.irfft2(x, s=(H, W), dim=(1, 2), norm="ortho")
-        return self.pwconv2(self.act2(x))
+        return self._out(x)
 
 
 class GlobalFilter(_FFTMixer):
@@ -114,7 +120,7 @@ class GlobalFilter(_FFTMixer):
             x = torch.fft.rfft2(x.to(torch.float32), dim=(1, 2), norm="ortho")
             x = x * self._basis(self.complex_weights, tuple(x.shape[1:3]), self.weight_resize)
             x = torch.fft.irfft2(x, s=(H, W), dim=(1, 2), norm="ortho")
-        return self.pwconv2(self.act2(x))
+        return self._out(x)
 
 
 def complex_block_linear(xr, xi, w, b):
@@ -168,7 +174,7 @@ class AFNO2D(_FFTMixer):
                 out = F.pad(out, (0, 0, 0, 0, 0, 0, 0, Wf - kept))
             out = torch.view_as_complex(F.softshrink(out, lambd=self.sparsity_threshold).contiguous())
             x = torch.fft.irfft2(out.reshape(B, H, Wf, C), s=(H, W), dim=(1, 2), norm="ortho") + skip
-        return self.pwconv2(self.act2(x))
+        return self._out(x)
 
 
 register_token_mixer(DynamicFilter, "dynamic_filter", "df", has_act=True)

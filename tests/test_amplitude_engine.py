@@ -208,6 +208,31 @@ def test_reducer_states_merge_to_the_one_process_sums():
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-9)
 
 
+def test_reducer_statistic_is_the_probes_finiteness_value():
+    """The reducer reads each map once: the value it hands to the probe is finite iff the map is
+    (NaN and +-inf anywhere in a map reach every sum), so the probe makes no pass of its own."""
+    from spectrascope.probe.spec import TapSpec
+    assert AmplitudeReducer.probe_kwargs["finite_from_callback"] is True
+    g = torch.Generator().manual_seed(0)
+    for maps in (False, True):
+        for layout, shape in (("NCHW", (2, 3, 8, 8)), ("NHWC", (2, 8, 8, 3))):
+            tap = TapSpec(name="t", role="stage", path="", layout=layout)
+            x = torch.randn(*shape, generator=g)
+            red = AmplitudeReducer([tap], maps=maps)
+            assert red(tap, x).ndim == 0 and torch.isfinite(red(tap, x))
+            for bad in (float("nan"), float("inf"), -float("inf")):
+                y = x.clone()
+                y[1, 2, 5, 1] = bad
+                assert not torch.isfinite(AmplitudeReducer([tap], maps=maps)(tap, y))
+            # the sums are the statistics of one call per map (two calls above: twice the first)
+            st = red.finalise()["t"]
+            one = AmplitudeReducer([tap], maps=maps)
+            one(tap, x)
+            s1 = one.finalise()["t"]
+            a, b = (st.half_sum, s1.half_sum) if maps else (st.diag_sum, s1.diag_sum)
+            assert st.count == 2 * s1.count and torch.allclose(a, 2 * b, rtol=1e-12, atol=1e-9)
+
+
 # ---------------------------------------------------------------------------- mixer kinds and figures
 
 def test_mixer_kinds_from_the_models():

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from conftest import fixtures_dir
 
 import spectrascope
-from spectrascope.analysis.cam import default_target_layer, grad_cam, resolve_target_layer, score_cam
+from spectrascope.analysis.cam import default_target_layer, grad_cam, make_cam, resolve_target_layer, score_cam
 from spectrascope.ops.cam import (CamError, box_mask, energy_in_box, gradcam_pp_weights, localisation_scores,
                                   normalize_maps, pointing_game, weighted_cam)
 
@@ -262,6 +262,85 @@ def test_default_batch_is_capped_on_cpu(tiny):
         counter.h.remove()
     assert (cam - t["gradcam_bs16"]).abs().max() <= MAP_TOL
     assert max(counter.sizes[2:]) == AUTO_BATCH_CAP["cpu"]
+
+
+def test_cpu_workers_and_batch_split():
+    """How a CPU shares its threads among side-by-side masked forwards, and the budget among them."""
+    from spectrascope.ops.cam import MAX_CPU_WORKERS, auto_batch_size, cpu_workers
+    assert cpu_workers(2, 10) == (2, 1)
+    assert cpu_workers(1, 10) == (1, 1)
+    assert cpu_workers(2, 1) == (1, 2)                       # one chunk: one forward with every thread
+    assert cpu_workers(4, 10, workers=1) == (1, 4)
+    assert cpu_workers(4, 10, workers=2) == (2, 2)
+    assert cpu_workers(64, 100) == (MAX_CPU_WORKERS, 64 // MAX_CPU_WORKERS)
+    per = 4 * (3 * 32 * 32 * 2 + 32 * 32) + 3 * 1000
+    assert auto_batch_size((3, 32, 32), 10 * per, 1000, "cpu", workers=1) == 10
+    assert auto_batch_size((3, 32, 32), 10 * per, 1000, "cpu", workers=2) == 5
+
+
+@pytest.fixture()
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_side_by_side_forwards_equal_one_at_a_time(tiny, two_threads):
+    """On a CPU with 2 threads the masked forwards run two at a time on one thread each: the same
+    maps and weights as one at a time (and the references), every forward at most the batch,
+    and the thread count restored."""
+    model, t = tiny
+    cam = make_cam(model, "scorecam", "features.7", batch_size=4)   # its layout is read in a dry forward
+    counter = CountingForward(model)
+    try:
+        got = cam(t["input"], CLASSES)
+    finally:
+        counter.h.remove()
+    assert cam.plan_ == {"batch_size": 4, "workers": 2, "threads": 1}
+    assert torch.get_num_threads() == 2
+    one, w1 = score_cam(model, "features.7", t["input"], CLASSES, batch_size=4, workers=1, return_weights=True)
+    assert (got - one).abs().max() <= 1e-6 and (cam.weights_[0] - w1).abs().max() <= 1e-7
+    assert (got - t["gradcam_bs16"]).abs().max() <= MAP_TOL
+    assert (cam.weights_[0] - t["gradcam_weights_bs16"]).abs().max() <= W_TOL
+    # the capture, one blank forward, then the 27 other pairs in full chunks of 4 (the last one 3)
+    assert counter.sizes[0] == 2 and sorted(counter.sizes[1:]) == [1, 3] + [4] * 6
+
+
+class NaNAfterCapture(nn.Module):
+    """Finite logits for the first (capture) forward, NaN for the masked ones."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.base(x)
+        return out if self.calls == 1 else out * float("nan")
+
+
+def test_side_by_side_failure_stops_and_restores_threads(tiny, two_threads):
+    from spectrascope.errors import NonFiniteError
+    model, t = tiny
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        score_cam(NaNAfterCapture(model).eval(), "base.features.7", t["input"], CLASSES, batch_size=4)
+    assert torch.get_num_threads() == 2 and _no_hooks(model)
+
+
+def test_amp_bf16_scores_masked_forwards_only(tiny):
+    """--amp bf16: the capture forward (masks, combined activations) stays float32, the masked
+    forwards run under bf16 autocast; the maps stay close to the float32 ones."""
+    from spectrascope.engine.runner import RunConfig, Runner
+    model, t = tiny
+    cam = make_cam(model, "scorecam", "features.7", runner=Runner(RunConfig(amp="bf16")), batch_size=8)
+    assert cam.capture_runner().config.amp == "off" and cam.runner.config.amp == "bf16"
+    got = cam(t["input"], CLASSES)
+    assert torch.isfinite(got).all()
+    assert 0 < (got - t["gradcam_bs16"]).abs().max() <= 0.05
 
 
 def test_bad_requests(tiny):

@@ -24,6 +24,7 @@ give one map per layer, averaged as pytorch-grad-cam does.
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -32,8 +33,9 @@ import torch.nn as nn
 from spectrascope.engine.runner import RunConfig, Runner
 from spectrascope.errors import CamError, NonFiniteError, TapError
 from spectrascope.ops.cam import (AUTO_BATCH_CAP, METHODS, auto_batch_size, check_flavour, class_scores,
-                                  finish_map, flavour_score, gradcam_pp_weights, gradcam_weights, mean_of_layers,
-                                  scorecam_combine, scorecam_masks, scorecam_pairs, target_classes, weighted_cam)
+                                  cpu_workers, finish_map, flavour_score, gradcam_pp_weights, gradcam_weights,
+                                  mean_of_layers, scorecam_combine, scorecam_masks, scorecam_pairs, target_classes,
+                                  weighted_cam)
 from spectrascope.probe import Probe
 from spectrascope.probe.grammar import TapRequest
 from spectrascope.probe.infer import model_taps
@@ -256,19 +258,24 @@ class CamMethod:
         self.weights_: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ steps
+    def capture_runner(self) -> Runner:
+        """The runner of the capture forward (the method's runner)."""
+        return self.runner
+
     def capture(self, x: torch.Tensor, classes) -> Capture:
         """One forward with a probe on the target layers (and a backward for gradient methods)."""
         taps = [tl.tap for tl in self.layers]
+        runner = self.capture_runner()
         with Probe(self.model, taps, nchw=True, grads=self.needs_grads, once=True) as probe:
             if self.needs_grads:
                 with torch.enable_grad():
                     xg = x.detach().requires_grad_(True)
-                    logits = _first(self.runner.forward(self.model, xg, probe, need_output=True, grad=True))
+                    logits = _first(runner.forward(self.model, xg, probe, need_output=True, grad=True))
                     cls = target_classes(classes, logits.detach().float())
                     torch.autograd.grad(logits.gather(1, cls[:, None]).sum(), xg, allow_unused=True)
                 grads = probe.pop_grads()
             else:
-                logits = _first(self.runner.forward(self.model, x, probe, need_output=True))
+                logits = _first(runner.forward(self.model, x, probe, need_output=True))
                 cls = target_classes(classes, logits.float())
                 grads = None
             acts = probe.pop()
@@ -339,72 +346,119 @@ class ScoreCam(CamMethod):
     """Score-CAM in one of three published flavours (``ops.cam`` module doc): the weights are
     the class scores of the input masked by each upsampled activation map, built and scored
     ``batch_size`` (image, channel) pairs at a time, so at most that many masked inputs exist
-    at once. ``batch_size`` None: the largest batch whose estimated peak fits
-    ``memory_budget`` bytes, at most ``AUTO_BATCH_CAP`` (8 on CPUs, 64 on accelerators)."""
+    per forward in flight. ``batch_size`` None: the largest batch whose estimated peak fits
+    ``memory_budget`` bytes over all forwards in flight, at most ``AUTO_BATCH_CAP`` (16 on CPUs,
+    64 on accelerators).
+
+    On a CPU the masked forwards are independent and run side by side, ``workers`` at a time
+    with the torch threads shared among them (``ops.cam.cpu_workers``; None: automatic, 1: one
+    at a time with every thread; the thread count is restored afterwards). Accelerators run one
+    forward at a time. With ``--amp`` (the runner's ``amp``) the masked forwards run under
+    autocast while the capture forward, hence the masks and the combined activations, stays
+    float32; with the runner's ``compile`` the masked forward is compiled once (the last chunk
+    is padded to the batch size) and runs one at a time."""
 
     name = "Score-CAM"
 
     def __init__(self, model, target_layers=None, *, flavour: str = "gradcam-lib", batch_size: int | None = None,
-                 score: str | None = None, memory_budget: int = 256 * 2 ** 20, progress: bool = False, **kw):
+                 score: str | None = None, memory_budget: int = 256 * 2 ** 20, progress: bool = False,
+                 workers: int | None = None, **kw):
         self.flavour = check_flavour(flavour)
         self.score = flavour_score(flavour, score)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise CamError(f"{batch_size!r} is not a batch size (an integer >= 1)", option="--batch-size")
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise CamError(f"{workers!r} is not a number of workers (an integer >= 1)")
         super().__init__(model, target_layers, **kw)
         if self.flavour != "torchcam" and self.output_size != "input":
             raise CamError("output_size='layer' exists only for the torchcam flavour")
         self.batch_size = batch_size
         self.memory_budget = memory_budget
         self.progress = progress
-        self._blank = None
+        self.workers = workers
+        #: how the last call scored: masked inputs per forward, concurrent forwards, threads each
+        self.plan_: dict = {}
+        self._compiled = None
 
-    def _auto_batch(self, x: torch.Tensor) -> int:
+    def capture_runner(self) -> Runner:
+        """The capture forward runs in float32 whatever ``--amp`` says (masks and combination exact)."""
+        if self.runner.config.amp == "off" and not self.runner.config.compile:
+            return self.runner
+        return Runner(replace(self.runner.config, amp="off", compile=False), self.runner.dist)
+
+    def _batch(self, x: torch.Tensor, workers: int) -> int:
+        """Masked inputs per forward: ``batch_size``, or the automatic choice for ``workers`` in flight."""
         if self.batch_size is not None:
             return self.batch_size
-        return auto_batch_size(tuple(x.shape[1:]), self.memory_budget, largest_activation(self.model, x[:1],
-                                                                                          self.runner),
-                               self.runner.device.type)
+        act = largest_activation(self.model, x[:1], self.runner)
+        return auto_batch_size(tuple(x.shape[1:]), self.memory_budget, act, self.runner.device.type, workers)
+
+    def _workers(self, chunks: int) -> tuple[int, int]:
+        """(concurrent masked forwards, torch threads each) for ``chunks`` chunks."""
+        if self.runner.device.type != "cpu" or self.runner.config.compile:
+            return 1, torch.get_num_threads()
+        return cpu_workers(torch.get_num_threads(), chunks, self.workers)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return _first(self.runner.forward(self.model, x)).float()
 
-    def _blank_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of an all-zero input (what every all-zero mask gives), computed once."""
-        if self._blank is None:
-            self._blank = self._forward(torch.zeros_like(x[:1]))
-        return self._blank
+    def _masked_forward(self, xm: torch.Tensor, bs: int) -> torch.Tensor:
+        """Logits of one chunk of masked inputs (compiled once with the runner's ``compile``)."""
+        if not self.runner.config.compile:
+            return self._forward(xm)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model)
+        n = int(xm.shape[0])
+        if n < bs:                                       # one static shape: pad the last chunk
+            xm = torch.cat([xm, xm.new_zeros((bs - n, *xm.shape[1:]))])
+        return _first(self.runner.forward(self._compiled, xm)).float()[:n]
 
-    def _score_chunk(self, x, acts, cls, pairs, scores, size) -> None:
+    def _blank_pairs(self, acts, pairs, size, bs) -> torch.Tensor:
+        """Which pairs' masks are all zero (a constant channel blanks the input whatever the image),
+        from the same masks the chunks build, ``bs`` at a time."""
+        out = [scorecam_masks(acts[c[:, 0].to(acts.device), c[:, 1].to(acts.device)], size, self.flavour)
+               .flatten(1).amax(1).eq(0).cpu() for c in pairs.split(bs)]
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+    def _score_blank(self, x, cls, pairs, scores) -> None:
+        """The class scores of blanked inputs: one forward of an all-zero image for all of them."""
+        zb = self._forward(torch.zeros_like(x[:1])).expand(len(pairs), -1)
+        bi, ki = pairs[:, 0], pairs[:, 1]
+        scores[bi, ki] = class_scores(zb, cls[bi.to(cls.device)], self.score).cpu()
+
+    def _score_chunk(self, x, acts, cls, pairs, scores, size, bs) -> None:
         bi, ki = pairs[:, 0].to(x.device), pairs[:, 1].to(x.device)
-        masks = scorecam_masks(acts[bi, ki], size, self.flavour)
-        blank = masks.flatten(1).amax(1) == 0          # a constant channel blanks the input whatever the image
-        if bool(blank.any()):
-            zb = self._blank_logits(x).expand(int(blank.sum()), -1)
-            scores[bi[blank].cpu(), ki[blank].cpu()] = class_scores(zb, cls[bi[blank]], self.score).cpu()
-            bi, ki, masks = bi[~blank], ki[~blank], masks[~blank]
-        if not bi.numel():
-            return
         xm = x[bi]                                       # a copy, masked in place; the masks are freed first
-        xm.mul_(masks[:, None].to(x.dtype))
-        del masks
+        xm.mul_(scorecam_masks(acts[bi, ki], size, self.flavour)[:, None].to(x.dtype))
         if self.runner.config.channels_last:
             xm = xm.contiguous(memory_format=torch.channels_last)
-        out = self._forward(xm)
-        scores[bi.cpu(), ki.cpu()] = class_scores(out, cls[bi], self.score).cpu()
+        out = self._masked_forward(xm, bs)
+        scores[pairs[:, 0], pairs[:, 1]] = class_scores(out, cls[bi], self.score).cpu()
 
     def weights(self, cap, i, x):
         acts = cap.acts[i].to(x.device)
         size = tuple(x.shape[-2:])
         pairs, keep = scorecam_pairs(acts, size, skip_constant=(self.flavour == "authors"))
         scores = torch.zeros(acts.shape[:2])
-        bs = self._auto_batch(x)
+        bs = self._batch(x, self._workers(len(pairs))[0])
         bar = _bar(self.progress, len(pairs))
-        try:
+        with torch.inference_mode():
+            blank = self._blank_pairs(acts, pairs, size, bs)
+            if bool(blank.any()):
+                self._score_blank(x, cap.classes, pairs[blank], scores)
+                if bar is not None:
+                    bar.update(int(blank.sum()))
+        chunks = list(pairs[~blank].split(bs))         # full chunks of the pairs left
+
+        def score(chunk):
             with torch.inference_mode():
-                for j in range(0, len(pairs), bs):
-                    self._score_chunk(x, acts, cap.classes, pairs[j:j + bs], scores, size)
-                    if bar is not None:
-                        bar.update(min(bs, len(pairs) - j))
+                self._score_chunk(x, acts, cap.classes, chunk, scores, size, bs)
+            if bar is not None:
+                bar.update(len(chunk))
+        workers, threads = self._workers(len(chunks))
+        self.plan_ = {"batch_size": bs, "workers": workers, "threads": threads}
+        try:
+            _run_chunks(score, chunks, workers, threads)
         finally:
             if bar is not None:
                 bar.close()
@@ -419,9 +473,29 @@ class ScoreCam(CamMethod):
     def normalise(self, cam, x):
         return cam                                       # each flavour normalises in its own order
 
-    def __call__(self, images, classes=None):
-        self._blank = None
-        return super().__call__(images, classes)
+
+def _run_chunks(fn, chunks: list, workers: int, threads: int) -> None:
+    """``fn(chunk)`` for every chunk: in order on this thread, or ``workers`` at a time on as many
+    threads with ``threads`` torch threads each (restored afterwards); the first failure stops
+    the chunks not yet started and is raised here."""
+    if workers <= 1 or len(chunks) < 2:
+        for c in chunks:
+            fn(c)
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="score-cam") as pool:
+            futures = [pool.submit(fn, c) for c in chunks]
+            try:
+                for f in futures:
+                    f.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        torch.set_num_threads(old)
 
 
 def _bar(progress: bool, total: int):
@@ -467,20 +541,21 @@ def make_cam(model: nn.Module, method: str = "scorecam", target_layer=None, **kw
 def score_cam(model: nn.Module, target_layer, images: torch.Tensor, classes=None, flavour: str = "gradcam-lib",
               batch_size: int | None = None, *, score: str | None = None, output_size: str = "input",
               memory_budget: int = 256 * 2 ** 20, return_weights: bool = False, layout: str | None = None,
-              progress: bool = False, runner: Runner | None = None):
+              progress: bool = False, runner: Runner | None = None, workers: int | None = None):
     """Score-CAM maps ``(B, H, W)`` in [0, 1] for ``images`` (B, 3, H, W), already normalised.
 
     ``target_layer``: a module, a tap request, a ``TargetLayer``, None (the model's default)
     or a list of them (maps averaged as pytorch-grad-cam does). ``classes``: None (top-1
     per image), an int, or one class per image. ``flavour``: ``gradcam-lib`` (default),
     ``authors`` or ``torchcam``. ``score``: ``logit`` or ``softmax`` (default: the
-    flavour's own). ``batch_size``: masked inputs per forward (None: automatic).
+    flavour's own). ``batch_size``: masked inputs per forward (None: automatic). ``workers``:
+    masked forwards side by side on a CPU (None: automatic, 1: one at a time; see ``ScoreCam``).
     ``output_size``: ``input`` or ``layer`` (torchcam only). With ``return_weights`` also
     returns the channel weights (B, C) of the first target layer (authors: the class
     probabilities, 0 for skipped constant channels)."""
     cam = ScoreCam(model, target_layer, flavour=flavour, batch_size=batch_size, score=score,
                    memory_budget=memory_budget, progress=progress, runner=runner, output_size=output_size,
-                   layout=layout, input_size=tuple(images.shape[-2:]))
+                   layout=layout, input_size=tuple(images.shape[-2:]), workers=workers)
     out = cam(images, classes)
     return (out, cam.weights_[0]) if return_weights else out
 

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from spectrascope.errors import CamError
 
 __all__ = [
-    "FLAVOURS", "METHODS", "SCORES", "AUTO_BATCH_CAP", "CamError",
-    "check_flavour", "flavour_score", "target_classes", "class_scores", "auto_batch_size",
+    "FLAVOURS", "METHODS", "SCORES", "AUTO_BATCH_CAP", "MAX_CPU_WORKERS", "CamError",
+    "check_flavour", "flavour_score", "target_classes", "class_scores", "auto_batch_size", "cpu_workers",
     "normalize_maps", "resize_maps", "scorecam_masks", "scorecam_pairs", "scorecam_combine", "mean_of_layers",
     "weighted_cam", "gradcam_weights", "gradcam_pp_weights", "finish_map",
     "box_mask", "pointing_game", "energy_in_box", "localisation_scores",
@@ -47,9 +47,13 @@ METHODS = ("scorecam", "gradcam", "gradcam++")
 SCORES = ("logit", "softmax")
 _DEFAULT_SCORE = {"gradcam-lib": "logit", "torchcam": "logit", "authors": "softmax"}
 
-#: most masked inputs per forward chosen automatically: CPUs gain little beyond 8 (dfformer_s18 at
-#: 96 px: 58 img/s at 8, 65 at 16-32 on 2 cores) while peak memory grows linearly; GPUs need more
-AUTO_BATCH_CAP = {"cpu": 8, "other": 64}
+#: most masked inputs per forward chosen automatically. CPUs: 16 (dfformer_s18 on one thread, at 96
+#: and 224 px, ran more images/s at 16 than at 8 and no more at 32-64, while peak memory grows
+#: linearly); GPUs need more
+AUTO_BATCH_CAP = {"cpu": 16, "other": 64}
+#: most concurrent masked forwards on a CPU (each runs with ``threads // workers`` threads): beyond
+#: this the interpreter lock between the forwards' many small operators costs more than it gains
+MAX_CPU_WORKERS = 8
 
 
 # ---------------------------------------------------------------------------- requests
@@ -96,13 +100,49 @@ def class_scores(logits: torch.Tensor, cls: torch.Tensor, kind: str = "logit") -
     return logits.gather(1, cls[:, None].to(logits.device)).squeeze(1).float()
 
 
-def auto_batch_size(input_shape, budget_bytes: int, act_bytes_per_sample: int, device_type: str = "cpu") -> int:
-    """Masked inputs per forward whose estimated peak (input copy, mask, three activation-sized
-    buffers per sample) fits ``budget_bytes``, at most ``AUTO_BATCH_CAP``."""
+def auto_batch_size(input_shape, budget_bytes: int, act_bytes_per_sample: int, device_type: str = "cpu",
+                    workers: int = 1) -> int:
+    """Masked inputs per forward whose estimated peak fits the budget.
+
+    Args:
+        input_shape: (C, H, W) of one image.
+        budget_bytes: memory allowed for the masked forwards in flight, all workers together.
+        act_bytes_per_sample: bytes of the largest activation of one sample.
+        device_type: ``cpu`` or an accelerator's type (selects ``AUTO_BATCH_CAP``).
+        workers: concurrent forwards sharing the budget.
+
+    Returns:
+        The batch: the estimated peak per sample (input copy, mask, three activation-sized
+        buffers) times the batch times ``workers`` fits ``budget_bytes``; at least 1, at most
+        ``AUTO_BATCH_CAP``."""
     c, h, w = input_shape
     per = 4 * (c * h * w * 2 + h * w) + 3 * act_bytes_per_sample
     cap = AUTO_BATCH_CAP["cpu" if device_type == "cpu" else "other"]
-    return int(max(1, min(cap, budget_bytes // max(per, 1))))
+    return int(max(1, min(cap, budget_bytes // max(per * max(int(workers), 1), 1))))
+
+
+def cpu_workers(threads: int, chunks: int, workers: int | None = None) -> tuple[int, int]:
+    """How a CPU scores ``chunks`` independent masked batches with ``threads`` threads.
+
+    The masked forwards are independent, so they run side by side, each on its own share of
+    the threads (``threads // workers``; one each up to ``MAX_CPU_WORKERS``), rather than one at
+    a time with every operator split over all threads: no barrier per operator, and no
+    collapse when other processes hold some of the cores.
+
+    Args:
+        threads: the intra-op threads available (``torch.get_num_threads()``).
+        chunks: the number of masked batches to score.
+        workers: a fixed number of concurrent forwards (None: automatic; 1: one at a time).
+
+    Returns:
+        (workers, threads per worker); (1, threads) when there is nothing to run side by side."""
+    threads = max(int(threads), 1)
+    if workers is None:
+        workers = min(threads, MAX_CPU_WORKERS)
+    workers = max(1, min(int(workers), int(chunks), threads))
+    if workers == 1:
+        return 1, threads
+    return workers, max(1, threads // workers)
 
 
 # ---------------------------------------------------------------------------- maps

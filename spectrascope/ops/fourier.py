@@ -37,6 +37,7 @@ Deviations, both documented and opt-in:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from spectrascope.probe.layouts import channels_last, to_nchw
 
 __all__ = [
     "EPS", "LAYOUTS", "ZeroMeanWarning", "SpectrumStats", "DiagonalStats", "as_nchw", "spectrum_stats",
-    "diagonal_stats", "log_amplitude_map",
+    "diagonal_stats", "antidiagonal_sums", "diagonal_from_sums", "log_amplitude_map",
     "spectrum_map", "relative_log_amplitude", "radial_log_amplitude", "curve_from_map", "frequency_axis",
     "high_frequency_delta", "normalised_depth", "zero_mean_fraction",
 ]
@@ -83,6 +84,14 @@ def as_nchw(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, g
     return to_nchw(x, layout, num_prefix_tokens, grid)
 
 
+def _no_autocast(device_type: str):
+    """Autocast switched off for the statistics (a no-op context when it is off already: the
+    reducers call this once per tap and forward)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _compute_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     if dtype is not None:
         if dtype not in (torch.float32, torch.float64):
@@ -110,9 +119,9 @@ class SpectrumStats:
     def __iadd__(self, other: "SpectrumStats") -> "SpectrumStats":
         if other.size != self.size:
             raise ValueError(f"map size changed from {self.size} to {other.size} between batches")
-        self.half_sum = self.half_sum + other.half_sum.to(self.half_sum)
+        self.half_sum = torch.add(self.half_sum, other.half_sum)    # promoted to the accumulator's dtype
         self.count += other.count
-        self.small_dc += other.small_dc
+        self.small_dc = self.small_dc + other.small_dc
         return self
 
     def mean_map(self, shift: bool = True) -> torch.Tensor:
@@ -152,7 +161,7 @@ def spectrum_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
     if H < 1 or W < 1 or B < 1 or C < 1:
         raise ValueError(f"empty feature map of shape {tuple(xl.shape)} (B, H, W, C)")
     xl = xl.to(cd)
-    with torch.autocast(device_type=xl.device.type, enabled=False):
+    with _no_autocast(xl.device.type):
         F = torch.fft.rfft2(xl, dim=(1, 2))
         mod = F.abs()
         small_dc = _zero_mean_count(mod[:, 0, 0, :], mod.amax(dim=(1, 2)), eps)
@@ -161,11 +170,13 @@ def spectrum_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
     return SpectrumStats(half_sum, B * C, small_dc, (H, W), C)
 
 
-def _zero_mean_count(dc: torch.Tensor, peak: torch.Tensor, eps: float) -> torch.Tensor:
+def _zero_mean_count(dc: torch.Tensor, peak: torch.Tensor, eps: float, dim=None) -> torch.Tensor:
     """Maps whose DC modulus is rounding noise while the map itself is not (all-zero "dead"
-    channels are not counted: they add log(eps) everywhere and do not shift the curve)."""
+    channels are not counted: they add log(eps) everywhere and do not shift the curve); counted
+    over ``dim`` (None: all)."""
     thr = DC_FACTOR * eps
-    return ((dc < thr) & (peak >= thr)).sum()
+    small = (dc < thr) & (peak >= thr)
+    return small.sum() if dim is None else small.sum(dim=dim)
 
 
 @dataclass
@@ -182,12 +193,13 @@ class DiagonalStats:
     def __iadd__(self, other: "DiagonalStats") -> "DiagonalStats":
         if other.size != self.size:
             raise ValueError(f"map size changed from {self.size} to {other.size} between batches")
-        if self.diag_sum.dtype == other.diag_sum.dtype and not self.diag_sum.is_inference():
-            self.diag_sum.add_(other.diag_sum)
+        if torch.promote_types(self.diag_sum.dtype, other.diag_sum.dtype) == self.diag_sum.dtype and (
+                torch.is_inference_mode_enabled() or not self.diag_sum.is_inference()):
+            self.diag_sum.add_(other.diag_sum)                     # promoted to the accumulator's dtype
         else:
             self.diag_sum = self.diag_sum + other.diag_sum.to(self.diag_sum)
         self.count += other.count
-        self.small_dc += other.small_dc
+        self.small_dc = self.small_dc + other.small_dc
         return self
 
     def curve(self) -> torch.Tensor:
@@ -238,14 +250,23 @@ def _antidiagonal_sums(xl: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return S.transpose(1, 2).reshape(B * C, N)
 
 
-def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None, *,
-                   eps: float = EPS, dtype: torch.dtype | None = None) -> DiagonalStats:
-    """Fast path for the diagonal curve of square maps (no 2-D FFT).
+def antidiagonal_sums(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None, *,
+                      dtype: torch.dtype | None = None) -> tuple[torch.Tensor, tuple[int, int], int]:
+    """The one read of square maps that the diagonal curve needs: their wrapped anti-diagonal sums.
 
-    Only ``F(k, k)`` for ``k < ceil(N / 2)`` is needed, and ``F(k, k) = sum_{h,w} x[h, w]
-    exp(-2 pi i k (h + w) / N)`` depends on a pixel only through ``s = (h + w) mod N``: the maps
-    are first summed over their N wrapped anti-diagonals (one pass over the maps, no copy), then
-    a length-N DFT of those sums gives the half-diagonal (same values as ``fft2`` up to rounding)."""
+    Args:
+        x: a batch of square maps in ``layout`` (``NCHW``, ``NHWC`` or ``NLC`` tokens).
+        layout: the layout of ``x``.
+        num_prefix_tokens: leading class/register tokens of ``NLC`` input.
+        grid: the (H, W) of ``NLC`` input.
+        dtype: compute dtype (default: float32, float64 for float64 input).
+
+    Returns:
+        (S, (H, W), C): ``S`` (B*C, N) the sums of every map over its N wrapped anti-diagonals
+        ``(h + w) mod N = s``; ``diagonal_from_sums`` finishes the statistics.
+
+    Raises:
+        ValueError: for non-square or empty maps."""
     cd = _compute_dtype(x, dtype)
     xl = _channels_last(x.detach(), layout, num_prefix_tokens, grid)
     B, H, W, C = xl.shape
@@ -254,15 +275,42 @@ def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int
                          "(ring average, a documented deviation from the reference)")
     if B < 1 or C < 1 or H < 1:
         raise ValueError(f"empty feature map of shape {tuple(xl.shape)} (B, H, W, C)")
-    N = H
+    with _no_autocast(xl.device.type):
+        return _antidiagonal_sums(xl, cd), (H, W), C
+
+
+def diagonal_from_sums(S: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The half-diagonal statistics of maps from their anti-diagonal sums, for several taps at once.
+
+    Args:
+        S: (..., M, N) anti-diagonal sums of M maps of size N x N (``antidiagonal_sums``), with
+            any leading axes (e.g. the taps of one stage, stacked).
+        eps: the epsilon added to the modulus before the log.
+
+    Returns:
+        (sums (..., K) over the M maps of ``log(|F(k, k)| + eps)`` for ``k < K = ceil(N / 2)``,
+        zero-mean map counts (...)): one length-N DFT of the sums per map."""
+    N = S.shape[-1]
     K = N - N // 2
-    with torch.autocast(device_type=xl.device.type, enabled=False):
-        R = _antidiagonal_sums(xl, cd) @ _diagonal_basis(N, cd, xl.device).T     # (B*C, 2K): re then im
-        re, im = R[:, :K], R[:, K:]
-        mod = torch.sqrt(re * re + im * im)                        # |F(k, k)|, (maps, K)
-        small_dc = _zero_mean_count(mod[:, 0], mod.amax(dim=1), eps)
-        diag_sum = torch.log(mod.add_(eps)).sum(dim=0)
-    return DiagonalStats(diag_sum, B * C, small_dc, (H, W), C)
+    with _no_autocast(S.device.type):
+        R = S @ _diagonal_basis(N, S.dtype, S.device).T            # (..., M, 2K): re then im
+        re, im = R[..., :K], R[..., K:]
+        mod = torch.sqrt(re * re + im * im)                        # |F(k, k)|, (..., M, K)
+        small_dc = _zero_mean_count(mod[..., 0], mod.amax(dim=-1), eps, dim=-1)
+        return torch.log(mod.add_(eps)).sum(dim=-2), small_dc
+
+
+def diagonal_stats(x: torch.Tensor, layout: str = "NCHW", num_prefix_tokens: int = 0, grid=None, *,
+                   eps: float = EPS, dtype: torch.dtype | None = None) -> DiagonalStats:
+    """Fast path for the diagonal curve of square maps (no 2-D FFT).
+
+    Only ``F(k, k)`` for ``k < ceil(N / 2)`` is needed, and ``F(k, k) = sum_{h,w} x[h, w]
+    exp(-2 pi i k (h + w) / N)`` depends on a pixel only through ``s = (h + w) mod N``: the maps
+    are first summed over their N wrapped anti-diagonals (one pass over the maps, no copy), then
+    a length-N DFT of those sums gives the half-diagonal (same values as ``fft2`` up to rounding)."""
+    S, size, C = antidiagonal_sums(x, layout, num_prefix_tokens, grid, dtype=dtype)
+    diag_sum, small_dc = diagonal_from_sums(S, eps)
+    return DiagonalStats(diag_sum, S.shape[0], small_dc, size, C)
 
 
 def _warn_zero_mean(frac: float, what: str = "the feature maps", stacklevel: int = 3) -> None:

@@ -13,7 +13,8 @@ from typing import Sequence
 import torch
 
 from spectrascope.engine.reducers import Reducer
-from spectrascope.ops.fourier import EPS, DiagonalStats, SpectrumStats, diagonal_stats, spectrum_stats
+from spectrascope.ops.fourier import (EPS, DiagonalStats, SpectrumStats, antidiagonal_sums, diagonal_from_sums,
+                                     spectrum_stats)
 from spectrascope.probe import SPATIAL_LAYOUTS, TapError
 from spectrascope.probe.grammar import check_spatial
 from spectrascope.probe.spec import TapSpec
@@ -46,12 +47,17 @@ class AmplitudeReducer(Reducer):
     :class:`~spectrascope.ops.fourier.SpectrumStats` from which the relative curve, its radial
     variant and the 2-D spectrum map follow (``curve_from_map(stats.mean_map())``).
     With ``maps=False`` (the fast default for curves) only the half-diagonal is accumulated
-    (:class:`~spectrascope.ops.fourier.DiagonalStats`, ``stats[name].curve()``; square maps only).
+    (:class:`~spectrascope.ops.fourier.DiagonalStats`, ``stats[name].curve()``; square maps only):
+    each hook call makes the one read of its map (its wrapped anti-diagonal sums, ``(B*C, N)``),
+    and the DFTs, moduli, logs and sums of the taps of one forward are finished together, one
+    batched computation per map size, when the next forward starts or the statistics are read.
     The accumulators stay on the device of the captured tensors until :meth:`finalise`
     moves them to the CPU."""
 
-    #: how to build the Probe feeding this reducer
-    probe_kwargs = {"nchw": False, "clone": False, "dtype": None}
+    #: how to build the Probe feeding this reducer: the maps are read once, by the reduction, whose
+    #: sums (returned by ``__call__``) are finite iff the map is, so the probe's own finiteness
+    #: pass over every map is not needed
+    probe_kwargs = {"nchw": False, "clone": False, "dtype": None, "finite_from_callback": True}
 
     def __init__(self, taps: Sequence[TapSpec], *, eps: float = EPS, dtype: torch.dtype = torch.float32,
                  maps: bool = True):
@@ -59,27 +65,67 @@ class AmplitudeReducer(Reducer):
         self.eps = eps
         self.dtype = dtype
         self.maps = maps
-        self.stats: dict[str, SpectrumStats | DiagonalStats] = {}
+        self._stats: dict[str, SpectrumStats | DiagonalStats] = {}
+        self._pending: list[tuple[str, torch.Tensor, tuple[int, int], int]] = []
         self.calls: dict[str, int] = {}
         self.shapes: dict[str, tuple[int, int, int]] = {}
 
-    def __call__(self, tap: TapSpec, x: torch.Tensor) -> None:
-        fn = spectrum_stats if self.maps else diagonal_stats
+    @property
+    def stats(self) -> dict[str, SpectrumStats | DiagonalStats]:
+        """tap name -> its statistics so far (the pending taps finished first)."""
+        self._finish()
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: dict) -> None:
+        self._pending = []
+        self._stats = value
+
+    def __call__(self, tap: TapSpec, x: torch.Tensor) -> torch.Tensor:
+        """Add one captured map's statistics; returns a 0-d tensor that is finite iff ``x`` is
+        (NaN/inf reach every sum of the reduction), for ``Probe(finite_from_callback=True)``."""
         try:
-            st = fn(x, tap.layout, tap.num_prefix_tokens, _grid(tap, x), eps=self.eps, dtype=self.dtype)
+            if self.maps:
+                st = spectrum_stats(x, tap.layout, tap.num_prefix_tokens, _grid(tap, x), eps=self.eps,
+                                    dtype=self.dtype)
+            else:
+                if any(name == tap.name for name, *_ in self._pending):
+                    self._finish()                       # the tap fires again: a new forward began
+                S, size, channels = antidiagonal_sums(x, tap.layout, tap.num_prefix_tokens, _grid(tap, x),
+                                                      dtype=self.dtype)
         except ValueError as exc:
             raise TapError(f"tap {tap.name} ({tap.layout}, shape {tuple(x.shape)}): {exc}") from None
-        acc = torch.float64 if x.device.type != "mps" else torch.float32     # MPS has no float64
+        self.calls[tap.name] = self.calls.get(tap.name, 0) + 1
         if self.maps:
+            self._add(tap.name, st)
+            return st.half_sum.sum()
+        self._pending.append((tap.name, S, size, channels))
+        return S.sum()
+
+    def _finish(self) -> None:
+        """The pending taps' half-diagonal statistics, one batched computation per map size."""
+        groups: dict[tuple, list] = {}
+        for item in self._pending:
+            S = item[1]
+            groups.setdefault((tuple(S.shape), S.dtype, S.device), []).append(item)
+        self._pending = []
+        for items in groups.values():
+            sums, small = diagonal_from_sums(torch.stack([S for _, S, _, _ in items]), self.eps)
+            for j, (name, S, size, channels) in enumerate(items):
+                self._add(name, DiagonalStats(sums[j], int(S.shape[0]), small[j], size, channels))
+
+    def _add(self, name: str, st) -> None:
+        prev = self._stats.get(name)
+        if prev is not None:
+            prev += st                                   # accumulated in the accumulator's dtype
+            return
+        acc = torch.float64 if _sum_of(st).device.type != "mps" else torch.float32     # MPS has no float64
+        if isinstance(st, SpectrumStats):
             st.half_sum = st.half_sum.to(acc)
         else:
             st.diag_sum = st.diag_sum.to(acc)
-        if tap.name in self.stats:
-            self.stats[tap.name] += st
-        else:
-            self.stats[tap.name] = st
-            self.shapes[tap.name] = (st.channels, *st.size)
-        self.calls[tap.name] = self.calls.get(tap.name, 0) + 1
+        self._stats[name] = st
+        self.shapes[name] = (st.channels, *st.size)
 
     def missing(self) -> list[str]:
         """Taps whose hooks never fired."""
@@ -91,7 +137,7 @@ class AmplitudeReducer(Reducer):
         out = {}
         for name, st in self.stats.items():
             out[name] = {"kind": "maps" if isinstance(st, SpectrumStats) else "diag",
-                         "sum": _sum_of(st).detach().to("cpu", torch.float64), "count": int(st.count),
+                         "sum": _sum_of(st).detach().to("cpu", torch.float64, copy=True), "count": int(st.count),
                          "small_dc": int(st.small_dc), "size": tuple(st.size), "channels": int(st.channels),
                          "calls": int(self.calls.get(name, 0))}
         return out
