@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spectrascope.analysis.cam import make_cam, resolve_target_layers
+from spectrascope.engine.cam import make_cam, resolve_target_layers
 from spectrascope.engine.runner import Runner
 from spectrascope.io.sources import ImageSource
 from spectrascope.ops.cam import FLAVOURS, METHODS, check_flavour, flavour_score, localisation_scores

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from spectrascope.analyses.cam import _inputs, gather_maps
-from spectrascope.analysis.context import context_maps, context_taps, map_labels, spg_lambdas
+from spectrascope.engine.context import context_maps, context_taps, map_labels, spg_lambdas
 from spectrascope.io.sources import ImageSource
 from spectrascope.report import cam as report
 from spectrascope.seam import Analysis, Needs, Option, Result, register

@@ -37,7 +37,8 @@ import sys
 import torch
 
 import benchkit
-from spectrascope.analysis.fourier import choose_taps, reduce_dataset
+from spectrascope.engine.reducers.amplitude import AmplitudeReducer
+from spectrascope.probe.grammar import choose_taps
 from spectrascope.engine import dist as _dist
 from spectrascope.engine.device import resolve_device
 from spectrascope.engine.reducers.amplitude import AmplitudeReducer
@@ -72,9 +73,11 @@ def plain(model, xs):
 def amplitude(model, ds, taps, runner, maps=False) -> bool:
     """What `spectrascope amplitude` does per model: runner + hooks + streaming reduction + curves;
     returns whether the forwards stopped early."""
-    stats, n, _, run = reduce_dataset(model, ds, taps, runner, maps=maps)
+    reducer = AmplitudeReducer(taps, maps=maps)
+    run = runner.reduce(model, ds, reducer)
+    stats = reducer.finalise()
     curves = [s.curve() if not maps else s.mean_map() for s in stats.values()]
-    assert n == len(ds) and curves
+    assert run.images == len(ds) and curves
     return run.stopped_early
 
 
@@ -126,7 +129,7 @@ def memory_child(args):
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     runner = Runner(RunConfig(device=dev, batch_size=args.batch_size), dist=_dist.Dist())
-    reduce_dataset(model, Images(args.child_n, cfg["size"]), taps, runner, maps=False)
+    runner.reduce(model, Images(args.child_n, cfg["size"]), AmplitudeReducer(taps, maps=False))
     peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"n": args.child_n, "peak_bytes": peak, "rss_after": _rss()}))

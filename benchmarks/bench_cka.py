@@ -192,7 +192,7 @@ def _engine(engine: str, precision: str, args, a, b, names_a, names_b, x):
                 cka.compare(dl, dl)
             return cka.export()["CKA"].double()
         return run
-    from spectrascope.analysis.cka import compare_models
+    from spectrascope.analyses.cka import compare_models
     from spectrascope.probe import TapSpec
     ta = [TapSpec(name=n, role="path", path=n, layout="raw") for n in names_a]
     tb = [TapSpec(name=n, role="path", path=n, layout="raw") for n in names_b]

@@ -72,7 +72,7 @@ class PeakRSS:
 
 def build(args):
     import spectrascope
-    from spectrascope.analysis.cam import default_target_layer
+    from spectrascope.engine.cam import default_target_layer
     torch.manual_seed(0)
     kw = json.loads(args.model_kwargs) if args.model_kwargs else {}
     model = spectrascope.create_model(args.model, num_classes=1000, img_size=args.img_size, **kw).eval()
@@ -149,7 +149,7 @@ def make_call(impl, args, model, x, tl, classes, info: dict):
         return call
     if impl == "naive":
         return lambda: naive_score_cam(model, tl.module, tl.to_nchw, x, classes, args.ref_batch_size)
-    from spectrascope.analysis.cam import ScoreCam
+    from spectrascope.engine.cam import ScoreCam
     from spectrascope.engine.runner import RunConfig, Runner
     cfg = RunConfig(device=args.device, amp=args.amp, compile=args.compile)
     if args.channels_last is not None:

@@ -17,7 +17,7 @@ from spectrascope.ops.fourier import (ZeroMeanWarning, high_frequency_delta, rad
 from spectrascope.engine.reducers.amplitude import AmplitudeReducer
 from spectrascope.ops.cka import MinibatchCKA, linear_cka
 from spectrascope.ops.cam import CamError, box_mask, energy_in_box, localisation_scores, pointing_game
-from spectrascope.analysis.cam import compute_cam, default_target_layer, grad_cam, score_cam
+from spectrascope.engine.cam import compute_cam, default_target_layer, grad_cam, score_cam
 from spectrascope.ops.filters import dynamic_filters, equivalent_kernel, filter_amplitude, frequency_filter, spatial_kernel
 from spectrascope.engine.flops import FlopCount, count_flops
 from spectrascope.seam import Analysis, Needs, Option, Result, load_result, register, run, save

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from conftest import fixtures_dir
 
 import spectrascope
-from spectrascope.analysis.cam import default_target_layer, grad_cam, make_cam, resolve_target_layer, score_cam
+from spectrascope.engine.cam import default_target_layer, grad_cam, make_cam, resolve_target_layer, score_cam
 from spectrascope.ops.cam import (CamError, box_mask, energy_in_box, gradcam_pp_weights, localisation_scores,
                                   normalize_maps, pointing_game, weighted_cam)
 

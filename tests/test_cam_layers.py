@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import spectrascope
-from spectrascope.analysis.cam import grad_cam, resolve_target_layer, resolve_target_layers, score_cam
+from spectrascope.engine.cam import grad_cam, resolve_target_layer, resolve_target_layers, score_cam
 from spectrascope.errors import CamError, NonFiniteError
 from spectrascope.ops.cam import normalize_maps, resize_maps, weighted_cam
 

@@ -20,7 +20,6 @@ LAYERS = [
     ("spectrascope.probe",),
     ("spectrascope.ops",),
     ("spectrascope.engine",),
-    ("spectrascope.analysis",),
     ("spectrascope.io",),
     ("spectrascope.report", "spectrascope.train"),
     ("spectrascope.seam",),

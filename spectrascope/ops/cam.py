@@ -3,7 +3,7 @@ combination, Grad-CAM / Grad-CAM++ channel weights, the weighted combination, mi
 normalisation, bilinear resizing, target classes and class scores, the automatic
 masked-input batch, and the localisation scores (pointing game, energy in a box).
 
-No hooks, no I/O, no models: ``spectrascope.analysis.cam`` captures the activations (and
+No hooks, no I/O, no models: ``spectrascope.engine.cam`` captures the activations (and
 gradients) through ``probe.Probe``, runs the forwards through ``engine.runner.Runner`` and
 calls these functions.
 

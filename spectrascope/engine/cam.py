@@ -539,23 +539,22 @@ def make_cam(model: nn.Module, method: str = "scorecam", target_layer=None, **kw
 
 
 def score_cam(model: nn.Module, target_layer, images: torch.Tensor, classes=None, flavour: str = "gradcam-lib",
-              batch_size: int | None = None, *, score: str | None = None, output_size: str = "input",
-              memory_budget: int = 256 * 2 ** 20, return_weights: bool = False, layout: str | None = None,
-              progress: bool = False, runner: Runner | None = None, workers: int | None = None):
+              batch_size: int | None = None, *, return_weights: bool = False, **options):
     """Score-CAM maps ``(B, H, W)`` in [0, 1] for ``images`` (B, 3, H, W), already normalised.
 
     ``target_layer``: a module, a tap request, a ``TargetLayer``, None (the model's default)
     or a list of them (maps averaged as pytorch-grad-cam does). ``classes``: None (top-1
     per image), an int, or one class per image. ``flavour``: ``gradcam-lib`` (default),
-    ``authors`` or ``torchcam``. ``score``: ``logit`` or ``softmax`` (default: the
-    flavour's own). ``batch_size``: masked inputs per forward (None: automatic). ``workers``:
-    masked forwards side by side on a CPU (None: automatic, 1: one at a time; see ``ScoreCam``).
-    ``output_size``: ``input`` or ``layer`` (torchcam only). With ``return_weights`` also
-    returns the channel weights (B, C) of the first target layer (authors: the class
-    probabilities, 0 for skipped constant channels)."""
-    cam = ScoreCam(model, target_layer, flavour=flavour, batch_size=batch_size, score=score,
-                   memory_budget=memory_budget, progress=progress, runner=runner, output_size=output_size,
-                   layout=layout, input_size=tuple(images.shape[-2:]), workers=workers)
+    ``authors`` or ``torchcam``. ``batch_size``: masked inputs per forward (None: automatic).
+    With ``return_weights`` also returns the channel weights (B, C) of the first target layer
+    (authors: the class probabilities, 0 for skipped constant channels).
+
+    ``options`` are ``ScoreCam``'s: ``score`` (``logit`` or ``softmax``; default: the flavour's
+    own), ``output_size`` (``input`` or ``layer``, torchcam only), ``memory_budget`` (bytes of
+    masked inputs per forward when ``batch_size`` is None), ``layout``, ``progress``, ``runner``
+    and ``workers`` (masked forwards side by side on a CPU; None: automatic, 1: one at a time)."""
+    cam = ScoreCam(model, target_layer, flavour=flavour, batch_size=batch_size,
+                   input_size=tuple(images.shape[-2:]), **options)
     out = cam(images, classes)
     return (out, cam.weights_[0]) if return_weights else out
 

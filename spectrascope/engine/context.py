@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from spectrascope.analysis.cam import cam_runner
+from spectrascope.engine.cam import cam_runner
 from spectrascope.engine.runner import Runner
 from spectrascope.errors import TapError
 from spectrascope.ops.cam import normalize_maps, resize_maps
