@@ -65,6 +65,7 @@ def throughput_cmd(models, resolutions, batch_size, warmup, iters, amp, channels
                                                     for k, v in r.items()} for r in rows])
                 protocol = {"batch_size": batch_size, "warmup": warmup, "iters": iters, "amp": amp,
                             "channels_last": channels_last, "input": "randn",
+                            "cudnn_benchmark": dev.type == "cuda",
                             "memory": "torch.cuda.max_memory_allocated (CUDA only)"}
                 write_json(out / "results.json", {**provenance(command="throughput", model=",".join(models),
                                                                device=dev, wall_time_s=watch.elapsed,

@@ -45,7 +45,10 @@ def _train_options(fn):
         click.option("--model-ema/--no-model-ema", default=None, help="keep an EMA of the weights"),
         click.option("--model-ema-decay", type=float, default=None, help="[0.9998]"),
         click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default=None, help="[off]"),
-        click.option("--channels-last/--no-channels-last", default=None),
+        click.option("--channels-last/--no-channels-last", default=None,
+                     help="channels-last convolution weights and inputs (never the FFT filters)"),
+        click.option("--tf32", type=click.Choice(["on", "off"]), default=None,
+                     help="TF32 matmuls and convolutions on CUDA (no effect on CPU) [on]"),
         click.option("--compile", "--torchcompile", "compile_", is_flag=True, default=None, help="torch.compile"),
         click.option("--grad-accum", "--grad-accum-steps", "grad_accum", type=int, default=None, help="[1]"),
         click.option("--seed", type=int, default=None, help="[42]"),
@@ -83,7 +86,7 @@ def train_cmd(compile_, model_kwargs, img_size, no_progress, resume, **opts):
                       progress=False if no_progress else None,
                       **{k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in opts.items()})
     outcome = run_train(cfg, resume=resume)
-    if outcome.summary:
+    if outcome.summary and speaks():
         click.echo(outcome.summary)
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from spectrascope.engine.device import available_cpus, set_tf32, to_memory_format
 from spectrascope.engine.dist import Dist
 from spectrascope.engine.runner import AMP_DTYPES, RunConfig, Runner
 from spectrascope.errors import OptionError, UserError
@@ -64,6 +65,8 @@ class Run:
     val_runner: Any = None
     start_epoch: int = 0
     start_step: int = 0
+    start_sample: int = 0
+    position: int = 0
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"metric": None, "epoch": None})
     partial: dict = field(default_factory=lambda: {"loss_sum": 0.0, "updates": 0, "images": 0, "time": 0.0})
@@ -159,8 +162,8 @@ def _output(run: Run) -> None:
 def _optimisation(run: Run) -> None:
     cfg, model, device = run.cfg, run.model, run.device
     model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    to_memory_format(model, bool(cfg.channels_last))
+    set_tf32(cfg.tf32)
     run.opt = make_optimizer(model, cfg.opt, cfg.lr, cfg.weight_decay, cfg.momentum)
     spe = run.steps_per_epoch
     run.sched = CosineWarmup(run.opt, cfg.lr, cfg.epochs * spe, round(cfg.warmup_epochs * spe), cfg.warmup_lr,
@@ -180,15 +183,31 @@ def _restore(run: Run) -> None:
     if "scaler" in ckpt and ckpt["scaler"]:
         run.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt.get("rng"))
-    run.start_epoch, run.start_step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
+    run.start_epoch = int(ckpt["epoch"])
+    _resume_position(run, ckpt)
     run.history = list(ckpt.get("history", []))
     run.best = dict(ckpt.get("best", run.best))
     run.partial = dict(ckpt.get("partial", run.partial)) if run.start_step else run.partial
     run.say(f"resuming {ckpt['_path']} at epoch {run.start_epoch + 1}, update {run.start_step}")
-    was = ckpt["args"].get("world_size", 1)
+
+
+def _resume_position(run: Run, ckpt: dict) -> None:
+    """Where the resumed epoch continues: its global sample position (``sample``; for older
+    checkpoints the updates times their global batch), and the update of this world size
+    from which the rest of the epoch -- the samples not yet seen -- takes the remaining updates."""
+    cfg, args = run.cfg, ckpt["args"]
+    step, was = int(ckpt.get("step", 0)), int(args.get("world_size", 1))
+    sample = ckpt.get("sample")
+    if sample is None:
+        sample = step * int(args.get("batch_size") or cfg.batch_size) * int(args.get("grad_accum") or 1) * was
+    run.start_sample = int(sample) if step else 0
+    per_update = cfg.batch_size * cfg.grad_accum * run.dist.world
+    left = max(0, run.steps_per_epoch * per_update - run.start_sample) // per_update
+    run.start_step = run.steps_per_epoch - left if step else 0
     if was != run.dist.world:
-        run.say(f"note: the run used {was} process(es) and resumes on {run.dist.world}: the global batch "
-                "changes, so it will not continue exactly as before")
+        run.say(f"note: the run used {was} process(es) and resumes on {run.dist.world}: the global batch changes "
+                f"from {cfg.batch_size * cfg.grad_accum * was} to {per_update}; the epoch continues after its first "
+                f"{run.start_sample} samples (update {run.start_step} of {run.steps_per_epoch} at this size)")
 
 
 def _loaders(run: Run) -> None:
@@ -200,7 +219,7 @@ def _loaders(run: Run) -> None:
     run.mixup = build_mixup(run.backend, cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob, cfg.smoothing,
                             run.bundle.num_classes)
     workers = cfg.workers if cfg.workers is not None else (
-        min(8, max(1, (os.cpu_count() or 1) // d.local_world)) if device.type == "cuda" else 0)
+        min(8, max(1, available_cpus() // d.local_world)) if device.type == "cuda" else 0)
     run.loader = torch.utils.data.DataLoader(run.train_ds, batch_sampler=run.sampler, num_workers=workers,
                                              pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     val_batch = cfg.val_batch_size or cfg.batch_size
@@ -208,7 +227,7 @@ def _loaders(run: Run) -> None:
     limit = None if cfg.limit_val_batches is None else cfg.limit_val_batches * d.world
     run.val_ds = first_batches(run.val_ds, limit, val_batch)
     run.val_runner = Runner(RunConfig(device=device, batch_size=val_batch, amp=cfg.amp,
-                                      channels_last=bool(cfg.channels_last), workers=workers), dist=d)
+                                      channels_last=bool(cfg.channels_last), workers=workers, tf32=cfg.tf32), dist=d)
     run.ddp_model = run.train_model
     if cfg.compile:
         run.train_model = torch.compile(run.train_model)

@@ -34,6 +34,7 @@ RUN_FILES = ("args.json", *CHECKPOINTS, "metrics.csv", "results.json")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically (a temporary file renamed over it)."""
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
