@@ -26,7 +26,7 @@ import sys
 import time
 
 from spectrascope.engine import dist as _dist
-from spectrascope.engine.device import resolve_device
+from spectrascope.engine.device import resolve_device, tf32
 from spectrascope.errors import NonFiniteLossError, TrainingError, TrainingInterrupted
 from spectrascope.io.results import provenance
 from spectrascope.train.config import RECIPES, RESUME_MUTABLE, TrainConfig, resolve_config  # noqa: F401
@@ -146,10 +146,20 @@ def _run(run: Run) -> dict:
 
 def train(cfg: TrainConfig, *, resume: str | None = None, log=None) -> dict:
     """Train (or resume) and return the results dict also written to ``results.json``.
-    Under ``torchrun`` the processes join one group (``engine.dist``) for the run."""
+    Under ``torchrun`` the processes join one group (``engine.dist``) for the run; TF32 follows
+    ``cfg.tf32`` (default ``on``) during the run.
+
+    Args:
+        cfg: the options (``None`` fields: recipe or defaults; when resuming, the checkpoint's).
+        resume: a checkpoint (or its run folder) to continue.
+        log: where progress lines go (default: stderr of rank 0).
+
+    Returns:
+        The run's results (``results.json``), on every rank."""
     with _dist.session(resolve_device(cfg.device or "auto")) as (d, device):
         say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         say = say if d.main else (lambda msg: None)
         run = setup_run(cfg, resume, d, device, say)
-        _start(run)
-        return _run(run)
+        with tf32(run.cfg.tf32):               # process-wide for the run, restored after it
+            _start(run)
+            return _run(run)

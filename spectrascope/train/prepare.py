@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import torch
 
-from spectrascope.engine.device import available_cpus, set_tf32, to_memory_format
-from spectrascope.engine.dist import Dist
+from spectrascope.engine.device import available_cpus, to_memory_format
+from spectrascope.engine.dist import Dist, data_parallel
 from spectrascope.engine.runner import AMP_DTYPES, RunConfig, Runner
 from spectrascope.errors import OptionError, UserError
 from spectrascope.io.datasets import (AugmentConfig, TrainTransform, TransformedDataset, build_mixup, load_data,
@@ -163,7 +163,6 @@ def _optimisation(run: Run) -> None:
     cfg, model, device = run.cfg, run.model, run.device
     model.to(device)
     to_memory_format(model, bool(cfg.channels_last))
-    set_tf32(cfg.tf32)
     run.opt = make_optimizer(model, cfg.opt, cfg.lr, cfg.weight_decay, cfg.momentum)
     spe = run.steps_per_epoch
     run.sched = CosineWarmup(run.opt, cfg.lr, cfg.epochs * spe, round(cfg.warmup_epochs * spe), cfg.warmup_lr,
@@ -214,8 +213,7 @@ def _loaders(run: Run) -> None:
     cfg, d, device = run.cfg, run.dist, run.device
     run.train_model = run.model
     if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        run.train_model = DDP(run.model, device_ids=[device.index] if device.type == "cuda" else None)
+        run.train_model = data_parallel(run.model, device)
     run.mixup = build_mixup(run.backend, cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob, cfg.smoothing,
                             run.bundle.num_classes)
     workers = cfg.workers if cfg.workers is not None else (
