@@ -28,8 +28,12 @@ def _run(*args, env=None, timeout=600):
 def gc():
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    sys.modules["gpu_check"] = mod               # dataclasses look their module up
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop("gpu_check", None)
 
 
 def test_without_a_gpu_it_says_so_in_one_line_and_fails(tmp_path):
@@ -98,3 +102,10 @@ def test_a_skipped_parity_test_fails_the_run(tmp_path):
     assert r.returncode == 1, r.stdout[-3000:]
     row = [line for line in r.stdout.splitlines() if line.startswith("parity, TF32 off")][-1]
     assert "FAIL" in row and "16 skipped" in row, row
+
+
+def test_a_folder_it_did_not_write_is_never_emptied(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep")
+    r = _run("--cpu-dry-run", "--only", "collectives", "--output", tmp_path)
+    assert r.returncode == 2 and r.stdout.startswith("Error: --output:") and len(r.stdout.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
