@@ -200,43 +200,29 @@ def session(device: torch.device | str = "cpu"):
             shutdown()
 
 
-def _same_layout(grad: torch.Tensor, param: torch.Tensor) -> bool:
-    """Whether ``grad`` addresses its elements as ``param`` would (strides of size-1 dimensions,
-    which address nothing, aside)."""
-    return grad.shape == param.shape and all(
-        n == 1 or a == b for n, a, b in zip(param.shape, grad.stride(), param.stride()))
-
-
-def _param_strides(param: torch.nn.Parameter):
-    """A gradient hook: the gradient re-viewed with ``param``'s own strides when they differ only
-    in size-1 dimensions (the same memory, so no copy)."""
-    strides = param.stride()
-
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        if grad.stride() != strides and _same_layout(grad, param):
-            return grad.as_strided(grad.shape, strides, grad.storage_offset())
-        return grad
-    return hook
-
-
 def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` in ``DistributedDataParallel`` on this process's device.
+    """``model`` in ``DistributedDataParallel`` on this process's device, its gradients living in
+    DDP's buckets (``gradient_as_bucket_view``).
 
-    DDP lays each gradient bucket out with the parameter's strides and copies (and warns,
-    "Grad strides do not match bucket view strides") every gradient whose strides differ;
-    autograd's layout contract ignores the strides of size-1 dimensions (a 1x1 frequency grid,
-    a 1x1 convolution kernel), so such gradients are re-viewed with the parameter's strides
-    before they are accumulated (the memory is the same; nothing is copied).
+    DDP lays each bucket out with the parameters' strides and copies, with a warning ("Grad
+    strides do not match bucket view strides"), every fresh gradient whose strides differ --
+    and autograd's layout contract leaves the strides of size-1 dimensions open (a 1x1
+    frequency grid, a 1x1 kernel). So every gradient is created here, in the parameter's
+    layout, before DDP takes it into its bucket; backward then accumulates into the bucket
+    in place (no copy, no warning). The caller zeroes gradients in place
+    (``zero_grad(set_to_none=False)``) and never sets them to None.
 
     Args:
-        model: the module to train (its parameters on ``device``, in their final memory format).
+        model: the module to train (on ``device``, in its final memory format).
         device: this process's device (its GPU index is DDP's device id).
 
     Returns:
         The DDP module.
     """
     from torch.nn.parallel import DistributedDataParallel
-    for p in model.parameters():
-        if p.requires_grad and p.ndim > 1 and 1 in p.shape:
-            p.register_hook(_param_strides(p))
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True)

@@ -81,7 +81,7 @@ def _apply_update(run: Run) -> None:
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
     run.scaler.step(run.opt)
     run.scaler.update()
-    run.opt.zero_grad(set_to_none=True)
+    run.opt.zero_grad(set_to_none=not run.dist.enabled)      # under DDP the gradients are its buckets
     if run.ema is not None:
         run.ema.update(run.model)
 
