@@ -125,3 +125,69 @@ def test_ddp_with_channels_last_keeps_gradient_layouts(tmp_path):
     assert r.stdout.count("done:") == 1                          # rank 0 reports for every process
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["channels_last"] is True and res["run"]["world_size"] == 2
+
+
+#: runs ``spectrascope`` with one failure injected on rank FAIL_RANK (FAIL_WHERE: ``train`` -- a
+#: training sample that cannot be read, ``eval`` -- a validation sample, ``save`` -- a full disk
+#: when the checkpoint is written) and records how each rank ended in MARKS/rank<r>.json
+FAILING = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    from spectrascope.errors import DataError
+    from spectrascope.io.datasets import TransformedDataset
+
+    rank, marks = int(os.environ.get("RANK", "0")), Path(os.environ["MARKS"])
+    where = os.environ["FAIL_WHERE"]
+    if rank == int(os.environ["FAIL_RANK"]):
+        if where in ("train", "eval"):
+            original, calls = TransformedDataset.__getitem__, [0]
+
+            def unreadable(self, key):
+                if isinstance(key, tuple) == (where == "train"):       # training items are (index, seed)
+                    calls[0] += 1
+                    if calls[0] == 3:
+                        raise DataError("image 7 of the split cannot be read (truncated file)")
+                return original(self, key)
+            TransformedDataset.__getitem__ = unreadable
+        else:
+            import spectrascope.train.state as state
+
+            def full(path, write):
+                raise OSError(28, "No space left on device")
+            state.atomic_write = full
+    from spectrascope.cli import main
+    try:
+        main.main(args=sys.argv[1:], prog_name="spectrascope", standalone_mode=False)
+        code, kind, line = 0, None, ""
+    except BaseException as exc:
+        code, kind = getattr(exc, "exit_code", getattr(exc, "code", 1)), type(exc).__name__
+        line = str(exc).strip().splitlines()[0]
+    (marks / f"rank{rank}.json").write_text(json.dumps({"code": code, "kind": kind, "line": line}))
+    sys.exit(code)
+""")
+
+
+@pytest.mark.parametrize("fail_rank, where, message", [
+    (1, "train", "image 7 of the split cannot be read"),
+    (1, "eval", "image 7 of the split cannot be read"),
+    (0, "save", "cannot write the checkpoint"),
+])
+def test_a_failure_on_one_rank_ends_every_rank_with_the_same_error(tmp_path, fail_rank, where, message):
+    """Without agreement the other rank would wait in its next collective (on nccl until the
+    watchdog); here both end by themselves, with the failing rank's one line and exit status 2."""
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    out = tmp_path / "run"
+    args = ["train", *MODEL, "--data", "synthetic:num_classes=4,train_size=32,val_size=16,size=32", "--epochs", "1",
+            "-b", "4", "-vb", "4", "--limit-train-batches", "2", "--no-progress", "--output", out]
+    r = _launch(script, args, 2, tmp_path, MARKS=marks, FAIL_RANK=fail_rank, FAIL_WHERE=where)
+    assert r.returncode != 0
+    ends = [json.loads((marks / f"rank{k}.json").read_text()) for k in range(2)]     # both ended by themselves
+    assert ends[0]["line"] == ends[1]["line"] and message in ends[0]["line"], ends
+    assert ends[0]["code"] == ends[1]["code"] == 2, ends
+    # no traceback from spectrascope's code and no gloo error of a rank left in a collective (torchrun
+    # itself reports the failed workers)
+    assert "/spectrascope/" not in r.stderr and "Connection closed" not in r.stderr, r.stderr[-3000:]
+    assert not (out / "last.pth").exists()

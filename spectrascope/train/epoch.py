@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from spectrascope.engine.device import to_memory_format
 from spectrascope.errors import NonFiniteError, NonFiniteLossError
+from spectrascope.train.agree import agreed
 from spectrascope.train.evaluate import EvaluationStopped, evaluate_model
 from spectrascope.train.metrics import soft_cross_entropy
 from spectrascope.train.prepare import Run
@@ -41,12 +42,17 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
 
 
+def _fetch(run: Run, it) -> list:
+    """The ``grad_accum`` micro-batches of one update, loaded before any forward: a sample that
+    cannot be read on one rank stops every rank here, not in DDP's gradient all-reduce."""
+    return agreed(run.dist, lambda: [next(it)[:2] for _ in range(run.cfg.grad_accum)])
+
+
 def _micro_batches(run: Run, it, epoch: int, step: int, loss_acc: torch.Tensor) -> int:
     """Forward and backward of the ``grad_accum`` micro-batches of one update; returns the images seen."""
     cfg, d, device = run.cfg, run.dist, run.device
     images = 0
-    for k in range(cfg.grad_accum):
-        x, y = next(it)[:2]
+    for k, (x, y) in enumerate(_fetch(run, it)):
         seed = derive_seed(cfg.seed, TAG_STEP, epoch, step * cfg.grad_accum + k, d.rank)
         torch.manual_seed(seed)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -97,8 +103,8 @@ def _mid_epoch_checkpoint(run: Run, epoch: int, step: int, stats: dict, t0: floa
     periodic = run.cfg.checkpoint_steps and step % run.cfg.checkpoint_steps == 0
     if stop_now > 0 or periodic:
         part_now = dict(stats, time=stats["time"] + time.perf_counter() - t0)
-        if run.dist.main:
-            save_checkpoint(run.out / "last.pth", make_state(epoch, step, part_now))
+        agreed(run.dist, lambda: save_checkpoint(run.out / "last.pth", make_state(epoch, step, part_now)),
+               only_main=True)
         if stop_now > 0:
             bar.close()
             interrupt(stop.signum or signal.SIGTERM, run.out, epoch, step)
@@ -156,8 +162,8 @@ def _evaluations(run: Run, epoch: int, stop: StopFlag, trained: dict, make_state
         ev = _evaluate(run, run.model, epoch, stop)
         ev_ema = _evaluate(run, run.ema.module, epoch, stop) if run.ema is not None else None
     except EvaluationStopped:
-        if run.dist.main:
-            save_checkpoint(run.out / "last.pth", make_state(epoch, run.steps_per_epoch, trained))
+        agreed(run.dist, lambda: save_checkpoint(run.out / "last.pth", make_state(epoch, run.steps_per_epoch, trained)),
+               only_main=True)
         interrupt(stop.signum or signal.SIGTERM, run.out, epoch, run.steps_per_epoch)
     return ev, ev_ema
 

@@ -5,7 +5,9 @@ validation split (the ``spectrascope evaluate`` command and the per-epoch evalua
 Under ``spectrascope train`` the evaluation also listens for the stop signal: after each
 batch every rank votes (one all-reduce of ``[failed, stop]``, the same number of votes on
 every rank), so a SIGTERM during a long evaluation ends it on every rank within a batch
-(``EvaluationStopped``) and the run saves its checkpoint within torchrun's grace period.
+(``EvaluationStopped``) and the run saves its checkpoint within torchrun's grace period. A
+failure on one rank (non-finite logits, a sample it cannot read) is agreed the same way and
+ends every rank with the same error (``train.agree``).
 
 The forward goes through ``engine.runner.Runner`` (batching, device, AMP, channels-last, the
 non-finite check that stops on NaN/inf logits) and the sums through ``AccuracyReducer``, so
@@ -19,8 +21,10 @@ from dataclasses import dataclass
 import torch
 
 from spectrascope.engine.runner import Runner, batch_chunks
-from spectrascope.errors import CheckpointError, NonFiniteError, OptionError
+from spectrascope.errors import CheckpointError, OptionError
 from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
+from spectrascope.train.agree import agreed as _agreed
+from spectrascope.train.agree import raise_agreed
 from spectrascope.train.metrics import AccuracyReducer
 from spectrascope.zoo import registry
 from spectrascope.zoo.build import model_spec_from_checkpoint, num_classes_in, preprocessing
@@ -35,7 +39,7 @@ class EvaluationStopped(Exception):
 
 
 class _PeerFailed(Exception):
-    """Another rank stopped its evaluation on non-finite values."""
+    """Another rank's evaluation failed (it says why, ``train.agree``)."""
 
 
 def eval_dataset(split, pre, center_crop: bool) -> TransformedDataset:
@@ -52,16 +56,10 @@ def first_batches(dataset, limit_batches: int | None, batch_size: int):
 
 
 def agreed(d, fn):
-    """``fn()`` on every rank; when it stops on a non-finite value on any rank, every rank stops
-    (so no rank waits in a collective for one that gave up)."""
-    error = None
-    try:
-        result = fn()
-    except NonFiniteError as exc:
-        error, result = exc, None
-    if d.any(error is not None):
-        raise error or NonFiniteError("another process stopped on non-finite values (NaN/inf); nothing was written")
-    return result
+    """``fn()`` on every rank; when it fails on any rank (non-finite values, a sample it cannot
+    read), every rank stops with the same error (``train.agree``), so no rank waits in a
+    collective for one that gave up."""
+    return _agreed(d, fn)
 
 
 def _vote(d, failed: bool, stop: bool) -> tuple[bool, bool]:
@@ -73,12 +71,13 @@ def _vote(d, failed: bool, stop: bool) -> tuple[bool, bool]:
 
 
 def _voting_run(runner: Runner, model, dataset, on_batch, stop) -> None:
-    """``runner.run`` with the failure (non-finite values) and stop agreed by every rank.
+    """``runner.run`` with its failures (non-finite values, unreadable samples, any error) and the
+    stop request agreed by every rank.
 
-    Without ``stop``: one vote at the end (a rank that failed ends every rank). With ``stop``
-    (a callable: this rank's stop request): also a vote after each of the first batches that
-    every rank has (the fewest any rank has), so every rank votes equally often; a rank that
-    fails casts its last vote at once, and the others meet it there."""
+    Without ``stop``: one vote at the end. With ``stop`` (a callable: this rank's stop request):
+    also a vote after each of the first batches that every rank has (the fewest any rank has),
+    so every rank votes equally often; a rank that fails casts its last vote at once and the
+    others meet it there. After a failed vote every rank raises the same error."""
     d = runner.dist
     common = len(batch_chunks(len(dataset), runner.config.batch_size)) // max(1, d.world) if stop else 0
     votes = 0
@@ -94,16 +93,17 @@ def _voting_run(runner: Runner, model, dataset, on_batch, stop) -> None:
             if halt:
                 raise EvaluationStopped
 
-    error = None
     try:
         runner.run(model, dataset, on_batch=voting, need_output=True)
-    except NonFiniteError as exc:
-        error = exc
     except _PeerFailed:
-        error = NonFiniteError("another process stopped on non-finite values (NaN/inf); nothing was written")
-        raise error from None
-    if _vote(d, error is not None, False)[0]:
-        raise error or NonFiniteError("another process stopped on non-finite values (NaN/inf); nothing was written")
+        raise_agreed(d, None)                   # another rank failed: its error here too
+    except EvaluationStopped:
+        raise
+    except Exception as exc:                    # this rank failed: its last vote, then every rank raises
+        _vote(d, True, False)
+        raise_agreed(d, exc)
+    if _vote(d, False, False)[0]:
+        raise_agreed(d, None)
 
 
 def evaluate_model(model, dataset, runner: Runner, stop=None) -> dict:

@@ -29,6 +29,7 @@ from spectrascope.engine import dist as _dist
 from spectrascope.engine.device import resolve_device, tf32
 from spectrascope.errors import NonFiniteLossError, TrainingError, TrainingInterrupted
 from spectrascope.io.results import provenance
+from spectrascope.train.agree import agreed
 from spectrascope.train.config import RECIPES, RESUME_MUTABLE, TrainConfig, resolve_config  # noqa: F401
 from spectrascope.train.ema import ModelEma
 from spectrascope.train.epoch import run_epoch
@@ -89,14 +90,15 @@ def _end_of_epoch(run: Run, epoch: int, row: dict, wall0: float, stopping: bool 
     is_best = metric is not None and (run.best["metric"] is None or metric > run.best["metric"])
     if is_best:
         run.best = {"metric": metric, "epoch": epoch + 1, "top1": row["top1"], "top5": row["top5"]}
-    if run.dist.main:
+
+    def save() -> None:
         state = make_state(run, epoch + 1, 0, {})
         if is_best:          # best first: a kill in between re-runs this epoch identically
             save_checkpoint(run.out / "best.pth", state)
         save_checkpoint(run.out / "last.pth", state)
-        del state
         if not stopping:
             write_results(run, "running", time.perf_counter() - wall0)
+    agreed(run.dist, save, only_main=True)     # a failed write (a full disk) stops every rank
     run.say(f"epoch {epoch + 1}/{run.cfg.epochs}: train loss {row['train_loss']:.4f}  val loss "
             f"{_fmt(row['val_loss'], '.4f')}  top-1 {_fmt(row['top1'])}  top-5 {_fmt(row['top5'])}"
             + (f"  ema top-1 {_fmt(row['ema_top1'])}" if 'ema_top1' in row else "")
@@ -116,8 +118,9 @@ def _epochs(run: Run, wall0: float) -> None:
 
 
 def _start(run: Run) -> None:
+    agreed(run.dist, lambda: write_json_atomic(run.out / "args.json", dict(run.args, run=run.run_info)),
+           only_main=True)
     if run.dist.main:
-        write_json_atomic(run.out / "args.json", dict(run.args, run=run.run_info))
         if run.cfg.lr_note:
             run.say(run.cfg.lr_note)
         b, cfg, d = run.bundle, run.cfg, run.dist

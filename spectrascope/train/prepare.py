@@ -15,10 +15,11 @@ import torch
 from spectrascope.engine.device import available_cpus, to_memory_format
 from spectrascope.engine.dist import Dist, data_parallel
 from spectrascope.engine.runner import AMP_DTYPES, RunConfig, Runner
-from spectrascope.errors import OptionError, UserError
+from spectrascope.errors import OptionError
 from spectrascope.io.datasets import (AugmentConfig, TrainTransform, TransformedDataset, build_mixup, load_data,
                                       resolve_backend)
 from spectrascope.io.results import default_output_dir
+from spectrascope.train.agree import agreed
 from spectrascope.train.config import TrainConfig, merge_resume, resolve_config
 from spectrascope.train.ema import ModelEma
 from spectrascope.train.evaluate import eval_dataset, first_batches
@@ -148,14 +149,7 @@ def _output(run: Run) -> None:
         out = Path(d.broadcast_object(str(out)))
     resuming = ckpt is not None and Path(os.path.abspath(out)) == Path(os.path.abspath(Path(ckpt["_path"]).parent))
     inputs = [run.bundle.spec.path] if run.bundle.spec.path is not None else []
-    error = None
-    if d.main:
-        try:
-            prepare_output(out, cfg.overwrite, resuming=resuming, inputs=inputs)
-        except UserError as exc:
-            error = exc
-    if d.any(error is not None):
-        raise error or OptionError("the run folder was refused (see rank 0)", option="--output")
+    agreed(d, lambda: prepare_output(out, cfg.overwrite, resuming=resuming, inputs=inputs), only_main=True)
     run.out = out
 
 
@@ -242,18 +236,30 @@ def _describe(run: Run) -> None:
                     "train_size": len(b.train), "val_size": len(b.val)}
 
 
-def setup_run(cfg: TrainConfig, resume, d: Dist, device: torch.device, say: Callable) -> Run:
-    """A ``Run`` ready for its first epoch (resumed state restored); the run folder checked."""
+def _planned(cfg: TrainConfig, resume, d: Dist, device: torch.device, say: Callable) -> Run:
+    """Options, checkpoint, data and model of a run (no collective: every rank on its own)."""
     cfg, ckpt = _config(cfg, resume, d.world)
     run = Run(cfg=cfg, dist=d, device=device, say=say, ckpt=ckpt)
     _data(run)
+    return run
+
+
+def _placed(run: Run) -> None:
+    """Model on the device, optimiser, schedule, scaler, EMA and the resumed state."""
+    _optimisation(run)
+    if run.ckpt is not None:
+        _restore(run)
+
+
+def setup_run(cfg: TrainConfig, resume, d: Dist, device: torch.device, say: Callable) -> Run:
+    """A ``Run`` ready for its first epoch (resumed state restored); the run folder checked. A
+    failure on any rank (a data set or checkpoint one node cannot read) stops every rank."""
+    run = agreed(d, lambda: _planned(cfg, resume, d, device, say))
     _output(run)
-    if not run.bundle.geometric_ok and cfg.aa:
+    if not run.bundle.geometric_ok and run.cfg.aa:
         say(f"note: {run.bundle.spec.kind} labels depend on scale and orientation: only the photometric "
             "RandAugment ops are applied (no crops, flips, rotations, shears or translations)")
-    _optimisation(run)
-    if ckpt is not None:
-        _restore(run)
+    agreed(d, lambda: _placed(run))
     _loaders(run)
     _describe(run)
     return run
