@@ -613,7 +613,8 @@ def _compiled(ctx: Ctx, name: str) -> str:
     t0 = time.perf_counter()
     loss_c, ms_c = _step_ms(ctx, torch.compile(comp), comp, x, y, steps)
     total = time.perf_counter() - t0
-    expect(abs(loss_c - loss_e) <= 2e-2 * max(1.0, abs(loss_e)), f"first loss {loss_c:.5f} compiled, {loss_e:.5f} eager")
+    expect(abs(loss_c - loss_e) <= 2e-2 * max(1.0, abs(loss_e)),
+           f"first loss {loss_c:.5f} compiled, {loss_e:.5f} eager")
     return f"{size}px: eager {ms_e:.1f} ms, compiled {ms_c:.1f} ms/step (x{ms_e / ms_c:.2f}), compile+run {total:.0f} s"
 
 

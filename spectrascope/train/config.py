@@ -79,8 +79,8 @@ BASIC = dict(epochs=10, batch_size=64, lr=1e-3, weight_decay=0.05, opt="adamw", 
              warmup_lr=1e-6, min_lr=1e-5, clip_grad=None, drop_path=None, smoothing=0.1, mixup=0.0, cutmix=0.0,
              mixup_prob=1.0, mixup_switch_prob=0.5, aa=None, reprob=0.0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
              hflip=0.5, aug_backend="auto", model_ema=False, model_ema_decay=0.9998, amp="off", channels_last=False,
-             tf32="on", compile=False, grad_accum=1, seed=42, model_kwargs={}, workers=None, device="auto", overwrite=False,
-             checkpoint_steps=0, progress=True)
+             tf32="on", compile=False, grad_accum=1, seed=42, model_kwargs={}, workers=None, device="auto",
+             overwrite=False, checkpoint_steps=0, progress=True)
 
 _TIMM_AUG = dict(aa="rand-m9-mstd0.5-inc1", smoothing=0.1, mixup=0.8, cutmix=1.0, reprob=0.25)
 

@@ -54,8 +54,8 @@ def make_state(run: Run, epoch: int, step: int, part: dict) -> dict:
     """The checkpoint of ``run`` at ``(epoch, step)`` (plain types and tensors only)."""
     st = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": run.model.state_dict(),
           "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict(),
-          "epoch": epoch, "step": step, "sample": run.position if step else 0, "rng": rng_state(), "args": run.args, "model_name": run.name,
-          "arch": run.name, "history": run.history, "best": run.best, "partial": part}
+          "epoch": epoch, "step": step, "sample": run.position if step else 0, "rng": rng_state(), "args": run.args,
+          "model_name": run.name, "arch": run.name, "history": run.history, "best": run.best, "partial": part}
     if run.ema is not None:
         st["model_ema"] = run.ema.state_dict()
     return st
