@@ -118,7 +118,8 @@ def test_ddp_with_channels_last_keeps_gradient_layouts(tmp_path):
     from tests.distributed import torchrun
     out = tmp_path / "run"
     r = torchrun(["train", *MODEL, "--data", "synthetic:num_classes=4,train_size=32,val_size=8,size=32",
-                  "--epochs", "1", "-b", "4", "--channels-last", "--limit-train-batches", "2", "--no-progress", "--output", out],
+                  "--epochs", "1", "-b", "4", "--channels-last", "--limit-train-batches", "2", "--no-progress",
+                  "--output", out],
                  cwd=tmp_path, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Grad strides do not match bucket view strides" not in r.stderr, r.stderr[-3000:]
