@@ -48,7 +48,7 @@ def _peer_error(kind: str, line: str, rank: int) -> Exception:
 def raise_agreed(d, error: BaseException | None) -> None:
     """Every rank knows that a rank failed: gather what failed and raise it everywhere (the
     failing rank its own error, the others the first failing rank's, by rank)."""
-    notes = d.all_gather_object(None if error is None else describe(error)) if d.enabled else [None]
+    notes = d.all_gather_object(None if error is None else describe(error)) if d.world > 1 else [None]
     if error is not None:
         raise error
     rank, (kind, line) = next((r, n) for r, n in enumerate(notes) if n is not None)
@@ -57,8 +57,8 @@ def raise_agreed(d, error: BaseException | None) -> None:
 
 def agree(d, error: BaseException | None) -> None:
     """Called by every rank at the same point: when ``error`` is set on any rank, every rank raises
-    (see the module doc); otherwise nothing happens (one all-reduce)."""
-    if not d.enabled:
+    (see the module doc); otherwise nothing happens (one all-reduce; none in one process)."""
+    if d.world == 1:
         if error is not None:
             raise error
         return

@@ -63,8 +63,9 @@ def agreed(d, fn):
 
 
 def _vote(d, failed: bool, stop: bool) -> tuple[bool, bool]:
-    """(any rank failed, any rank asked to stop): one all-reduce of ``[failed, stop]``."""
-    if not d.enabled:
+    """(any rank failed, any rank asked to stop): one all-reduce of ``[failed, stop]`` (none in one
+    process)."""
+    if d.world == 1:
         return failed, stop
     t = d.all_reduce(torch.tensor([float(failed), float(stop)]), "max")
     return bool(t[0] > 0), bool(t[1] > 0)
