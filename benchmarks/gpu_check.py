@@ -160,13 +160,14 @@ FFT_FUNCS = ("fft", "ifft", "fft2", "ifft2", "fftn", "ifftn", "rfft", "irfft", "
              "hfft", "ihfft")
 
 
-def family_model(ctx: Ctx, name: str, num_classes: int = 10):
-    """``(model on the CPU, input size)`` of a family's small model (seeded)."""
+def family_model(ctx: Ctx, name: str, num_classes: int = 10, tiny_affnet: bool = False):
+    """``(model on the CPU, input size)`` of a family's small model (seeded); AFFNets in their
+    tiny configuration in the dry run and with ``tiny_affnet``."""
     import torch
 
     import spectrascope
     kw = FAMILIES[name]
-    if kw == "tiny" or (ctx.dry and name.startswith("affnet")):
+    if kw == "tiny" or ((ctx.dry or tiny_affnet) and name.startswith("affnet")):
         kw = {"config": AFF_TINY}
     size = ctx.size(int(spectrascope.get_card(name).default_input_size[-1]))
     torch.manual_seed(0)
@@ -602,7 +603,7 @@ def _compiled(ctx: Ctx, name: str) -> str:
     import torch
 
     from spectrascope.engine.device import to_memory_format
-    base, size = family_model(ctx, name)
+    base, size = family_model(ctx, name, tiny_affnet=True)
     gen = torch.Generator().manual_seed(2)
     x = to_memory_format(torch.randn(2 if ctx.dry else 8, 3, size, size, generator=gen).to(ctx.device))
     y = torch.randint(0, 10, (x.shape[0],), generator=gen).to(ctx.device)
