@@ -37,10 +37,11 @@ bench: setup
 bench-readme: setup
 	$(BIN)/python benchmarks/run_all.py --markdown --readme docs/benchmarks.md
 
-# on a GPU machine (<= 8 min): CUDA parity per family, AMP, compile training steps, torchrun nccl, make bench
+# on a GPU machine (<= 6 min, fails on any failed, skipped or overlong check; says so and fails without a GPU):
+# parity (TF32 off and on), every family in fp32/bf16/fp16 +- channels-last with a training step, nccl collectives,
+# DDP training + resume, CAM/amplitude/cka/evaluate vs the CPU, throughput, compile vs eager -> runs/gpu-check/
 gpu-check: setup
-	mkdir -p runs
-	MPLBACKEND=Agg $(BIN)/python benchmarks/gpu_check.py | tee runs/gpu-check.txt
+	MPLBACKEND=Agg $(BIN)/python benchmarks/gpu_check.py
 
 # the committed weight-independent paper outputs: every table's params/FLOPs beside the paper's and the
 # FLOPs breakdowns of the main models -> figures/ (index: figures/index.md; a test fails when they are stale)

@@ -76,6 +76,7 @@ class Throughput(Analysis):
             ctx.note(MEMORY_NOTE.format(device=r.device.type))
         protocol = {"batch_size": r.config.batch_size, "warmup": p.warmup, "iters": p.iters, "amp": r.config.amp,
                     "channels_last": r.config.channels_last, "input": "randn",
+                    "cudnn_benchmark": r.device.type == "cuda",
                     "memory": "torch.cuda.max_memory_allocated (CUDA only)", "device": str(r.device)}
         return ThroughputResult(rows=rows, protocol=protocol)
 

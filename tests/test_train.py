@@ -281,6 +281,66 @@ def test_kill_and_resume_reproduce_the_uninterrupted_run(reference_run, tmp_path
     assert res["best"] == ref["best"]
 
 
+def test_sigterm_during_evaluation_saves_the_trained_epoch(reference_run, tmp_path, monkeypatch, one_thread):
+    """A stop during a (long) evaluation ends it within a batch and saves the trained epoch as its
+    last update; the resumed run evaluates that epoch and ends exactly as the uninterrupted run."""
+    from spectrascope.train.metrics import AccuracyReducer
+    ref_out, ref = reference_run
+    out = tmp_path / "run"
+    batches = []
+    orig = AccuracyReducer.update
+
+    def update_then_signal(self, number, logits, target):
+        orig(self, number, logits, target)
+        batches.append(number)
+        if len(batches) == 3:                        # the 3rd of the 8 evaluation batches of epoch 1
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(AccuracyReducer, "update", update_then_signal)
+    with pytest.raises(TrainingInterrupted, match="at epoch 1 update 32") as exc:
+        tr.train(_cfg(out))
+    assert exc.value.exit_code == 128 + signal.SIGTERM
+    assert batches == [0, 1, 2]                      # neither the rest of it nor the EMA evaluation ran
+    ck = _load(out / "last.pth")
+    assert (ck["epoch"], ck["step"], ck["sample"]) == (0, 32, 512) and ck["history"] == []
+    monkeypatch.undo()
+    res = tr.train(TrainConfig(), resume=str(out))
+    _assert_same_state(_load(out / "last.pth"), _load(ref_out / "last.pth"), exact=True)
+    timing = ("throughput_img_s", "epoch_time_s", "eval_time_s", "peak_mem_mb")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in res["history"]] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in ref["history"]]
+    assert res["best"] == ref["best"]
+
+
+def test_tf32_is_applied_during_the_run_and_recorded(tmp_path, monkeypatch, one_thread):
+    """TF32 is a no-op on CPUs: what can be checked here is that the switch is set for the run
+    (train's default: on), restored after it, recorded, and that --tf32 off is honoured."""
+    from spectrascope.engine.device import set_tf32, tf32_state
+    seen = []
+    orig = tr.run_epoch
+
+    def recording(*a, **kw):
+        seen.append(tf32_state())
+        return orig(*a, **kw)
+
+    monkeypatch.setattr(tr, "run_epoch", recording)
+    before = set_tf32("off")
+    try:
+        kw = dict(epochs=1, limit_train_batches=1, limit_val_batches=1, model_ema=False)
+        res = tr.train(_cfg(tmp_path / "on", **kw))
+        assert seen == [{"matmul": True, "cudnn": True}] and res["config"]["tf32"] == "on"
+        assert tf32_state() == {"matmul": False, "cudnn": False}
+        set_tf32("on")
+        res = tr.train(_cfg(tmp_path / "off", tf32="off", **kw))
+        assert seen[-1] == {"matmul": False, "cudnn": False} and res["config"]["tf32"] == "off"
+        assert json.loads((tmp_path / "off" / "args.json").read_text())["tf32"] == "off"
+        assert tf32_state() == {"matmul": True, "cudnn": True}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before["matmul"], before["cudnn"]
+    r = CliRunner().invoke(main, ["train", "--model", "dfformer_s18", "--data", "synthetic", "--tf32", "fast"])
+    assert r.exit_code == 2 and "--tf32" in r.output and "Traceback" not in r.output
+
+
 def test_resume_refuses_to_change_the_recipe(reference_run):
     with pytest.raises(ValueError, match="--lr cannot change"):
         tr.train(TrainConfig(lr=0.5), resume=str(reference_run[0] / "last.pth"))

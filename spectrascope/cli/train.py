@@ -47,6 +47,7 @@ def _train_options(fn):
         click.option("--model-ema-decay", type=float, default=None, help="[0.9998]"),
         shared_option("amp", **unset, help="autocast the forward and backward [off]"),
         shared_option("channels_last", **unset),
+        shared_option("tf32", **unset, help="TF32 matmuls and convolutions on CUDA GPUs (no effect on CPUs) [on]"),
         shared_option("compile", **unset),
         click.option("--grad-accum", "--grad-accum-steps", "grad_accum", type=int, default=None, help="[1]"),
         shared_option("seed", **unset, help="[42]"),

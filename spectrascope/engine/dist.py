@@ -4,7 +4,10 @@
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``/``PORT`` as
 ``torchrun`` sets them, single node or many): nccl with one GPU per local rank on CUDA,
 gloo on CPU. Without a launcher it returns a one-process ``Dist`` and nothing is
-initialised. ``init_process_group`` is called here and nowhere else.
+initialised. ``init_process_group`` is called here and nowhere else. A group that a
+library caller initialised is joined as it is (any world size, one included: its
+collectives then run), and on CUDA this process's GPU becomes the current device, as
+object collectives on nccl need.
 
 Analyses are sharded by *batches* exactly as one process would form them (batch ``i`` of
 the image list goes to rank ``i mod world``): no image is seen twice, no padding, and
@@ -27,9 +30,10 @@ from typing import Any, Sequence
 
 import torch
 
+from spectrascope.engine.device import available_cpus
 from spectrascope.errors import Interrupted, OptionError, PeerFailure, SpectrascopeError
 
-__all__ = ["Dist", "init", "current", "shutdown", "session", "launched", "describe_failure"]
+__all__ = ["Dist", "init", "current", "shutdown", "session", "launched", "describe_failure", "data_parallel"]
 
 
 def describe_failure(exc: BaseException) -> tuple[str, int, str]:
@@ -59,7 +63,8 @@ class Dist:
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        """Whether collectives run: several processes, or a process group joined (even of one)."""
+        return self.world > 1 or self.backend is not None
 
     @property
     def main(self) -> bool:
@@ -184,12 +189,29 @@ def current() -> Dist:
     return _CURRENT
 
 
+def _local_gpu(index: int) -> torch.device:
+    """``cuda:index`` (a process's own GPU: its local rank), checked against the GPUs of this node."""
+    if index >= torch.cuda.device_count():
+        raise OptionError(f"local rank {index} has no GPU (this node has {torch.cuda.device_count()}): "
+                          "use --nproc_per_node <= the number of GPUs", option="--device")
+    return torch.device("cuda", index)
+
+
+def _joined_gpu_index(device: torch.device) -> int:
+    """The GPU of a process in a group it did not initialise here: its launcher's ``LOCAL_RANK``,
+    else the index given (``cuda:N``), else the caller's current device."""
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def init(device: torch.device | str = "cpu") -> tuple[Dist, torch.device]:
     """Join the process group the launcher describes; returns ``(dist, device)``.
 
-    On CUDA every local rank takes its own GPU (``cuda:LOCAL_RANK``) and nccl; on CPU gloo,
-    with the CPU threads shared out among the local ranks. Without a launcher:
-    ``(Dist(), device)``."""
+    On CUDA every local rank takes its own GPU (``cuda:LOCAL_RANK``, made the current device)
+    and nccl; on CPU gloo, with the CPUs this process may use (``available_cpus``) shared out
+    among the local ranks as torch threads. A group already initialised (by a library
+    caller) is joined as it is, its GPU made current. Without a launcher: ``(Dist(), device)``."""
     global _CURRENT
     device = torch.device(device)
     import torch.distributed as td
@@ -197,7 +219,8 @@ def init(device: torch.device | str = "cpu") -> tuple[Dist, torch.device]:
         _CURRENT = Dist(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
                         int(os.environ.get("LOCAL_WORLD_SIZE", td.get_world_size())), td.get_backend())
         if device.type == "cuda":
-            device = torch.device("cuda", _CURRENT.local_rank)
+            device = _local_gpu(_joined_gpu_index(device))
+            torch.cuda.set_device(device)
         return _CURRENT, device
     if not launched():
         _CURRENT = Dist()
@@ -208,14 +231,11 @@ def init(device: torch.device | str = "cpu") -> tuple[Dist, torch.device]:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if device.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise OptionError(f"local rank {local_rank} has no GPU (this node has {torch.cuda.device_count()}): "
-                              "use --nproc_per_node <= the number of GPUs", option="--device")
-        device = torch.device("cuda", local_rank)
+        device = _local_gpu(local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+        torch.set_num_threads(max(1, available_cpus() // max(1, local_world)))
         backend = "gloo"
     td.init_process_group(backend=backend)
     _CURRENT = Dist(td.get_rank(), td.get_world_size(), local_rank, local_world, backend)
@@ -244,3 +264,31 @@ def session(device: torch.device | str = "cpu"):
     finally:
         if joined_here:
             shutdown()
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` on this process's device, its gradients living in
+    DDP's buckets (``gradient_as_bucket_view``).
+
+    DDP lays each bucket out with the parameters' strides and copies, with a warning ("Grad
+    strides do not match bucket view strides"), every fresh gradient whose strides differ --
+    and autograd's layout contract leaves the strides of size-1 dimensions open (a 1x1
+    frequency grid, a 1x1 kernel). So every gradient is created here, in the parameter's
+    layout, before DDP takes it into its bucket; backward then accumulates into the bucket
+    in place (no copy, no warning). The caller zeroes gradients in place
+    (``zero_grad(set_to_none=False)``) and never sets them to None.
+
+    Args:
+        model: the module to train (on ``device``, in its final memory format).
+        device: this process's device (its GPU index is DDP's device id).
+
+    Returns:
+        The DDP module.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True)

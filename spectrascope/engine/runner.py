@@ -1,13 +1,16 @@
 """The one forward loop of every analysis (and of evaluation).
 
 ``Runner.run(model, dataset, probe)`` does, per batch of this rank's shard: decode through
-the dataset (optionally in DataLoader workers), move to the device (``channels_last`` on
-request), run the model under ``inference_mode`` (or with autograd for gradient methods)
-and autocast (``amp`` = bf16 / fp16; the zoo's FFT mixers stay float32 inside), hand the
-output to ``on_batch``, and check the output and every tap for NaN/inf. A non-finite value
-stops the run with a ``NonFiniteError`` naming the first tap (execution order), the batch
-and the likely cause (weights, input or overflow). When the caller needs no model output
-the forward stops as soon as the last tap fired (``Probe(stop_early=True)``).
+the dataset (optionally in DataLoader workers), move to the device (4-D inputs
+channels-last on request: ``engine.device.to_memory_format``), run the model under
+``inference_mode`` (or with autograd for gradient methods) and autocast (``amp`` = bf16 /
+fp16; the zoo's FFT mixers stay float32 inside), hand the output to ``on_batch``, and check
+the output and every tap for NaN/inf. A non-finite value stops the run with a
+``NonFiniteError`` naming the first tap (execution order), the batch and the likely cause
+(weights, input or overflow). When the caller needs no model output the forward stops as
+soon as the last tap fired (``Probe(stop_early=True)``). ``RunConfig.tf32`` (``off`` by
+default: the float32 numerics the parity tests check) is applied process-wide when the
+runner prepares a model and before every forward (``engine.device.set_tf32``).
 
 Datasets are anything with ``len()`` and ``[i]`` returning an image tensor (C, H, W) or a
 tuple ``(image, *extra)``; batches are formed from consecutive indices exactly as one
@@ -25,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from spectrascope.engine import dist as _dist
-from spectrascope.engine.device import resolve_device
+from spectrascope.engine.device import TF32_MODES, resolve_device, set_tf32, to_memory_format
 from spectrascope.errors import DataError, NonFiniteError, OptionError, TapError
 from spectrascope.probe.probe import Probe, StopForward
 
@@ -56,9 +59,13 @@ class RunConfig:
     progress: bool = False
     check_finite: bool = True
     desc: str = ""
+    tf32: str = "off"
 
     def __post_init__(self):
         self.device = resolve_device(self.device)
+        if str(self.tf32).lower() not in TF32_MODES:
+            raise OptionError(f"{self.tf32!r} is not accepted; use on or off", option="--tf32")
+        self.tf32 = str(self.tf32).lower()
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise OptionError(f"{self.batch_size!r} is not a batch size (an integer >= 1)", option="--batch-size")
         if (self.amp or "off") not in AMP_DTYPES:
@@ -140,10 +147,11 @@ class Runner:
 
     # ------------------------------------------------------------------ model
     def prepare(self, model: nn.Module) -> nn.Module:
-        """``eval()``, on the device, channels-last weights on request."""
+        """``eval()``, on the device, channels-last convolution weights on request (the engine's
+        memory-format policy), and the run's TF32 switch."""
         model.eval().to(self.device)
-        if self.config.channels_last:
-            model.to(memory_format=torch.channels_last)
+        to_memory_format(model, self.config.channels_last)
+        set_tf32(self.config.tf32)
         return model
 
     # ------------------------------------------------------------------ data
@@ -162,9 +170,7 @@ class Runner:
         loader = torch.utils.data.DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=w,
                                              collate_fn=_collate, pin_memory=self.device.type == "cuda")
         for k, (idx, x, extra) in zip(numbers, loader):
-            x = x.to(self.device, non_blocking=True)
-            if self.config.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_memory_format(x.to(self.device, non_blocking=True), self.config.channels_last)
             yield Batch(k, idx, x, extra)
 
     def _bar(self, total: int, desc: str):
@@ -185,6 +191,7 @@ class Runner:
             probe.check_finite = self.config.check_finite
             probe.begin()
         mode = contextlib.nullcontext() if grad else torch.inference_mode()
+        set_tf32(self.config.tf32)
         out, stopped = None, False
         with mode, autocast(self.device, self.config.amp):
             try:
@@ -209,19 +216,22 @@ class Runner:
                              f"(images {first + 1}-{last + 1}): {nonfinite_cause(model, b.x)}; nothing was written")
 
     def run(self, model, dataset, probe: Probe | None = None, *, on_batch: Callable | None = None,
-            need_output: bool = False, grad: bool = False, desc: str = "") -> RunStats:
+            need_output: bool = False, grad: bool = False, desc: str = "", agreed: bool = True) -> RunStats:
         """Run ``model`` over this rank's shard of ``dataset``; ``on_batch(batch, output)`` sees every
         batch (output None when the forward stopped early). The probe must be entered by the caller.
 
         Every rank of the group calls it: a failure on any rank (a non-finite value, an undecodable
-        image) raises on every rank when the loop ends (``Dist.together``)."""
+        image) raises on every rank when the loop ends (``Dist.together``). ``agreed=False`` leaves
+        that to a caller that agrees itself (``on_batch`` running collectives of its own, as the
+        training's evaluation votes on stop requests after each batch)."""
         stats = RunStats()
         t0 = time.perf_counter()
         fn = torch.compile(model) if self.config.compile else model
         mine = self.chunks(len(dataset))
         bar = self._bar(len(mine), desc)
         try:
-            with self.dist.together():           # a failure on any rank stops every rank here
+            with self.dist.together() if agreed else contextlib.nullcontext():   # a failure on any rank
+                # stops every rank here
                 for b in self.batches(dataset):
                     out = self.forward(fn, b, probe, need_output=need_output, grad=grad)
                     if out is None and probe is not None:

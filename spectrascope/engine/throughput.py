@@ -1,8 +1,9 @@
 """Inference throughput and peak memory vs input resolution (DFFormer Figs. 5-6).
 
 The protocol of the official benchmark script (timm's): random input
-``(batch, 3, res, res)``, ``eval()`` + ``no_grad``, warm-up iterations, then timed
-iterations with device synchronisation; throughput = images / wall time; peak memory =
+``(batch, 3, res, res)``, ``eval()`` + ``no_grad``, cuDNN's algorithm search on
+(``cudnn.benchmark``, CUDA), warm-up iterations, then timed iterations with device
+synchronisation; throughput = images / wall time; peak memory =
 ``torch.cuda.max_memory_allocated`` in MiB after a reset (CUDA only: CPU allocations
 are not tracked by torch, so CPU rows carry no memory figure). Unlike the official script
 (which builds the model once at 224 and fails for the size-bound DF/GF filters), every
@@ -15,6 +16,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from spectrascope.engine.device import cudnn_benchmark, to_memory_format
 from spectrascope.engine.runner import RunConfig, Runner, autocast
 from spectrascope.zoo.registry import create_model
 
@@ -38,10 +40,8 @@ def measure(model: torch.nn.Module, resolution, *, batch_size: int = 4, device="
     device = runner.device
     h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     model = runner.prepare(model)
-    x = torch.randn(batch_size, 3, h, w, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(device, amp):
+    x = to_memory_format(torch.randn(batch_size, 3, h, w, device=device), channels_last)
+    with torch.inference_mode(), autocast(device, amp), cudnn_benchmark(device.type == "cuda"):
         for _ in range(warmup):
             model(x)
         _sync(device)

@@ -89,7 +89,8 @@ def _runner(analysis: Analysis, params: Params, device, d: _dist.Dist, progress:
         return None
     return Runner(RunConfig(device=device, batch_size=params.get("batch_size") or 16,
                             amp=params.get("amp") or "off", channels_last=bool(params.get("channels_last")),
-                            compile=bool(params.get("compile")), workers=params.get("workers") or 0,
+                            compile=bool(params.get("compile")), tf32=params.get("tf32") or "off",
+                            workers=params.get("workers") or 0,
                             progress=progress), d)
 
 

@@ -11,7 +11,7 @@ The shared options are grouped by what an analysis needs (see ``Needs``):
 * ``MODEL_ONE`` / ``MODEL_MANY``: ``--model`` (once, or repeated to compare models),
   ``--checkpoint``, ``--pretrained``, ``--weights-dir``, ``--img-size``, ``--model-kwargs``;
 * ``IMAGES`` / ``LABELLED``: ``--images``, ``--data``, ``--num-images``, ``--batch-size``;
-* ``RUNTIME``: ``--device``, ``--amp``, ``--channels-last``, ``--compile``, ``--workers``;
+* ``RUNTIME``: ``--device``, ``--amp``, ``--channels-last``, ``--compile``, ``--tf32``, ``--workers``;
 * ``SEED``: ``--seed``;
 * ``OUTPUT``: ``--output``, ``--overwrite``.
 """
@@ -267,6 +267,8 @@ RUNTIME = (
     Option("amp", "off", "autocast the forwards (the FFTs of the zoo's mixers stay float32)", type=AMP_CHOICES),
     Option("channels_last", False, "channels-last activations and 4-D conv weights", type=bool, negatable=True),
     Option("compile", False, "torch.compile the model", type=bool, aliases=("--torchcompile",)),
+    Option("tf32", "off", "TF32 matmuls and convolutions on CUDA GPUs (no effect on CPUs; the FFTs stay float32)",
+           type=choice("on", "off")),
     Option("workers", 0, "DataLoader workers decoding images", type=int, metavar="N",
            parse=parse_non_negative("--workers", "a number of workers (an integer >= 0)")),
 )

@@ -53,6 +53,7 @@ class TrainConfig:
     model_ema_decay: float | None = None
     amp: str | None = None
     channels_last: bool | None = None
+    tf32: str | None = None
     compile: bool | None = None
     grad_accum: int | None = None
     seed: int | None = None
@@ -78,8 +79,8 @@ BASIC = dict(epochs=10, batch_size=64, lr=1e-3, weight_decay=0.05, opt="adamw", 
              warmup_lr=1e-6, min_lr=1e-5, clip_grad=None, drop_path=None, smoothing=0.1, mixup=0.0, cutmix=0.0,
              mixup_prob=1.0, mixup_switch_prob=0.5, aa=None, reprob=0.0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
              hflip=0.5, aug_backend="auto", model_ema=False, model_ema_decay=0.9998, amp="off", channels_last=False,
-             compile=False, grad_accum=1, seed=42, model_kwargs={}, workers=None, device="auto", overwrite=False,
-             checkpoint_steps=0, progress=True)
+             tf32="on", compile=False, grad_accum=1, seed=42, model_kwargs={}, workers=None, device="auto",
+             overwrite=False, checkpoint_steps=0, progress=True)
 
 _TIMM_AUG = dict(aa="rand-m9-mstd0.5-inc1", smoothing=0.1, mixup=0.8, cutmix=1.0, reprob=0.25)
 
@@ -130,7 +131,7 @@ _PER_MODEL: list[tuple[str, dict]] = [
 
 #: options that may differ from the checkpoint when resuming
 RESUME_MUTABLE = {"epochs", "workers", "device", "output", "compile", "val_batch_size", "progress", "checkpoint_steps",
-                  "limit_val_batches", "resume", "overwrite"}
+                  "limit_val_batches", "resume", "overwrite", "tf32"}
 
 
 def recipe_for(recipe: str, model: str | None) -> dict:
@@ -187,6 +188,7 @@ def _validate(c: TrainConfig) -> None:
               (c.mixup >= 0 and c.cutmix >= 0, "--mixup/--cutmix", "must be >= 0"),
               (0 <= c.reprob <= 1, "--reprob", "must be in [0, 1]"),
               (c.amp in ("off", "bf16", "fp16"), "--amp", "must be bf16, fp16 or off"),
+              (c.tf32 in ("on", "off"), "--tf32", "must be on or off"),
               (c.opt in ("adamw", "sgd"), "--opt", "must be adamw or sgd"),
               (c.drop_path is None or 0 <= c.drop_path < 1, "--drop-path", "must be in [0, 1)"),
               (0 < c.model_ema_decay < 1, "--model-ema-decay", "must be in (0, 1)"),
@@ -235,6 +237,8 @@ def merge_resume(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
     stored = dict(ckpt["args"])
     stored.pop("spectrascope", None)
     stored.pop("world_size", None)
+    for k, v in BASIC.items():            # options newer than the checkpoint: their defaults
+        stored.setdefault(k, v)
     given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k != "lr_note"}
     for k, v in given.items():
         if k in RESUME_MUTABLE:

@@ -1,7 +1,14 @@
 """One training epoch: micro-batches (mixup/cutmix, channels-last, autocast, gradient
 accumulation with DDP's ``no_sync``), the loss check shared by every rank (a non-finite
 loss stops the run before the update is applied), clipping, the optimiser and EMA
-updates, periodic and on-signal checkpoints, and the evaluation row that ends the epoch."""
+updates, periodic and on-signal checkpoints, and the evaluation row that ends the epoch.
+
+The position inside the epoch is counted in global samples (``Run.position``: every
+update takes ``batch x grad_accum x world`` of them), so a checkpoint written mid-epoch
+resumes on any number of processes with the samples not yet seen. A stop signal is
+agreed by every rank after each update and after each evaluation batch; a stop during the
+evaluation saves the trained epoch (``step == steps_per_epoch``) and the resumed run
+evaluates it."""
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spectrascope.engine.device import to_memory_format
 from spectrascope.errors import NonFiniteError, NonFiniteLossError
-from spectrascope.train.evaluate import evaluate_model
+from spectrascope.train.agree import agreed
+from spectrascope.train.evaluate import EvaluationStopped, evaluate_model
 from spectrascope.train.metrics import soft_cross_entropy
 from spectrascope.train.prepare import Run
 from spectrascope.train.sampler import TAG_STEP, derive_seed
@@ -33,20 +42,24 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
 
 
+def _fetch(run: Run, it) -> list:
+    """The ``grad_accum`` micro-batches of one update, loaded before any forward: a sample that
+    cannot be read on one rank stops every rank here, not in DDP's gradient all-reduce."""
+    return agreed(run.dist, lambda: [next(it)[:2] for _ in range(run.cfg.grad_accum)])
+
+
 def _micro_batches(run: Run, it, epoch: int, step: int, loss_acc: torch.Tensor) -> int:
     """Forward and backward of the ``grad_accum`` micro-batches of one update; returns the images seen."""
     cfg, d, device = run.cfg, run.dist, run.device
     images = 0
-    for k in range(cfg.grad_accum):
-        x, y = next(it)[:2]
+    for k, (x, y) in enumerate(_fetch(run, it)):
         seed = derive_seed(cfg.seed, TAG_STEP, epoch, step * cfg.grad_accum + k, d.rank)
         torch.manual_seed(seed)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         target = None
         if run.mixup is not None:
             x, target = run.mixup(x, y, np.random.default_rng(seed))
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_memory_format(x, bool(cfg.channels_last))
         sync = run.ddp_model.no_sync() if d.enabled and k < cfg.grad_accum - 1 else contextlib.nullcontext()
         with sync:
             with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
@@ -74,7 +87,7 @@ def _apply_update(run: Run) -> None:
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
     run.scaler.step(run.opt)
     run.scaler.update()
-    run.opt.zero_grad(set_to_none=True)
+    run.opt.zero_grad(set_to_none=not run.dist.enabled)      # under DDP the gradients are its buckets
     if run.ema is not None:
         run.ema.update(run.model)
 
@@ -90,8 +103,8 @@ def _mid_epoch_checkpoint(run: Run, epoch: int, step: int, stats: dict, t0: floa
     periodic = run.cfg.checkpoint_steps and step % run.cfg.checkpoint_steps == 0
     if stop_now > 0 or periodic:
         part_now = dict(stats, time=stats["time"] + time.perf_counter() - t0)
-        if run.dist.main:
-            save_checkpoint(run.out / "last.pth", make_state(epoch, step, part_now))
+        agreed(run.dist, lambda: save_checkpoint(run.out / "last.pth", make_state(epoch, step, part_now)),
+               only_main=True)
         if stop_now > 0:
             bar.close()
             interrupt(stop.signum or signal.SIGTERM, run.out, epoch, step)
@@ -103,7 +116,7 @@ def _train_steps(run: Run, epoch: int, skip: int, stats: dict, stop: StopFlag, m
     bar = _bar(run, epoch, skip)
     it = iter(run.loader)
     t0 = time.perf_counter()
-    step, lr = skip, run.sched.lr_at(epoch * spe + skip)
+    step, lr = skip, run.sched.lr_at(epoch * spe + max(0, skip - 1))     # the last update's lr
     loss_acc = torch.zeros((), device=run.device)
     while step < spe:
         lr = run.sched.step_to(epoch * spe + step)
@@ -118,6 +131,7 @@ def _train_steps(run: Run, epoch: int, skip: int, stats: dict, stop: StopFlag, m
                 "written; try a lower --lr, --clip-grad, more --warmup-epochs or --amp bf16/off")
         _apply_update(run)
         step += 1
+        run.position += cfg.batch_size * cfg.grad_accum * run.dist.world
         stats["loss_sum"] += loss_val
         stats["updates"] += 1
         stats["images"] += images * run.dist.world
@@ -130,21 +144,38 @@ def _train_steps(run: Run, epoch: int, skip: int, stats: dict, stop: StopFlag, m
     return lr, t0
 
 
-def _evaluate(run: Run, model, epoch: int) -> dict:
-    """The validation metrics of ``model``; non-finite logits end the run (nothing of this epoch is saved)."""
+def _evaluate(run: Run, model, epoch: int, stop: StopFlag) -> dict:
+    """The validation metrics of ``model``; non-finite logits end the run (nothing of this epoch
+    is saved); a stop signal on any rank ends it with ``EvaluationStopped``."""
     try:
-        return evaluate_model(model, run.val_ds, run.val_runner)
+        return evaluate_model(model, run.val_ds, run.val_runner, stop=lambda: bool(stop.signum))
     except NonFiniteError as exc:
         raise NonFiniteLossError(f"epoch {epoch + 1}: the evaluation stopped: {exc}. The last good checkpoint is "
                                  f"{run.out / 'last.pth'} if one was written; try a lower --lr, --clip-grad or "
                                  "--amp bf16/off") from None
 
 
-def run_epoch(run: Run, epoch: int, skip: int, part: dict | None, stop: StopFlag, make_state) -> dict:
-    """Train ``epoch`` from update ``skip`` (``part``: the statistics of its first updates) and
-    evaluate; returns the epoch's metrics row. ``make_state(epoch, step, part)`` builds a checkpoint."""
+def _evaluations(run: Run, epoch: int, stop: StopFlag, trained: dict, make_state) -> tuple[dict, dict | None]:
+    """The evaluation of the model (and of its EMA). A stop during them saves the trained epoch
+    (``trained``: its statistics) as update ``steps_per_epoch`` and ends the run."""
+    try:
+        ev = _evaluate(run, run.model, epoch, stop)
+        ev_ema = _evaluate(run, run.ema.module, epoch, stop) if run.ema is not None else None
+    except EvaluationStopped:
+        agreed(run.dist, lambda: save_checkpoint(run.out / "last.pth", make_state(epoch, run.steps_per_epoch, trained)),
+               only_main=True)
+        interrupt(stop.signum or signal.SIGTERM, run.out, epoch, run.steps_per_epoch)
+    return ev, ev_ema
+
+
+def run_epoch(run: Run, epoch: int, skip: int, part: dict | None, stop: StopFlag, make_state,
+              start: int = 0) -> dict:
+    """Train ``epoch`` from update ``skip`` (``part``: the statistics of its first updates;
+    ``start``: the global samples they took) and evaluate; returns the epoch's metrics row.
+    ``make_state(epoch, step, part)`` builds a checkpoint."""
     run.model.train()
-    run.sampler.set_epoch(epoch, skip * run.cfg.grad_accum)
+    run.sampler.set_epoch(epoch, start=start)
+    run.position = start
     stats = dict(part) if part else {"loss_sum": 0.0, "updates": 0, "images": 0, "time": 0.0}
     device = run.device
     if device.type == "cuda":
@@ -153,13 +184,12 @@ def run_epoch(run: Run, epoch: int, skip: int, part: dict | None, stop: StopFlag
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_time = stats["time"] + time.perf_counter() - t0
-    ev = _evaluate(run, run.model, epoch)
+    ev, ev_ema = _evaluations(run, epoch, stop, dict(stats, time=train_time), make_state)
     peak, kind = peak_memory_mb(device)
     row = {"epoch": epoch + 1, "train_loss": stats["loss_sum"] / max(1, stats["updates"]), "val_loss": ev["loss"],
            "top1": ev["top1"], "top5": ev["top5"], "lr": lr,
            "throughput_img_s": stats["images"] / max(train_time, 1e-9), "epoch_time_s": train_time,
            "eval_time_s": ev["time_s"], "peak_mem_mb": peak, "peak_mem_kind": kind}
-    if run.ema is not None:
-        ev_ema = _evaluate(run, run.ema.module, epoch)
+    if ev_ema is not None:
         row.update(ema_val_loss=ev_ema["loss"], ema_top1=ev_ema["top1"], ema_top5=ev_ema["top5"])
     return row

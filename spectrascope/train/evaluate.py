@@ -2,6 +2,13 @@
 validation split (the ``spectrascope evaluate`` command and the per-epoch evaluation of
 ``spectrascope train``).
 
+Under ``spectrascope train`` the evaluation also listens for the stop signal: after each
+batch every rank votes (one all-reduce of ``[failed, stop]``, the same number of votes on
+every rank), so a SIGTERM during a long evaluation ends it on every rank within a batch
+(``EvaluationStopped``) and the run saves its checkpoint within torchrun's grace period. A
+failure on one rank (non-finite logits, a sample it cannot read) is agreed the same way and
+ends every rank with the same error (``train.agree``).
+
 The forward goes through ``engine.runner.Runner`` (batching, device, AMP, channels-last, the
 non-finite check that stops on NaN/inf logits) and the sums through ``AccuracyReducer``, so
 under ``torchrun`` every rank evaluates its share of the batches and the merged sums equal
@@ -13,15 +20,26 @@ from dataclasses import dataclass
 
 import torch
 
-from spectrascope.engine.runner import Runner
+from spectrascope.engine.runner import Runner, batch_chunks
 from spectrascope.errors import CheckpointError, OptionError
 from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
+from spectrascope.train.agree import agreed as _agreed
+from spectrascope.train.agree import raise_agreed
 from spectrascope.train.metrics import AccuracyReducer
 from spectrascope.zoo import registry
 from spectrascope.zoo.build import model_spec_from_checkpoint, num_classes_in, preprocessing
 from spectrascope.zoo.checkpoint import file_sha256, read_checkpoint
 
-__all__ = ["evaluate", "evaluate_model", "eval_dataset", "first_batches", "EvalModel", "resolve_eval_model"]
+__all__ = ["evaluate", "evaluate_model", "agreed", "eval_dataset", "first_batches", "EvalModel", "resolve_eval_model",
+           "EvaluationStopped"]
+
+
+class EvaluationStopped(Exception):
+    """Every rank agreed to stop an evaluation (a stop signal on any rank)."""
+
+
+class _PeerFailed(Exception):
+    """Another rank's evaluation failed (it says why, ``train.agree``)."""
 
 
 def eval_dataset(split, pre, center_crop: bool) -> TransformedDataset:
@@ -37,10 +55,73 @@ def first_batches(dataset, limit_batches: int | None, batch_size: int):
     return torch.utils.data.Subset(dataset, range(limit_batches * batch_size))
 
 
-def evaluate_model(model, dataset, runner: Runner) -> dict:
+def agreed(d, fn):
+    """``fn()`` on every rank; when it fails on any rank (non-finite values, a sample it cannot
+    read), every rank stops with the same error (``train.agree``), so no rank waits in a
+    collective for one that gave up."""
+    return _agreed(d, fn)
+
+
+def _vote(d, failed: bool, stop: bool) -> tuple[bool, bool]:
+    """(any rank failed, any rank asked to stop): one all-reduce of ``[failed, stop]`` (none in one
+    process)."""
+    if d.world == 1:
+        return failed, stop
+    t = d.all_reduce(torch.tensor([float(failed), float(stop)]), "max")
+    return bool(t[0] > 0), bool(t[1] > 0)
+
+
+def _voting_run(runner: Runner, model, dataset, on_batch, stop) -> None:
+    """``runner.run`` with its failures (non-finite values, unreadable samples, any error) and the
+    stop request agreed by every rank.
+
+    Without ``stop``: one vote at the end. With ``stop`` (a callable: this rank's stop request):
+    also a vote after each of the first batches that every rank has (the fewest any rank has),
+    so every rank votes equally often; a rank that fails casts its last vote at once and the
+    others meet it there. After a failed vote every rank raises the same error."""
+    d = runner.dist
+    common = len(batch_chunks(len(dataset), runner.config.batch_size)) // max(1, d.world) if stop else 0
+    votes = 0
+
+    def voting(batch, out):
+        nonlocal votes
+        on_batch(batch, out)
+        if votes < common:
+            votes += 1
+            failed, halt = _vote(d, False, stop())
+            if failed:
+                raise _PeerFailed
+            if halt:
+                raise EvaluationStopped
+
+    try:
+        runner.run(model, dataset, on_batch=voting, need_output=True, agreed=False)
+    except _PeerFailed:
+        raise_agreed(d, None)                   # another rank failed: its error here too
+    except EvaluationStopped:
+        raise
+    except Exception as exc:                    # this rank failed: its last vote, then every rank raises
+        _vote(d, True, False)
+        raise_agreed(d, exc)
+    if _vote(d, False, False)[0]:
+        raise_agreed(d, None)
+
+
+def evaluate_model(model, dataset, runner: Runner, stop=None) -> dict:
     """Cross-entropy (no smoothing), top-1/top-5 (percent; k clipped to the number of
     classes) and images/s of ``model`` over ``dataset`` (sums over every rank of the runner's
-    ``Dist``); the model's train/eval mode is restored afterwards."""
+    ``Dist``); the model's train/eval mode is restored afterwards.
+
+    Args:
+        model: the classifier (on the runner's device).
+        dataset: items ``(image, label, ...)``.
+        runner: batches, device, AMP and the ranks.
+        stop: None, or a callable returning whether this rank was asked to stop; when any rank
+            was, every rank raises ``EvaluationStopped`` after the same batch.
+
+    Returns:
+        ``loss``, ``top1``, ``top5``, ``n``, ``time_s`` and ``throughput_img_s``.
+    """
     was_training = model.training
     model.eval()
     reducer = AccuracyReducer(-(-len(dataset) // runner.config.batch_size))
@@ -50,7 +131,7 @@ def evaluate_model(model, dataset, runner: Runner) -> dict:
 
     t0 = time.perf_counter()
     try:
-        runner.run(model, dataset, on_batch=on_batch, need_output=True)      # agreed over every rank
+        _voting_run(runner, model, dataset, on_batch, stop)
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - t0

@@ -6,7 +6,12 @@ channels-last, ``torch.compile``, gradient accumulation and DDP through ``torchr
 Reproducibility and resuming: every random draw is derived from ``(seed, epoch, position)``
 or ``(seed, epoch, micro-step, rank)`` (``train.sampler``), so a run resumed from a
 checkpoint -- written at the end of every epoch, every ``checkpoint_steps`` updates and on
-SIGTERM/SIGINT -- continues exactly as the uninterrupted run would (bitwise on CPU).
+SIGTERM/SIGINT -- continues exactly as the uninterrupted run would (bitwise on CPU). The
+position inside the epoch is kept in global samples (``sample``), so a run resumed on
+another number of processes continues with exactly the samples not yet seen (with the
+global batch of its new world size). A stop signal is agreed by every rank after each
+update, after each evaluation batch and before the end-of-epoch checkpoints are written,
+so the run saves and ends within torchrun's grace period.
 Checkpoints are atomic, hold plain types only and load with
 ``torch.load(weights_only=True)``, ``spectrascope.create_model(name, checkpoint=...)`` and
 every analysis command (``model_spec_from_checkpoint`` gives the architecture to rebuild).
@@ -21,9 +26,10 @@ import sys
 import time
 
 from spectrascope.engine import dist as _dist
-from spectrascope.engine.device import resolve_device
+from spectrascope.engine.device import resolve_device, tf32
 from spectrascope.errors import NonFiniteLossError, TrainingError, TrainingInterrupted
 from spectrascope.io.results import provenance
+from spectrascope.train.agree import agreed
 from spectrascope.train.config import RECIPES, RESUME_MUTABLE, TrainConfig, resolve_config  # noqa: F401
 from spectrascope.train.ema import ModelEma
 from spectrascope.train.epoch import run_epoch
@@ -48,8 +54,8 @@ def make_state(run: Run, epoch: int, step: int, part: dict) -> dict:
     """The checkpoint of ``run`` at ``(epoch, step)`` (plain types and tensors only)."""
     st = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": run.model.state_dict(),
           "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict(),
-          "epoch": epoch, "step": step, "rng": rng_state(), "args": run.args, "model_name": run.name,
-          "arch": run.name, "history": run.history, "best": run.best, "partial": part}
+          "epoch": epoch, "step": step, "sample": run.position if step else 0, "rng": rng_state(), "args": run.args,
+          "model_name": run.name, "arch": run.name, "history": run.history, "best": run.best, "partial": part}
     if run.ema is not None:
         st["model_ema"] = run.ema.state_dict()
     return st
@@ -76,19 +82,23 @@ def _fmt(v, spec: str = ".2f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def _end_of_epoch(run: Run, epoch: int, row: dict, wall0: float) -> None:
+def _end_of_epoch(run: Run, epoch: int, row: dict, wall0: float, stopping: bool = False) -> None:
+    """Record the epoch's row, write best.pth/last.pth and results.json (rank 0) and print the row;
+    ``stopping``: the run ends after these checkpoints (its results are written as it ends)."""
     run.history.append(row)
     metric = row.get("ema_top1", row["top1"])
     is_best = metric is not None and (run.best["metric"] is None or metric > run.best["metric"])
     if is_best:
         run.best = {"metric": metric, "epoch": epoch + 1, "top1": row["top1"], "top5": row["top5"]}
-    if run.dist.main:
+
+    def save() -> None:
         state = make_state(run, epoch + 1, 0, {})
         if is_best:          # best first: a kill in between re-runs this epoch identically
             save_checkpoint(run.out / "best.pth", state)
         save_checkpoint(run.out / "last.pth", state)
-        del state
-        write_results(run, "running", time.perf_counter() - wall0)
+        if not stopping:
+            write_results(run, "running", time.perf_counter() - wall0)
+    agreed(run.dist, save, only_main=True)     # a failed write (a full disk) stops every rank
     run.say(f"epoch {epoch + 1}/{run.cfg.epochs}: train loss {row['train_loss']:.4f}  val loss "
             f"{_fmt(row['val_loss'], '.4f')}  top-1 {_fmt(row['top1'])}  top-5 {_fmt(row['top5'])}"
             + (f"  ema top-1 {_fmt(row['ema_top1'])}" if 'ema_top1' in row else "")
@@ -100,15 +110,17 @@ def _epochs(run: Run, wall0: float) -> None:
         for epoch in range(run.start_epoch, run.cfg.epochs):
             skip = run.start_step if epoch == run.start_epoch else 0
             row = run_epoch(run, epoch, skip, run.partial if skip else None, stop,
-                            lambda e, s, p: make_state(run, e, s, p))
-            _end_of_epoch(run, epoch, row, wall0)
-            if run.dist.any(bool(stop.signum)) and epoch + 1 < run.cfg.epochs:
+                            lambda e, s, p: make_state(run, e, s, p), start=run.start_sample if skip else 0)
+            stopping = run.dist.any(bool(stop.signum)) and epoch + 1 < run.cfg.epochs     # agreed before saving
+            _end_of_epoch(run, epoch, row, wall0, stopping)
+            if stopping:
                 interrupt(stop.signum or signal.SIGTERM, run.out, epoch + 1, 0)
 
 
 def _start(run: Run) -> None:
+    agreed(run.dist, lambda: write_json_atomic(run.out / "args.json", dict(run.args, run=run.run_info)),
+           only_main=True)
     if run.dist.main:
-        write_json_atomic(run.out / "args.json", dict(run.args, run=run.run_info))
         if run.cfg.lr_note:
             run.say(run.cfg.lr_note)
         b, cfg, d = run.bundle, run.cfg, run.dist
@@ -137,10 +149,20 @@ def _run(run: Run) -> dict:
 
 def train(cfg: TrainConfig, *, resume: str | None = None, log=None) -> dict:
     """Train (or resume) and return the results dict also written to ``results.json``.
-    Under ``torchrun`` the processes join one group (``engine.dist``) for the run."""
+    Under ``torchrun`` the processes join one group (``engine.dist``) for the run; TF32 follows
+    ``cfg.tf32`` (default ``on``) during the run.
+
+    Args:
+        cfg: the options (``None`` fields: recipe or defaults; when resuming, the checkpoint's).
+        resume: a checkpoint (or its run folder) to continue.
+        log: where progress lines go (default: stderr of rank 0).
+
+    Returns:
+        The run's results (``results.json``), on every rank."""
     with _dist.session(resolve_device(cfg.device or "auto")) as (d, device):
         say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         say = say if d.main else (lambda msg: None)
         run = setup_run(cfg, resume, d, device, say)
-        _start(run)
-        return _run(run)
+        with tf32(run.cfg.tf32):               # process-wide for the run, restored after it
+            _start(run)
+            return _run(run)

@@ -12,12 +12,14 @@ from typing import Any, Callable
 
 import torch
 
-from spectrascope.engine.dist import Dist
+from spectrascope.engine.device import available_cpus, to_memory_format
+from spectrascope.engine.dist import Dist, data_parallel
 from spectrascope.engine.runner import AMP_DTYPES, RunConfig, Runner
 from spectrascope.errors import OptionError
 from spectrascope.io.datasets import (AugmentConfig, TrainTransform, TransformedDataset, build_mixup, load_data,
                                       resolve_backend)
 from spectrascope.io.results import default_output_dir
+from spectrascope.train.agree import agreed
 from spectrascope.train.config import TrainConfig, merge_resume, resolve_config
 from spectrascope.train.ema import ModelEma
 from spectrascope.train.evaluate import eval_dataset, first_batches
@@ -64,6 +66,8 @@ class Run:
     val_runner: Any = None
     start_epoch: int = 0
     start_step: int = 0
+    start_sample: int = 0
+    position: int = 0
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"metric": None, "epoch": None})
     partial: dict = field(default_factory=lambda: {"loss_sum": 0.0, "updates": 0, "images": 0, "time": 0.0})
@@ -145,17 +149,14 @@ def _output(run: Run) -> None:
         out = Path(d.broadcast_object(str(out)))
     resuming = ckpt is not None and Path(os.path.abspath(out)) == Path(os.path.abspath(Path(ckpt["_path"]).parent))
     inputs = [run.bundle.spec.path] if run.bundle.spec.path is not None else []
-    with d.together():                               # rank 0 checks; a refusal stops every rank
-        if d.main:
-            prepare_output(out, cfg.overwrite, resuming=resuming, inputs=inputs)
+    agreed(d, lambda: prepare_output(out, cfg.overwrite, resuming=resuming, inputs=inputs), only_main=True)
     run.out = out
 
 
 def _optimisation(run: Run) -> None:
     cfg, model, device = run.cfg, run.model, run.device
     model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    to_memory_format(model, bool(cfg.channels_last))
     run.opt = make_optimizer(model, cfg.opt, cfg.lr, cfg.weight_decay, cfg.momentum)
     spe = run.steps_per_epoch
     run.sched = CosineWarmup(run.opt, cfg.lr, cfg.epochs * spe, round(cfg.warmup_epochs * spe), cfg.warmup_lr,
@@ -175,27 +176,42 @@ def _restore(run: Run) -> None:
     if "scaler" in ckpt and ckpt["scaler"]:
         run.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt.get("rng"))
-    run.start_epoch, run.start_step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
+    run.start_epoch = int(ckpt["epoch"])
+    _resume_position(run, ckpt)
     run.history = list(ckpt.get("history", []))
     run.best = dict(ckpt.get("best", run.best))
     run.partial = dict(ckpt.get("partial", run.partial)) if run.start_step else run.partial
     run.say(f"resuming {ckpt['_path']} at epoch {run.start_epoch + 1}, update {run.start_step}")
-    was = ckpt["args"].get("world_size", 1)
+
+
+def _resume_position(run: Run, ckpt: dict) -> None:
+    """Where the resumed epoch continues: its global sample position (``sample``; for older
+    checkpoints the updates times their global batch), and the update of this world size
+    from which the rest of the epoch -- the samples not yet seen -- takes the remaining updates."""
+    cfg, args = run.cfg, ckpt["args"]
+    step, was = int(ckpt.get("step", 0)), int(args.get("world_size", 1))
+    sample = ckpt.get("sample")
+    if sample is None:
+        sample = step * int(args.get("batch_size") or cfg.batch_size) * int(args.get("grad_accum") or 1) * was
+    run.start_sample = int(sample) if step else 0
+    per_update = cfg.batch_size * cfg.grad_accum * run.dist.world
+    left = max(0, run.steps_per_epoch * per_update - run.start_sample) // per_update
+    run.start_step = run.steps_per_epoch - left if step else 0
     if was != run.dist.world:
-        run.say(f"note: the run used {was} process(es) and resumes on {run.dist.world}: the global batch "
-                "changes, so it will not continue exactly as before")
+        run.say(f"note: the run used {was} process(es) and resumes on {run.dist.world}: the global batch changes "
+                f"from {cfg.batch_size * cfg.grad_accum * was} to {per_update}; the epoch continues after its first "
+                f"{run.start_sample} samples (update {run.start_step} of {run.steps_per_epoch} at this size)")
 
 
 def _loaders(run: Run) -> None:
     cfg, d, device = run.cfg, run.dist, run.device
     run.train_model = run.model
     if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        run.train_model = DDP(run.model, device_ids=[device.index] if device.type == "cuda" else None)
+        run.train_model = data_parallel(run.model, device)
     run.mixup = build_mixup(run.backend, cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob, cfg.smoothing,
                             run.bundle.num_classes)
     workers = cfg.workers if cfg.workers is not None else (
-        min(8, max(1, (os.cpu_count() or 1) // d.local_world)) if device.type == "cuda" else 0)
+        min(8, max(1, available_cpus() // d.local_world)) if device.type == "cuda" else 0)
     run.loader = torch.utils.data.DataLoader(run.train_ds, batch_sampler=run.sampler, num_workers=workers,
                                              pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     val_batch = cfg.val_batch_size or cfg.batch_size
@@ -203,7 +219,7 @@ def _loaders(run: Run) -> None:
     limit = None if cfg.limit_val_batches is None else cfg.limit_val_batches * d.world
     run.val_ds = first_batches(run.val_ds, limit, val_batch)
     run.val_runner = Runner(RunConfig(device=device, batch_size=val_batch, amp=cfg.amp,
-                                      channels_last=bool(cfg.channels_last), workers=workers), dist=d)
+                                      channels_last=bool(cfg.channels_last), workers=workers, tf32=cfg.tf32), dist=d)
     run.ddp_model = run.train_model
     if cfg.compile:
         run.train_model = torch.compile(run.train_model)
@@ -220,18 +236,30 @@ def _describe(run: Run) -> None:
                     "train_size": len(b.train), "val_size": len(b.val)}
 
 
-def setup_run(cfg: TrainConfig, resume, d: Dist, device: torch.device, say: Callable) -> Run:
-    """A ``Run`` ready for its first epoch (resumed state restored); the run folder checked."""
+def _planned(cfg: TrainConfig, resume, d: Dist, device: torch.device, say: Callable) -> Run:
+    """Options, checkpoint, data and model of a run (no collective: every rank on its own)."""
     cfg, ckpt = _config(cfg, resume, d.world)
     run = Run(cfg=cfg, dist=d, device=device, say=say, ckpt=ckpt)
     _data(run)
+    return run
+
+
+def _placed(run: Run) -> None:
+    """Model on the device, optimiser, schedule, scaler, EMA and the resumed state."""
+    _optimisation(run)
+    if run.ckpt is not None:
+        _restore(run)
+
+
+def setup_run(cfg: TrainConfig, resume, d: Dist, device: torch.device, say: Callable) -> Run:
+    """A ``Run`` ready for its first epoch (resumed state restored); the run folder checked. A
+    failure on any rank (a data set or checkpoint one node cannot read) stops every rank."""
+    run = agreed(d, lambda: _planned(cfg, resume, d, device, say))
     _output(run)
-    if not run.bundle.geometric_ok and cfg.aa:
+    if not run.bundle.geometric_ok and run.cfg.aa:
         say(f"note: {run.bundle.spec.kind} labels depend on scale and orientation: only the photometric "
             "RandAugment ops are applied (no crops, flips, rotations, shears or translations)")
-    _optimisation(run)
-    if ckpt is not None:
-        _restore(run)
+    agreed(d, lambda: _placed(run))
     _loaders(run)
     _describe(run)
     return run

@@ -26,10 +26,13 @@ def derive_seed(*parts: int) -> int:
 
 class EpochBatchSampler:
     """Batches of ``(index, seed)`` for one rank: a permutation of the data set from
-    ``(seed, epoch)``, padded to a multiple of the world size (DistributedSampler style),
-    rank ``r`` taking positions ``r, r + world, ...``; full batches only. The global batch
-    ``s`` is the contiguous block of positions ``[s*B*world, (s+1)*B*world)`` whatever the
-    world size, and each item's augmentation seed comes from its global position."""
+    ``(seed, epoch)``, padded to a multiple of the world size (DistributedSampler style);
+    full batches only. Positions are global: from the epoch's starting position ``start``
+    (0, or the samples a resumed run had already seen), rank ``r`` takes positions
+    ``start + r, start + r + world, ...``, so the global batch ``s`` is the contiguous block
+    ``start + [s*B*world, (s+1)*B*world)`` whatever the world size, and each item's
+    augmentation seed comes from its global position. A run stopped after ``start`` samples
+    therefore resumes on any number of processes with exactly the positions not yet seen."""
 
     def __init__(self, n: int, batch_size: int, *, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
         self.n, self.batch_size, self.seed, self.rank, self.world, self.shuffle = n, batch_size, seed, rank, world, shuffle
@@ -40,11 +43,23 @@ class EpochBatchSampler:
             raise DataError(f"the training split has {n} images: fewer than one batch of {batch_size} "
                             f"per process ({world} process(es)); lower --batch-size")
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start = epoch, start_batch
+    @property
+    def global_batch(self) -> int:
+        """Positions one batch of every rank takes together."""
+        return self.batch_size * self.world
+
+    def batches_after(self, start: int) -> int:
+        """Full batches per rank left in an epoch after its first ``start`` positions."""
+        return max(0, self.per_rank * self.world - int(start)) // self.global_batch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0, *, start: int | None = None) -> None:
+        """Iterate ``epoch`` from its global position ``start`` (a number of samples; by default
+        ``start_batch`` global batches of this world size)."""
+        self.epoch = epoch
+        self.start = int(start) if start is not None else int(start_batch) * self.global_batch
 
     def __len__(self) -> int:
-        return self.num_batches - self.start
+        return self.batches_after(self.start)
 
     def __iter__(self):
         if self.shuffle:
@@ -54,10 +69,10 @@ class EpochBatchSampler:
             perm = list(range(self.n))
         total = self.per_rank * self.world
         perm = (perm * math.ceil(total / self.n))[:total]
-        for b in range(self.start, self.num_batches):
+        for b in range(len(self)):
             batch = []
             for j in range(self.batch_size):
-                pos = (b * self.batch_size + j) * self.world + self.rank
+                pos = self.start + (b * self.batch_size + j) * self.world + self.rank
                 batch.append((perm[pos], derive_seed(self.seed, TAG_ITEM, self.epoch, pos)))
             yield batch
 

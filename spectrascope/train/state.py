@@ -34,7 +34,17 @@ RUN_FILES = ("args.json", *CHECKPOINTS, "metrics.csv", "results.json")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Write ``state`` to ``path`` atomically (a temporary file renamed over it); a file system that
+    refuses it (full, read-only, quota) is an ``OutputError`` and the previous file is intact."""
+    def write(tmp) -> None:
+        with open(tmp, "wb") as f:         # a Python file: a full disk is an OSError, not a C++ RuntimeError
+            torch.save(state, f)
+
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        raise OutputError(f"cannot write the checkpoint {path} ({exc.strerror or exc}); the previous one is "
+                          "intact", option="--output") from None
 
 
 def load_training_checkpoint(path) -> dict:
