@@ -10,10 +10,15 @@ import pytest
 import torch
 
 from spectrascope.io.images import MEAN, STD, DataError, resolve_image_paths
-from spectrascope.io.datasets import (AugmentConfig, EvalTransform, MixupCutmix, RandAugmentPolicy, SyntheticConfig,
-                                   SyntheticTextures, TrainTransform, TransformedDataset, apply_ra_op, load_cifar,
-                                   load_data, materialize_images, one_hot_smooth, parse_data_spec, rand_augment,
-                                   random_erase, random_resized_crop_box, safe_unpickle, texture_mask)
+from spectrascope.io.bundles import load_data
+from spectrascope.io.cache import materialize_images
+from spectrascope.io.cifar import load_cifar, safe_unpickle
+from spectrascope.io.mixing import MixupCutmix, one_hot_smooth
+from spectrascope.io.randaugment import RandAugmentPolicy, apply_ra_op, rand_augment
+from spectrascope.io.specs import parse_data_spec
+from spectrascope.io.synthetic import SyntheticConfig, SyntheticTextures, texture_mask
+from spectrascope.io.transforms import (AugmentConfig, EvalTransform, TrainTransform, TransformedDataset, random_erase,
+                                        random_resized_crop_box)
 
 
 # ---------------------------------------------------------------------------- specs

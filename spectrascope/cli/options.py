@@ -11,7 +11,7 @@ import threading
 import click
 
 from spectrascope.errors import Interrupted, OptionError, TrainingError, UserError
-from spectrascope.io.datasets import parse_scalar
+from spectrascope.io.specs import parse_scalar
 
 class OneLineError(click.ClickException):
     """A user error shown as ``Error: <one line>`` with the error's exit status."""

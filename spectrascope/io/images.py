@@ -1,7 +1,7 @@
 """The image files of an analysis without torchvision: bundled sample photos, image folders,
 ``--images`` / ``--data`` / ``--num-images`` resolved into a file list, batches with the
 evaluation transform of the model cards (decoding and the transform live in ``io.pixels``;
-synthetic and CIFAR data are written as PNGs by ``io.datasets``)."""
+synthetic and CIFAR data are written as PNGs by ``io.cache``)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from spectrascope.errors import DataError, OptionError
-from spectrascope.io.datasets import materialize_images
+from spectrascope.io.cache import materialize_images
 from spectrascope.io.pixels import IMAGE_SUFFIXES, MEAN, STD, decode_rgb, eval_transform, load_image
 
 __all__ = ["IMAGE_SUFFIXES", "MEAN", "STD", "DataError", "sample_images", "list_images", "load_image", "decode_rgb",
@@ -73,7 +73,7 @@ def resolve_image_paths(images=None, data: str | None = None, num_images: int | 
         sub = root / "val" if (root / "val").is_dir() else root
         paths = list_images(sub)
     elif data.split(":", 1)[0] in ("synthetic", "cifar10", "cifar100"):
-        # validation images written once as lossless PNGs (spectrascope.io.datasets); labels and
+        # validation images written once as lossless PNGs (spectrascope.io.cache); labels and
         # synthetic patch boxes are in labels.json beside them
         paths = materialize_images(data, "val", num_images)
     else:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from spectrascope.engine.runner import RunConfig, Runner
 from spectrascope.errors import OptionError, OutputError, UserError
-from spectrascope.io.datasets import parse_data_spec
+from spectrascope.io.specs import parse_data_spec
 from spectrascope.io.images import resolve_image_paths
 from spectrascope.io.results import Stopwatch, provenance, write_json
 from spectrascope.io.sources import ImageDataset

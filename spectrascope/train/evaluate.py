@@ -15,7 +15,8 @@ import torch
 
 from spectrascope.engine.runner import Runner
 from spectrascope.errors import CheckpointError, NonFiniteError, OptionError
-from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
+from spectrascope.io.bundles import load_data
+from spectrascope.io.transforms import EvalTransform, TransformedDataset
 from spectrascope.train.metrics import AccuracyReducer
 from spectrascope.zoo import registry
 from spectrascope.zoo.build import model_spec_from_checkpoint, num_classes_in, preprocessing

@@ -32,8 +32,8 @@ from spectrascope.train.prepare import Run, setup_run
 from spectrascope.train.sampler import EpochBatchSampler, ShardSampler, derive_seed  # noqa: F401
 from spectrascope.train.schedule import CosineWarmup, param_groups  # noqa: F401
 from spectrascope.train.state import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_write,  # noqa: F401
-                                      load_training_checkpoint, rng_state, save_checkpoint, write_csv_atomic,
-                                      write_json_atomic)
+                                      claim_scope, load_training_checkpoint, rng_state, save_checkpoint,
+                                      write_csv_atomic, write_json_atomic)
 from spectrascope.train.stop import StopFlag, interrupt
 from spectrascope.zoo.build import (CheckpointModelSpec, create_model_from_checkpoint,  # noqa: F401  (re-exported)
                                     model_spec_from_checkpoint)
@@ -138,7 +138,7 @@ def _run(run: Run) -> dict:
 def train(cfg: TrainConfig, *, resume: str | None = None, log=None) -> dict:
     """Train (or resume) and return the results dict also written to ``results.json``.
     Under ``torchrun`` the processes join one group (``engine.dist``) for the run."""
-    with _dist.session(resolve_device(cfg.device or "auto")) as (d, device):
+    with _dist.session(resolve_device(cfg.device or "auto")) as (d, device), claim_scope():
         say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         say = say if d.main else (lambda msg: None)
         run = setup_run(cfg, resume, d, device, say)

@@ -15,8 +15,9 @@ import torch
 from spectrascope.engine.dist import Dist
 from spectrascope.engine.runner import AMP_DTYPES, RunConfig, Runner
 from spectrascope.errors import OptionError, UserError
-from spectrascope.io.datasets import (AugmentConfig, TrainTransform, TransformedDataset, build_mixup, load_data,
-                                      resolve_backend)
+from spectrascope.io.bundles import load_data
+from spectrascope.io.mixing import build_mixup
+from spectrascope.io.transforms import AugmentConfig, TrainTransform, TransformedDataset, resolve_backend
 from spectrascope.io.results import default_output_dir
 from spectrascope.train.config import TrainConfig, merge_resume, resolve_config
 from spectrascope.train.ema import ModelEma
@@ -88,7 +89,10 @@ def _config(cfg: TrainConfig, resume, world: int) -> tuple[TrainConfig, dict | N
     ckpt = None
     if resume:
         ckpt = load_training_checkpoint(resume)
+        given_output = cfg.output
         cfg = merge_resume(cfg, ckpt)
+        if given_output is None:       # the run continues where its checkpoint now is (moved or not)
+            cfg.output = None
     cfg = resolve_config(cfg, world) if ckpt is None else cfg
     if not cfg.model or not cfg.data:
         raise OptionError("--model and --data are required (unless --resume)", option="--model")
@@ -148,7 +152,8 @@ def _output(run: Run) -> None:
     error = None
     if d.main:
         try:
-            prepare_output(out, cfg.overwrite, resuming=resuming, inputs=inputs)
+            prepare_output(out, cfg.overwrite, resuming=resuming, inputs=inputs,
+                           resumed=ckpt["_path"] if ckpt else None)
         except UserError as exc:
             error = exc
     if d.any(error is not None):
