@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import _given, image_options, parse_img_size, user_errors
+from spectrascope.cli.options import OneLineError, _given, image_options, parse_img_size, user_errors
 
 
 class _FigureGroup(click.Group):
@@ -30,7 +30,7 @@ class _FigureGroup(click.Group):
             try:
                 get_figure(args[0])
             except FigureError as exc:
-                raise click.ClickException(str(exc)) from None
+                raise OneLineError(str(exc)) from None
         return super().resolve_command(ctx, args)
 
 

@@ -5,6 +5,7 @@ import click
 import torch
 
 from spectrascope.cli.app import main
+from spectrascope.errors import OptionError
 from spectrascope.cli.options import (image_options, model_options, parse_img_size, parse_model_kwargs, runtime_options,
                                       user_errors)
 
@@ -132,8 +133,8 @@ def plot_cmd(results, output, formats, freq_axis, cmap):
     fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
     bad = [f for f in fmts if f not in ("png", "pdf", "svg")]
     if bad or not fmts:
-        raise click.ClickException(f"--format: unsupported format(s) {', '.join(bad) or repr(formats)}; "
-                                   "use png, pdf, svg")
+        raise OptionError(f"unsupported format(s) {', '.join(bad) or repr(formats)}; use png, pdf, svg",
+                          option="--format")
     written = redraw(results, output, formats=fmts, freq_axis=freq_axis, cmap=cmap)
     for p in written:
         click.echo(str(p))

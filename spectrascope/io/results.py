@@ -55,8 +55,9 @@ from spectrascope.errors import InternalError, OutputError, OutputExistsError
 from spectrascope.io.claims import FolderClaim, fingerprint
 from spectrascope.io.failures import WriteError, describe_oserror, is_write_failure, write_error
 
-__all__ = ["SCHEMA_VERSION", "MANIFEST", "default_output_dir", "check_output", "StagedOutput", "staged_output",
-           "read_manifest", "record_outputs", "atomic_write", "write_json", "dumps", "loads", "write_csv", "provenance",
+__all__ = ["SCHEMA_VERSION", "MANIFEST", "default_output_dir", "check_output", "check_output_file", "StagedOutput",
+           "staged_output",
+           "read_manifest", "record_outputs", "atomic_write", "write_checkpoint", "write_json", "dumps", "loads", "write_csv", "provenance",
            "library_versions", "device_info", "Stopwatch"]
 
 SCHEMA_VERSION = 1
@@ -186,6 +187,33 @@ def check_output(final, *, command: str, overwrite: bool = False, inputs: Iterab
     _check_contents(final, command, overwrite, option)
     _check_writable(final, option)
     return final
+
+
+def check_output_file(target, *, overwrite: bool = False, inputs: Iterable = (), option: str = "--output") -> Path:
+    """Validate a single output file before any work: never one of the command's inputs (the same
+    file, also through a link), its folder exists, and an existing file needs ``--overwrite``;
+    returns its absolute path."""
+    out = Path(os.path.abspath(Path(target).expanduser()))
+    for item in inputs or ():
+        if item is None:
+            continue
+        src = Path(os.path.abspath(Path(item).expanduser()))
+        same = src == out
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(src, out)
+        if same:
+            raise OutputError(f"{out} is this command's input {src}; write to another file", option=option)
+    if out.is_dir():
+        raise OutputError(f"{out} is a folder; give a file name", option=option)
+    parent = out.parent
+    if not parent.exists():
+        raise OutputError(f"the folder {parent} does not exist; create it first", option=option)
+    if not parent.is_dir():
+        raise OutputError(f"{out} lies under the file {parent}; give a path in a folder", option=option)
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it", option=option)
+    _check_writable(parent, option)
+    return out
 
 
 def _check_writable(final: Path, option: str) -> None:
@@ -425,6 +453,23 @@ def atomic_write(path, write) -> None:
         with contextlib.suppress(OSError):
             if tmp.exists() or tmp.is_symlink():
                 tmp.unlink()
+
+
+def write_checkpoint(path, state) -> None:
+    """``state`` saved to ``path`` atomically: safetensors for a ``.safetensors`` path (a dict of
+    tensors), else ``torch.save``. Written through a Python file, so a full disk is a ``WriteError``
+    (never a half-written file; the previous file is kept)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
+        data = save({k: v.detach().contiguous().cpu() for k, v in state.items()})
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+        return
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+    atomic_write(path, write)
 
 
 # ---------------------------------------------------------------------------- strict JSON

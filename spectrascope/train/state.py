@@ -21,7 +21,7 @@ from spectrascope.errors import CheckpointError, OutputError
 from spectrascope.io.claims import claim_folder, claim_scope
 from spectrascope.io.failures import writing
 from spectrascope.io.results import (MANIFEST, _pid_alive, atomic_write, check_output, read_manifest, record_outputs,
-                                     write_csv, write_json)
+                                     write_checkpoint, write_csv, write_json)
 from spectrascope.zoo.checkpoint import torch_load_plain
 from spectrascope.train.config import plain
 
@@ -39,10 +39,7 @@ RUN_FILES = ("args.json", *CHECKPOINTS, "metrics.csv", "results.json")
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """``state`` to ``path`` atomically; a full disk is one ``WriteError`` line (the previous file is kept)."""
-    def write(tmp):
-        with open(tmp, "wb") as f:            # through a Python file: a failed write is an OSError
-            torch.save(state, f)
-    atomic_write(path, write)
+    write_checkpoint(path, state)
 
 
 def load_training_checkpoint(path) -> dict:
