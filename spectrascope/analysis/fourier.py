@@ -35,7 +35,7 @@ from spectrascope.probe.grammar import TapRequest, check_spatial
 from spectrascope.probe.spec import TapList, TapSpec
 
 __all__ = ["DEFAULT_AMPLITUDE_ROLES", "DEFAULT_SPECTRUM_ROLES", "parse_tap_request", "choose_taps", "fourier_taps",
-           "annotate_mixers", "mixer_kind", "reduce_spectra", "reduce_dataset", "analyse"]
+           "annotate_mixers", "mixer_kind", "reduce_spectra", "reduce_dataset", "analyse", "DegenerateMapWarning"]
 
 #: Park & Kim's latents: the residual stream after every token mixer and every MLP, plus downsampling
 DEFAULT_AMPLITUDE_ROLES = ("stem", "downsample", "residual", "block")
@@ -378,7 +378,36 @@ def _analyse_model(k, spec, name, ck, ctx) -> tuple[dict, dict]:
     if msg:
         ctx["warnings"].append(msg)
     label = ctx["labels"][k] if ctx["labels"] else name
-    return _model_record(name, label, spec, ck, model, cfg, n, tap_recs, run, ctx["runner"]), arrays
+    rec = _model_record(name, label, spec, ck, model, cfg, n, tap_recs, run, ctx["runner"])
+    if ctx["kind"] == "amplitude":
+        rec["taps"], rec["left_out"] = _without_degenerate(name, tap_recs, ctx["warnings"])
+    return rec, arrays
+
+
+class DegenerateMapWarning(UserWarning):
+    """Feature maps with fewer than 2 frequency points (1x1, 2x2): left out of the amplitude curves."""
+
+
+def _without_degenerate(name: str, recs: list[dict], warns: list) -> tuple[list[dict], list[dict]]:
+    """The tap records with at least 2 frequency points, and the others (``left_out``). A map of
+    1x1 or 2x2 has a one-point curve (its DC only, 0 by construction): it is warned about and left
+    out of the curves and the high-frequency plot, never drawn as a measured 0; a model with no
+    tap left is a ``TapError``."""
+    keep = [r for r in recs if len(r["curve"]) >= 2]
+    left = [r for r in recs if len(r["curve"]) < 2]
+    if not left:
+        return recs, []
+    shown = ", ".join(f"{r['name']} ({r['shape'][1]}x{r['shape'][2]})" for r in left[:4]) + \
+        (" ..." if len(left) > 4 else "")
+    if not keep:
+        raise TapError(f"{name}: every tap's feature map has fewer than 2 frequency points at this input size "
+                       f"({shown}); use a larger --img-size", option="--img-size")
+    msg = (f"{name}: {len(left)} tap(s) with fewer than 2 frequency points left out of the curves and the "
+           f"high-frequency plot: {shown}")
+    warnings.warn(msg, DegenerateMapWarning, stacklevel=3)
+    warns.append(msg)
+    return keep, [{"name": r["name"], "shape": r["shape"], "normalised_depth": r["normalised_depth"],
+                   "reason": "fewer than 2 frequency points"} for r in left]
 
 
 def _run_config(device, batch_size, progress, amp, channels_last, compile, workers, check_finite) -> RunConfig:

@@ -9,29 +9,6 @@ from spectrascope.cli.options import image_options, model_options, parse_img_siz
 from spectrascope.errors import OptionError
 
 
-def _channels(value):
-    """``0,1,2`` / ``0-7`` / ``0-3,8`` -> a list of channel indices (ascending ranges only)."""
-    if not value:
-        return None
-    out = []
-    for part in str(value).split(","):
-        try:
-            if "-" in part:
-                a, b = (int(v) for v in part.split("-", 1))
-                if b < a:
-                    raise OptionError(f"{part!r} is an empty range (write low-high, e.g. 2-5)", option="--channels")
-                out.extend(range(a, b + 1))
-            else:
-                out.append(int(part))
-        except ValueError as exc:
-            if isinstance(exc, OptionError):
-                raise
-            raise OptionError(f"{value!r} is not a channel list such as 0,1,2 or 0-7", option="--channels") from None
-    if any(c < 0 for c in out):
-        raise OptionError("channels must be >= 0", option="--channels")
-    return out
-
-
 @main.command("filters")
 @model_options
 @image_options
@@ -52,12 +29,13 @@ def filters_cmd(model_name, checkpoint, img_size, device, model_kwargs, images, 
     (Fig. 2), AFFNet adaptive masks and their equivalent kernels, SPANet SPF masks.
     Runs under torchrun (the routing statistics are sharded over the processes)."""
     from spectrascope.pipelines.filters import aff_lines, run_filters
+    from spectrascope.report.filters import parse_channels
     if effective < 0:
         raise OptionError("must be >= 0", option="--effective")
     res = run_filters(model_name, checkpoint=checkpoint, img_size=parse_img_size(img_size), device=device,
                       overrides=parse_model_kwargs(model_kwargs), layers=layers, images=images, data=data,
                       num_images=num_images, batch_size=batch_size, routing=routing, effective=effective,
-                      channels=_channels(channels), output=output, overwrite=overwrite, cmap=cmap,
+                      channels=parse_channels(channels), output=output, overwrite=overwrite, cmap=cmap,
                       progress=True)
     if not res.summary:                 # a rank other than 0 under torchrun: rank 0 reports
         return

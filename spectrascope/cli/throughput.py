@@ -10,7 +10,8 @@ from spectrascope.errors import OptionError
 from spectrascope.zoo import registry
 
 
-def _check(models, resolutions, batch_size, warmup, iters) -> list:
+def _check(models, resolutions, batch_size, warmup, iters, overrides=None) -> list:
+    from spectrascope.zoo.limits import check_input_size
     res = [parse_img_size(r, option="--resolutions") for r in resolutions.split(",") if r.strip()]
     if not res:
         raise OptionError("needs at least one size (S or HxW, comma-separated)", option="--resolutions")
@@ -20,6 +21,9 @@ def _check(models, resolutions, batch_size, warmup, iters) -> list:
     for name in models:
         if not name.startswith("timm:"):
             registry.resolve_name(name)           # unknown names fail before any output exists
+            for r in res:                         # sizes below the model's minimum or beyond memory, too
+                check_input_size(registry.get_card(name), (r, r) if isinstance(r, int) else r, overrides,
+                                 option="--resolutions")
     return res
 
 
@@ -51,7 +55,7 @@ def throughput_cmd(models, resolutions, batch_size, warmup, iters, amp, channels
     from spectrascope.io.results import Stopwatch, provenance, write_csv, write_json
     from spectrascope.pipelines.common import session, stage_output
     from spectrascope.report.style import save_figure
-    res = _check(models, resolutions, batch_size, warmup, iters)
+    res = _check(models, resolutions, batch_size, warmup, iters, parse_model_kwargs(model_kwargs))
     watch = Stopwatch()
     with session(device) as (d, dev):
         stage = stage_output(output, command="throughput", tag="-vs-".join(m.replace("timm:", "") for m in models),

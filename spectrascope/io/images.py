@@ -5,6 +5,7 @@ synthetic and CIFAR data are written as PNGs by ``io.cache``)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -35,7 +36,20 @@ def list_images(folder) -> list[Path]:
         raise DataError(f"cannot list the images of {folder}: {exc.strerror or exc}") from None
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    undecodable = [p for p in files if not _is_utf8(p.relative_to(folder))]
+    if undecodable:
+        name = os.fsencode(undecodable[0].relative_to(folder))
+        raise DataError(f"{len(undecodable)} image file name(s) in {folder} are not valid UTF-8 (e.g. {name!r}); "
+                        "names go into results and figures: rename them")
     return files
+
+
+def _is_utf8(path) -> bool:
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def load_batch(paths: Sequence, size=224, crop_pct: float = 0.9, mean=MEAN, std=STD) -> torch.Tensor:
@@ -46,7 +60,7 @@ def paths_digest(paths: Sequence) -> str:
     """sha256 over the file names and contents of an image list (for results provenance)."""
     h = hashlib.sha256()
     for p in paths:
-        h.update(Path(p).name.encode())
+        h.update(os.fsencode(Path(p).name))
         try:
             h.update(Path(p).read_bytes())
         except OSError as exc:

@@ -336,7 +336,11 @@ class StagedOutput:
         try:
             if exc_type is not None:
                 shutil.rmtree(self.stage, ignore_errors=True)
-                if is_write_failure(exc, under=self.stage) or isinstance(exc, WriteError):
+                if isinstance(exc, WriteError):
+                    if exc.path is not None and _contains(self.stage, Path(os.path.abspath(exc.path))):
+                        raise self._stage_error(exc) from None
+                    return False                    # another place (a cache) says so itself
+                if is_write_failure(exc, under=self.stage):
                     raise self._stage_error(exc) from None
                 return False
             try:

@@ -22,6 +22,7 @@ from spectrascope.io.sources import ImageSource
 from spectrascope.ops import filters as fl
 from spectrascope.pipelines.common import Outcome, random_weights_note, session, stage_output
 from spectrascope.report import filters as rf
+from spectrascope.report.style import check_cmap
 from spectrascope.zoo.build import ModelSpec, build
 
 __all__ = ["run_filters", "aff_lines", "DEFAULT_EFFECTIVE_CHANNELS", "GLOBAL_COLUMNS"]
@@ -206,12 +207,14 @@ def run_filters(model_name: str, *, checkpoint=None, img_size=None, device="auto
     ``results.json`` into ``output`` (staged: nothing is left behind on error).
     ``Outcome.payload`` is the results summary (``figures``, ``layers``, ``routing``, ``aff``, ``spf``)."""
     clock = Stopwatch()
+    check_cmap(cmap)
     with session(device) as (d, dev):
         built = build(ModelSpec(model_name, checkpoint, img_size, dict(overrides or {})), dev)
         model = built.model
         af.check_finite_weights(model, f"the weights of {model_name}")
         banks, has_aff, has_spf, selection = _what(model, model_name, layers)
         dynamic = any(b.kind == "dynamic-basis" for b in banks)
+        rf.check_channels(channels, _channel_counts(model, banks, bool(effective)))
         needs_images = has_aff or ((routing or effective) and dynamic)
         source = ImageSource.resolve(images, data, num_images) if needs_images else None
         inputs = ([checkpoint] if checkpoint else []) + (list(source.roots) if source is not None else [])
@@ -236,6 +239,20 @@ def run_filters(model_name: str, *, checkpoint=None, img_size=None, device="auto
                 _record(job, built, clock)
     return _outcome(job, stage.final, checkpoint, source) if d.main else Outcome(output=stage.final,
                                                                                  payload=job.summary)
+
+
+def _channel_counts(model, banks, effective: bool) -> dict[str, int]:
+    """Channels of every layer ``--channels`` applies to: the global filters, and the dynamic
+    filters' layers when effective filters are drawn."""
+    counts = {}
+    for b in banks:
+        if b.kind != "dynamic-basis":
+            counts[b.name] = int(b.filters.shape[0])
+        elif effective:
+            n = getattr(model.get_submodule(b.path.rsplit(".", 1)[0]), "med_channels", None)
+            if isinstance(n, int):
+                counts[b.name] = n
+    return counts
 
 
 def _family(model) -> str:

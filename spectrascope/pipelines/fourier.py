@@ -14,12 +14,13 @@ from typing import Mapping, Sequence
 
 import torch
 
-from spectrascope.analysis.fourier import analyse
+from spectrascope.analysis.fourier import DegenerateMapWarning, analyse
 from spectrascope.errors import DataError, OptionError, OutputError, UserError
 from spectrascope.io.sources import ImageSource
 from spectrascope.ops.fourier import ZeroMeanWarning
 from spectrascope.pipelines.common import Outcome, random_weights_note, session, stage_output
 from spectrascope.report.fourier import write_results
+from spectrascope.report.style import check_cmap
 
 __all__ = ["PRECISIONS", "run_fourier", "image_source", "amplitude_analysis", "spectrum_analysis"]
 
@@ -104,6 +105,7 @@ def run_fourier(kind: str, models: Sequence[str], *, checkpoints=None, output=No
     (``freq_axis``, ``save_maps``, ``relative``)."""
     if precision not in PRECISIONS:
         raise OptionError(f"{precision!r} is not accepted; use {', '.join(PRECISIONS)}", option="--precision")
+    check_cmap(cmap)
     models = list(models)
     with session(device) as (d, dev):
         stage = _staged(d, output, command=kind, tag=_tag(models), overwrite=overwrite,
@@ -123,7 +125,8 @@ def run_fourier(kind: str, models: Sequence[str], *, checkpoints=None, output=No
         main = d.main
     if not main:
         return Outcome(output=out, payload=payload)
-    warns = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ZeroMeanWarning)))
+    warns = list(dict.fromkeys(str(w.message) for w in caught
+                               if issubclass(w.category, (ZeroMeanWarning, DegenerateMapWarning))))
     rnd = random_weights_note([m["model"] for m in payload["models"] if m["random_weights"]],
                               "the curves describe an untrained network")
     notes = list(payload.get("notes", [])) + ([rnd] if rnd else [])

@@ -13,7 +13,6 @@ frequency at the centre with a shared colour scale across panels.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,10 +24,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 import numpy as np
 
-from spectrascope.errors import DataError, FigureError, OutputError
+from spectrascope.errors import FigureError, OutputError
 from spectrascope.io.results import SCHEMA_VERSION, provenance, write_csv, write_json
+from spectrascope.io.schema import read_results
 from spectrascope.report.style import (DEPTH_CMAP, MARKERS, PAPER_RC, RANDOM_COLOR, SPECTRUM_CMAP,  # noqa: F401
-                                       new_figure, save_figure)
+                                       check_cmap, new_figure, save_figure)
 
 __all__ = ["PAPER_RC", "new_figure", "save_figure", "depth_colors", "pi_formatter", "amplitude_figure",
            "highfreq_figure", "spectrum_figure", "figures_for", "random_weights_note", "shading_spans",
@@ -63,6 +63,10 @@ def _footer(fig: Figure, payload: Mapping, extra: str = "") -> None:
         bits.append(f"eps={method['eps']:g}")
     if extra:
         bits.append(extra)
+    left = [t.get("name", "?") for m in payload.get("models", []) if isinstance(m.get("left_out"), list)
+            for t in m["left_out"] if isinstance(t, dict)]
+    if left:
+        bits.append(f"{len(left)} tap{'s' if len(left) > 1 else ''} left out (< 2 frequency points)")
     note = random_weights_note(payload.get("models", []))
     y = -0.03
     if note:
@@ -371,26 +375,16 @@ def write_results(payload: dict, out_dir, *, command: str, wall_time_s: float | 
 
 
 def load_results(path) -> dict:
-    """The amplitude or spectrum ``results.json`` at ``path`` (a file or its folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.is_file():
-        raise DataError(f"no results file {path}")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a results.json file: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("kind") not in ("amplitude", "spectrum") or "models" not in doc:
-        kind = doc.get("kind") if isinstance(doc, dict) else None
-        raise DataError(f"{path} holds no amplitude or spectrum results (kind={kind!r})")
-    return doc
+    """The amplitude or spectrum ``results.json`` at ``path`` (a file or its folder), checked against
+    its schema (``io.schema.read_results``: strict JSON, known schema version, typed finite values)."""
+    return read_results(path, option="RESULTS")
 
 
 def redraw(results, output=None, *, formats: Sequence[str] = ("png", "pdf"), freq_axis: str | None = None,
            cmap: str | None = None) -> list[Path]:
     """Draw the figures of a ``results.json`` again (from its data alone) into ``output``
     (default: the folder of the results file)."""
+    check_cmap(cmap)
     src = Path(results)
     doc = load_results(src)
     out = Path(output) if output else (src if src.is_dir() else src.parent)

@@ -11,7 +11,8 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["PAPER_RC", "DEPTH_CMAP", "SPECTRUM_CMAP", "MARKERS", "RANDOM_COLOR", "new_figure", "save_figure"]
+__all__ = ["PAPER_RC", "DEPTH_CMAP", "SPECTRUM_CMAP", "MARKERS", "RANDOM_COLOR", "new_figure", "save_figure",
+           "check_cmap"]
 
 #: rc settings applied to every figure of the toolkit
 PAPER_RC = {
@@ -24,6 +25,24 @@ DEPTH_CMAP = "plasma"
 SPECTRUM_CMAP = "viridis"
 MARKERS = ("o", "D", "s", "^", "v", "P", "X", "*")
 RANDOM_COLOR = "#b22222"
+
+
+def check_cmap(name, option: str = "--cmap") -> str | None:
+    """``name`` when it is a colour map in matplotlib's registry (None passes: the default); any other
+    value is an ``OptionError`` naming ``option`` with a few registered names. Every ``--cmap`` is
+    checked here, before any work."""
+    if name is None:
+        return None
+    if isinstance(name, str) and name in matplotlib.colormaps:
+        return name
+    from difflib import get_close_matches
+
+    from spectrascope.errors import OptionError
+    names = sorted(matplotlib.colormaps)
+    close = get_close_matches(str(name), names, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else "e.g. viridis, plasma, magma, inferno, gray"
+    raise OptionError(f"{name!r} is not a matplotlib colour map ({hint} {len(names)} are registered: "
+                      "matplotlib.colormaps)", option=option)
 
 
 def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
