@@ -451,12 +451,26 @@ def atomic_write(path, write) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        raise write_error(exc, path, kept) from None
+    except Exception as exc:
+        cause = _os_error_in(exc)          # a writer may hide it (torch.save's zip writer raises anew)
+        if cause is None:
+            raise
+        raise write_error(cause, path, kept) from None
     finally:
         with contextlib.suppress(OSError):
             if tmp.exists() or tmp.is_symlink():
                 tmp.unlink()
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """``exc`` or the first ``OSError`` it was raised from or while handling (None: none)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def write_checkpoint(path, state) -> None:
