@@ -314,3 +314,45 @@ def test_bad_input(case, ws, assets):
 
 def test_at_least_forty_new_cases():
     assert len(CASES) >= 40
+
+
+# ---------------------------------------------------------------------------- misleading messages
+
+
+def test_resuming_a_moved_run_continues_where_it_now_is(tmp_path, assets):
+    """A run folder moved elsewhere resumes in its new place (never the folder named in its args,
+    never a suggestion to --overwrite)."""
+    moved = tmp_path / "moved"
+    shutil.copytree(assets / "run", moved)
+    old = Path(json.loads((moved / "args.json").read_text())["output"])
+    res = CliRunner().invoke(main, ["train", "--resume", str(moved / "last.pth"), "--epochs", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert str(moved) in res.output and "--overwrite" not in res.output
+    assert json.loads((moved / "results.json").read_text())["final"]["epoch"] == 2
+    assert old == assets / "run" and torch.load(assets / "run" / "last.pth", weights_only=True)["epoch"] == 1
+
+
+def test_errors_start_on_their_own_line_after_a_progress_bar(tmp_path):
+    """A progress bar ends with a carriage return: the Error line still starts a line of its own."""
+    res = CliRunner().invoke(main, ["cka", "--model-a", "dfformer_s18", "--model-b", "dfformer_s18", *TINY,
+                                    "--img-size", "32", "--num-images", "2", "--output", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "%|" in res.stderr, res.stderr
+    assert "\rError" not in res.stderr and any(ln.startswith("Error: ") for ln in res.stderr.split("\n"))
+
+
+@pytest.mark.parametrize("delay", [0.5, 2.0])
+def test_ctrl_c_at_start_up_is_quiet(tmp_path, delay):
+    """Ctrl-C while the command line is still importing: exit 130, nothing on stderr."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "spectrascope.cli", "models"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, MPLBACKEND="Agg"))
+    time.sleep(delay)
+    if proc.poll() is not None:
+        pytest.skip("the command finished before the signal")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "", err

@@ -368,3 +368,19 @@ def test_a_read_only_cache(tmp_path):
     assert rep["rc"] == 1 and rep["files"] == {}, rep
     line = one_error_line(rep["stderr"])
     assert "--data" in line and "read-only" in line and str(cache) in line, line
+
+
+# ---------------------------------------------------------------------------- output names
+
+
+def test_unique_names_per_model_checkpoint_and_image():
+    keys = [("m", "a.pth", "imgs/x.png"), ("m", "a.pth", "imgs/x.jpg"), ("m", "b.pth", "imgs/x.png"),
+            ("n", "a.pth", "imgs/y.png"), ("m", "a.pth", "imgs/x.png")]
+    labels = [f"{m}_{Path(p).stem}" for m, _, p in keys]
+    names = unique_names(keys, labels)
+    assert names[3] == "n_y"                                   # no clash: the readable label as it is
+    assert len(set(names[:3])) == 3 and all(n.startswith("m_x-") for n in names[:3])
+    assert names[4] == names[0] and names == unique_names(keys, labels)    # same key, same name
+    assert len({n.lower() for n in unique_names([("A",), ("a",)])}) == 2  # unique without case too
+    assert safe_name("../../etc/passwd") == "etc_passwd" and safe_name(b"\xffx.png") == "x.png"
+    assert safe_name("") == "_" and len(safe_name("x" * 500)) <= 96
