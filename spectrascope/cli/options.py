@@ -39,7 +39,7 @@ class _LineTracker:
 
     def write(self, text):
         if text:
-            self.at_line_start = text.endswith("\n")
+            self.at_line_start = text.endswith("\n" if isinstance(text, str) else b"\n")
         return self._stream.write(text)
 
     def __getattr__(self, name):

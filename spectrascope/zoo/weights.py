@@ -13,8 +13,14 @@ Looked up in order:
    ``resolve`` links, Tsinghua Cloud ``?dl=1`` links). Cloud-drive folders (OneDrive, Google
    Drive, ...) are not: they fail in one line naming the URL and the folder to put the file in.
 
-Downloads go to ``<file>.part`` (resumed with an HTTP Range request after an interruption),
-show progress, are checked against the announced size and renamed atomically."""
+Downloads go to ``<file>.part`` (resumed with an HTTP Range request after an interruption; a
+range answer that starts elsewhere starts the file again), show progress, are checked against
+the announced size and become a cache entry only once the file loads as weights (read without
+running pickled code): a mirror that served an HTML page or a short body leaves nothing behind,
+and an entry that does not load (recorded by an earlier version) names itself and the line that
+removes it. Ctrl-C / SIGTERM remove the ``.part``; the ``.lock`` that keeps two processes from
+downloading one file is removed after use. A cache that cannot be written still serves what it
+holds."""
 from __future__ import annotations
 
 import contextlib
