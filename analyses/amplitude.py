@@ -20,6 +20,7 @@ engine, the per-tap records).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -96,6 +97,13 @@ class SpectraResult(Result):
     title: str | None = None
     maps: dict = field(default_factory=dict, metadata={"json": False})
 
+    @classmethod
+    def validate(cls, doc: dict, where: str) -> None:
+        """Every value the figures use checked (``io.schema.validate_results``: types, finiteness,
+        ranges, non-empty model and tap lists), one line naming ``where`` and the place in it."""
+        from spectrascope.io.schema import validate_results
+        validate_results(doc, where, option="RESULTS")
+
     def arrays(self) -> dict:
         return {"maps.npz": {k: np.asarray(v, dtype=np.float32) for k, v in self.maps.items()}}
 
@@ -143,6 +151,34 @@ def _zero_mean_warning(name: str, tap_recs: list[dict]) -> str | None:
         return None
     return (f"{name}: taps {', '.join(zm[:6])}{' ...' if len(zm) > 6 else ''} are (almost) zero-mean maps: "
             "their DC reference collapses to log(eps) and their curves are shifted by about +14..16")
+
+
+class DegenerateMapWarning(UserWarning):
+    """Feature maps with fewer than 2 frequency points (1x1, 2x2): left out of the amplitude curves."""
+
+
+def _without_degenerate(name: str, recs: list[dict]) -> tuple[list[dict], list[dict], str | None]:
+    """The tap records with at least 2 frequency points, the others (``left_out``) and the warning.
+
+    A map of 1x1 or 2x2 has a one-point curve (its DC only, 0 by construction): it is left out of
+    the curves and the high-frequency plot, never drawn as a measured 0.
+
+    Raises:
+        TapError: no tap of the model has 2 frequency points at this input size.
+    """
+    keep = [r for r in recs if len(r["curve"]) >= 2]
+    left = [r for r in recs if len(r["curve"]) < 2]
+    if not left:
+        return recs, [], None
+    shown = ", ".join(f"{r['name']} ({r['shape'][1]}x{r['shape'][2]})" for r in left[:4]) + \
+        (" ..." if len(left) > 4 else "")
+    if not keep:
+        raise TapError(f"{name}: every tap's feature map has fewer than 2 frequency points at this input size "
+                       f"({shown}); use a larger --img-size", option="--img-size")
+    msg = (f"{name}: {len(left)} tap(s) with fewer than 2 frequency points left out of the curves and the "
+           f"high-frequency plot: {shown}")
+    return keep, [{"name": r["name"], "shape": r["shape"], "normalised_depth": r["normalised_depth"],
+                   "reason": "fewer than 2 frequency points"} for r in left], msg
 
 
 def _taps(ctx: Context, model, name: str, pre, kind: str, default: Sequence[str]):
@@ -195,10 +231,19 @@ def measure(ctx: Context, k: int, spec, *, kind: str, default: Sequence[str], ma
     arrays = {f"{key}/{t.name}": found[t.name].mean_map(shift=True).numpy().astype(np.float32)
               for t in ordered} if maps else {}
     ctx.warn(_zero_mean_warning(name, tap_recs))
+    left = []
+    if kind == "amplitude":
+        tap_recs, left, msg = _without_degenerate(name, tap_recs)
+        if msg:
+            warnings.warn(msg, DegenerateMapWarning, stacklevel=2)
+            ctx.warn(msg)
     labels = p.labels
     label = labels[k] if labels and k < len(labels) else (f"{name} ({built.spec.label})" if built.spec.label
                                                             else name)
-    return _model_record(built, label, int(stats.images), tap_recs, stats), arrays
+    rec = _model_record(built, label, int(stats.images), tap_recs, stats)
+    if left:
+        rec["left_out"] = left
+    return rec, arrays
 
 
 def spectra(ctx: Context, result_type: type, *, kind: str, default: Sequence[str], maps: bool,

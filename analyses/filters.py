@@ -280,26 +280,25 @@ DEFAULT_EFFECTIVE_CHANNELS = (0, 1, 2, 3)
 
 
 def parse_channels(value):
-    """``0,1,2`` / ``0-7`` / ``0-3,8`` -> a list of channel indices (ascending ranges only)."""
-    if value is None or value == "" or isinstance(value, (list, tuple)):
-        return list(value) if isinstance(value, (list, tuple)) else None
-    out = []
-    for part in str(value).split(","):
-        try:
-            if "-" in part:
-                a, b = (int(v) for v in part.split("-", 1))
-                if b < a:
-                    raise OptionError(f"{part!r} is an empty range (write low-high, e.g. 2-5)", option="--channels")
-                out.extend(range(a, b + 1))
-            else:
-                out.append(int(part))
-        except ValueError as exc:
-            if isinstance(exc, OptionError):
-                raise
-            raise OptionError(f"{value!r} is not a channel list such as 0,1,2 or 0-7", option="--channels") from None
-    if any(c < 0 for c in out):
-        raise OptionError("channels must be >= 0", option="--channels")
-    return out
+    """``--channels``: ``0,1,2`` / ``0-7`` / ``0-3,8`` -> channel indices (``report.filters.parse_channels``);
+    a list passes as it is (the Python API)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return rf.parse_channels(value)
+
+
+def _channel_counts(model, banks, effective: bool) -> dict[str, int]:
+    """Channels of every layer ``--channels`` applies to: the global filters, and the dynamic
+    filters' layers when effective filters are drawn."""
+    counts = {}
+    for b in banks:
+        if b.kind != "dynamic-basis":
+            counts[b.name] = int(b.filters.shape[0])
+        elif effective:
+            n = getattr(model.get_submodule(b.path.rsplit(".", 1)[0]), "med_channels", None)
+            if isinstance(n, int):
+                counts[b.name] = n
+    return counts
 
 
 @dataclass(kw_only=True)
@@ -445,6 +444,7 @@ class Filters(Analysis):
         check_finite_weights(model, f"the weights of {built.name}")
         banks, has_aff, has_spf, selection = _what(model, built.name, p.layers)
         dynamic = any(b.kind == "dynamic-basis" for b in banks)
+        rf.check_channels(p.channels, _channel_counts(model, banks, bool(p.effective)))
         res = FiltersResult(model=built.name, family=_family(model), input_size=list(built.pre.size),
                             colour_map=p.cmap or rf.DEFAULT_CMAP, random_weights=built.random_weights,
                             channels=p.channels)

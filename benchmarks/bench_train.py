@@ -103,7 +103,8 @@ def bench_loop(args, dev, amp: bool, channels_last: bool, compile_: bool) -> dic
 
 def bench_eval(args, dev) -> dict:
     from spectrascope.engine.runner import RunConfig, Runner
-    from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
+    from spectrascope.io.bundles import load_data
+    from spectrascope.io.transforms import EvalTransform, TransformedDataset
     from spectrascope.train.evaluate import evaluate_model
     torch.manual_seed(0)
     model = spectrascope.create_model(args.model, num_classes=8, img_size=args.img_size, **args.kw).to(dev).eval()

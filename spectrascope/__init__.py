@@ -9,6 +9,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from spectrascope.errors import quiet_startup_interrupts
+
+quiet_startup_interrupts()     # the command line: Ctrl-C while torch imports ends quietly (130)
+
 from spectrascope.zoo.registry import ModelCard, UnknownModelError, create_model, get_card, list_models, register_model
 from spectrascope.zoo.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint
 from spectrascope.probe import Probe, TapError, model_taps, select_taps

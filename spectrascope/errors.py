@@ -21,6 +21,7 @@ __all__ = [
     "SpectrascopeError", "UserError", "InternalError", "OptionError", "UnknownModelError", "CheckpointError",
     "DataError", "TapError", "CamError", "OutputError", "OutputExistsError", "FigureError", "NonFiniteError",
     "TrainingError", "NonFiniteLossError", "Interrupted", "TrainingInterrupted", "PeerFailure",
+    "quiet_startup_interrupts",
 ]
 
 
@@ -126,3 +127,19 @@ class PeerFailure(SpectrascopeError):
         self.exit_code = int(exit_code)
         self.kind = kind
         self.rank = rank
+def quiet_startup_interrupts() -> None:
+    """On the command line (``spectrascope ...``, ``python -m spectrascope.cli``, torchrun), Ctrl-C
+    while the toolkit is still starting (importing torch takes seconds) ends the process at once
+    with status 130 and no traceback; each command then handles SIGINT itself (a clean stop). A
+    library import (a notebook, a script) is left alone."""
+    import os
+    import signal
+    import sys
+    import threading
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0 != "-m" and os.path.basename(argv0) not in ("spectrascope", "spectrascope.exe"):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, lambda _signum, _frame: os._exit(130))

@@ -255,7 +255,8 @@ def test_mixer_kinds_from_the_models():
 
 @pytest.fixture(scope="module")
 def two_model_payload():
-    return run("amplitude", model=("caformer_s18", "dfformer_s18"), model_kwargs=TINY_KW, img_size=32,
+    # 64 px: stage 3 (attention in CAFormer) has 4x4 maps; stage 4's 2x2 maps are left out (one frequency point)
+    return run("amplitude", model=("caformer_s18", "dfformer_s18"), model_kwargs=TINY_KW, img_size=64,
                num_images=1, device="cpu")
 
 

@@ -70,8 +70,13 @@ def test_amplitude_outputs_and_end_to_end_values(tmp_path):
     (m,) = doc["models"]
     assert m["random_weights"] is True and m["num_images"] == 2 and m["input_size"] == [64, 64]
     taps = m["taps"]
-    assert len(taps) == 4 + 2 * 5
-    assert [t["normalised_depth"] for t in taps] == pytest.approx(np.linspace(0, 1, len(taps)).tolist())
+    # 64 px: stage 4's maps are 2x2 (one frequency point), left out of the curves with a warning;
+    # the depths stay those of all 14 latents
+    assert len(taps) == 4 + 2 * 5 - 3
+    assert [t["name"] for t in m["left_out"]] == ["downsample4", "s4.b0.residual", "s4.b0.block"]
+    assert all(t["shape"][1:] == [2, 2] for t in m["left_out"])
+    assert "fewer than 2 frequency points" in res.stderr and "downsample4 (2x2)" in res.stderr
+    assert [t["normalised_depth"] for t in taps] == pytest.approx(np.linspace(0, 1, 14)[:11].tolist())
     for t in taps:
         C, H, W = t["shape"]
         assert t["layout"] == "NHWC" and t["curve"][0] == 0.0 and len(t["curve"]) == math.ceil(H / 2)
@@ -98,8 +103,10 @@ def test_amplitude_full_size_dfformer_s18(tmp_path):
     out = tmp_path / "s18"
     res = run(["amplitude", "--model", "dfformer_s18", "--img-size", "64", "--num-images", "1", "--output", out])
     assert res.exit_code == 0, res.output
-    taps = load(out)["models"][0]["taps"]
-    assert len(taps) == 4 + 18 + 18
+    m = load(out)["models"][0]
+    taps = m["taps"]
+    assert len(taps) + len(m["left_out"]) == 4 + 18 + 18
+    assert len(m["left_out"]) == 1 + 2 * 3              # stage 4 (3 blocks) is 2x2 at 64 px
     assert [t["role"] for t in taps][:3] == ["stem", "residual", "block"]
 
 

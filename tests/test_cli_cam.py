@@ -74,7 +74,6 @@ def test_cam_gradcam_with_class_and_target_layer(tmp_path):
 
 
 def test_cam_localisation_on_synthetic_boxes(tmp_path):
-    pytest.importorskip("spectrascope.io.datasets")
     out = tmp_path / "loc"
     ok(["cam", "--model", "dfformer_s18", *CAM_TINY, "--data", "synthetic:num_classes=4", "--num-images", "3",
         "--method", "gradcam", "--output", str(out)])

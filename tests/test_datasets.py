@@ -2,6 +2,7 @@
 folders, augmentation and mixup/cutmix. Oracles: exact pixel round trips, closed forms,
 spectral content of the rendered textures and determinism."""
 import math
+import os
 import pickle
 import tarfile
 
@@ -10,10 +11,15 @@ import pytest
 import torch
 
 from spectrascope.io.images import MEAN, STD, DataError, resolve_image_paths
-from spectrascope.io.datasets import (AugmentConfig, EvalTransform, MixupCutmix, RandAugmentPolicy, SyntheticConfig,
-                                   SyntheticTextures, TrainTransform, TransformedDataset, apply_ra_op, load_cifar,
-                                   load_data, materialize_images, one_hot_smooth, parse_data_spec, rand_augment,
-                                   random_erase, random_resized_crop_box, safe_unpickle, texture_mask)
+from spectrascope.io.bundles import load_data
+from spectrascope.io.cache import materialize_images
+from spectrascope.io.cifar import load_cifar, safe_unpickle
+from spectrascope.io.mixing import MixupCutmix, one_hot_smooth
+from spectrascope.io.randaugment import RandAugmentPolicy, apply_ra_op, rand_augment
+from spectrascope.io.specs import parse_data_spec
+from spectrascope.io.synthetic import SyntheticConfig, SyntheticTextures, texture_mask
+from spectrascope.io.transforms import (AugmentConfig, EvalTransform, TrainTransform, TransformedDataset, random_erase,
+                                        random_resized_crop_box)
 
 
 # ---------------------------------------------------------------------------- specs
@@ -314,3 +320,47 @@ def test_materialized_images_equal_the_dataset(tmp_path, monkeypatch):
         assert np.array_equal(np.asarray(Image.open(p)), img)
         assert meta["labels"][i] == label and meta["boxes"][i] == box.tolist()
     assert resolve_image_paths(data=spec, num_images=3) == paths[:3]
+
+
+def test_a_cifar_folder_rewritten_in_place_is_never_served_from_a_stale_cache(tmp_path, monkeypatch):
+    """The cache is keyed by every file the spec reads (name, size, mtime), not by the folder: a
+    test batch rewritten in place (same folder, same size) gives the new images."""
+    from PIL import Image
+    monkeypatch.setenv("SPECTRASCOPE_CACHE", str(tmp_path / "cache"))
+    make_cifar10(tmp_path / "c")
+    folder = tmp_path / "c" / "cifar-10-batches-py"
+    spec = f"cifar10:{tmp_path / 'c'}"
+    first = materialize_images(spec, "val", limit=3)
+    folder_stat = os.stat(folder)
+    old_imgs = [np.asarray(Image.open(p)) for p in first]
+    new_imgs, _, d = _cifar_batch(np.random.default_rng(7), 3)
+    (folder / "test_batch").write_bytes(pickle.dumps(d, protocol=2))
+    os.utime(folder, ns=(folder_stat.st_atime_ns, folder_stat.st_mtime_ns))     # the folder looks untouched
+    second = materialize_images(spec, "val", limit=3)
+    assert second[0].parent != first[0].parent
+    for p, img, old in zip(second, new_imgs, old_imgs):
+        got = np.asarray(Image.open(p))
+        assert np.array_equal(got, img) and not np.array_equal(got, old)
+
+
+def test_a_full_image_cache_leaves_nothing_half_written(tmp_path, monkeypatch):
+    """A write the machine refuses while the cache is filled: one WriteError naming the cache folder,
+    and neither images nor the folder of this call are left."""
+    import errno
+
+    from spectrascope.io import cache
+    from spectrascope.io.failures import WriteError
+    monkeypatch.setenv("SPECTRASCOPE_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = cache._write_png
+
+    def fails_third(img, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(img, path)
+    monkeypatch.setattr(cache, "_write_png", fails_third)
+    with pytest.raises(WriteError, match="no space left on the device; nothing half-written was kept") as err:
+        materialize_images("synthetic:num_classes=4,val_size=8,size=32", "val", limit=5)
+    assert err.value.option == "--data" and str(tmp_path / "cache") in str(err.value)
+    assert not (tmp_path / "cache").exists()

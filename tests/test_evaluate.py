@@ -14,7 +14,8 @@ from click.testing import CliRunner
 import spectrascope
 from spectrascope.cli import main
 from spectrascope.engine.runner import Runner
-from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
+from spectrascope.io.bundles import load_data
+from spectrascope.io.transforms import EvalTransform, TransformedDataset
 from spectrascope.io.results import loads
 from spectrascope.train import loop as tr
 from spectrascope.train.loop import EpochBatchSampler, TrainConfig

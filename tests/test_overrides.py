@@ -1,5 +1,5 @@
 """Constructor overrides and input sizes checked before a zoo model is built
-(spectrascope.zoo.overrides, spectrascope.zoo.limits), and the data-spec checks of io.datasets."""
+(spectrascope.zoo.overrides, spectrascope.zoo.limits), and the data-spec checks of io.specs / io.synthetic."""
 from __future__ import annotations
 
 import inspect
@@ -134,7 +134,7 @@ def test_damaged_recorded_architecture_is_a_checkpoint_error():
     ("", "empty"),
 ])
 def test_data_spec_errors_name_data_and_the_key(spec, needle):
-    from spectrascope.io.datasets import load_data
+    from spectrascope.io.bundles import load_data
     with pytest.raises(DataError, match="--data") as err:
         load_data(spec)
     assert needle in str(err.value)

@@ -347,7 +347,7 @@ def test_resume_refuses_to_change_the_recipe(reference_run):
 
 
 def test_non_finite_loss_stops_the_run(tmp_path, monkeypatch, one_thread):
-    from spectrascope.io.datasets import TransformedDataset
+    from spectrascope.io.transforms import TransformedDataset
     orig = TransformedDataset.__getitem__
     calls = []
 

@@ -8,7 +8,13 @@ import dataclasses
 import hashlib
 import http.server
 import io
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -28,6 +34,8 @@ class _Server:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.cut: dict[str, int] = {}
+        self.slow: dict[str, float] = {}          # name -> seconds between 4 KiB chunks
+        self.range_from_zero: set[str] = set()    # names whose range answers start at byte 0
         self.requests: list[tuple[str, str | None]] = []
         outer = self
 
@@ -44,6 +52,8 @@ class _Server:
                     return
                 data = outer.files[name]
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                if name in outer.range_from_zero:
+                    start = 0
                 body = data[start:]
                 self.send_response(206 if rng else 200)
                 if rng:
@@ -51,7 +61,14 @@ class _Server:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 cut = outer.cut.pop(name, None)
-                self.wfile.write(body if cut is None else body[:cut])
+                body = body if cut is None else body[:cut]
+                if name in outer.slow:
+                    for k in range(0, len(body), 4096):
+                        self.wfile.write(body[k:k + 4096])
+                        self.wfile.flush()
+                        time.sleep(outer.slow[name])
+                else:
+                    self.wfile.write(body)
                 self.wfile.flush()
                 if cut is not None:
                     self.close_connection = True
@@ -299,3 +316,105 @@ def test_model_spec_pretrained_builds_with_the_official_file(env):
     assert not built.random_weights and built.describe()["checkpoint"] == str(folder / registry.get_card(NAME).weight_file)
     assert built.checkpoint_sha256 == hashlib.sha256(data).hexdigest()
     assert all(torch.equal(built.model.state_dict()[k], v) for k, v in state.items())
+
+
+# ---------------------------------------------------------------------------- hostile mirrors, damaged entries
+
+
+def _cache_files(env) -> list[str]:
+    folder = env / "cache" / "weights"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_a_mirror_that_serves_an_html_page_leaves_nothing_cached(env, server, monkeypatch):
+    server.files[registry.get_card(NAME).weight_file] = b"<!DOCTYPE html><html><body>Sign in</body></html>"
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url)
+    with pytest.raises(WeightsError) as err:
+        weights.resolve(_card(), progress=False)
+    text = str(err.value)
+    assert "did not serve weights" in text and "<!DOCTYPE html>" in text and "nothing was cached" in text
+    assert "\n" not in text and _cache_files(env) == []
+
+
+def test_a_damaged_cache_entry_names_itself_and_how_to_remove_it(env):
+    """An entry an earlier version recorded after a bad download (size and sha256 match, the bytes are
+    an HTML page): the one line names the file, says it is damaged and gives the command to remove it."""
+    path = _cached(env)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"<html>not weights</html>")
+    path.with_name(path.name + ".json").write_text(json.dumps(
+        {"file": path.name, "url": "x", "size": path.stat().st_size,
+         "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
+    with pytest.raises(WeightsError) as err:
+        weights.resolve(_card(), progress=False)
+    text = str(err.value)
+    assert str(path) in text and "damaged" in text and f"rm '{path}'" in text and "\n" not in text
+    from spectrascope.cli import main
+    res = CliRunner().invoke(main, ["predict", "--model", NAME, "--pretrained", "--num-images", "1"])
+    assert res.exit_code == 2 and res.output.count("Error: ") == 1 and "rm '" in res.output
+
+
+def test_a_range_answer_from_another_offset_starts_again(env, server, monkeypatch):
+    data, _ = _payload()
+    file = registry.get_card(NAME).weight_file
+    server.files[file] = data
+    server.cut[file] = len(data) // 2
+    server.range_from_zero.add(file)             # answers bytes=N- with the whole file, marked as a range
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url)
+    assert weights.resolve(_card(), progress=False).read_bytes() == data
+    assert [r for _, r in server.requests] == [None, f"bytes={len(data) // 2}-", None]
+
+
+def test_retries_are_counted_plainly(env, monkeypatch, caplog):
+    def always_short(url, part, progress, label):
+        part.write_bytes(b"x")
+        raise weights._Incomplete("got 1 of 9 bytes")
+    monkeypatch.setattr(weights, "_fetch_once", always_short)
+    with caplog.at_level("WARNING", logger="spectrascope"), pytest.raises(WeightsError, match="kept and resumed"):
+        weights.download("http://127.0.0.1:9/x.pth", env / "cache" / "weights" / "x.pth", progress=False, retries=2)
+    notes = [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
+    assert [n.split("resuming ")[1] for n in notes] == ["(try 2 of 3)", "(try 3 of 3)"]
+
+
+def test_cached_weights_load_when_the_cache_cannot_be_written(env, server, monkeypatch, caplog):
+    data, _ = _payload()
+    file = registry.get_card(NAME).weight_file
+    server.files[file] = data
+    monkeypatch.setenv("SPECTRASCOPE_WEIGHTS_MIRROR", server.url)
+    path = weights.resolve(_card(), progress=False)
+    record = path.with_name(path.name + ".json")
+    rec = json.loads(record.read_text())
+    assert rec["format"] == "torch"
+    del rec["format"]                            # recorded by an earlier version: checked and recorded again
+    record.write_text(json.dumps(rec))
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(weights.os, "replace", read_only)
+    with caplog.at_level("WARNING", logger="spectrascope"):
+        assert weights.resolve(_card(), progress=False) == path
+    assert any("cannot record" in r.getMessage() for r in caplog.records)
+    assert len(server.requests) == 1 and not [n for n in _cache_files(env) if ".tmp" in n]
+
+
+def test_ctrl_c_during_a_download_exits_130_and_leaves_no_part_or_lock(env, server):
+    data, _ = _payload()
+    file = registry.get_card(NAME).weight_file
+    server.files[file] = data
+    server.slow[file] = 0.05
+    child_env = dict(os.environ, MPLBACKEND="Agg", SPECTRASCOPE_CACHE=str(env / "cache"),
+                     SPECTRASCOPE_WEIGHTS_MIRROR=server.url)
+    proc = subprocess.Popen([sys.executable, "-m", "spectrascope.cli", "predict", "--model", NAME, "--pretrained",
+                             "--num-images", "1"], env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    part = _cached(env).with_name(file + ".part")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (part.exists() and part.stat().st_size > 8192):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.split("\n") if ln.split("\r")[-1].strip()]
+    assert "Traceback" not in err and "Aborted" not in err and lines[-1].startswith("stopped by SIGINT"), err
+    assert _cache_files(env) == []

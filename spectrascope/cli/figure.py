@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from spectrascope.cli.app import main
-from spectrascope.cli.options import shared_option, user_errors, with_options
+from spectrascope.cli.options import OneLineError, shared_option, user_errors, with_options
 from spectrascope.seam.options import parse_img_size
 
 
@@ -31,7 +31,7 @@ class _FigureGroup(click.Group):
             try:
                 get_figure(args[0])
             except FigureError as exc:
-                raise click.ClickException(str(exc)) from None
+                raise OneLineError(str(exc)) from None
         return super().resolve_command(ctx, args)
 
 

@@ -16,15 +16,47 @@ from spectrascope.seam.options import Option
 
 
 class OneLineError(click.ClickException):
-    """A user error shown as ``Error: <one line>`` with the error's exit status."""
+    """A user error shown as ``Error: <one line>`` with the error's exit status; on a line of its
+    own even when a progress bar left the cursor mid-line (``fresh_line``)."""
 
-    def __init__(self, message: str, exit_code: int = 2):
+    def __init__(self, message: str, exit_code: int = 2, fresh_line: bool = False):
         super().__init__(message)
         self.exit_code = exit_code
+        self.fresh_line = fresh_line
 
     def show(self, file=None) -> None:
         if speaks():                             # under torchrun one rank speaks for all
+            if self.fresh_line:
+                click.echo("", err=True)
             super().show(file)
+
+
+class _LineTracker:
+    """``sys.stderr`` while a command runs: passes everything through and remembers whether the
+    last text written ended its line (a progress bar ends with a carriage return)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.at_line_start = True
+
+    def write(self, text):
+        if text:
+            self.at_line_start = text.endswith("\n" if isinstance(text, str) else b"\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _tracked_stderr():
+    tracker = _LineTracker(sys.stderr)
+    old, sys.stderr = sys.stderr, tracker
+    try:
+        yield tracker
+    finally:
+        if sys.stderr is tracker:
+            sys.stderr = old
 
 
 def speaks() -> bool:
@@ -59,12 +91,11 @@ def interruptible():
             signal.signal(s, h)
 
 
-def user_errors(fn):
-    """Run a command: user errors become one line (exit 2), signals end it cleanly (128 + signal);
-    anything else is a bug and keeps its traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+def guarded(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` as a command runs it: user errors become one line (exit 2; a write
+    the machine refused, exit 1), SIGTERM/SIGINT end it cleanly (128 + signal), each on a line of
+    its own after a progress bar; anything else is a bug and keeps its traceback."""
+    with _tracked_stderr() as err:
         try:
             with interruptible():
                 return fn(*args, **kwargs)
@@ -72,7 +103,7 @@ def user_errors(fn):
             raise
         except Interrupted as exc:
             if speaks():
-                click.echo(str(exc), err=True)
+                click.echo(("" if err.at_line_start else "\n") + str(exc), err=True)
             sys.exit(exc.exit_code)
         except PeerFailure as exc:                    # another process failed: the same line, the same status
             if exc.kind == "signal":
@@ -81,7 +112,16 @@ def user_errors(fn):
                 sys.exit(exc.exit_code)
             raise OneLineError(_first_line(exc), exc.exit_code) from None
         except (UserError, TrainingError) as exc:
-            raise OneLineError(_first_line(exc), getattr(exc, "exit_code", 2)) from None
+            raise OneLineError(_first_line(exc), getattr(exc, "exit_code", 2),
+                               fresh_line=not err.at_line_start) from None
+
+
+def user_errors(fn):
+    """Run a command through ``guarded``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return guarded(fn, *args, **kwargs)
 
     return wrapper
 

@@ -10,6 +10,7 @@ import torch
 from spectrascope.cli.app import main
 from spectrascope.cli.options import shared_option, user_errors, with_options
 from spectrascope.seam.options import parse_img_size, parse_model_kwargs
+from spectrascope.errors import UnknownModelError
 from spectrascope.zoo import registry
 from spectrascope.probe.grammar import parse_stages
 
@@ -24,7 +25,8 @@ def models_cmd(pattern, as_json, markdown):
     (substring or shell pattern such as 'dfformer*')."""
     names = registry.list_models(pattern)
     if not names:
-        raise click.ClickException(f"no model matches {pattern!r}")
+        raise UnknownModelError(f"no model matches {pattern!r} (`spectrascope models` lists them all)",
+                                option="PATTERN")
     cards = [registry.get_card(n) for n in names]
     if as_json:
         click.echo(json.dumps([c.as_dict() for c in cards], indent=1))
@@ -104,16 +106,13 @@ def convert_cmd(source, target, to, model_name, overwrite):
     """Convert a ConvFormer / CAFormer / PoolFormer (v1, v2) checkpoint between the official layout
     and timm's (timm.models.metaformer). TARGET ending in .safetensors is written as safetensors,
     anything else as a torch state dict."""
-    from pathlib import Path
-
-    from spectrascope.errors import OptionError, OutputExistsError
+    from spectrascope.errors import OptionError
+    from spectrascope.io.results import check_output_file, write_checkpoint
     from spectrascope.zoo import formats
-    from spectrascope.zoo.checkpoint import load_state_dict, read_checkpoint, save_safetensors
+    from spectrascope.zoo.checkpoint import load_state_dict, read_checkpoint
     if to not in (formats.TIMM, formats.OFFICIAL):
         raise OptionError(f"{to!r}: choose timm or official", option="--to")
-    out = Path(target)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    out = check_output_file(target, overwrite=overwrite, inputs=[source], option="TARGET")
     state, _ = read_checkpoint(source)
     found = formats.detect(state)
     if found is None:
@@ -127,14 +126,9 @@ def convert_cmd(source, target, to, model_name, overwrite):
             model = registry.create_model(f"timm:{model_name.removeprefix('timm:')}", num_classes=_classes(converted))
         with torch.device("cpu"):
             load_state_dict(model, converted, strict=True)
-    if out.suffix == ".safetensors":
-        save_safetensors(converted, out)
-    else:
-        tmp = out.with_name(out.name + ".tmp")
-        torch.save(converted, tmp)
-        tmp.replace(out)
+    write_checkpoint(out, converted)
     checked = f", loads into {model_name}" if model_name else ""
-    click.echo(f"{source}: {found[1]} {found[0]} -> {to} ({len(converted)} tensors{checked}) -> {out}")
+    click.echo(f"{source}: {found[1]} {found[0]} -> {to} ({len(converted)} tensors{checked}) -> {target}")
 
 
 def _classes(state: dict) -> int:

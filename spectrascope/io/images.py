@@ -1,10 +1,11 @@
 """The image files of an analysis without torchvision: bundled sample photos, image folders,
 ``--images`` / ``--data`` / ``--num-images`` resolved into a file list, batches with the
 evaluation transform of the model cards (decoding and the transform live in ``io.pixels``;
-synthetic and CIFAR data are written as PNGs by ``io.datasets``)."""
+synthetic and CIFAR data are written as PNGs by ``io.cache``)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -12,7 +13,7 @@ from typing import Sequence
 import torch
 
 from spectrascope.errors import DataError, OptionError
-from spectrascope.io.datasets import materialize_images
+from spectrascope.io.cache import materialize_images
 from spectrascope.io.pixels import IMAGE_SUFFIXES, MEAN, STD, decode_rgb, eval_transform, load_image
 
 __all__ = ["IMAGE_SUFFIXES", "MEAN", "STD", "DataError", "sample_images", "list_images", "load_image", "decode_rgb",
@@ -35,7 +36,20 @@ def list_images(folder) -> list[Path]:
         raise DataError(f"cannot list the images of {folder}: {exc.strerror or exc}") from None
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    undecodable = [p for p in files if not _is_utf8(p.relative_to(folder))]
+    if undecodable:
+        name = os.fsencode(undecodable[0].relative_to(folder))
+        raise DataError(f"{len(undecodable)} image file name(s) in {folder} are not valid UTF-8 (e.g. {name!r}); "
+                        "names go into results and figures: rename them")
     return files
+
+
+def _is_utf8(path) -> bool:
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def load_batch(paths: Sequence, size=224, crop_pct: float = 0.9, mean=MEAN, std=STD) -> torch.Tensor:
@@ -46,7 +60,7 @@ def paths_digest(paths: Sequence) -> str:
     """sha256 over the file names and contents of an image list (for results provenance)."""
     h = hashlib.sha256()
     for p in paths:
-        h.update(Path(p).name.encode())
+        h.update(os.fsencode(Path(p).name))
         try:
             h.update(Path(p).read_bytes())
         except OSError as exc:
@@ -73,7 +87,7 @@ def resolve_image_paths(images=None, data: str | None = None, num_images: int | 
         sub = root / "val" if (root / "val").is_dir() else root
         paths = list_images(sub)
     elif data.split(":", 1)[0] in ("synthetic", "cifar10", "cifar100"):
-        # validation images written once as lossless PNGs (spectrascope.io.datasets); labels and
+        # validation images written once as lossless PNGs (spectrascope.io.cache); labels and
         # synthetic patch boxes are in labels.json beside them
         paths = materialize_images(data, "val", num_images)
     else:

@@ -1,7 +1,7 @@
 """Pixels: decoding one image file into RGB values in [0, 1] (every Pillow mode), the
 ImageNet normalisation constants and the evaluation transform of the model cards.
 
-This is the bottom of ``spectrascope.io``: ``io.datasets`` and ``io.images`` both build on it
+This is the bottom of ``spectrascope.io``: the data modules and ``io.images`` build on it
 and it imports neither.
 
 Decoding rules (``decode_rgb``):

@@ -7,7 +7,7 @@ of a command sees the same images in the same order. ``source.dataset(pre)`` giv
 style dataset (``len``, ``[i]`` -> normalised (3, H, W) tensor) with a model's evaluation
 transform, which the engine's runner batches and shards.
 
-Synthetic data can be read two ways: as the lossless PNGs that ``io.datasets`` writes once
+Synthetic data can be read two ways: as the lossless PNGs that ``io.cache`` writes once
 into the cache (``render=False``, the default: the same files every command reads) or
 rendered directly at the model's input size (``render=True``: the patch boxes are then
 exact in input pixels, which localisation scores need).
@@ -56,7 +56,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
 class _RenderedSynthetic(torch.utils.data.Dataset):
     def __init__(self, spec: str, n: int, pre):
-        from spectrascope.io.datasets import load_data
+        from spectrascope.io.bundles import load_data
         self.val = load_data(spec, img_size=tuple(pre["size"])).val
         self.n = n
         self.pre = pre
@@ -65,9 +65,9 @@ class _RenderedSynthetic(torch.utils.data.Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from spectrascope.io.datasets import _normalize, to_float
+        from spectrascope.io.transforms import normalize, to_float
         img, _label, _extra = self.val.load(i)
-        return _normalize(to_float(img), self.pre["mean"], self.pre["std"])
+        return normalize(to_float(img), self.pre["mean"], self.pre["std"])
 
 
 def _read_labels(meta: Path, paths: Sequence[Path]):
@@ -110,7 +110,7 @@ class ImageSource:
             raise OptionError(f"{num_images!r} is not a number of images (an integer >= 1)", option="--num-images")
         kind = (data or "").split(":", 1)[0]
         if render and kind == "synthetic" and not images:
-            from spectrascope.io.datasets import load_data
+            from spectrascope.io.bundles import load_data
             val = load_data(data).val
             n = min(num_images or default_count or len(val), len(val))
             labels = [int(val.label(i)) for i in range(n)]

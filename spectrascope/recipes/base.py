@@ -235,6 +235,8 @@ def _check_options(spec: FigureSpec, options: Mapping) -> dict:
         accepted = ", ".join("--" + o.replace("_", "-") for o in spec.options) or "none"
         raise FigureError(f"figure {spec.name} takes no option {', '.join('--' + b.replace('_', '-') for b in bad)}"
                           f" (its options: {accepted})")
+    from spectrascope.report.style import check_cmap
+    check_cmap(given.get("cmap"))
     return given
 
 

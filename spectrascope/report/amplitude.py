@@ -27,7 +27,7 @@ import numpy as np
 from spectrascope.errors import FigureError
 from spectrascope.io.results import write_csv
 from spectrascope.report.style import (DEPTH_CMAP, MARKERS, PAPER_RC, RANDOM_COLOR, SPECTRUM_CMAP,  # noqa: F401
-                                       new_figure, save_figure)
+                                       check_cmap, new_figure, save_figure)
 
 __all__ = ["PAPER_RC", "new_figure", "save_figure", "depth_colors", "pi_formatter", "amplitude_figure",
            "highfreq_figure", "spectrum_figure", "figures_for", "random_weights_footer", "shading_spans",
@@ -62,6 +62,10 @@ def _footer(fig: Figure, payload: Mapping, extra: str = "") -> None:
         bits.append(f"eps={method['eps']:g}")
     if extra:
         bits.append(extra)
+    left = [t.get("name", "?") for m in payload.get("models", []) if isinstance(m.get("left_out"), list)
+            for t in m["left_out"] if isinstance(t, dict)]
+    if left:
+        bits.append(f"{len(left)} tap{'s' if len(left) > 1 else ''} left out (< 2 frequency points)")
     note = random_weights_footer(payload.get("models", []))
     y = -0.03
     if note:

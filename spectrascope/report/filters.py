@@ -17,15 +17,57 @@ import numpy as np
 
 from spectrascope.report.style import new_figure, save_figure
 
-__all__ = ["DPI", "FORMATS", "AMPLITUDE_LABEL", "DEFAULT_CMAP", "GLOBAL_COLUMNS", "plot_filter_grid", "plot_rows",
-           "plot_routing", "draw"]
+__all__ = ["DPI", "FORMATS", "AMPLITUDE_LABEL", "DEFAULT_CMAP", "MAX_CHANNELS", "GLOBAL_COLUMNS", "plot_filter_grid",
+           "plot_rows", "plot_routing", "draw", "parse_channels", "check_channels"]
 
 DPI = 200
 FORMATS = ("png", "pdf")
 DEFAULT_CMAP = "viridis"
 AMPLITUDE_LABEL = "amplitude |W| (DC centred)"
+#: most channels one figure shows (one column each)
+MAX_CHANNELS = 256
 _LINE_IN = 0.17          # inches per title line
 _HEADER_IN = 0.22        # inches for the column headers under the title
+
+
+def parse_channels(value, option: str = "--channels") -> list[int] | None:
+    """``0,1,2`` / ``0-7`` / ``0-3,8`` -> channel indices (ascending ranges, each channel once, at most
+    ``MAX_CHANNELS``: one column each); None when empty. Anything else is an ``OptionError``."""
+    from spectrascope.errors import OptionError
+    if value is None or not str(value).strip():
+        return None
+    out: list[int] = []
+    for part in str(value).split(","):
+        part = part.strip()
+        try:
+            lo, _, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
+            a = int(lo)
+            b = int(hi) if hi else a
+        except ValueError:
+            raise OptionError(f"{value!r} is not a channel list such as 0,1,2 or 0-7", option=option) from None
+        if a < 0:
+            raise OptionError("channels must be >= 0", option=option)
+        if b < a:
+            raise OptionError(f"{part!r} is an empty range (write low-high, e.g. 2-5)", option=option)
+        if b - a + 1 + len(out) > MAX_CHANNELS:
+            raise OptionError(f"{value!r} asks for more than {MAX_CHANNELS} channels (one column each)", option=option)
+        out.extend(range(a, b + 1))
+    dup = sorted({c for c in out if out.count(c) > 1})
+    if dup:
+        raise OptionError(f"channel {dup[0]} is listed twice", option=option)
+    return out
+
+
+def check_channels(channels, counts, option: str = "--channels") -> None:
+    """Every channel of ``channels`` exists in every layer of ``counts`` (layer name -> its channel
+    count); otherwise an ``OptionError`` naming the layer and its channels."""
+    from spectrascope.errors import OptionError
+    if not channels:
+        return
+    for name, n in counts.items():
+        beyond = [c for c in channels if c >= n]
+        if beyond:
+            raise OptionError(f"channel {beyond[0]} is beyond {name}'s {n} channels (0-{n - 1})", option=option)
 
 
 def _frame(width: float, height_body: float, title: str, left: float = 0.9, right: float = 0.25,

@@ -7,7 +7,6 @@ NAME=results.json`` adds the user's own measured models: the JSON gives ``top1``
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from spectrascope.errors import FigureError
@@ -28,32 +27,60 @@ def _family(label: str) -> str:
     return {"RSB": "ResNet"}.get(base, base)
 
 
-def parse_add(items) -> list[dict]:
-    """``NAME=results.json`` items -> points (counted when the JSON names a model)."""
+#: plausible ranges of an added point: top-1 (%), parameters, FLOPs per image, input side (px)
+ADD_RANGES = {"top1": (0.0, 100.0), "params": (1, 10 ** 13), "flops": (1, 10 ** 16), "img_size": (1, 8192)}
+
+
+def _added_point(name: str, p: Path) -> dict:
+    """One ``--add NAME=results.json`` document checked: ``top1`` a percentage, ``params``/``flops``
+    positive integers of a plausible size, or ``model`` a model name (counted here)."""
     from spectrascope.engine.flops import count_flops
+    from spectrascope.io.schema import InvalidValue, integer, number, read_json_doc, text
+    doc = read_json_doc(p, what="results JSON file", option=f"--add {name}")
+    try:
+        if not isinstance(doc, dict):
+            raise InvalidValue("", f"holds a {type(doc).__name__}, not an object with 'top1'")
+        if "top1" not in doc:
+            raise InvalidValue("", "has no 'top1' (the top-1 accuracy in percent)")
+        top1 = number(doc["top1"], "top1", *ADD_RANGES["top1"])
+        if "params" in doc and "flops" in doc:
+            params = integer(doc["params"], "params", *ADD_RANGES["params"])
+            flops = integer(doc["flops"], "flops", *ADD_RANGES["flops"])
+            source = "given"
+        elif doc.get("model") is not None:
+            model = text(doc["model"], "model")
+            size = doc.get("img_size")
+            if size is not None:
+                sides = size if isinstance(size, list) else [size]
+                if len(sides) not in (1, 2):
+                    raise InvalidValue("img_size", "is not S or [H, W]")
+                sides = [integer(v, "img_size", *ADD_RANGES["img_size"]) for v in sides]
+                size = sides[0] if len(sides) == 1 else tuple(sides)
+            c = count_flops(model, size)
+            params, flops, source = c.params, c.flops, "counted"
+        else:
+            raise InvalidValue("", "needs 'model' or both 'params' and 'flops'")
+    except InvalidValue as exc:
+        raise FigureError(f"{p}: {exc}".replace(": : ", ": ").rstrip(": "), option=f"--add {name}") from None
+    return {"label": name, "family": "added", "top1": top1, "params_m": params / 1e6, "flops_g": flops / 1e9,
+            "source": source}
+
+
+def parse_add(items) -> list[dict]:
+    """``NAME=results.json`` items -> points (counted when the JSON names a model); every value is
+    checked (``_added_point``): finite, typed and plausible."""
     points = []
     for item in items or ():
         name, sep, path = str(item).partition("=")
-        if not sep or not name.strip():
-            raise FigureError(f"--add {item!r}: give NAME=results.json")
+        name = name.strip()
+        if not sep or not name:
+            raise FigureError(f"{item!r}: give NAME=results.json", option="--add")
+        if len(name) > 60 or not name.isprintable():
+            raise FigureError(f"{name[:60]!r}: a label is at most 60 printable characters", option="--add")
         p = Path(path.strip())
         if not p.is_file():
-            raise FigureError(f"--add {name}: {p} not found")
-        try:
-            doc = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise FigureError(f"--add {name}: {p} is not JSON ({exc.msg})") from None
-        if "top1" not in doc:
-            raise FigureError(f"--add {name}: {p} has no 'top1'")
-        if "params" in doc and "flops" in doc:
-            params, flops, source = int(doc["params"]), int(doc["flops"]), "given"
-        elif doc.get("model"):
-            c = count_flops(doc["model"], doc.get("img_size"))
-            params, flops, source = c.params, c.flops, "counted"
-        else:
-            raise FigureError(f"--add {name}: {p} needs 'model' or both 'params' and 'flops'")
-        points.append({"label": name.strip(), "family": "added", "top1": float(doc["top1"]),
-                       "params_m": params / 1e6, "flops_g": flops / 1e9, "source": source})
+            raise FigureError(f"{p} not found", option=f"--add {name}")
+        points.append(_added_point(name, p))
     return points
 
 

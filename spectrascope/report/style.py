@@ -27,18 +27,22 @@ MARKERS = ("o", "D", "s", "^", "v", "P", "X", "*")
 RANDOM_COLOR = "#b22222"
 
 
-def check_cmap(name, option: str = "--cmap"):
-    """``name`` when matplotlib knows the colour map (None passes), else an ``OptionError`` naming a few."""
+def check_cmap(name, option: str = "--cmap") -> str | None:
+    """``name`` when it is a colour map in matplotlib's registry (None passes: the default); any other
+    value is an ``OptionError`` naming ``option`` with a few registered names. Every ``--cmap`` is
+    checked here, before any work."""
     if name is None:
         return None
-    if str(name) not in matplotlib.colormaps:
-        import difflib
+    if isinstance(name, str) and name in matplotlib.colormaps:
+        return name
+    from difflib import get_close_matches
 
-        from spectrascope.errors import OptionError
-        close = difflib.get_close_matches(str(name), list(matplotlib.colormaps), n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else "e.g. viridis, magma, gray"
-        raise OptionError(f"{name!r} is not a matplotlib colour map; {hint}", option=option)
-    return str(name)
+    from spectrascope.errors import OptionError
+    names = sorted(matplotlib.colormaps)
+    close = get_close_matches(str(name), names, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else "e.g. viridis, plasma, magma, inferno, gray"
+    raise OptionError(f"{name!r} is not a matplotlib colour map ({hint} {len(names)} are registered: "
+                      "matplotlib.colormaps)", option=option)
 
 
 def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:

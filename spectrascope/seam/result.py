@@ -57,6 +57,12 @@ class Result:
         return doc
 
     @classmethod
+    def validate(cls, doc: dict, where: str) -> None:
+        """Check a results.json document that comes from outside before it is read (``where``: its
+        file); a result whose figures need more than its declared field types overrides this and
+        raises a ``DataError`` naming the place. The default checks nothing more."""
+
+    @classmethod
     def from_json(cls, doc: dict) -> "Result":
         """The result of a results.json document (fields converted to their declared types)."""
         hints = typing.get_type_hints(cls)
@@ -234,6 +240,7 @@ def load_result(path):
             raise
         raise DataError(f"{file} was written by `{name}`, which is not an analysis here "
                         "(is its plug-in installed?)", option="RESULTS") from None
+    analysis.result.validate(doc, str(file))
     try:
         result = analysis.result.from_json(doc)
     except DataError as exc:

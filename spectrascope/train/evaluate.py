@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from spectrascope.engine.runner import Runner, batch_chunks
-from spectrascope.errors import CheckpointError, OptionError
-from spectrascope.io.datasets import EvalTransform, TransformedDataset, load_data
+from spectrascope.errors import CheckpointError, NonFiniteError, OptionError
+from spectrascope.io.bundles import load_data
+from spectrascope.io.transforms import EvalTransform, TransformedDataset
 from spectrascope.train.agree import agreed as _agreed
 from spectrascope.train.agree import raise_agreed
 from spectrascope.train.metrics import AccuracyReducer

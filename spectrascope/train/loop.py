@@ -38,8 +38,8 @@ from spectrascope.train.prepare import Run, setup_run
 from spectrascope.train.sampler import EpochBatchSampler, ShardSampler, derive_seed  # noqa: F401
 from spectrascope.train.schedule import CosineWarmup, param_groups  # noqa: F401
 from spectrascope.train.state import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_write,  # noqa: F401
-                                      load_training_checkpoint, rng_state, save_checkpoint, write_csv_atomic,
-                                      write_json_atomic)
+                                      claim_scope, load_training_checkpoint, rng_state, save_checkpoint,
+                                      write_csv_atomic, write_json_atomic)
 from spectrascope.train.stop import StopFlag, interrupt
 from spectrascope.zoo.build import (CheckpointModelSpec, create_model_from_checkpoint,  # noqa: F401  (re-exported)
                                     model_spec_from_checkpoint)
@@ -159,7 +159,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, log=None) -> dict:
 
     Returns:
         The run's results (``results.json``), on every rank."""
-    with _dist.session(resolve_device(cfg.device or "auto")) as (d, device):
+    with _dist.session(resolve_device(cfg.device or "auto")) as (d, device), claim_scope():
         say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         say = say if d.main else (lambda msg: None)
         run = setup_run(cfg, resume, d, device, say)

@@ -16,8 +16,9 @@ from spectrascope.engine.device import available_cpus, to_memory_format
 from spectrascope.engine.dist import Dist, data_parallel
 from spectrascope.engine.runner import AMP_DTYPES, RunConfig, Runner
 from spectrascope.errors import OptionError
-from spectrascope.io.datasets import (AugmentConfig, TrainTransform, TransformedDataset, build_mixup, load_data,
-                                      resolve_backend)
+from spectrascope.io.bundles import load_data
+from spectrascope.io.mixing import build_mixup
+from spectrascope.io.transforms import AugmentConfig, TrainTransform, TransformedDataset, resolve_backend
 from spectrascope.io.results import default_output_dir
 from spectrascope.train.agree import agreed
 from spectrascope.train.config import TrainConfig, merge_resume, resolve_config
@@ -92,7 +93,10 @@ def _config(cfg: TrainConfig, resume, world: int) -> tuple[TrainConfig, dict | N
     ckpt = None
     if resume:
         ckpt = load_training_checkpoint(resume)
+        given_output = cfg.output
         cfg = merge_resume(cfg, ckpt)
+        if given_output is None:       # the run continues where its checkpoint now is (moved or not)
+            cfg.output = None
     cfg = resolve_config(cfg, world) if ckpt is None else cfg
     if not cfg.model or not cfg.data:
         raise OptionError("--model and --data are required (unless --resume)", option="--model")
@@ -149,7 +153,8 @@ def _output(run: Run) -> None:
         out = Path(d.broadcast_object(str(out)))
     resuming = ckpt is not None and Path(os.path.abspath(out)) == Path(os.path.abspath(Path(ckpt["_path"]).parent))
     inputs = [run.bundle.spec.path] if run.bundle.spec.path is not None else []
-    agreed(d, lambda: prepare_output(out, cfg.overwrite, resuming=resuming, inputs=inputs), only_main=True)
+    agreed(d, lambda: prepare_output(out, cfg.overwrite, resuming=resuming, inputs=inputs,
+                                     resumed=ckpt["_path"] if ckpt else None), only_main=True)
     run.out = out
 
 

@@ -40,11 +40,54 @@ _EMA_KEYS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
+def check_checkpoint_file(path) -> Path:
+    """``path`` as a regular file to read a checkpoint from; a missing path, a folder or a device,
+    pipe or socket (``/dev/zero``, also behind a link) is a ``CheckpointError`` saying which."""
+    path = Path(path)
+    if not path.exists():
+        what = "a broken symbolic link" if path.is_symlink() else "not found"
+        raise CheckpointError(f"checkpoint {what}: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if not path.is_file():
+        target = f" (it points to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise CheckpointError(f"{path} is not a regular file (a device, pipe or socket){target}; give a "
+                              "checkpoint file")
+    return path
+
+
+def _load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line (never torch's advice to
+    switch the safe loading off)."""
+    text = str(exc)
+    if "GLOBAL" in text:
+        name = text.split("GLOBAL", 1)[1].split()[0] if text.split("GLOBAL", 1)[1].split() else "?"
+        return (f"it refers to Python code ({name}), so it was refused (save a plain state dict: "
+                "torch.save(model.state_dict(), path))")
+    if "Unsupported operand" in text or "invalid load key" in text or "magic number" in text.lower():
+        return "its bytes are not a torch checkpoint (an HTML page, a text file or another format?)"
+    if "central directory" in text or "zip archive" in text:
+        return "it is truncated or damaged (its zip archive is incomplete)"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and "weights_only" not in ln
+             and "file an issue" not in ln and "documentation of torch.load" not in ln]
+    return lines[0] if lines else type(exc).__name__
+
+
+def torch_load_plain(path, **kw):
+    """``torch.load(path, weights_only=True)`` of a checked file (``check_checkpoint_file``); a file
+    that cannot be read that way is a ``CheckpointError`` naming it and why (no pickled code runs)."""
+    path = check_checkpoint_file(path)
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(str(path), map_location="cpu", weights_only=True, **kw)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: refused or unreadable (read with weights_only=True, no pickled code is run): "
+                              f"{_load_failure(exc)}") from None
+
+
 def read_checkpoint(path, *, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """Return ``(state_dict, info)`` from a checkpoint file, never unpickling code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = check_checkpoint_file(path)
     info: dict = {"path": str(path), "format": None, "entry": None}
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -54,15 +97,7 @@ def read_checkpoint(path, *, use_ema: bool = False) -> tuple[dict[str, torch.Ten
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
         info["format"] = "safetensors"
     else:
-        try:
-            with torch.serialization.safe_globals(_safe_globals()):
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            msg = str(exc).strip().splitlines()
-            first = next((m for m in msg if "GLOBAL" in m or "Unsupported" in m), msg[0] if msg else repr(exc))
-            raise CheckpointError(
-                f"{path}: refused or unreadable (loaded with weights_only=True, no pickled code is run): {first}"
-            ) from None
+        obj = torch_load_plain(path)
         info["format"] = "torch"
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
@@ -180,6 +215,22 @@ def _layout_hint(state: dict, converted: str | None) -> str:
             "spectrascope convert --to official|timm converts between the two)")
 
 
+def _real(t: torch.Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+def _check_dtypes(state: dict, own: dict) -> None:
+    """Integer (or boolean) tensors for floating-point weights are refused: loading would cast them
+    silently (a quantised, exported or damaged checkpoint)."""
+    bad = [(k, v.dtype, own[k].dtype) for k, v in state.items() if _real(own[k]) and not _real(v)]
+    if bad:
+        k, got, want = bad[0]
+        raise CheckpointError(f"{len(bad)} tensor(s) hold integers where the model has floating-point weights "
+                              f"(e.g. {k}: {str(got).replace('torch.', '')} vs "
+                              f"{str(want).replace('torch.', '')}); integer weights are not cast silently: "
+                              "dequantise the checkpoint or save it in floating point")
+
+
 def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, strict: bool = True) -> LoadReport:
     """Convert the layout (``convert_layout``), adapt (``model.adapt_state_dict``) and load a state
     dict; one readable report. ``strict=False`` tolerates missing or extra keys, but a checkpoint
@@ -201,6 +252,7 @@ def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, strict:
     if strict and not report.ok:
         raise CheckpointError("checkpoint does not fit the model: " + report.format() + _layout_hint(state, layout_note))
     fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    _check_dtypes(fitting, own)
     total = sum(v.numel() for v in own.values())
     report.fraction = sum(v.numel() for v in fitting.values()) / total if total else 1.0
     if not strict and report.fraction < MIN_LOADED_FRACTION:

@@ -118,7 +118,7 @@ def _gib(n: float) -> str:
     return f"{n / 2 ** 30:.1f} GiB" if n < 2 ** 40 else f"{n / 2 ** 40:.1f} TiB"
 
 
-def _too_large(card, hw, overrides, num_classes, need: int, avail: int) -> InputSizeTooLarge:
+def _too_large(card, hw, overrides, num_classes, need: int, avail: int, option: str = OPTION) -> InputSizeTooLarge:
     side = max(hw)
     half = tuple(max(1, v // 2) for v in hw)
     fit = ""
@@ -130,12 +130,13 @@ def _too_large(card, hw, overrides, num_classes, need: int, avail: int) -> Input
     except (RuntimeError, UserError, _Unknown):
         pass
     return InputSizeTooLarge(f"{hw[0]}x{hw[1]}: {card.name} needs at least {_gib(need)} for one image (parameters "
-                             f"and its largest activation), more than the {_gib(avail)} available{fit}", option=OPTION)
+                             f"and its largest activation), more than the {_gib(avail)} available{fit}", option=option)
 
 
-def check_input_size(card, hw, overrides=None, num_classes: int = 1000) -> None:
+def check_input_size(card, hw, overrides=None, num_classes: int = 1000, option: str = OPTION) -> None:
     """Refuse ``hw`` for ``card`` before building: below the model's minimum or beyond the
-    available memory (see the module doc). Silent when the estimate is not available."""
+    available memory (see the module doc). Silent when the estimate is not available. ``option``
+    names the option the size came from (``--img-size``, ``--resolutions``)."""
     if hw is None:
         return
     hw = (int(hw[0]), int(hw[1]))
@@ -153,7 +154,7 @@ def check_input_size(card, hw, overrides=None, num_classes: int = 1000) -> None:
         s = _smallest_side(card.builder, overrides, num_classes)
         least = f"at least {s}x{s} px" if s else "a larger input"
         raise InputSizeTooSmall(f"{hw[0]}x{hw[1]} is too small for {card.name}: it needs {least} ({exc})",
-                                option=OPTION) from None
+                                option=option) from None
     avail = available_memory()
     if need > avail:
-        raise _too_large(card, hw, overrides, num_classes, need, avail)
+        raise _too_large(card, hw, overrides, num_classes, need, avail, option)

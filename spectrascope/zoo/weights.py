@@ -13,8 +13,14 @@ Looked up in order:
    ``resolve`` links, Tsinghua Cloud ``?dl=1`` links). Cloud-drive folders (OneDrive, Google
    Drive, ...) are not: they fail in one line naming the URL and the folder to put the file in.
 
-Downloads go to ``<file>.part`` (resumed with an HTTP Range request after an interruption),
-show progress, are checked against the announced size and renamed atomically."""
+Downloads go to ``<file>.part`` (resumed with an HTTP Range request after an interruption; a
+range answer that starts elsewhere starts the file again), show progress, are checked against
+the announced size and become a cache entry only once the file loads as weights (read without
+running pickled code): a mirror that served an HTML page or a short body leaves nothing behind,
+and an entry that does not load (recorded by an earlier version) names itself and the line that
+removes it. Ctrl-C / SIGTERM remove the ``.part``; the ``.lock`` that keeps two processes from
+downloading one file is removed after use. A cache that cannot be written still serves what it
+holds."""
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +35,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from spectrascope.errors import CheckpointError
+from spectrascope.errors import CheckpointError, Interrupted
 
 log = logging.getLogger("spectrascope")
 
@@ -108,12 +114,55 @@ def _read_record(path: Path) -> dict | None:
     return data if isinstance(data, dict) and "sha256" in data and "size" in data else None
 
 
-def _write_record(path: Path, url: str | None) -> dict:
-    data = {"file": path.name, "url": url, "size": path.stat().st_size, "sha256": _sha256(path)}
+def _write_record(path: Path, url: str | None, fmt: str | None = None) -> dict:
+    """Record size, sha256 and the checked format beside ``path``; a cache that cannot be written
+    (read-only) keeps the file unrecorded, with a note."""
+    data = {"file": path.name, "url": url, "size": path.stat().st_size, "sha256": _sha256(path), "format": fmt}
     tmp = _record_path(path).with_name(_record_path(path).name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, _record_path(path))
+    try:
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, _record_path(path))
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        log.warning("note: cannot record %s in the cache (%s); it is used unrecorded", path.name,
+                    exc.strerror or exc)
     return data
+
+
+def loadable_format(path: Path, name: str | None = None) -> str:
+    """The format of a weights file once it loaded (``torch`` or ``safetensors``, by the suffix of
+    ``name``, default the file's), read without running pickled code; a file that does not load is
+    a ``CheckpointError`` saying why."""
+    from spectrascope.zoo.checkpoint import _find_state_dict, torch_load_plain
+    if Path(name or path.name).suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        return "safetensors"
+    obj = torch_load_plain(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
+    _find_state_dict(obj, use_ema=False)
+    return "torch"
+
+
+def _head(path: Path) -> str:
+    """How a file starts, for a message (``; it starts with '<!DOCTYPE html>'``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return ""
+    text = head.decode("ascii", "replace").split("\n")[0].strip()
+    return f"; it starts with {text!r}" if text and all(c.isprintable() for c in text) else ""
+
+
+def _damaged(path: Path, why: str) -> WeightsError:
+    return WeightsError(f"the cached weights {path} are damaged ({why}); delete them to fetch them again: "
+                        f"rm '{path}' '{_record_path(path)}'")
 
 
 def verify_cached(path: Path) -> str:
@@ -147,6 +196,10 @@ def _fetch_once(url: str, part: Path, progress: bool, label: str) -> None:
     with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
         length = resp.headers.get("Content-Length")
         if have and getattr(resp, "status", 200) == 206:
+            start = _range_start(resp.headers.get("Content-Range"))
+            if start != have:                 # another range than the one asked for: start again
+                part.unlink()
+                raise _Incomplete(f"the server answered bytes={have}- with a range starting at {start}")
             mode, total = "ab", (have + int(length)) if length is not None else None
         else:
             mode, have, total = "wb", 0, int(length) if length is not None else None
@@ -167,34 +220,67 @@ def _fetch_once(url: str, part: Path, progress: bool, label: str) -> None:
         raise _Incomplete(f"got {size} of {total} bytes")
 
 
+def _range_start(header: str | None) -> int | None:
+    """The first byte of ``Content-Range: bytes START-END/TOTAL`` (None when absent or malformed)."""
+    try:
+        return int(str(header).split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
 def download(url: str, dest: Path, *, progress: bool = True, retries: int = RETRIES) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part`` (resumed after an interruption, up to
     ``retries`` more attempts), check the announced size, rename atomically and record size and
     sha256 next to it. Raises ``WeightsError`` (one line) when the file cannot be fetched."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeightsError(f"cannot create the weights cache {dest.parent} ({exc.strerror or exc}); set "
+                           f"{ENV_CACHE} to a writable folder") from None
     part = dest.with_name(dest.name + ".part")
     last = ""
-    for attempt in range(retries + 1):
-        try:
-            _fetch_once(url, part, progress, dest.name)
-        except _Incomplete as exc:
-            last = f"download interrupted ({exc})"
-            log.warning("note: %s: %s; resuming (%d of %d)", dest.name, last, attempt + 1, retries)
-            continue
-        except urllib.error.HTTPError as exc:
-            if exc.code == 416 and part.exists():    # the partial file is already complete or longer
-                part.unlink()
-                last = "HTTP 416 on resume"
+    try:
+        for attempt in range(retries + 1):
+            try:
+                _fetch_once(url, part, progress, dest.name)
+            except _Incomplete as exc:
+                last = f"download interrupted ({exc})"
+                if attempt < retries:
+                    log.warning("note: %s: %s; resuming (try %d of %d)", dest.name, last, attempt + 2, retries + 1)
                 continue
-            raise WeightsError(f"HTTP {exc.code} for {url}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise WeightsError(f"cannot download {url} ({reason})") from None
-        os.replace(part, dest)
-        _write_record(dest, url)
-        return dest
+            except urllib.error.HTTPError as exc:
+                if exc.code == 416 and part.exists():    # the partial file is already complete or longer
+                    part.unlink()
+                    last = "HTTP 416 on resume"
+                    continue
+                raise WeightsError(f"HTTP {exc.code} for {url}") from None
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+                raise WeightsError(f"cannot download {url} ({reason})") from None
+            return _accept(part, dest, url)
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, Interrupted)):     # Ctrl-C / SIGTERM: no half-written file stays
+            with contextlib.suppress(OSError):
+                part.unlink()
+        raise
     raise WeightsError(f"{url}: {last}; the partial file {part} is kept and resumed by the next run")
+
+
+def _accept(part: Path, dest: Path, url: str) -> Path:
+    """A complete download becomes a cache entry only once it loads as weights (a mirror that served
+    an HTML page or another file leaves nothing behind)."""
+    try:
+        fmt = loadable_format(part, dest.name)
+    except CheckpointError as exc:
+        head = _head(part)
+        with contextlib.suppress(OSError):
+            part.unlink()
+        why = str(exc).split("): ", 1)[-1] if "): " in str(exc) else str(exc).split(": ", 1)[-1]
+        raise WeightsError(f"{url} did not serve weights ({why}{head}); nothing was cached") from None
+    os.replace(part, dest)
+    _write_record(dest, url, fmt)
+    return dest
 
 
 # ---------------------------------------------------------------------------- resolving a card
@@ -211,17 +297,26 @@ def _in_folder(folder: Path | None, file_name: str) -> Path | None:
 
 def _cached(path: Path, url: str | None, progress: bool) -> Path | None:
     state = verify_cached(path)
-    if state == "ok":
-        return path
-    if state == "unrecorded":            # put there by hand: trusted once, recorded from now on
-        _write_record(path, None)
+    if state in ("ok", "unrecorded"):
+        rec = _read_record(path) or {}
+        if not rec.get("format"):        # put there by hand, or recorded before formats were checked
+            try:
+                fmt = loadable_format(path)
+            except CheckpointError as exc:
+                raise _damaged(path, str(exc).split("): ", 1)[-1] + _head(path)) from None
+            _write_record(path, rec.get("url"), fmt)
         return path
     if state in ("truncated", "corrupt"):
         log.warning("note: cached %s is %s; fetching it again", path, state)
-        if state == "truncated" and url:
-            os.replace(path, path.with_name(path.name + ".part"))    # resume from the intact prefix
-        else:
-            path.unlink()
+        try:
+            if state == "truncated" and url:
+                os.replace(path, path.with_name(path.name + ".part"))    # resume from the intact prefix
+            else:
+                path.unlink()
+        except OSError as exc:
+            raise WeightsError(f"the cached weights {path} are {state} and the cache cannot be changed "
+                               f"({exc.strerror or exc}); delete them by hand: rm '{path}' '{_record_path(path)}'"
+                               ) from None
     return None
 
 
@@ -256,20 +351,46 @@ def resolve(card, *, weights_dir=None, mirror=None, progress: bool = True) -> Pa
                        f"{file_name} by hand and put it in {target} ({ENV_DIR} or --weights-dir)")
 
 
+def _lock_fd(lock: Path) -> int:
+    """An open, ``flock``-ed descriptor of ``lock`` (the file still at that path: a file removed by
+    the process that held it before is opened again)."""
+    try:
+        import fcntl
+    except ImportError:       # not POSIX: no inter-process lock
+        fcntl = None
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        try:
-            import fcntl
-        except ImportError:       # not POSIX: no inter-process lock
-            yield
-            return
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """One download of ``path`` at a time across processes: ``<file>.lock`` held with ``flock``
+    (waiting for the other process) and removed when the download is done or interrupted."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _lock_fd(lock)
+    except OSError as exc:
+        raise WeightsError(f"cannot write the weights cache {path.parent} ({exc.strerror or exc}); set "
+                           f"{ENV_CACHE} to a writable folder or put {path.name} in --weights-dir") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)                  # unlinked while held: a waiting process opens it again
+        os.close(fd)
 
 
 def _download_card(name: str, file_name: str, url, mirrored, target: Path, progress: bool) -> Path:
