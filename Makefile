@@ -5,7 +5,7 @@ PIP_FLAGS ?= --disable-pip-version-check
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: setup demo test test-fast bench gpu-check figures clean
+.PHONY: setup demo test test-fast test-timm bench gpu-check figures clean
 
 # idempotent: re-running only re-installs what changed
 setup: $(BIN)/spectrascope
@@ -24,6 +24,11 @@ demo: setup
 
 test: setup
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
+
+# timm's own tests/test_models.py (the installed timm's source distribution, fetched once into
+# ~/.cache/spectrascope/timm-sdist) over every zoo entry point; see docs/timm.md
+test-timm: setup
+	MPLBACKEND=Agg $(BIN)/python tests/timm_suite.py
 
 # every benchmark script, printed and kept under runs/bench/ (minutes on a CPU): make bench DEVICE=cuda
 DEVICE ?= cpu
