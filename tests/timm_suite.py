@@ -163,8 +163,9 @@ def run(models: list[str], workdir: Path, *, shrink: bool = False, pytest_args=(
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", f"--junitxml={report}",
            "--rootdir", str(workdir), str(workdir / "test_models.py"), *pytest_args]
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
-    if shrink:      # one thread: the small models' kernels are tiny, and spinning thread pools cost more
-        env.setdefault("OMP_NUM_THREADS", "1")
+    # one thread unless asked otherwise: most of the time goes to tracing and scripting, the small
+    # kernels gain nothing from a thread pool, and a spinning one costs much on a busy machine
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.pop("GITHUB_ACTIONS", None)        # timm's CI switch changes its lists
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, env=env, stdout=stream, stderr=subprocess.STDOUT if stream else None,
