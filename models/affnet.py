@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from typing import Optional, Tuple
 
 import torch

@@ -467,4 +467,4 @@ _register_metaformer("poolformerv2_s12", "poolformerv2", dict(_S12, token_mixers
                      description="pooling token mixer, modified LayerNorm")
 
 __all__ = ["MetaFormer", "MetaFormerBlock", "Downsampling", "Attention", "RandomMixing", "Pooling", "SepConv",
-           "register_token_mixer", "resolve_token_mixer", "TOKEN_MIXERS", "SquaredReLU"]
+           "SquaredReLU"]
