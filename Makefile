@@ -5,7 +5,7 @@ PIP_FLAGS ?= --disable-pip-version-check
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: setup demo test test-fast bench bench-readme gpu-check figures docs docs-figures clean
+.PHONY: setup demo test test-fast test-timm bench bench-readme gpu-check figures docs docs-figures clean
 
 # idempotent: re-running only re-installs what changed
 setup: $(BIN)/spectrascope
@@ -24,6 +24,11 @@ demo: setup
 
 test: setup
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
+
+# timm's own tests/test_models.py (the installed timm's source distribution, fetched once into
+# ~/.cache/spectrascope/timm-sdist) over every zoo entry point; see docs/timm.md
+test-timm: setup
+	MPLBACKEND=Agg $(BIN)/python tests/timm_suite.py
 
 # every benchmark script, then one table of all their rows: runs/bench/summary.md and summary.json
 # (logs beside them). The quick set takes about 10 min on a quiet 2-core CPU; FULL=1 adds the long

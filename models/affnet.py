@@ -36,23 +36,31 @@ from __future__ import annotations
 
 import copy
 import json
-import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .affnet_ablations import (ConvMixer, DFFMixer, FFCMixer, FNOMixer, GFNMixer, IdentityMixer, _SlotMixer,
-                               dct2, haar_dwt2, haar_idwt2, idct2, pad_even)
+from .affnet_ablations import (ConvMixer, DFFMixer, FFCMixer, FNOMixer, GFNMixer, _SlotMixer, dct2, haar_dwt2,
+                               haar_idwt2, idct2, pad_even)
 from .base import TapList, TapSpec, ZooModel, block_depths, register_model
-from .layers import DropPath, TapPoint, normalize_name, spectral_region
+from .layers import (DropPath, IdentityMixer, TapPoint, make_activation, normalize_name, register_token_mixer,
+                     resolve_token_mixer, spectral_region)
+
+# the transforms branch on the input's size: leaves for torch.fx where the AFF mixer calls them
+torch.fx.wrap("dct2")
+torch.fx.wrap("idct2")
+torch.fx.wrap("haar_dwt2")
+torch.fx.wrap("haar_idwt2")
+torch.fx.wrap("pad_even")
 
 PAPER_AFFNET = "Adaptive Frequency Filters As Efficient Global Token Mixers (Huang et al., ICCV 2023)"
 SRC_AFFNET = ("microsoft/TokenMixers@99dbe38c:Adaptive Frequency Filters/affnet/models/classification/"
               "affnet.py:AffNet")
 
 __all__ = ["AFFNet", "AFFBlock", "Block", "AFFMixer", "InvertedResidual", "ConvLayer", "get_configuration",
-           "make_divisible", "TOKEN_MIXERS", "OPTS_KEYS"]
+           "make_divisible", "OPTS_KEYS"]
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -72,7 +80,7 @@ def _aff(channels, blocks, expand, no_fuse=False):
     return d
 
 
-#: The official per-layer tables (``config/affnet.py:get_configuration``), by mode.
+#: The official per-layer tables (the official ``get_configuration``), by mode.
 _MODES = {
     "xx_small": (2, [32, 48, 64, 104, 144], [1, 3], [2, 4, 3], ()),
     "x_small": (4, [32, 48, 96, 160, 192], [1, 3], [2, 4, 3], ()),
@@ -157,19 +165,6 @@ def make_divisible(v, divisor: int = 8, min_value: int | None = None) -> int:
 
 # ---------------------------------------------------------------------------- layers
 
-_ACTS = {"swish": nn.SiLU, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "hardswish": nn.Hardswish,
-         "hswish": nn.Hardswish, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}
-
-
-def make_act(name) -> nn.Module:
-    if isinstance(name, type) and issubclass(name, nn.Module):
-        return name()
-    key = normalize_name(name)
-    if key not in _ACTS:
-        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(sorted(_ACTS))}")
-    return _ACTS[key]()
-
-
 class ChannelLayerNorm(nn.Module):
     """cvnets ``layer_norm`` on NCHW input: per-pixel statistics over C,
     ``(x - mean) / (std + eps)`` (biased std, eps added to the std), then the affine."""
@@ -213,7 +208,7 @@ class ConvLayer(nn.Module):
         if use_norm:
             block.add_module("norm", nn.BatchNorm2d(out_channels, momentum=norm_momentum))
         if use_act:
-            block.add_module("act", make_act(act))
+            block.add_module("act", make_activation(act)())
         self.block = block
 
     def forward(self, x):
@@ -260,13 +255,27 @@ class GlobalPool(nn.Module):
         self.pool_type = pool_type
 
     def forward(self, x):
+        if self.pool_type == "":            # no pooling (timm's global_pool='')
+            return x
         return x.mean(dim=(-2, -1)) if self.pool_type == "mean" else x.amax(dim=(-2, -1))
 
 
 # ---------------------------------------------------------------------------- AFF mixer
 
 
-def _group_linear(xr, xi, w, b, kernel_size, groups):
+def _group_lin(t: torch.Tensor, m: torch.Tensor, groups: int) -> torch.Tensor:
+    B, C, H, W = t.shape
+    return torch.einsum("bkihw,kio->bkohw", t.reshape(B, groups, -1, H, W), m)
+
+
+def _group_conv(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    g, bi, bo, k, _ = m.shape
+    weight = m.permute(0, 2, 1, 3, 4).reshape(g * bo, bi, k, k)
+    return F.conv2d(t, weight, padding=k // 2, groups=g)
+
+
+def _group_linear(xr: torch.Tensor, xi: Optional[torch.Tensor], w: torch.Tensor, b: torch.Tensor, kernel_size: int,
+                  groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Complex group-linear (or group-conv) layer on real/imag parts ``(B, C, H, W)``.
 
     ``w``: ``(2, G, b_in, b_out)`` (k = 1, the official layout) or ``(2, G, b_in, b_out, k, k)``;
@@ -274,24 +283,17 @@ def _group_linear(xr, xi, w, b, kernel_size, groups):
     ``xi=None`` means a real input (imaginary part zero)."""
     B, C, H, W = xr.shape
     if kernel_size == 1:
-        def lin(t, m):
-            return torch.einsum("bkihw,kio->bkohw", t.reshape(B, groups, -1, H, W), m)
-        re = lin(xr, w[0]) + b[0, :, :, None, None]
-        im = lin(xr, w[1]) + b[1, :, :, None, None]
+        re = _group_lin(xr, w[0], groups) + b[0, :, :, None, None]
+        im = _group_lin(xr, w[1], groups) + b[1, :, :, None, None]
         if xi is not None:
-            re = re - lin(xi, w[1])
-            im = im + lin(xi, w[0])
+            re = re - _group_lin(xi, w[1], groups)
+            im = im + _group_lin(xi, w[0], groups)
         return re.reshape(B, -1, H, W), im.reshape(B, -1, H, W)
-
-    def conv(t, m):
-        g, bi, bo, k, _ = m.shape
-        weight = m.permute(0, 2, 1, 3, 4).reshape(g * bo, bi, k, k)
-        return F.conv2d(t, weight, padding=k // 2, groups=g)
-    re = conv(xr, w[0]) + b[0].reshape(1, -1, 1, 1)
-    im = conv(xr, w[1]) + b[1].reshape(1, -1, 1, 1)
+    re = _group_conv(xr, w[0]) + b[0].reshape(1, -1, 1, 1)
+    im = _group_conv(xr, w[1]) + b[1].reshape(1, -1, 1, 1)
     if xi is not None:
-        re = re - conv(xi, w[1])
-        im = im + conv(xi, w[0])
+        re = re - _group_conv(xi, w[1])
+        im = im + _group_conv(xi, w[0])
     return re, im
 
 
@@ -360,8 +362,8 @@ class AFFMixer(_SlotMixer):
         self.b1 = nn.Parameter(self.scale * torch.randn(2, groups, bs))
         self.w2 = nn.Parameter(self.scale * torch.randn(2, groups, bs, bs, *ks))
         self.b2 = nn.Parameter(self.scale * torch.randn(2, groups, bs))
-        self.act = make_act(act)
-        self.act2 = make_act(act)
+        self.act = make_activation(act)()
+        self.act2 = make_activation(act)()
         self.mask_tap = TapPoint()
 
     def spectral_taps(self):
@@ -378,52 +380,56 @@ class AFFMixer(_SlotMixer):
                 f"combine={self.combine}, mask_shape={self.mask_shape}, kernel_size={self.kernel_size}, "
                 f"skip={self.in_mixer_skip}")
 
-    def _mask(self, xr, xi):
+    def _mask(self, xr, xi: Optional[torch.Tensor]):
         g, k = self.num_blocks, self.kernel_size
-        r1, i1 = _group_linear(xr, xi, self.w1, self.b1, k, g)
+        # the mask net runs in float32 (a no-op cast for a float32 model; a half-precision one stays usable)
+        r1, i1 = _group_linear(xr, xi, self.w1.float(), self.b1.float(), k, g)
         r1, i1 = self.act(r1), self.act2(i1)
-        r2, i2 = _group_linear(r1, i1, self.w2, self.b2, k, g)
+        r2, i2 = _group_linear(r1, i1, self.w2.float(), self.b2.float(), k, g)
         m = F.softshrink(torch.stack([r2, i2], dim=-1), lambd=self.sparsity_threshold)
         return torch.view_as_complex(m)
 
-    def forward(self, x):
-        bias = x
-        dtype = x.dtype
-        with spectral_region(x):
-            x = x.float()
-            B, C, H, W = x.shape
-            if self.transform == "fft":
-                X = torch.fft.rfft2(x, dim=(2, 3), norm="ortho")
-                M = self._mask(X.real, X.imag)
-            else:
-                size = None
-                if self.transform == "identity":
-                    X = x
-                elif self.transform == "dct":
-                    X = dct2(x)
-                else:
-                    xp, size = pad_even(x)
-                    X = haar_dwt2(xp)
-                M = self._mask(X, None).real
-            if self.mask_shape == "1HW":
-                M = M.mean(dim=1, keepdim=True)
-            M = self.mask_tap(M)
-            if self.combine == "product":
-                Y = M * X
-            elif self.combine == "sum":
-                Y = M + X
-            else:
-                Y = M.expand_as(X) if M.shape != X.shape else M
-            if self.transform == "fft":
-                y = torch.fft.irfft2(Y, s=(H, W), dim=(2, 3), norm="ortho")
-            elif self.transform == "identity":
-                y = Y
+    def _spectral(self, x):
+        x = x.float()
+        H, W = x.shape[2], x.shape[3]
+        if self.transform == "fft":
+            X = torch.fft.rfft2(x, dim=(2, 3), norm="ortho")
+            M = self._mask(X.real, X.imag)
+        else:
+            if self.transform == "identity":
+                X = x
             elif self.transform == "dct":
-                y = idct2(Y)
+                X = dct2(x)
             else:
-                y = haar_idwt2(Y)[..., :size[0], :size[1]]
-        y = self.spectral_tap(y.to(dtype))
-        return y + bias if self.in_mixer_skip else y
+                X = haar_dwt2(pad_even(x))
+            M = self._mask(X, None).real
+        if self.mask_shape == "1HW":
+            M = M.mean(dim=1, keepdim=True)
+        M = self.mask_tap(M)
+        if self.combine == "product":
+            Y = M * X
+        elif self.combine == "sum":
+            Y = M + X
+        else:
+            Y = M.expand_as(X)
+        if self.transform == "fft":
+            y = torch.fft.irfft2(Y, s=(H, W), dim=(2, 3), norm="ortho")
+        elif self.transform == "identity":
+            y = Y
+        elif self.transform == "dct":
+            y = idct2(Y)
+        else:
+            y = haar_idwt2(Y)[..., :H, :W]
+        return y
+
+    def forward(self, x):
+        if torch.jit.is_scripting():
+            y = self._spectral(x)
+        else:
+            with spectral_region(x):
+                y = self._spectral(x)
+        y = self.spectral_tap(y.to(x.dtype))
+        return y + x if self.in_mixer_skip else y
 
 
 class AFNOMixer(AFFMixer):
@@ -443,23 +449,14 @@ class AFNOMixer(AFFMixer):
         return []
 
 
-#: ``token_mixer`` names -> mixer classes (the slot ``Block.filter``)
-TOKEN_MIXERS = {
-    "aff": AFFMixer, "afnochannelfirst": AFFMixer, "afno2dchannelfirst": AFFMixer,
-    "none": IdentityMixer, "identity": IdentityMixer, "base": IdentityMixer,
-    "conv": ConvMixer, "conv3x3": ConvMixer, "convmixer": ConvMixer,
-    "afno": AFNOMixer, "gfn": GFNMixer, "gfnet": GFNMixer, "globalfilter": GFNMixer,
-    "ffc": FFCMixer, "fourierunit": FFCMixer, "dff": DFFMixer, "fno": FNOMixer,
-}
-
-
-def resolve_token_mixer(name):
-    if isinstance(name, type) and issubclass(name, nn.Module):
-        return name
-    key = normalize_name(name if name is not None else "none")
-    if key not in TOKEN_MIXERS:
-        raise ValueError(f"unknown token_mixer {name!r}; choose from aff, none, conv3x3, afno, gfn, ffc, dff, fno")
-    return TOKEN_MIXERS[key]
+# the operators of the ``Block.filter`` slot (NCHW) in the zoo's token mixer table
+register_token_mixer(AFFMixer, "aff", "afnochannelfirst", "afno2dchannelfirst", layout="NCHW")
+register_token_mixer(ConvMixer, "conv", "conv3x3", layout="NCHW")
+register_token_mixer(AFNOMixer, "afno", layout="NCHW")
+register_token_mixer(GFNMixer, "gfn", "gfnet", "globalfilter", layout="NCHW")
+register_token_mixer(FFCMixer, "ffc", "fourierunit", layout="NCHW")
+register_token_mixer(DFFMixer, "dff", layout="NCHW")
+register_token_mixer(FNOMixer, "fno", layout="NCHW")
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -493,12 +490,17 @@ class Block(nn.Module):
 
     def forward(self, x):
         residual = x
-        first, second = (self.filter, self.mlp) if self.token_first else (self.mlp, self.filter)
-        x = first(self.norm1(x))
+        if self.token_first:
+            x = self.filter(self.norm1(x))
+        else:
+            x = self.mlp(self.norm1(x))
         if self.double_skip:
             x = x + residual
             residual = x
-        x = second(self.norm2(x))
+        if self.token_first:
+            x = self.mlp(self.norm2(x))
+        else:
+            x = self.filter(self.norm2(x))
         return self.drop_path(x) + residual
 
 
@@ -564,9 +566,10 @@ class AFFNet(ZooModel):
         self.config = cfg
         self.mode = mode
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.input_size = tuple(input_size)
         conv_kw = dict(act=activation, normalization=normalization, norm_momentum=norm_momentum)
-        mixer_cls = resolve_token_mixer(token_mixer)
+        mixer_cls = resolve_token_mixer(token_mixer, layout="NCHW")[0]
         self.token_mixer_name = mixer_cls.__name__
         mixer_kw = dict(mixer_kwargs or {})
         if mixer_cls in (AFFMixer, AFNOMixer):
@@ -618,8 +621,9 @@ class AFFNet(ZooModel):
         self.classifier.add_module("global_pool", GlobalPool(global_pool))
         if 0.0 < classifier_dropout < 1.0:
             self.classifier.add_module("dropout", nn.Dropout(p=classifier_dropout))
-        self.num_features = exp
-        self.classifier.add_module("fc", self._make_fc(num_classes))
+        self.num_features = self.head_hidden_size = exp
+        self.global_pool_type = {"mean": "avg", "max": "max"}[global_pool]
+        self.classifier.add_module("fc", self._make_classifier(num_classes))
         reductions, r = [], 2
         for k in range(1, 6):
             r *= cfg[f"layer{k}"].get("stride", 1)
@@ -627,7 +631,7 @@ class AFFNet(ZooModel):
         self.feature_info = self._feature_info([cfg[f"layer{k}"]["out_channels"] for k in range(1, 6)], reductions,
                                                [f"layer_{k}" for k in range(1, 6)])
 
-    def _make_fc(self, num_classes: int) -> nn.Module:
+    def _make_classifier(self, num_classes: int) -> nn.Module:
         # official init: cvnets' initialize_weights is a no-op for this model (PyTorch
         # defaults everywhere); the classifier's LinearLayer is xavier-uniform, bias 0.
         if num_classes <= 0:
@@ -663,7 +667,8 @@ class AFFNet(ZooModel):
 
     # ------------------------------------------------------------------ forward
     first_conv = "conv_1.block.conv"
-    classifier_name = "classifier.fc"
+    classifier_name = classifier_slot = "classifier.fc"
+    pool_types = ("avg", "max", "")
 
     def _stages_forward(self, x):
         x = self.conv_1(x)
@@ -675,16 +680,30 @@ class AFFNet(ZooModel):
         """The ``conv_1x1_exp`` map (B, num_features, H/32, W/32)."""
         return self.conv_1x1_exp(x)
 
+    def forward_features(self, x):
+        """The ``conv_1x1_exp`` map (B, num_features, H/32, W/32)."""
+        if not torch.jit.is_scripting():
+            if self.grad_checkpointing:
+                return self._forward_levels(x)
+        x = self.conv_1(x)
+        x = self.layer_1(x)
+        x = self.layer_2(x)
+        x = self.layer_3(x)
+        x = self.layer_4(x)
+        x = self.layer_5(x)
+        return self.conv_1x1_exp(x)
+
     def forward_head(self, x, pre_logits: bool = False):
         """Global pool (and dropout): ``pre_logits``; then the classifier."""
         x = self.classifier.global_pool(x)
-        if "dropout" in self.classifier._modules:
+        if hasattr(self.classifier, "dropout"):
             x = self.classifier.dropout(x)
         return x if pre_logits else self.classifier.fc(x)
 
-    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
-        self.num_classes = num_classes
-        self.classifier.fc = self._make_fc(num_classes)
+    def _set_global_pool(self, global_pool: str) -> None:
+        """timm's ``global_pool``: 'avg' (the official mean), 'max' or '' (none: ``forward_head`` gives the map)."""
+        super()._set_global_pool(global_pool)
+        self.classifier.global_pool.pool_type = {"avg": "mean", "max": "max", "": ""}[global_pool]
 
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^conv_1\.", blocks=[(r"^layer_(\d+)" if coarse else r"^layer_(\d+)\.(\d+)", None),
@@ -777,6 +796,7 @@ def _register(name, cfg, paper_params, description, variant_of=None, aliases=(),
                    default_input_size=(3, 256, 256), feature_layout="NCHW", crop_pct=0.888, interpolation="bicubic",
                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), weight_file=weight_file, weight_url=None,
                    paper_params_m=paper_params, variant_of=variant_of,
+                   fixed_input_size=cfg.get("token_mixer") in ("gfn", "fno"),
                    description=description + (f" [{table}]" if table else ""))(_affnet_builder(cfg))
 
 

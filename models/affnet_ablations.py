@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Tuple
 
 import torch
 import torch.nn as nn
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from .base import InputSizeError
 from .layers import TapPoint, resize_complex_weight, spectral_region, to_2tuple
 
-__all__ = ["dct_matrix", "dct2", "idct2", "haar_dwt2", "haar_idwt2", "IdentityMixer", "ConvMixer",
+__all__ = ["dct_matrix", "dct2", "idct2", "haar_dwt2", "haar_idwt2", "ConvMixer",
            "GFNMixer", "FNOMixer", "FFCMixer", "DFFMixer", "GridError"]
 
 
@@ -39,13 +40,29 @@ class GridError(InputSizeError):
 # ---------------------------------------------------------------------------- transforms
 
 
-@lru_cache(maxsize=64)
-def _dct_matrix_cpu(n: int) -> torch.Tensor:
+def _dct_basis(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix (n x n), float64 on the CPU (``dct_matrix``)."""
     k = torch.arange(n, dtype=torch.float64).unsqueeze(1)
     i = torch.arange(n, dtype=torch.float64).unsqueeze(0)
     m = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
     m[0] /= math.sqrt(2.0)
     return m
+
+
+@lru_cache(maxsize=64)
+def _dct_matrix_cpu(n: int) -> torch.Tensor:
+    return _dct_basis(n)
+
+
+def _dct_pair(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The DCT matrices for the last two axes of ``x``, in its device and dtype (cached in eager)."""
+    if torch.jit.is_scripting():
+        dh = _dct_basis(x.shape[-2]).to(device=x.device, dtype=x.dtype)
+        dw = _dct_basis(x.shape[-1]).to(device=x.device, dtype=x.dtype)
+    else:
+        dh = dct_matrix(x.shape[-2], x.device, x.dtype)
+        dw = dct_matrix(x.shape[-1], x.device, x.dtype)
+    return dh, dw
 
 
 def dct_matrix(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -58,15 +75,13 @@ def dct_matrix(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
 
 def dct2(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal 2-D DCT-II over the last two axes."""
-    dh = dct_matrix(x.shape[-2], x.device, x.dtype)
-    dw = dct_matrix(x.shape[-1], x.device, x.dtype)
+    dh, dw = _dct_pair(x)
     return dh @ x @ dw.transpose(0, 1)
 
 
 def idct2(x: torch.Tensor) -> torch.Tensor:
     """Inverse of ``dct2`` (orthonormal DCT-III over the last two axes)."""
-    dh = dct_matrix(x.shape[-2], x.device, x.dtype)
-    dw = dct_matrix(x.shape[-1], x.device, x.dtype)
+    dh, dw = _dct_pair(x)
     return dh.transpose(0, 1) @ x @ dw
 
 
@@ -78,8 +93,8 @@ def haar_dwt2(x: torch.Tensor) -> torch.Tensor:
     ``(H/2, W/2)``. With ``a, b, c, d`` the pixels of a 2x2 cell (row-major):
     ``LL = (a+b+c+d)/2``, ``HL = (a-b+c-d)/2``, ``LH = (a+b-c-d)/2``, ``HH = (a-b-c+d)/2``.
     The transform is orthonormal (energy preserving), so ``haar_idwt2`` is its transpose."""
-    H, W = x.shape[-2:]
-    if H % 2 or W % 2:
+    H, W = x.shape[-2], x.shape[-1]
+    if H % 2 != 0 or W % 2 != 0:
         raise ValueError(f"haar_dwt2 needs even sizes, got {H}x{W} (pad first)")
     a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
     c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
@@ -90,33 +105,38 @@ def haar_dwt2(x: torch.Tensor) -> torch.Tensor:
 
 def haar_idwt2(y: torch.Tensor) -> torch.Tensor:
     """Inverse of ``haar_dwt2`` (tiled sub-bands -> signal)."""
-    H, W = y.shape[-2:]
-    if H % 2 or W % 2:
+    H, W = y.shape[-2], y.shape[-1]
+    if H % 2 != 0 or W % 2 != 0:
         raise ValueError(f"haar_idwt2 needs even sizes, got {H}x{W}")
     h, w = H // 2, W // 2
     ll, hl = y[..., :h, :w], y[..., :h, w:]
     lh, hh = y[..., h:, :w], y[..., h:, w:]
-    a, b = (ll + hl + lh + hh) / 2, (ll - hl + lh - hh) / 2
-    c, d = (ll + hl - lh - hh) / 2, (ll - hl - lh + hh) / 2
     out = y.new_empty(y.shape)
-    out[..., 0::2, 0::2], out[..., 0::2, 1::2] = a, b
-    out[..., 1::2, 0::2], out[..., 1::2, 1::2] = c, d
+    out[..., 0::2, 0::2] = (ll + hl + lh + hh) / 2
+    out[..., 0::2, 1::2] = (ll - hl + lh - hh) / 2
+    out[..., 1::2, 0::2] = (ll + hl - lh - hh) / 2
+    out[..., 1::2, 1::2] = (ll - hl - lh + hh) / 2
     return out
 
 
-def pad_even(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad the last two axes to even sizes; returns the padded map and the original size."""
-    H, W = x.shape[-2:]
-    if H % 2 or W % 2:
+def pad_even(x: torch.Tensor) -> torch.Tensor:
+    """Zero-pad the last two axes to even sizes (the caller crops back to its own size)."""
+    H, W = x.shape[-2], x.shape[-1]
+    if H % 2 != 0 or W % 2 != 0:
         x = F.pad(x, (0, W % 2, 0, H % 2))
-    return x, (H, W)
+    return x
 
 
 # ---------------------------------------------------------------------------- mixers
 
 
 class _SlotMixer(nn.Module):
-    """Common part: the in-mixer skip and the tap of the pure mixing term."""
+    """Common part: the in-mixer skip and the tap of the pure mixing term; ``forward`` runs the
+    operator's ``_spectral`` with autocast off. (The "Base." rows use the zoo's
+    ``IdentityMixer``: "all AFF token mixers are replaced with identity functions".)"""
+
+    #: whether the operator is bound to the grid it is built for
+    size_bound = False
 
     def __init__(self, in_mixer_skip: bool = True):
         super().__init__()
@@ -127,18 +147,19 @@ class _SlotMixer(nn.Module):
         y = self.spectral_tap(y.to(x.dtype))
         return y + x if self.in_mixer_skip else y
 
-    def spectral_taps(self) -> list[tuple[str, str, str, str]]:
-        return []
-
-
-class IdentityMixer(_SlotMixer):
-    """"Base." of Tables 4 and 5: "all AFF token mixers are replaced with identity functions"."""
-
-    def __init__(self, dim: int, **kwargs):
-        super().__init__(in_mixer_skip=False)
+    def _spectral(self, x):  # pragma: no cover - every spectral operator overrides
+        raise NotImplementedError
 
     def forward(self, x):
-        return self.spectral_tap(x)
+        if torch.jit.is_scripting():
+            y = self._spectral(x)
+        else:
+            with spectral_region(x):
+                y = self._spectral(x)
+        return self._finish(y, x)
+
+    def spectral_taps(self) -> list:
+        return []
 
 
 class ConvMixer(_SlotMixer):
@@ -172,25 +193,30 @@ class GFNMixer(_SlotMixer):
         self.weight_resize = weight_resize
         self.complex_weight = nn.Parameter(torch.randn(h, w // 2 + 1, dim, 2, dtype=torch.float32) * 0.02)
         self.filter_tap = TapPoint()
+        self.size_bound = not weight_resize
 
     def spectral_taps(self):
         return [("aff_mask", "filter_tap", "raw", "GFN static filter (C, H, W//2+1), complex64")]
 
-    def forward(self, x):
-        B, C, H, W = x.shape
-        with spectral_region(x):
-            X = torch.fft.rfft2(x.float(), dim=(2, 3), norm="ortho")
-            weight = self.complex_weight
-            if tuple(weight.shape[:2]) != tuple(X.shape[2:]):
-                if not self.weight_resize:
-                    raise GridError(
-                        f"GFN filter was built for a {weight.shape[0]}x{weight.shape[1]} frequency grid, the input "
-                        f"gives {X.shape[2]}x{X.shape[3]}; build the model with img_size=(H, W) of the input or "
-                        "pass mixer_kwargs={'weight_resize': True}")
-                weight = resize_complex_weight(weight.float(), X.shape[2], X.shape[3])
-            k = self.filter_tap(torch.view_as_complex(weight.float().contiguous()).permute(2, 0, 1))
-            y = torch.fft.irfft2(X * k, s=(H, W), dim=(2, 3), norm="ortho")
-        return self._finish(y, x)
+    def _spectral(self, x):
+        H, W = x.shape[2], x.shape[3]
+        X = torch.fft.rfft2(x.float(), dim=(2, 3), norm="ortho")
+        k = self.filter_tap(_gfn_filter(self.complex_weight, X, self.weight_resize))
+        return torch.fft.irfft2(X * k, s=(H, W), dim=(2, 3), norm="ortho")
+
+
+@torch.fx.wrap
+def _gfn_filter(weight: torch.Tensor, X: torch.Tensor, resize: bool) -> torch.Tensor:
+    """The GFN filter (C, H, W//2+1) for the half spectrum ``X`` (B, C, H, W//2+1): as built,
+    resampled (``resize``) or refused. A leaf for ``torch.fx``: it branches on the input's shape."""
+    if weight.shape[0] != X.shape[2] or weight.shape[1] != X.shape[3]:
+        if not resize:
+            raise GridError(
+                f"GFN filter was built for a {weight.shape[0]}x{weight.shape[1]} frequency grid, the input "
+                f"gives {X.shape[2]}x{X.shape[3]}; build the model with img_size=(H, W) of the input or "
+                "pass mixer_kwargs={'weight_resize': True}")
+        weight = resize_complex_weight(weight.float(), X.shape[2], X.shape[3])
+    return torch.view_as_complex(weight.float().contiguous()).permute(2, 0, 1)
 
 
 class FNOMixer(_SlotMixer):
@@ -217,21 +243,33 @@ class FNOMixer(_SlotMixer):
         self.weights1 = nn.Parameter(scale * torch.rand(dim, dim, self.modes1, self.modes2, 2))
         self.weights2 = nn.Parameter(scale * torch.rand(dim, dim, self.modes1, self.modes2, 2))
 
-    def forward(self, x):
-        B, C, H, W = x.shape
-        m1, m2 = self.modes1, self.modes2
-        with spectral_region(x):
-            X = torch.fft.rfft2(x.float(), dim=(2, 3), norm="ortho")
-            if 2 * m1 > H or m2 > X.shape[3]:
-                raise GridError(f"FNO mixer keeps {2 * m1}x{m2} modes but a {H}x{W} input has only "
-                                f"{H}x{X.shape[3]}; build the model with img_size=(H, W) of the input")
-            w1 = torch.view_as_complex(self.weights1.float().contiguous())
-            w2 = torch.view_as_complex(self.weights2.float().contiguous())
-            out = torch.zeros_like(X)
-            out[:, :, :m1, :m2] = torch.einsum("bixy,ioxy->boxy", X[:, :, :m1, :m2], w1)
-            out[:, :, H - m1:, :m2] = torch.einsum("bixy,ioxy->boxy", X[:, :, H - m1:, :m2], w2)
-            y = torch.fft.irfft2(out, s=(H, W), dim=(2, 3), norm="ortho")
-        return self._finish(y, x)
+    #: refuses grids with fewer modes than it keeps
+    size_bound = True
+
+    def _spectral(self, x):
+        H, W = x.shape[2], x.shape[3]
+        X = torch.fft.rfft2(x.float(), dim=(2, 3), norm="ortho")
+        w1 = torch.view_as_complex(self.weights1.float().contiguous())
+        w2 = torch.view_as_complex(self.weights2.float().contiguous())
+        out = _fno_spectral_conv(X, w1, w2, self.modes1, self.modes2, W)
+        return torch.fft.irfft2(out, s=(H, W), dim=(2, 3), norm="ortho")
+
+
+@torch.fx.wrap
+def _fno_spectral_conv(X: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, m1: int, m2: int,
+                       width: int) -> torch.Tensor:
+    """FNO's ``R``: the kept modes of the half spectrum ``X`` (B, C, H, W//2+1) through ``w1``
+    (rows ``[:m1]``) and ``w2`` (rows ``[-m1:]``), every other mode zero; refused when ``X`` has
+    fewer modes than that. A leaf for ``torch.fx`` (it branches on the input's shape and writes
+    into a tensor)."""
+    H = X.shape[2]
+    if 2 * m1 > H or m2 > X.shape[3]:
+        raise GridError(f"FNO mixer keeps {2 * m1}x{m2} modes but a {H}x{width} input has only "
+                        f"{H}x{X.shape[3]}; build the model with img_size=(H, W) of the input")
+    out = torch.zeros_like(X)
+    out[:, :, :m1, :m2] = torch.einsum("bixy,ioxy->boxy", X[:, :, :m1, :m2], w1)
+    out[:, :, H - m1:, :m2] = torch.einsum("bixy,ioxy->boxy", X[:, :, H - m1:, :m2], w2)
+    return out
 
 
 def _to_real_channels(X: torch.Tensor) -> torch.Tensor:
@@ -262,16 +300,15 @@ class FFCMixer(_SlotMixer):
         self.relu = nn.ReLU(inplace=False)
 
     def _unit(self, X: torch.Tensor) -> torch.Tensor:
-        Z = _to_real_channels(X)
-        return self.relu(self.bn(self.conv_layer(Z)))
+        # in the layers' dtype, back to float32 for the inverse FFT (both no-ops for a float32 model)
+        Z = _to_real_channels(X).to(self.conv_layer.weight.dtype)
+        return self.relu(self.bn(self.conv_layer(Z))).float()
 
-    def forward(self, x):
-        B, C, H, W = x.shape
-        with spectral_region(x):
-            X = torch.fft.rfft2(x.float(), dim=(2, 3), norm="ortho")
-            Z = self._unit(X)
-            y = torch.fft.irfft2(_from_real_channels(Z), s=(H, W), dim=(2, 3), norm="ortho")
-        return self._finish(y, x)
+    def _spectral(self, x):
+        H, W = x.shape[2], x.shape[3]
+        X = torch.fft.rfft2(x.float(), dim=(2, 3), norm="ortho")
+        Z = self._unit(X)
+        return torch.fft.irfft2(_from_real_channels(Z), s=(H, W), dim=(2, 3), norm="ortho")
 
 
 class DFFMixer(FFCMixer):
@@ -291,12 +328,10 @@ class DFFMixer(FFCMixer):
     def spectral_taps(self):
         return [("aff_mask", "mask_tap", "raw", "DFF spatial frequency mask (B, 1, H, W//2+1), real, in (0, 1)")]
 
-    def forward(self, x):
-        B, C, H, W = x.shape
-        with spectral_region(x):
-            X = torch.fft.rfft2(x.float(), dim=(2, 3), norm="ortho")
-            Z = self._unit(X)
-            pooled = torch.cat([Z.mean(dim=1, keepdim=True), Z.amax(dim=1, keepdim=True)], dim=1)
-            A = self.mask_tap(torch.sigmoid(self.spatial_attn(pooled)))
-            y = torch.fft.irfft2(_from_real_channels(Z * A), s=(H, W), dim=(2, 3), norm="ortho")
-        return self._finish(y, x)
+    def _spectral(self, x):
+        H, W = x.shape[2], x.shape[3]
+        X = torch.fft.rfft2(x.float(), dim=(2, 3), norm="ortho")
+        Z = self._unit(X)
+        pooled = torch.cat([Z.mean(dim=1, keepdim=True), Z.amax(dim=1, keepdim=True)], dim=1)
+        A = self.mask_tap(torch.sigmoid(self.spatial_attn(pooled.to(self.spatial_attn.weight.dtype)).float()))
+        return torch.fft.irfft2(_from_real_channels(Z * A), s=(H, W), dim=(2, 3), norm="ortho")

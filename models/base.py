@@ -72,29 +72,53 @@ class ZooModel(nn.Module):
     Subclasses implement ``taps()``; they may extend ``adapt_state_dict`` for
     checkpoint conversions (resolution changes, derived buffers).
 
-    timm's API: a family implements ``_stages_forward(x)`` (yields the native output of every
-    feature level), ``_to_nchw(x, i)``, ``_final_features(x)`` (what ``forward_features``
-    returns: the unpooled last map), ``forward_head(x, pre_logits=False)`` and
-    ``reset_classifier``, and sets ``feature_info`` (timm's list of ``num_chs``, ``reduction``,
-    ``module``) and ``num_features``."""
+    timm's API: a family implements ``forward_features(x)`` (the unpooled last map; written so
+    that ``torch.jit.script`` and ``torch.fx`` take it), ``_stages_forward(x)`` (yields the
+    native output of every feature level, for ``forward_intermediates``), ``_to_nchw(x, i)``,
+    ``_final_features(x)`` (what ``forward_features`` applies after the last level),
+    ``forward_head(x, pre_logits=False)``, ``_make_classifier`` and ``_set_global_pool``, and
+    sets ``feature_info`` (timm's list of ``num_chs``, ``reduction``, ``module``),
+    ``num_features`` (channels of ``forward_features``), ``head_hidden_size`` (width of
+    ``forward_head(pre_logits=True)``) and ``in_chans``."""
 
+    #: properties TorchScript leaves alone (a scripted model keeps only what ``forward`` needs)
+    __jit_unused_properties__ = ["default_cfg", "fixed_input_size"]
     #: tensor layout between blocks, for cards and probes
-    feature_layout: str = "NCHW"
+    feature_layout = "NCHW"
     #: timm's ``first_conv`` / ``classifier`` entries of the pretrained config (module paths)
-    first_conv: str = ""
-    classifier_name: str = "head"
-    grad_checkpointing: bool = False
-    pretrained_cfg: dict | None = None
-    feature_info: list | None = None
+    first_conv = ""
+    classifier_name = "head"
+    #: where ``reset_classifier`` installs the module ``_make_classifier`` builds
+    classifier_slot = "head"
+    grad_checkpointing = False
+    pretrained_cfg = None
+    feature_info = None
+    #: timm's global pooling of ``forward_head``: 'avg' (the official mean) or '' (none: the map)
+    global_pool_type = "avg"
+    #: global pooling types ``reset_classifier`` / ``global_pool=`` accept
+    pool_types = ("avg", "")
+
+    def __init__(self):
+        super().__init__()
+        # instance attributes (TorchScript reads these, not class attributes)
+        self.grad_checkpointing = False
+        self.global_pool_type = "avg"
 
     # ------------------------------------------------------------------ timm API
     @property
-    def default_cfg(self) -> dict | None:
+    def default_cfg(self):
         return self.pretrained_cfg
 
     @default_cfg.setter
     def default_cfg(self, value) -> None:
         self.pretrained_cfg = value
+
+    @property
+    def fixed_input_size(self) -> bool:
+        """Whether a layer is bound to the input size the model was built for (filters on the build
+        grid, a token-count matrix, a patch embedding that refuses other sizes): timm's
+        ``fixed_input_size``."""
+        return any(getattr(m, "size_bound", False) for m in self.modules())
 
     def _stages_forward(self, x) -> Iterator[torch.Tensor]:  # pragma: no cover - every family overrides
         raise NotImplementedError
@@ -105,10 +129,14 @@ class ZooModel(nn.Module):
     def _final_features(self, x):
         return x
 
-    def forward_features(self, x):
+    def _forward_levels(self, x):
+        """``forward_features`` through ``_stages_forward`` (eager; with activation checkpointing)."""
         for x in self._stages_forward(x):
             pass
         return self._final_features(x)
+
+    def forward_features(self, x):
+        return self._forward_levels(x)
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
@@ -146,7 +174,7 @@ class ZooModel(nn.Module):
 
     def _run_blocks(self, blocks, x):
         """Run a sequence of blocks, each under activation checkpointing when enabled."""
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+        if self.grad_checkpointing and torch.is_grad_enabled():
             for blk in blocks:
                 x = _checkpoint(blk, x, use_reentrant=False)
             return x
@@ -155,6 +183,34 @@ class ZooModel(nn.Module):
                 x = blk(x)
             return x
         return blocks(x)
+
+    # ------------------------------------------------------------------ classifier
+    def _make_classifier(self, num_classes: int) -> nn.Module:  # pragma: no cover - every family overrides
+        raise NotImplementedError
+
+    def _set_classifier(self, module: nn.Module) -> None:
+        """Install the classifier module at ``classifier_slot`` (default: the attribute ``head``)."""
+        parent, _, leaf = self.classifier_slot.rpartition(".")
+        setattr(self.get_submodule(parent) if parent else self, leaf, module)
+
+    def _set_global_pool(self, global_pool: str) -> None:
+        """timm's ``global_pool``: 'avg' (the official mean) or '' (no pooling: ``forward_head`` returns the map)."""
+        if global_pool not in self.pool_types:
+            raise UserError(f"global_pool={global_pool!r}: {type(self).__name__} takes "
+                            + ", ".join(repr(p) for p in self.pool_types), option="global_pool")
+        self.global_pool_type = global_pool
+
+    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
+        """timm's ``reset_classifier``: a new classifier for ``num_classes`` (0: none, ``forward`` gives
+        the pre-logits) on the device and dtype of the model, and optionally another ``global_pool``."""
+        if global_pool is not None:
+            self._set_global_pool(global_pool)
+        self.num_classes = num_classes
+        head = self._make_classifier(num_classes)
+        ref = next(self.parameters(), None)
+        if ref is not None:
+            head = head.to(device=ref.device, dtype=ref.dtype)
+        self._set_classifier(head.train(self.training))
 
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)
@@ -184,6 +240,28 @@ class ZooModel(nn.Module):
             notes.append(AdaptNote(key, f"resized {tuple(value.shape[:2])} -> {tuple(target[:2])} "
                                         "(bicubic, align_corners=True)"))
         return out, notes
+
+
+def frozen_parameters_to_buffers(model: nn.Module) -> list[str]:
+    """Turn every frozen parameter (``requires_grad=False``: SPANet's spectral pooling masks,
+    RandFormer's random mixing matrix) into a persistent buffer of the same name, as timm's own
+    models hold constants. State-dict keys, shapes and values stay the same, so official
+    checkpoints load either way; ``parameters()`` then lists only what training updates.
+
+    Args:
+        model: the model, changed in place.
+
+    Returns:
+        The state-dict keys that became buffers.
+    """
+    moved = []
+    for prefix, module in model.named_modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and not p.requires_grad:
+                del module._parameters[name]
+                module.register_buffer(name, p.detach(), persistent=True)
+                moved.append(f"{prefix}.{name}" if prefix else name)
+    return moved
 
 
 def block_depths(stage_depths: list[int]) -> Iterator[tuple[int, int, float]]:

@@ -14,22 +14,38 @@ import torch.nn.functional as F
 
 from .base import InputSizeError, register_model
 from .layers import Mlp, StarReLU, TapPoint, make_activation, resize_complex_weight, spectral_region, to_2tuple
-from .metaformer import _metaformer_builder, register_token_mixer
+from .layers import register_token_mixer
+from .metaformer import _metaformer_builder
 
 PAPER_DFFORMER = "FFT-based Dynamic Token Mixer for Vision (Tatsunami & Taki, AAAI 2024, arXiv 2303.03932)"
 SRC_DFFORMER = "okojoalg/dfformer@2b757c51:models/dfformer.py"
 URL = "https://github.com/okojoalg/dfformer/releases/download/weights"
 
 
-def _grid_error(name: str, built: tuple, got: tuple) -> InputSizeError:
-    return InputSizeError(
-        f"{name} filters were built for a {built[0]}x{built[1]} frequency grid but the input gives "
-        f"{got[0]}x{got[1]}; build the model for this input (create_model(..., img_size=(H, W)) resizes "
-        f"checkpoint filters on load) or pass weight_resize=True to resample the filters at every forward")
+@torch.fx.wrap
+def _filter_basis(param: torch.Tensor, xf: torch.Tensor, resize: bool, name: str) -> torch.Tensor:
+    """The complex filter ``(H, W//2+1, K)`` for the half spectrum ``xf`` (B, H, W//2+1, C) from its
+    real view ``param`` (h, w, K, 2): as built, resampled (``resize``) or refused when the grids
+    differ. A leaf for ``torch.fx``: it branches on the input's shape."""
+    h, w = xf.shape[1], xf.shape[2]
+    if param.shape[0] != h or param.shape[1] != w:
+        if not resize:
+            raise InputSizeError(
+                f"{name} filters were built for a {param.shape[0]}x{param.shape[1]} frequency grid but the input "
+                f"gives {h}x{w}; build the model for this input (create_model(..., img_size=(H, W)) resizes "
+                f"checkpoint filters on load) or pass weight_resize=True to resample the filters at every forward")
+        param = resize_complex_weight(param, h, w)
+    return torch.view_as_complex(param.float().contiguous())
 
 
 class _FFTMixer(nn.Module):
-    """Shared wrapper: pwconv1 -> act1 -> [float32 spectral op] -> act2 -> pwconv2 (NHWC)."""
+    """Shared wrapper: pwconv1 -> act1 -> [float32 spectral op] -> act2 -> pwconv2 (NHWC).
+
+    ``forward`` runs ``_spectral`` (float32) with autocast off and hands ``pwconv2`` the dtype
+    ``pwconv1`` gave (a model cast to half precision stays in it)."""
+
+    #: whether the filters are bound to the build grid (``weight_resize=False``)
+    size_bound = False
 
     def __init__(self, dim, expansion_ratio=2, act1_layer=StarReLU, act2_layer=nn.Identity, bias=False,
                  size=14):
@@ -48,18 +64,21 @@ class _FFTMixer(nn.Module):
         self.act2 = make_activation(act2_layer)()
         self.pwconv2 = nn.Linear(self.med_channels, dim, bias=bias)
 
-    def _out(self, x: torch.Tensor) -> torch.Tensor:
-        """act2 -> pwconv2 on an NHWC-contiguous copy of the spectral output: ``irfft2`` over (H, W)
-        returns channels-first memory, on which ``nn.Linear`` under bf16 autocast takes a batched
-        matmul with its weight copied per row (several times slower than float32); same values."""
-        return self.pwconv2(self.act2(x.contiguous()))
+    def _spectral(self, x, routing):  # pragma: no cover - every mixer overrides
+        raise NotImplementedError
 
-    def _basis(self, param: torch.Tensor, grid: tuple[int, int], resize: bool) -> torch.Tensor:
-        if tuple(param.shape[:2]) != grid:
-            if not resize:
-                raise _grid_error(type(self).__name__, tuple(param.shape[:2]), grid)
-            param = resize_complex_weight(param, grid[0], grid[1])
-        return torch.view_as_complex(param.float().contiguous())
+    def _mix(self, x, routing):
+        x = self.act1(self.pwconv1(x))
+        dtype = x.dtype
+        if torch.jit.is_scripting():
+            x = self._spectral(x, routing)
+        else:
+            with spectral_region(x):
+                x = self._spectral(x, routing)
+        # an NHWC-contiguous copy of the spectral output: ``irfft2`` over (H, W) returns channels-first
+        # memory, on which ``nn.Linear`` under bf16 autocast takes a batched matmul with its weight
+        # copied per row (several times slower than float32); same values
+        return self.pwconv2(self.act2(x.contiguous()).to(dtype))
 
 
 class DynamicFilter(_FFTMixer):
@@ -82,23 +101,25 @@ class DynamicFilter(_FFTMixer):
         self._build_out(dim, act2_layer, bias)
         self.routing_tap = TapPoint()
         self.filter_tap = TapPoint()
+        self.size_bound = not weight_resize
 
     def spectral_taps(self):
         return [("df_routing", "routing_tap", "raw", "softmax routing weights (B, N, 2C), index [b, f, c]"),
                 ("df_filter", "filter_tap", "raw", "effective per-sample filter (B, H, W//2+1, 2C), complex64")]
 
     def forward(self, x):
-        B, H, W, _ = x.shape
+        B = x.shape[0]
         routing = self.reweight(x.mean(dim=(1, 2))).view(B, self.num_filters, -1).softmax(dim=1)
-        x = self.act1(self.pwconv1(x))
-        with spectral_region(x):
-            x = torch.fft.rfft2(x.to(torch.float32), dim=(1, 2), norm="ortho")
-            basis = self._basis(self.complex_weights, tuple(x.shape[1:3]), self.weight_resize)
-            routing = self.routing_tap(routing.to(torch.float32))
-            weight = torch.einsum("bfc,hwf->bhwc", routing.to(torch.complex64), basis)
-            x = x * self.filter_tap(weight)
-            x = torch.fft.irfft2(x, s=(H, W), dim=(1, 2), norm="ortho")
-        return self._out(x)
+        return self._mix(x, routing)
+
+    def _spectral(self, x, routing):
+        H, W = x.shape[1], x.shape[2]
+        x = torch.fft.rfft2(x.to(torch.float32), dim=(1, 2), norm="ortho")
+        basis = _filter_basis(self.complex_weights, x, self.weight_resize, "DynamicFilter")
+        routing = self.routing_tap(routing.to(torch.float32))
+        weight = torch.einsum("bfc,hwf->bhwc", routing.to(torch.complex64), basis)
+        x = x * self.filter_tap(weight)
+        return torch.fft.irfft2(x, s=(H, W), dim=(1, 2), norm="ortho")
 
 
 class GlobalFilter(_FFTMixer):
@@ -112,15 +133,16 @@ class GlobalFilter(_FFTMixer):
         self.complex_weights = nn.Parameter(
             torch.randn(self.size, self.filter_size, self.med_channels, 2, dtype=torch.float32) * 0.02)
         self._build_out(dim, act2_layer, bias)
+        self.size_bound = not weight_resize
 
     def forward(self, x):
-        B, H, W, _ = x.shape
-        x = self.act1(self.pwconv1(x))
-        with spectral_region(x):
-            x = torch.fft.rfft2(x.to(torch.float32), dim=(1, 2), norm="ortho")
-            x = x * self._basis(self.complex_weights, tuple(x.shape[1:3]), self.weight_resize)
-            x = torch.fft.irfft2(x, s=(H, W), dim=(1, 2), norm="ortho")
-        return self._out(x)
+        return self._mix(x, x)
+
+    def _spectral(self, x, routing):
+        H, W = x.shape[1], x.shape[2]
+        x = torch.fft.rfft2(x.to(torch.float32), dim=(1, 2), norm="ortho")
+        x = x * _filter_basis(self.complex_weights, x, self.weight_resize, "GlobalFilter")
+        return torch.fft.irfft2(x, s=(H, W), dim=(1, 2), norm="ortho")
 
 
 def complex_block_linear(xr, xi, w, b):
@@ -145,7 +167,7 @@ class AFNO2D(_FFTMixer):
         self.sparsity_threshold = sparsity_threshold
         self.num_blocks = num_blocks
         self.block_size = self.med_channels // num_blocks
-        self.hard_thresholding_fraction = hard_thresholding_fraction
+        self.hard_thresholding_fraction = float(hard_thresholding_fraction)
         self.hidden_size_factor = hidden_size_factor
         self.scale = 0.02
         bs, hs = self.block_size, self.block_size * hidden_size_factor
@@ -157,24 +179,35 @@ class AFNO2D(_FFTMixer):
         self._build_out(dim, act2_layer, bias)
 
     def forward(self, x):
-        x = self.act1(self.pwconv1(x))
-        with spectral_region(x):
-            x = x.to(torch.float32)
-            skip = x
-            B, H, W, C = x.shape
-            X = torch.fft.rfft2(x, dim=(1, 2), norm="ortho")
-            Wf = X.shape[2]
-            X = X.reshape(B, H, Wf, self.num_blocks, self.block_size)
-            kept = int(Wf * self.hard_thresholding_fraction)
-            Xk = X[:, :, :kept]
-            r1, i1 = complex_block_linear(Xk.real, Xk.imag, self.w1, self.b1)
-            r2, i2 = complex_block_linear(F.relu(r1), F.relu(i1), self.w2, self.b2)
-            out = torch.stack([r2, i2], dim=-1)
-            if kept < Wf:
-                out = F.pad(out, (0, 0, 0, 0, 0, 0, 0, Wf - kept))
-            out = torch.view_as_complex(F.softshrink(out, lambd=self.sparsity_threshold).contiguous())
-            x = torch.fft.irfft2(out.reshape(B, H, Wf, C), s=(H, W), dim=(1, 2), norm="ortho") + skip
-        return self._out(x)
+        return self._mix(x, x)
+
+    def _spectral(self, x, routing):
+        x = x.to(torch.float32)
+        skip = x
+        H, W = x.shape[1], x.shape[2]
+        X = torch.fft.rfft2(x, dim=(1, 2), norm="ortho")
+        out = _afno_blocks(X, self.w1.float(), self.b1.float(), self.w2.float(), self.b2.float(), self.num_blocks,
+                           self.hard_thresholding_fraction, self.sparsity_threshold)
+        return torch.fft.irfft2(out, s=(H, W), dim=(1, 2), norm="ortho") + skip
+
+
+@torch.fx.wrap
+def _afno_blocks(X: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                 num_blocks: int, fraction: float, threshold: float) -> torch.Tensor:
+    """AFNO's spectral block MLP on the half spectrum ``X`` (B, H, Wf, C): the lowest
+    ``fraction`` of the Wf columns through two complex block-diagonal layers (ReLU between),
+    softshrink, the others zero. A leaf for ``torch.fx`` (the kept columns follow the input)."""
+    B, H, Wf, C = X.shape
+    X = X.reshape(B, H, Wf, num_blocks, C // num_blocks)
+    kept = int(Wf * fraction)
+    Xk = X[:, :, :kept]
+    r1, i1 = complex_block_linear(Xk.real, Xk.imag, w1, b1)
+    r2, i2 = complex_block_linear(F.relu(r1), F.relu(i1), w2, b2)
+    out = torch.stack([r2, i2], dim=-1)
+    if kept < Wf:
+        out = F.pad(out, (0, 0, 0, 0, 0, 0, 0, Wf - kept))
+    out = torch.view_as_complex(F.softshrink(out, lambd=threshold).contiguous())
+    return out.reshape(B, H, Wf, C)
 
 
 register_token_mixer(DynamicFilter, "dynamic_filter", "df", has_act=True)
@@ -193,10 +226,12 @@ _PAPER = {"dfformer": {"s18": 30, "s36": 46, "m36": 65, "b36": 115},
 
 
 def _reg(name, family, cfg, paper_params, weights=True, variant_of=None, description=""):
+    mixers = cfg["token_mixers"] if isinstance(cfg["token_mixers"], list) else [cfg["token_mixers"]]
     register_model(name, family=family, paper=PAPER_DFFORMER, source=f"{SRC_DFFORMER}:{name}()",
                    weight_file=f"{name}.pth" if weights else None,
                    weight_url=f"{URL}/{name}.pth" if weights else None, crop_pct=1.0, feature_layout="NHWC",
-                   paper_params_m=paper_params, variant_of=variant_of, description=description)(
+                   paper_params_m=paper_params, variant_of=variant_of, description=description,
+                   fixed_input_size=bool({"dynamic_filter", "global_filter"} & set(mixers)))(
         _metaformer_builder(dict(cfg, head_fn="MlpHead", input_size=(3, 224, 224))))
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -106,31 +107,77 @@ class GlobalFilter(nn.Module):
         self.w = w
         self.size = tuple(size) if size is not None else (h, h)
 
-    def forward(self, x, spatial_size=None):
-        B, N, C = x.shape
-        a, b = spatial_size if spatial_size is not None else self.size
-        if a * b != N:
-            raise InputSizeError(f"GlobalFilter built for a {a}x{b} token grid got {N} tokens; build the "
-                                 f"model for this input with create_model(..., img_size=(H, W))")
-        weight = self.complex_weight
-        if tuple(weight.shape[:2]) != (a, b // 2 + 1):
-            raise InputSizeError(f"GlobalFilter: filter grid {tuple(weight.shape[:2])} does not fit a {a}x{b} "
-                                 f"token grid (needs {(a, b // 2 + 1)}); load checkpoints through "
-                                 "spectrascope (create_model(checkpoint=...)) to resize them")
-        dtype = x.dtype
-        with spectral_region(x):
-            y = x.reshape(B, a, b, C).to(torch.float32)
-            y = torch.fft.rfft2(y, dim=(1, 2), norm="ortho")
-            y = y * torch.view_as_complex(weight.float().contiguous())
-            y = torch.fft.irfft2(y, s=(a, b), dim=(1, 2), norm="ortho")
-        y = y.reshape(B, N, C)
-        # the official layer returns float32; a model cast to half precision gets its dtype back
-        if dtype != torch.float32 and not torch.is_autocast_enabled(x.device.type):
-            y = y.to(dtype)
-        return y
+    #: bound to the token grid it is built for
+    size_bound = True
+
+    def forward(self, x, spatial_size: Optional[Tuple[int, int]] = None):
+        if spatial_size is not None:
+            a, b = spatial_size
+        else:
+            a, b = self.size
+        return global_filter(x, self.complex_weight, a, b)
 
     def extra_repr(self) -> str:
         return f"grid={self.size}, filter=({self.h}, {self.w})"
+
+
+def _global_filter_core(x: torch.Tensor, weight: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    B, N, C = x.shape
+    y = x.reshape(B, a, b, C).to(torch.float32)
+    y = torch.fft.rfft2(y, dim=(1, 2), norm="ortho")
+    y = y * torch.view_as_complex(weight.float().contiguous())
+    y = torch.fft.irfft2(y, s=(a, b), dim=(1, 2), norm="ortho")
+    return y.reshape(B, N, C)
+
+
+@torch.fx.wrap
+def global_filter(x: torch.Tensor, weight: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """GFNet's global filter of the tokens ``x`` (B, N, C) on an ``a x b`` grid with the real view
+    ``weight`` (a, b//2+1, C, 2) of its complex filter: ``irfft2(rfft2(x) * W)`` (ortho, float32,
+    autocast off). A leaf for ``torch.fx``: it checks the input's shape.
+
+    Args:
+        x: tokens (B, N, C), N = a * b.
+        weight: the filter's real view.
+        a: grid height.
+        b: grid width.
+
+    Returns:
+        The filtered tokens (B, N, C): float32 as the official layer, or ``x``'s dtype for a model cast
+        to half precision outside autocast.
+    """
+    N = x.shape[1]
+    if a * b != N:
+        raise InputSizeError(f"GlobalFilter built for a {a}x{b} token grid got {N} tokens; build the "
+                             f"model for this input with create_model(..., img_size=(H, W))")
+    if weight.shape[0] != a or weight.shape[1] != b // 2 + 1:
+        raise InputSizeError(f"GlobalFilter: filter grid ({weight.shape[0]}, {weight.shape[1]}) does not fit a "
+                             f"{a}x{b} token grid (needs ({a}, {b // 2 + 1})); load checkpoints through "
+                             "spectrascope (create_model(checkpoint=...)) to resize them")
+    dtype = x.dtype
+    if torch.jit.is_scripting():
+        y = _global_filter_core(x, weight, a, b)
+        autocast = False
+    else:
+        with spectral_region(x):
+            y = _global_filter_core(x, weight, a, b)
+        dev = x.device.type if x.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
+        autocast = torch.is_autocast_enabled(dev)
+    # the official layer returns float32; a model cast to half precision gets its dtype back
+    if dtype != torch.float32 and not autocast:
+        y = y.to(dtype)
+    return y
+
+
+@torch.fx.wrap
+def _check_image_size(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``x`` unchanged, refused unless its spatial size is ``height x width`` (a leaf for ``torch.fx``)."""
+    H, W = x.shape[-2], x.shape[-1]
+    if H != height or W != width:
+        raise InputSizeError(
+            f"input is {H}x{W} but the model was built for {height}x{width}; build it for "
+            f"this size with create_model(..., img_size=({H}, {W})) (checkpoints are resized on load)")
+    return x
 
 
 def _mlp(dim, mlp_ratio, act_layer, drop):
@@ -182,12 +229,11 @@ class PatchEmbed(nn.Module):
         self.num_patches = self.grid[0] * self.grid[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
 
+    #: refuses inputs of another size
+    size_bound = True
+
     def forward(self, x):
-        H, W = x.shape[-2:]
-        if (H, W) != self.img_size:
-            raise InputSizeError(
-                f"input is {H}x{W} but the model was built for {self.img_size[0]}x{self.img_size[1]}; build it for "
-                f"this size with create_model(..., img_size=({H}, {W})) (checkpoints are resized on load)")
+        x = _check_image_size(x, self.img_size[0], self.img_size[1])
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -232,17 +278,19 @@ class _GFNetBase(ZooModel):
 
     first_conv = "patch_embed.proj"
 
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def _final_features(self, x):
         """The final LayerNorm on the tokens (B, N, C)."""
         return self.norm(x)
 
     def forward_head(self, x, pre_logits: bool = False):
-        """Mean over tokens (official order: after the final norm), pre-logits, classifier."""
-        x = self.pre_logits(self.pool_tap(x.mean(1)))
+        """Mean over tokens (official order: after the final norm), pre-logits, classifier; without
+        global pooling (``global_pool=''``) every token goes through them."""
+        if self.global_pool_type != "":
+            x = self.pool_tap(x.mean(1))
+        x = self.pre_logits(x)
         return x if pre_logits else self.head(self.final_dropout(x))
 
     def _tokens_to_nchw(self, x, grid):
@@ -280,7 +328,8 @@ class GFNet(_GFNetBase):
                  norm_layer=None, dropcls=0):
         super().__init__()
         self.num_classes = num_classes
-        self.num_features = self.embed_dim = embed_dim
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.in_chans = in_chans
         norm_layer = _resolve_norm(norm_layer)
         self.depths = [int(depth)]
 
@@ -301,19 +350,29 @@ class GFNet(_GFNetBase):
         self.pool_tap = TapPoint()
 
         if representation_size:
-            self.num_features = representation_size
+            self.head_hidden_size = representation_size
             self.pre_logits = nn.Sequential()
             self.pre_logits.add_module("fc", nn.Linear(embed_dim, representation_size))
             self.pre_logits.add_module("act", nn.Tanh())
         else:
             self.pre_logits = nn.Identity()
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = self._make_classifier(num_classes)
         self.final_dropout = nn.Dropout(p=dropcls) if dropcls > 0 else nn.Identity()
 
         self.feature_info = self._feature_info([embed_dim] * depth, [self.patch_embed.patch_size[0]] * depth,
                                                [f"blocks.{i}" for i in range(depth)])
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_init_weights)
+
+    def forward_features(self, x):
+        """The final LayerNorm of the tokens (B, N, C)."""
+        if not torch.jit.is_scripting():
+            if self.grad_checkpointing:
+                return self._forward_levels(x)
+        x = self.pos_drop(self.patch_embed(x) + self.pos_embed)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
 
     def _stages_forward(self, x):
         """Every block is a feature level (as timm's ViTs)."""
@@ -359,7 +418,8 @@ class GFNetPyramid(_GFNetBase):
         if len(mlp_ratio) != n:
             raise ValueError(f"mlp_ratio needs {n} entries, got {len(mlp_ratio)}")
         self.num_classes = num_classes
-        self.num_features = self.embed_dim = embed_dim[-1]
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim[-1]
+        self.in_chans = in_chans
         self.depths, self.dims = depth, embed_dim
         self.num_stage = n
         norm_layer = _resolve_norm(norm_layer)
@@ -401,7 +461,7 @@ class GFNetPyramid(_GFNetBase):
         self.norm = norm_layer(embed_dim[-1])
         self.pool_tap = TapPoint()
         self.pre_logits = nn.Identity()
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = self._make_classifier(num_classes)
         self.final_dropout = nn.Dropout(p=dropcls) if dropcls > 0 else nn.Identity()
 
         self.feature_info = self._feature_info(embed_dim, [stem.patch_size[0] * 2 ** i for i in range(n)],
@@ -410,6 +470,20 @@ class GFNetPyramid(_GFNetBase):
         self.apply(_init_weights)
 
     first_conv = "patch_embed.0.proj"
+
+    def forward_features(self, x):
+        """The final LayerNorm of the last stage's tokens (B, N, C)."""
+        if not torch.jit.is_scripting():
+            if self.grad_checkpointing:
+                return self._forward_levels(x)
+        i = 0
+        for embed, stage in zip(self.patch_embed, self.blocks):
+            x = embed(x)
+            if i == 0:
+                x = x + self.pos_embed
+            x = stage(x)
+            i += 1
+        return self.norm(x)
 
     def _stages_forward(self, x):
         for i in range(self.num_stage):
@@ -466,7 +540,7 @@ def _builder(cls, defaults: dict):
 
 
 _LN = partial(nn.LayerNorm, eps=1e-6)
-#: name -> (class, official --arch, constructor arguments of main_gfnet.py, README params [M])
+#: name -> (class, official --arch, the official constructor arguments of that arch, README params [M])
 _VARIANTS = {
     "gfnet_ti": (GFNet, "gfnet-ti", dict(patch_size=16, embed_dim=256, depth=12, mlp_ratio=4), 7),
     "gfnet_xs": (GFNet, "gfnet-xs", dict(patch_size=16, embed_dim=384, depth=12, mlp_ratio=4), 16),
@@ -488,7 +562,7 @@ for _name, (_cls, _arch, _cfg, _params) in _VARIANTS.items():
         _name, family="gfnet_h" if _pyramid else "gfnet", paper=PAPER_GFNET_H if _pyramid else PAPER_GFNET,
         aliases=(_arch,), source=f"{SRC_GFNET}:{_cls.__name__} (main_gfnet.py --arch {_arch})",
         weight_file=f"{_arch}.pth", weight_url=_URLS[_name], crop_pct=0.9, feature_layout="NLC",
-        paper_params_m=_params,
+        paper_params_m=_params, fixed_input_size=True,
         description=(f"pyramid, patch 4, dims {_cfg['embed_dim']}, depths {_cfg['depth']}, LayerScale blocks"
                      if _pyramid else f"isotropic, patch 16, dim {_cfg['embed_dim']}, {_cfg['depth']} blocks"))(
         _builder(_cls, dict(_cfg, norm_layer=_LN)))

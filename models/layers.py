@@ -10,6 +10,7 @@ import contextlib
 from typing import Iterable, Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules import module as _torch_module
@@ -17,7 +18,8 @@ from torch.nn.modules import module as _torch_module
 __all__ = [
     "to_2tuple", "trunc_normal_", "DropPath", "Scale", "StarReLU", "SquaredReLU",
     "LayerNormGeneral", "LayerNormWithoutBias", "Mlp", "MlpHead", "TapPoint",
-    "spectral_region", "resize_complex_weight", "make_activation", "normalize_name",
+    "spectral_region", "resize_complex_weight", "make_activation", "normalize_name", "IdentityMixer",
+    "TOKEN_MIXERS", "register_token_mixer", "resolve_token_mixer", "fx_tracing",
 ]
 
 
@@ -86,12 +88,20 @@ class StarReLU(nn.Module):
 
     def forward(self, x):
         r = self.relu(x)
-        if (torch.is_grad_enabled() or r is x or r.dtype != self.scale.dtype or self.relu._forward_hooks
-                or _global_forward_hooks()):
+        if torch.jit.is_scripting():
             return self.scale * r ** 2 + self.bias
-        # without autograd: the same operations, in the same order, in place on the fresh ReLU output
-        # (bit-identical, half the memory traffic of the MLP's largest tensor)
-        return r.pow_(2).mul_(self.scale).add_(self.bias)
+        else:
+            if (torch.is_grad_enabled() or fx_tracing() or r is x or r.dtype != self.scale.dtype
+                    or self.relu._forward_hooks or _global_forward_hooks()):
+                return self.scale * r ** 2 + self.bias
+            # without autograd: the same operations, in the same order, in place on the fresh ReLU output
+            # (bit-identical, half the memory traffic of the MLP's largest tensor)
+            return r.pow_(2).mul_(self.scale).add_(self.bias)
+
+
+def fx_tracing() -> bool:
+    """Whether ``torch.fx`` is tracing the current call (values are then symbolic: no branching on them)."""
+    return torch.fx._symbolic_trace.is_fx_tracing()
 
 
 def _global_forward_hooks() -> bool:
@@ -108,6 +118,8 @@ class SquaredReLU(nn.Module):
         return torch.square(self.relu(x))
 
 
+#: the one activation table of the zoo: name -> module class (MetaFormer mixers and MLPs, the
+#: channels-first MLPs, AFFNet's cvnets layers and mask net)
 _ACTIVATIONS = {
     "starrelu": StarReLU,
     "squaredrelu": SquaredReLU,
@@ -115,17 +127,28 @@ _ACTIVATIONS = {
     "relu": nn.ReLU,
     "silu": nn.SiLU,
     "swish": nn.SiLU,
+    "hardswish": nn.Hardswish,
+    "hswish": nn.Hardswish,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
     "identity": nn.Identity,
 }
 
 
 def make_activation(act) -> type:
-    """Map a name ('starrelu', 'gelu', 'relu', ...) or a module class to a module class."""
+    """Map a name ('starrelu', 'gelu', 'swish', ...) or a module class to a module class.
+
+    Args:
+        act: an activation name (case, '-' and '_' ignored) or an ``nn.Module`` subclass.
+
+    Returns:
+        The module class (call it to get the layer).
+    """
     if isinstance(act, type) and issubclass(act, nn.Module):
         return act
     key = normalize_name(act)
     if key not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {act!r}; choose from {sorted(_ACTIVATIONS)}")
+        raise ValueError(f"unknown activation {act!r}; choose from {', '.join(sorted(_ACTIVATIONS))}")
     return _ACTIVATIONS[key]
 
 
@@ -145,22 +168,28 @@ class LayerNormGeneral(nn.Module):
         self.weight = nn.Parameter(torch.ones(affine_shape)) if scale else None
         self.bias = nn.Parameter(torch.zeros(affine_shape)) if bias else None
         self.eps = eps
+        # statistics and affine over the last axis only: the case torch's fused kernel computes
+        self.channels_last = self.normalized_dim == (-1,) and all(
+            p is None or p.dim() == 1 for p in (self.weight, self.bias))
 
     #: take torch's fused kernel for the channels-last case (the same maths; off while counting FLOPs,
     #: which follow the official code's element-wise operations: ``spectrascope.engine.flops``)
     fused = True
 
     def forward(self, x):
-        if self.fused and self.normalized_dim in ((-1,), (x.ndim - 1,)) and \
-                (self.weight is None or self.weight.shape == x.shape[-1:]):
+        if torch.jit.is_scripting():
+            use_fused = self.channels_last
+        else:
+            use_fused = self.fused and self.channels_last
+        if use_fused:
             # the usual channels-last case: the same maths in torch's fused kernel (much faster on CPU)
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         c = x - x.mean(self.normalized_dim, keepdim=True)
         s = c.pow(2).mean(self.normalized_dim, keepdim=True)
         x = c / torch.sqrt(s + self.eps)
-        if self.use_scale:
+        if self.weight is not None:
             x = x * self.weight
-        if self.use_bias:
+        if self.bias is not None:
             x = x + self.bias
         return x
 
@@ -233,7 +262,14 @@ class TapPoint(nn.Identity):
 
 @contextlib.contextmanager
 def spectral_region(x: torch.Tensor):
-    """Disable autocast for the FFT part of a mixer (FFTs stay float32 under AMP)."""
+    """Disable autocast for the FFT part of a mixer (FFTs stay float32 under AMP).
+
+    Eager only: TorchScript compiles the mixers' ``torch.jit.is_scripting()`` branch, which runs
+    the same operations without the context, and under ``torch.fx`` tracing the context is not
+    recorded (the FFT inputs are cast to float32 explicitly either way)."""
+    if isinstance(x, torch.fx.Proxy):
+        yield
+        return
     dev = x.device.type if x.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
     with torch.autocast(device_type=dev, enabled=False):
         yield
@@ -246,8 +282,8 @@ def resize_complex_weight(weight: torch.Tensor, new_h: int, new_w: int) -> torch
     ``weight_resize=True``): the K*2 real values are treated as image channels and
     resampled with bicubic interpolation, ``align_corners=True``.
     """
-    h, w, k = weight.shape[0:3]
-    if (h, w) == (new_h, new_w):
+    h, w, k = weight.shape[0], weight.shape[1], weight.shape[2]
+    if h == new_h and w == new_w:
         return weight
     x = weight.reshape(1, h, w, k * 2).permute(0, 3, 1, 2)
     x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=True)
@@ -267,13 +303,70 @@ def drop_path_rates(rate: float, depths: Sequence[int]) -> list[float]:
     return [x.item() for x in torch.linspace(0, rate, sum(depths), device="cpu")]
 
 
-def count_params(model: nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, trainable
+class IdentityMixer(nn.Module):
+    """The identity token mixer (IdentityFormer; the "Base." rows of the AFFNet ablations).
+
+    Takes and ignores any mixer constructor arguments. ``spectral_tap`` is the point analyses
+    hook for the mixing term (here the input itself); ``in_mixer_skip`` is False (no skip is
+    added inside the mixer)."""
+
+    in_mixer_skip = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.spectral_tap = TapPoint()
+
+    def forward(self, x):
+        return self.spectral_tap(x)
+
+    def spectral_taps(self) -> list:
+        """Mixer-internal taps (none)."""
+        return []
 
 
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+#: the one token mixer table of the zoo: (input layout, name) -> (class, takes ``act1_layer``).
+#: ``NHWC`` mixers fill the MetaFormer block's ``token_mixer`` slot (``metaformer.py``,
+#: ``dfformer.py``); ``NCHW`` mixers the AFFNet block's ``filter`` slot (``affnet.py``).
+TOKEN_MIXERS: dict[tuple[str, str], tuple[type, bool]] = {}
 
 
+def register_token_mixer(cls: type, *names: str, layout: str = "NHWC", has_act: bool = False) -> None:
+    """Record a token mixer class under its class name and ``names`` for one input layout.
+
+    Args:
+        cls: the mixer class, built as ``cls(dim, **kwargs)``.
+        names: further names (matched case-, '-' and '_'-insensitively).
+        layout: the tensor layout the mixer takes and returns, ``"NHWC"`` or ``"NCHW"``.
+        has_act: whether it takes ``act1_layer`` (set by the MetaFormer ``act`` ablations).
+    """
+    for n in (cls.__name__,) + names:
+        TOKEN_MIXERS[(layout, normalize_name(n))] = (cls, has_act)
+
+
+def resolve_token_mixer(spec, layout: str = "NHWC") -> tuple:
+    """A mixer class, a ``functools.partial`` of one, a name, or None (the identity).
+
+    Args:
+        spec: what the model constructor was given for the mixer.
+        layout: the slot's layout, ``"NHWC"`` (MetaFormer) or ``"NCHW"`` (AFFNet).
+
+    Returns:
+        ``(class or partial, takes act1_layer)``.
+    """
+    if spec is None or spec is nn.Identity:
+        return IdentityMixer, False
+    if isinstance(spec, str):
+        entry = TOKEN_MIXERS.get((layout, normalize_name(spec)))
+        if entry is None:
+            known = sorted({n for (lay, n) in TOKEN_MIXERS if lay == layout})
+            raise ValueError(f"unknown token mixer {spec!r}; choose from {', '.join(known)}")
+        return entry
+    base = getattr(spec, "func", spec)
+    if base is nn.Identity:
+        return IdentityMixer, False
+    has_act = any(base is c and a for (lay, _), (c, a) in TOKEN_MIXERS.items() if lay == layout)
+    return spec, has_act
+
+
+register_token_mixer(IdentityMixer, "identity", "nn.Identity", "none", "base", layout="NHWC")
+register_token_mixer(IdentityMixer, "identity", "none", "base", layout="NCHW")

@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from .base import InputSizeError, TapList, TapSpec, ZooModel, block_depths, register_model
-from .layers import (LayerNormGeneral, LayerNormWithoutBias, Mlp, MlpHead, Scale, SquaredReLU,
+from .layers import (IdentityMixer, LayerNormGeneral, LayerNormWithoutBias, Mlp, MlpHead, Scale, SquaredReLU,
                      StarReLU, as_list, drop_path_or_identity, drop_path_rates, make_activation,
-                     normalize_name, trunc_normal_)
+                     normalize_name, register_token_mixer, resolve_token_mixer, trunc_normal_)
 
 PAPER_METAFORMER = "MetaFormer Baselines for Vision (Yu et al., TPAMI 2024, arXiv 2210.13452)"
 SRC_METAFORMER = "sail-sg/metaformer@64c534ab:metaformer_baselines.py"
@@ -57,6 +57,9 @@ class RandomMixing(nn.Module):
     """Frozen random token-mixing matrix (RandFormer). ``num_tokens`` defaults to H*W of
     the stage grid the block is built for (196 / 49 at 224 input, as the official code)."""
 
+    #: bound to the token count of its build resolution
+    size_bound = True
+
     def __init__(self, num_tokens=None, size=(14, 14), **kwargs):
         super().__init__()
         n = num_tokens or size[0] * size[1]
@@ -64,11 +67,19 @@ class RandomMixing(nn.Module):
 
     def forward(self, x):
         B, H, W, C = x.shape
-        if H * W != self.random_matrix.shape[0]:
-            raise InputSizeError(f"RandomMixing was built for {self.random_matrix.shape[0]} tokens, "
-                               f"got {H}x{W}; build the model with img_size matching the input")
-        x = torch.einsum("mn, bnc -> bmc", self.random_matrix, x.reshape(B, H * W, C))
+        x = torch.einsum("mn, bnc -> bmc", self.random_matrix, _token_grid_check(x, self.random_matrix.shape[0]))
         return x.reshape(B, H, W, C)
+
+
+@torch.fx.wrap
+def _token_grid_check(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``x`` (B, H, W, C) as tokens (B, H*W, C), refused unless H*W is the mixing matrix's size
+    (a leaf for ``torch.fx``: the check branches on the input's shape)."""
+    B, H, W, C = x.shape
+    if H * W != num_tokens:
+        raise InputSizeError(f"RandomMixing was built for {num_tokens} tokens, "
+                             f"got {H}x{W}; build the model with img_size matching the input")
+    return x.reshape(B, H * W, C)
 
 
 class Pooling(nn.Module):
@@ -102,42 +113,10 @@ class SepConv(nn.Module):
         return self.pwconv2(self.act2(x))
 
 
-class IdentityMixer(nn.Identity):
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-
-
-#: token mixer name -> (class, takes ``act1_layer``). Extended by dfformer.py.
-TOKEN_MIXERS: dict[str, tuple[type, bool]] = {}
-
-
-def register_token_mixer(cls: type, *names: str, has_act: bool = False) -> None:
-    for n in (cls.__name__,) + names:
-        TOKEN_MIXERS[normalize_name(n)] = (cls, has_act)
-
-
-register_token_mixer(IdentityMixer, "identity", "nn.Identity")
 register_token_mixer(Pooling, "pooling", "pool")
 register_token_mixer(SepConv, "sepconv", "conv", has_act=True)
 register_token_mixer(Attention, "attention", "attn")
 register_token_mixer(RandomMixing, "random_mixing", "random", "rand")
-
-
-def resolve_token_mixer(spec):
-    """A mixer class, a ``functools.partial`` or a name ("DynamicFilter", "sepconv", ...)."""
-    if spec is None:
-        return IdentityMixer, False
-    if isinstance(spec, str):
-        key = normalize_name(spec)
-        if key not in TOKEN_MIXERS:
-            raise ValueError(f"unknown token mixer {spec!r}; choose from "
-                             f"{sorted({c.__name__ for c, _ in TOKEN_MIXERS.values()})}")
-        return TOKEN_MIXERS[key]
-    base = spec.func if isinstance(spec, partial) else spec
-    if base is nn.Identity:
-        return IdentityMixer, False
-    has_act = any(base is c and a for c, a in TOKEN_MIXERS.values())
-    return spec, has_act
 
 
 _NORMS = {
@@ -268,6 +247,7 @@ class MetaFormer(ZooModel):
         self.depths, self.dims = depths, dims
         self.fork_feat = fork_feat
         self.input_size = tuple(input_size)
+        self.in_chans = in_chans
 
         downsample_layers = downsample_layers or default_downsample_layers()
         if not isinstance(downsample_layers, (list, tuple)):
@@ -311,8 +291,8 @@ class MetaFormer(ZooModel):
         else:
             self.norm = output_norm(dims[-1])
             self._head_fn, self._head_dropout = resolve_head(head_fn), head_dropout
-            self.head = self._make_head(num_classes)
-        self.num_features = dims[-1]
+            self.head = self._make_classifier(num_classes)
+        self.num_features = self.head_hidden_size = dims[-1]
         self.classifier_name = "head.fc2" if isinstance(getattr(self, "head", None), MlpHead) else "head"
         reductions, r = [], 1
         for layer in self.downsample_layers:
@@ -321,7 +301,7 @@ class MetaFormer(ZooModel):
         self.feature_info = self._feature_info(dims, reductions, [f"stages.{i}" for i in range(n)])
         self.apply(self._init_weights)
 
-    def _make_head(self, num_classes: int) -> nn.Module:
+    def _make_classifier(self, num_classes: int) -> nn.Module:
         if num_classes <= 0:
             return nn.Identity()
         if self._head_dropout > 0:
@@ -337,7 +317,7 @@ class MetaFormer(ZooModel):
 
     @torch.jit.ignore
     def no_weight_decay(self):
-        return {"norm"}
+        return {"norm.weight", "norm.bias"}
 
     # ------------------------------------------------------------------ forward (timm's API)
     first_conv = "downsample_layers.0.conv"
@@ -355,22 +335,31 @@ class MetaFormer(ZooModel):
 
     def forward_features(self, x):
         """The last stage's map (B, C, H, W); with ``fork_feat`` the list of normed stage maps."""
-        if not self.fork_feat:
-            return super().forward_features(x)
-        return [getattr(self, f"norm{i}")(y).permute(0, 3, 1, 2) for i, y in enumerate(self._stages_forward(x))]
+        if not torch.jit.is_scripting():
+            if self.fork_feat:
+                return [getattr(self, f"norm{i}")(y).permute(0, 3, 1, 2)
+                        for i, y in enumerate(self._stages_forward(x))]
+            if self.grad_checkpointing:
+                return self._forward_levels(x)
+        for downsample, stage in zip(self.downsample_layers, self.stages):
+            x = stage(downsample(x))
+        return x.permute(0, 3, 1, 2)
 
     def forward_head(self, x, pre_logits: bool = False):
-        """Global mean, output norm (``pre_logits``), classifier."""
-        x = self.norm(x.permute(0, 2, 3, 1).mean([1, 2]))
+        """Global mean, output norm (``pre_logits``), classifier; without global pooling
+        (``global_pool=''``) the output norm on every position of the map."""
+        if self.global_pool_type == "":
+            x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        else:
+            x = self.norm(x.permute(0, 2, 3, 1).mean([1, 2]))
         return x if pre_logits else self.head(x)
 
     def forward(self, x):
         x = self.forward_features(x)
-        return x if self.fork_feat else self.forward_head(x)
-
-    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
+        if not torch.jit.is_scripting():
+            if self.fork_feat:
+                return x
+        return self.forward_head(x)
 
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^downsample_layers\.0",
@@ -454,9 +443,11 @@ _PAPER_PARAMS = {"convformer": {"s18": 27, "s36": 40, "m36": 57, "b36": 100},
 
 
 def _register_metaformer(name, family, cfg, paper_params=None, crop_pct=1.0, description=""):
+    mixers = cfg["token_mixers"] if isinstance(cfg["token_mixers"], list) else [cfg["token_mixers"]]
     register_model(name, family=family, paper=PAPER_METAFORMER, source=f"{SRC_METAFORMER}:{name}()",
                    weight_file=f"{name}.pth", weight_url=f"{HF}/{family}/{name}.pth", crop_pct=crop_pct,
-                   feature_layout="NHWC", paper_params_m=paper_params, description=description)(
+                   feature_layout="NHWC", paper_params_m=paper_params, description=description,
+                   fixed_input_size="random_mixing" in mixers)(
         _metaformer_builder(cfg))
 
 
@@ -476,4 +467,4 @@ _register_metaformer("poolformerv2_s12", "poolformerv2", dict(_S12, token_mixers
                      description="pooling token mixer, modified LayerNorm")
 
 __all__ = ["MetaFormer", "MetaFormerBlock", "Downsampling", "Attention", "RandomMixing", "Pooling", "SepConv",
-           "register_token_mixer", "resolve_token_mixer", "TOKEN_MIXERS", "SquaredReLU"]
+           "SquaredReLU"]

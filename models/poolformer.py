@@ -159,11 +159,11 @@ class ChannelsFirstBlock(nn.Module):
 
     def forward(self, x):
         y = self.token_mixer(self.norm1(x))
-        if self.use_layer_scale:
+        if hasattr(self, "layer_scale_1"):      # use_layer_scale (a static test for TorchScript)
             y = self.layer_scale_1[:, None, None] * y
         x = self.res_scale1(x) + self.drop_path(y)
         y = self.mlp(self.norm2(x))
-        if self.use_layer_scale:
+        if hasattr(self, "layer_scale_2"):
             y = self.layer_scale_2[:, None, None] * y
         return self.res_scale2(x) + self.drop_path(y)
 
@@ -196,6 +196,7 @@ class ChannelsFirstMetaFormer(ZooModel):
         norm_layer = resolve_nchw_norm(norm_layer)
         self.num_classes = num_classes
         self.fork_feat = fork_feat
+        self.in_chans = in_chans
         self.layers, self.embed_dims = layers, embed_dims
         self.num_stage = n
         self.input_size = tuple(int(v) for v in input_size)
@@ -238,8 +239,8 @@ class ChannelsFirstMetaFormer(ZooModel):
         else:
             self.norm = norm_layer(embed_dims[-1])
             self.global_pool = TapPoint()
-            self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.num_features = embed_dims[-1]
+            self.head = self._make_classifier(num_classes)
+        self.num_features = self.head_hidden_size = embed_dims[-1]
         reductions, r = [], in_stride
         for i in range(n):
             if i in self.down_index:
@@ -269,22 +270,33 @@ class ChannelsFirstMetaFormer(ZooModel):
 
     def forward_features(self, x):
         """The last stage's map (B, C, H, W) before the output norm; with ``fork_feat`` the normed stage maps."""
-        if not self.fork_feat:
-            return super().forward_features(x)
-        return [getattr(self, f"norm{idx}")(y) for idx, y in zip(self.out_indices, self._stages_forward(x))]
+        if not torch.jit.is_scripting():
+            if self.fork_feat:
+                return [getattr(self, f"norm{idx}")(y) for idx, y in zip(self.out_indices, self._stages_forward(x))]
+            if self.grad_checkpointing:
+                return self._forward_levels(x)
+        x = self.patch_embed(x)
+        for layer in self.network:          # stages and the downsampling layers between them, in order
+            x = layer(x)
+        return x
 
     def forward_head(self, x, pre_logits: bool = False):
-        """Output GroupNorm on the map, global mean (``pre_logits``), classifier."""
-        x = self.global_pool(self.norm(x).mean([-2, -1]))
+        """Output GroupNorm on the map, global mean (``pre_logits``), classifier; without global
+        pooling (``global_pool=''``) the normed map."""
+        x = self.norm(x)
+        if self.global_pool_type != "":
+            x = self.global_pool(x.mean([-2, -1]))
         return x if pre_logits else self.head(x)
 
     def forward(self, x):
         x = self.forward_features(x)
-        return x if self.fork_feat else self.forward_head(x)
+        if not torch.jit.is_scripting():
+            if self.fork_feat:
+                return x
+        return self.forward_head(x)
 
-    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
 
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^patch_embed", blocks=[(r"^network\.(\d+)" if coarse else r"^network\.(\d+)\.(\d+)",

@@ -23,13 +23,13 @@ the filter is applied on the half spectrum (``rfft2``/``irfft2``), which equals 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from .base import AdaptNote, register_model
-from .layers import TapPoint, as_list, spectral_region
+from .layers import TapPoint, as_list, fx_tracing, spectral_region
 from .poolformer import ChannelsFirstBlock, ChannelsFirstMetaFormer, GroupNorm, conv_out_size, resolve_nchw_norm
 
 PAPER_SPANET = ("SPANet: Frequency-balancing Token Mixer using Spectral Pooling Aggregation Modulation "
@@ -48,7 +48,8 @@ __all__ = ["spf_mask", "describe_mask", "chunk_sizes", "SPF", "SPAM", "SPANet", 
 # ---------------------------------------------------------------------------- masks
 
 
-def spf_mask(height: int, width: int, radius: float, lamb: float, device=None) -> torch.Tensor:
+def spf_mask(height: int, width: int, radius: float, lamb: float,
+             device: Optional[torch.device] = None) -> torch.Tensor:
     """The SPF mask ``(H, W)`` (float32) in centred (``fftshift``) frequency layout.
 
     Distance is measured in frequency-index units from the centre ``(H//2, W//2)`` (where
@@ -147,15 +148,56 @@ class SPF(nn.Module):
         return m
 
     def forward(self, x):
-        H, W = x.shape[-2:]
+        if torch.jit.is_scripting():
+            return spf_filter(x, self.filter, float(self.radius), self.lamb)
+        else:
+            if fx_tracing():
+                return spf_filter(x, self.filter, float(self.radius), self.lamb)
+            H, W = x.shape[-2:]
+            with spectral_region(x):
+                return _spf_apply(x, self.mask_for(H, W, x.device))
+
+
+def _spf_apply(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``F^-1(M * F(x))`` over the last two axes with the centred mask ``mask`` (1, H, W), in float32
+    (float64 stays), returned in ``x``'s dtype."""
+    H, W = x.shape[-2], x.shape[-1]
+    if x.dtype == torch.float32 or x.dtype == torch.float64:
+        xf = x
+    else:
+        xf = x.float()
+    # centred mask -> DC-first layout, then the half plane that rfft2 keeps
+    m = torch.fft.ifftshift(mask, dim=(-2, -1))[..., : W // 2 + 1]
+    y = torch.fft.irfft2(torch.fft.rfft2(xf, dim=(-2, -1), norm="ortho") * m, s=(H, W), dim=(-2, -1),
+                         norm="ortho")
+    return y.to(x.dtype)
+
+
+@torch.fx.wrap
+def spf_filter(x: torch.Tensor, stored: torch.Tensor, radius: float, lamb: float) -> torch.Tensor:
+    """The SPF of ``x`` without module state, for TorchScript and ``torch.fx`` graphs (a leaf for
+    ``torch.fx``): the stored mask when it fits the input's grid, else the mask built for it.
+
+    Args:
+        x: input (B, C, H, W).
+        stored: the module's ``filter`` (1, h, w).
+        radius: the disc radius.
+        lamb: the balancing parameter.
+
+    Returns:
+        The filtered map, in ``x``'s dtype.
+    """
+    H, W = x.shape[-2], x.shape[-1]
+    if stored.shape[-2] == H and stored.shape[-1] == W and (stored.dtype == torch.float32
+                                                            or stored.dtype == torch.float64):
+        mask = stored.detach()
+    else:
+        mask = spf_mask(H, W, radius, lamb, x.device).unsqueeze(0)
+    if torch.jit.is_scripting():
+        return _spf_apply(x, mask)
+    else:
         with spectral_region(x):
-            xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
-            m = self.mask_for(H, W, x.device)
-            # centred mask -> DC-first layout, then the half plane that rfft2 keeps
-            m = torch.fft.ifftshift(m, dim=(-2, -1))[..., : W // 2 + 1]
-            y = torch.fft.irfft2(torch.fft.rfft2(xf, dim=(-2, -1), norm="ortho") * m, s=(H, W), dim=(-2, -1),
-                                 norm="ortho")
-        return y.to(x.dtype)
+            return _spf_apply(x, mask)
 
 
 class SPAM(nn.Module):
@@ -210,11 +252,22 @@ class SPAM(nn.Module):
     def forward(self, x):
         x = self.conv(self.proj_in(x))
         chunks = torch.split(x, self.dims, dim=1)
-        feats = [self.sps[k](c) for k, c in enumerate(chunks)] if self.use_spf else list(chunks)
-        ctx = self.pws[0](feats[0])
-        for k in range(1, self.n_chunk):
-            g = self.pws[k](feats[k])
-            ctx = ctx + g if self.aggregation == "sum" else ctx * g
+        feats: List[torch.Tensor] = []
+        if hasattr(self, "sps"):
+            for k, spf in enumerate(self.sps):
+                feats.append(spf(chunks[k]))
+        else:
+            for k in range(self.n_chunk):
+                feats.append(chunks[k])
+        ctx = feats[0]
+        for k, pw in enumerate(self.pws):
+            g = pw(feats[k])
+            if k == 0:
+                ctx = g
+            elif self.aggregation == "sum":
+                ctx = ctx + g
+            else:
+                ctx = ctx * g
         ctx = self.context_tap(ctx)
         return self.proj_out(x * ctx)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
-import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -48,6 +47,7 @@ class ModelCard:
     variant_of: str | None = None
     description: str = ""
     paper_params_m: float | None = None   # parameter count stated by the paper/README, millions
+    fixed_input_size: bool = False        # bound to the size it is built for (timm's pretrained-config flag)
 
     _counts: tuple[int, int] | None = field(default=None, repr=False)
     _taps: list | None = field(default=None, repr=False)
@@ -95,7 +95,7 @@ class ModelCard:
         from spectrascope.zoo import weights
         cfg = {"architecture": self.name, "tag": "", "url": self.weight_url or "", "file": self.weight_file,
                "direct_download": weights.is_direct(self.weight_url), "num_classes": 1000,
-               "input_size": tuple(self.default_input_size), "fixed_input_size": False,
+               "input_size": tuple(self.default_input_size), "fixed_input_size": self.fixed_input_size,
                "pool_size": tuple(s // 32 for s in self.default_input_size[1:]), "crop_pct": self.crop_pct,
                "crop_mode": "center", "interpolation": self.interpolation, "mean": tuple(self.mean),
                "std": tuple(self.std), "first_conv": "", "classifier": "", "paper_name": self.paper,
@@ -264,7 +264,3 @@ def create_model(name: str, *, checkpoint=None, num_classes: int = 1000, img_siz
         model = wrapped
     return model
 
-
-def _builder_args(fn) -> list[str]:
-    sig = inspect.signature(fn)
-    return [p for p in sig.parameters if p not in ("num_classes", "img_size", "kwargs")]

@@ -10,8 +10,12 @@ Names: every zoo model is ``spectrascope_<name>``; the plain ``<name>`` too wher
 already own it (``dfformer_s18``, ``gfnet_ti``, ``spanet_s``, ``affnet`` ...). Names timm owns
 (``convformer_s18``, ``caformer_s18``, ``poolformer_s12``, ``poolformerv2_s12`` ...) keep timm's
 meaning. ``pretrained=True`` resolves the card's official weights (``spectrascope.zoo.weights``);
-the pretrained config is the card's (``resolve_data_config`` gives its preprocessing);
-``features_only=True`` wraps the model in timm's ``FeatureGetterNet`` (``forward_intermediates``)."""
+the pretrained config is the card's (``resolve_data_config`` gives its preprocessing; models bound
+to their build size declare ``fixed_input_size``); ``features_only=True`` wraps the model in timm's
+``FeatureGetterNet`` (``forward_intermediates``); ``device``, ``dtype`` and ``global_pool`` ('avg' or
+'') are timm's. Built this way, frozen constants (SPANet's spectral pooling masks, RandFormer's
+mixing matrix) are buffers, as in timm's own models; the state-dict keys stay the official ones.
+timm's own model test suite runs over every entry point: ``make test-timm`` (docs/timm.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,25 +54,45 @@ def _pretrained_cfg(card, timm_name_: str) -> dict:
     return out
 
 
+def _features_only(model, cfg: dict, out_indices, feature_cls):
+    """timm's ``features_only=True``: the model in timm's ``FeatureGetterNet`` (its
+    ``forward_intermediates``), with the model's pretrained config."""
+    from timm.models._features import FeatureGetterNet
+    if feature_cls not in (None, "getter", FeatureGetterNet):
+        raise TypeError(f"feature_cls={feature_cls!r}: spectrascope models give features through "
+                        "forward_intermediates (feature_cls='getter')")
+    net = FeatureGetterNet(model, out_indices=out_indices if out_indices is not None else len(model.feature_info))
+    net.pretrained_cfg = net.default_cfg = cfg
+    return net
+
+
 def _entrypoint(zoo_name: str, name: str):
     def entry(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
-              features_only: bool = False, out_indices=None, feature_cls=None, **kwargs):
+              features_only: bool = False, out_indices=None, feature_cls=None, device=None, dtype=None,
+              global_pool=None, **kwargs):
+        import contextlib
+
+        import torch
+
+        from spectrascope.models.base import frozen_parameters_to_buffers
         from spectrascope.zoo import registry
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        kwargs.pop("global_pool", None)
         num_classes = kwargs.pop("num_classes", 1000)
         img_size = kwargs.pop("img_size", None)
-        model = registry.create_model(zoo_name, num_classes=num_classes, img_size=img_size, pretrained=pretrained,
-                                      **kwargs)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = registry.create_model(zoo_name, num_classes=num_classes, img_size=img_size, pretrained=pretrained,
+                                          **kwargs)
+        frozen_parameters_to_buffers(model)       # timm's models hold constants as buffers
+        if dtype is not None:
+            model.to(dtype=dtype)
+        if global_pool is not None:
+            model._set_global_pool(global_pool)
         cfg = dict(model.pretrained_cfg, architecture=name)
         if isinstance(pretrained_cfg_overlay, dict):
             cfg.update(pretrained_cfg_overlay)
         model.pretrained_cfg = cfg
         if features_only:
-            from timm.models._features import FeatureGetterNet
-            n = len(model.feature_info)
-            model = FeatureGetterNet(model, out_indices=out_indices if out_indices is not None else n)
-            model.pretrained_cfg = cfg
+            return _features_only(model, cfg, out_indices, feature_cls)
         return model
 
     entry.__name__ = entry.__qualname__ = name
@@ -83,7 +107,9 @@ def register(timm=None) -> dict[str, str]:
         return registered()
     if timm is None:
         from spectrascope.compat import import_timm
-        timm = import_timm()
+        timm = import_timm()              # its first import registers the zoo (the import hook)
+        if _REGISTERED:
+            return registered()
     from timm.models import register_model
     from spectrascope.zoo import registry
     owned = set(timm.list_models())
