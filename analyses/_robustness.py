@@ -44,7 +44,8 @@ from spectrascope.seam.options import Option, parse_positive
 from spectrascope.zoo.build import ModelSpec
 
 __all__ = ["LabelledSource", "LabelledImages", "PreparedModel", "prepare_model", "ordered_batches", "sharded_counts",
-           "clean_counts", "rate", "FORWARD_BATCH", "LEVEL", "model_labels", "run_block", "perturbation_seed",
+           "clean_counts", "forward_batch", "rate", "rates", "FORWARD_BATCH", "LEVEL", "model_labels", "run_block",
+           "perturbation_seed",
            "in_band_share"]
 
 #: confidence level of every interval these analyses report (Wilson score interval)

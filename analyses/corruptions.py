@@ -112,10 +112,19 @@ def _severities(value) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _heatmap_beside(path, labels: list[str]) -> tuple[dict, np.ndarray]:
-    res = load_result(path)
+def _heatmap_result(path):
+    """The fourier-heatmap result of ``--heatmap`` (read before any work)."""
+    try:
+        res = load_result(path)
+    except DataError as exc:
+        raise DataError(exc.args[0] if exc.args else str(exc), option="--heatmap") from None
     if res.analysis != "fourier-heatmap":
         raise DataError(f"{path} holds a `{res.analysis}` result, not a fourier-heatmap one", option="--heatmap")
+    return res
+
+
+def _heatmap_beside(res, path, labels: list[str]) -> tuple[dict, np.ndarray]:
+    """The map of the model of the same label (else the first) of a fourier-heatmap result."""
     k = next((i for i, m in enumerate(res.models) if m.get("label") in labels), 0)
     m = res.models[k]
     return {"label": m["label"], "folder": str(path), "input_size": m["input_size"]}, res.model_map(k, "error")
@@ -215,6 +224,7 @@ class Corruptions(Analysis):
                                 images=ctx.source.describe(), data={"spec": ctx.source.spec}, run=run_block(ctx),
                                 corruptions=list(p.corruptions), severities=list(p.severities),
                                 spectrum_severity=int(p.spectrum_severity))
+        beside = ctx.dist.agreed(_heatmap_result, p.heatmap) if p.heatmap else None
         spectra: dict = {}
         res.models = [_corruptions_of(ctx, s, ctx.source, p.corruptions, p.severities, seed, spectra)
                       for s in ctx.specs]
@@ -227,8 +237,8 @@ class Corruptions(Analysis):
                 res.maps[f"spectrum_{size}_{name}_s{sev}"] = arr.numpy()
         first = spectra[res.spectra_sizes[0]]
         res.high_freq_share = {nm: _high_share(first[(nm, res.spectrum_severity)]) for nm in res.corruptions}
-        if p.heatmap:
-            res.heatmap, res.maps["heatmap_error"] = ctx.dist.agreed(_heatmap_beside, p.heatmap, labels)
+        if beside is not None:
+            res.heatmap, res.maps["heatmap_error"] = _heatmap_beside(beside, p.heatmap, labels)
         return res
 
     def report(self, result, folder, style):

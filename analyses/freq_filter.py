@@ -174,8 +174,10 @@ class FreqFilter(Analysis):
         lines = []
         for m in result.models:
             lo, hi = m["low"], m["high"]
-            first = next((i for i, r in enumerate(lo["radius"]) if r is not None), 0)
-            lines.append(f"{m['label']}: clean accuracy {1 - m['clean']['error']:.3f}; low-pass r={lo['radius'][first]:g}: "
-                         f"{1 - lo['error'][first]:.3f}, high-pass r={hi['radius'][first]:g}: "
-                         f"{1 - hi['error'][first]:.3f} ({len(lo['radius'])} radii)")
+            line = f"{m['label']}: clean accuracy {1 - m['clean']['error']:.3f}"
+            first = next((i for i, r in enumerate(lo["radius"]) if r is not None), None)
+            if first is not None:
+                line += (f"; low-pass r={lo['radius'][first]:g}: {1 - lo['error'][first]:.3f}, high-pass "
+                         f"r={hi['radius'][first]:g}: {1 - hi['error'][first]:.3f}")
+            lines.append(f"{line} ({len(lo['radius'])} radii)")
         return lines + [f"freq-filter -> {output}"]

@@ -60,7 +60,7 @@ def analyses(work, checkpoint, num_images: int = 64) -> dict[str, Path]:
     common = [*trained_vs_random(checkpoint), "--data", SYNTHETIC, "--num-images", num_images, "--batch-size", 32]
     runs = {
         "fourier-heatmap": ["--forward-batch", 1024],
-        "freq-noise": [],
+        "freq-noise": ["--shape", "circle"],
         "freq-filter": ["--units", "cycles"],
         "freq-sensitivity": [],
     }

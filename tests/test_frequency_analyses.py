@@ -160,6 +160,26 @@ def test_two_models_share_one_colour_scale_and_are_told_apart(tmp_path):
     assert "random weights" in res.output
 
 
+def test_a_timm_model_at_a_non_square_size_equals_the_direct_loop(tmp_path):
+    pytest.importorskip("timm")
+    spec, n, H, W = "synthetic:height=24,width=20,val_size=4", 4, 24, 20
+    res = cli(["fourier-heatmap", "--model", "timm:resnet10t", "--data", spec, "--eps", 6, "--sign", "-1",
+               "--max-freq", 1, "--seed", 2, "--output", tmp_path / "t"])
+    assert res.exit_code == 0, res.output
+    r = spectrascope.load_result(tmp_path / "t")
+    assert r.models[0]["input_size"] == [24, 20] and r.model_map(0).shape == (3, 3)
+    torch.manual_seed(2)
+    model, pre = build_for_inference("timm:resnet10t", img_size=(H, W), num_classes=8)
+    x, y = synthetic(spec, n)
+    yy, xx = np.mgrid[:H, :W]
+    for i, a in enumerate((-1, 0, 1)):
+        for j, b in enumerate((-1, 0, 1)):
+            c = np.cos(2 * np.pi * (a * yy / H + b * xx / W))
+            e, _ = counts(model.eval(), (pre["mean"], pre["std"]), (x - 6 * torch.from_numpy(c / np.linalg.norm(c)))
+                          .clamp(0, 1), y)
+            assert r.model_map(0)[i, j] * n == e, (a, b)
+
+
 def _interrupt_after(monkeypatch, saves: int):
     from spectrascope.analyses import fourier_heatmap as fh
     real = fh.ProgressStore.save
@@ -406,3 +426,44 @@ def _close(a, b) -> bool:
     if isinstance(a, float):
         return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9)
     return a == b
+
+
+# ---------------------------------------------------------------------------- other labelled data
+
+
+def test_image_folders_and_cifar_archives_are_labelled_data(tmp_path):
+    from PIL import Image
+
+    from spectrascope.io.pixels import eval_transform, load_image
+    from tests.test_datasets import make_cifar10
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("ant", "bee", "cat"):
+            (tmp_path / "f" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / "f" / split / c / f"{i}.png")
+    res = cli(["freq-filter", *TINY, "--data", f"imagefolder:{tmp_path / 'f'}", "--num-images", 5, "--img-size", 32,
+               "--radii", "inf", "--seed", 1, "--output", tmp_path / "o1"])
+    assert res.exit_code == 0, res.output
+    doc = results(tmp_path / "o1")
+    # five images evenly spaced over the class-sorted folder: every class is there
+    assert doc["images"]["class_counts"] == [2, 1, 2] and doc["models"][0]["num_classes"] == 3
+    model, norm = model_of(1, 32, 32, classes=3)
+    crop = doc["models"][0]["preprocessing"]["crop_pct"]
+    picked = [(c, i) for c in ("ant", "bee", "cat") for i in range(3)][::2]
+    x = torch.stack([eval_transform(load_image(tmp_path / "f" / "val" / c / f"{i}.png"), (32, 32), crop,
+                                    (0, 0, 0), (1, 1, 1)) for c, i in picked])
+    y = torch.tensor([("ant", "bee", "cat").index(c) for c, _ in picked])
+    assert doc["models"][0]["clean"]["errors"] == counts(model, norm, x.double(), y)[0]
+    assert doc["images"]["files"] == [f"{i}.png" for _, i in picked]
+
+    _, _, va_imgs, va_labels = make_cifar10(tmp_path / "c")
+    res = cli(["freq-filter", *TINY, "--data", f"cifar10:{tmp_path / 'c'}", "--num-images", 2, "--radii", "0",
+               "--seed", 1, "--output", tmp_path / "o2"])
+    assert res.exit_code == 0, res.output
+    doc = results(tmp_path / "o2")
+    assert doc["models"][0]["input_size"] == [32, 32] and doc["models"][0]["num_classes"] == 10
+    model, norm = model_of(1, 32, 32, classes=10)
+    x = torch.from_numpy(va_imgs[:2]).permute(0, 3, 1, 2).double() / 255
+    assert doc["models"][0]["clean"]["errors"] == counts(model, norm, x, torch.tensor(va_labels[:2]))[0]

@@ -2,7 +2,14 @@
 four classes are four frequency bands) has its largest Fourier heat-map errors and its largest
 error under band-limited noise inside the class bands; the same network with random weights does
 not. Measured from the maps and curves the commands write (the training recipe is the one of the
-documentation's figures, docs/make_figures.py)."""
+documentation's figures, docs/make_figures.py).
+
+The measure is ``ops.spectra.concentration``: the share of the excess error (above the clean error)
+at the frequencies inside the class bands over the share of those frequencies (1 = no preference).
+Training is deterministic on the CPU (fixed seed), so the numbers are those of the recipe: heat map
+2.07 trained vs 1.12 random, circular noise rings 1.78 vs 0.48, on 24 images. Other seeds and
+recipes of the same size gave 1.35-2.14 for the heat map and 1.2-1.8 for the noise; the random
+network never exceeded 1.35 and 0.9."""
 from __future__ import annotations
 
 import importlib.util
@@ -62,11 +69,12 @@ def test_heatmap_errors_sit_in_the_class_bands_of_the_trained_model_only(trained
     assert res.models[0]["clean"]["error"] < 0.4 < res.models[1]["clean"]["error"]
     assert trained_c > 1.5, got
     assert random_c < 1.3, got
-    assert res.models[0]["top20_in_bands"] >= 15
+    # the 20 largest errors: at least twice as many in the bands as their share of the bases would put there
+    assert res.models[0]["top20_in_bands"] >= 2 * 20 * res.models[0]["share_of_bases_in_bands"]
 
 
 def test_noise_sensitivity_sits_in_the_class_bands_of_the_trained_model_only(trained, tmp_path):
-    res = _run("freq-noise", trained, tmp_path)
+    res = _run("freq-noise", trained, tmp_path, "--shape", "circle")         # the class bands are circular
     bands = _bands()
     got = []
     for m in res.models:
@@ -75,7 +83,7 @@ def test_noise_sensitivity_sits_in_the_class_bands_of_the_trained_model_only(tra
         got.append(conc)
     trained_c, random_c = got
     assert trained_c > 1.5, got
-    assert random_c < 1.2 or math.isnan(random_c), got
+    assert random_c < 1.0 or math.isnan(random_c), got
     inside = [e for e, c in zip(res.models[0]["error"], res.models[0]["centres"])
               if any(lo <= c < hi for lo, hi in bands)]
     outside = [e for e, c in zip(res.models[0]["error"], res.models[0]["centres"])

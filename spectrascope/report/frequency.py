@@ -103,7 +103,8 @@ def _freq_ticks(ax, fy: np.ndarray, fx: np.ndarray) -> None:
 def _band_rings(ax, bands, H: int, W: int, color: str = "white") -> None:
     for lo, hi in bands or ():
         for r in (lo, hi):
-            ax.add_patch(Ellipse((0, 0), 2 * r * W, 2 * r * H, fill=False, ls=(0, (2, 2)), lw=0.6, color=color))
+            ax.add_patch(Ellipse((0, 0), 2 * r * W, 2 * r * H, fill=False, ls=(0, (2, 2)), lw=0.5, color=color,
+                                 alpha=0.8))
 
 
 def _boxed(ax) -> None:
