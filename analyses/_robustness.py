@@ -221,8 +221,15 @@ def _weights_digest(module: nn.Module) -> str:
 
 
 def prepare_model(ctx, spec, source: LabelledSource) -> PreparedModel:
-    """Build ``spec`` for the data (see the module doc), check its head against the classes and
-    evaluate nothing yet.
+    """Build a model for the labelled data (see the module doc) and check its head.
+
+    Args:
+        ctx: the run's ``seam.Context``.
+        spec: a ``ModelSpec`` or a built module.
+        source: the labelled images.
+
+    Returns:
+        The ``PreparedModel`` (on the run's device, eval mode, compiled with ``--compile``).
 
     Raises:
         CheckpointError: the model's head has another number of classes than the data.
@@ -273,9 +280,17 @@ def _collate(items):
 
 
 def ordered_batches(runner: Runner, dataset, start: int = 0):
-    """Every image of ``dataset`` from ``start`` on, in order, on this process (not sharded):
-    ``(indices, x on the device, labels on the device)`` in batches of ``--batch-size``, decoded
-    once (in ``--workers`` DataLoader workers)."""
+    """Every image of a dataset from ``start`` on, in order, on this process (not sharded).
+
+    Args:
+        runner: the run's runner (device, ``--batch-size``, ``--workers``).
+        dataset: ``LabelledImages``.
+        start: the first image.
+
+    Yields:
+        ``(indices, x, labels)``: data-set indices, (B, 3, H, W) images in [0, 1] and labels on the
+        device, each image decoded once.
+    """
     n, b = len(dataset), runner.config.batch_size
     chunks = [list(range(a, min(a + b, n))) for a in range(start, n, b)]
     if not chunks:
@@ -287,9 +302,18 @@ def ordered_batches(runner: Runner, dataset, start: int = 0):
 
 
 def sharded_counts(ctx, dataset, count: Callable, num_variants: int) -> VariantCounts:
-    """``count(x, labels, indices) -> VariantCounts`` over this rank's batches of ``dataset``
-    (``Runner.batches``: batch ``i`` to rank ``i mod world``), summed over every rank; a failure
-    on any rank stops every rank (``Dist.together``)."""
+    """Counts of a loop over the images, shared out over the ranks and summed.
+
+    Args:
+        ctx: the run's context (runner and ``Dist``).
+        dataset: ``LabelledImages``; batch ``i`` goes to rank ``i mod world`` (``Runner.batches``).
+        count: ``count(x, labels, indices) -> VariantCounts`` of one batch.
+        num_variants: the number of variants ``count`` reports.
+
+    Returns:
+        ``VariantCounts`` summed over every rank (the same on every rank); a failure on any rank
+        stops every rank (``Dist.together``).
+    """
     errors = torch.zeros(num_variants, dtype=torch.long)
     loss = torch.zeros(num_variants, dtype=torch.float64)
     n = 0
@@ -325,8 +349,17 @@ def forward_batch(ctx) -> int:
 
 
 def rate(errors, n, loss_sum=None) -> dict:
-    """``{"errors", "n", "error", "error_low", "error_high", "loss"}`` of one count (Wilson
-    interval at ``LEVEL``; loss is the mean cross-entropy when ``loss_sum`` is given)."""
+    """The record of one error count.
+
+    Args:
+        errors: top-1 errors.
+        n: images.
+        loss_sum: summed cross-entropy (optional).
+
+    Returns:
+        ``{"errors", "n", "error", "error_low", "error_high"}`` (Wilson interval at ``LEVEL``) and
+        ``"loss"`` (the mean cross-entropy) when ``loss_sum`` is given.
+    """
     errors, n = int(errors), int(n)
     lo, hi = wilson_interval(errors, n, LEVEL)
     out = {"errors": errors, "n": n, "error": errors / n if n else None,

@@ -86,7 +86,11 @@ def main(argv=None) -> int:
     ap.add_argument("--num-images", type=int, default=64)
     args = ap.parse_args(argv)
     work = Path(args.work)
-    checkpoint = train(work / "train")
+    checkpoint = work / "train" / "last.pth"
+    if checkpoint.is_file():
+        print(f"using the trained model {checkpoint} (another --work trains a new one)")
+    else:
+        checkpoint = train(work / "train")
     folders = analyses(work, checkpoint, args.num_images)
     dest = Path(args.output)
     dest.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,18 @@ MIN_SIDE = 32
 
 
 def corruption_names(subset: str = "all") -> list[str]:
-    """The package's corruptions of a group (``common``: the 15 of ImageNet-C; ``validation``: the
-    4 extra; ``all``: the 19), in its order."""
+    """The package's corruptions of a group, in its order.
+
+    Args:
+        subset: ``common`` (the 15 of ImageNet-C), ``validation`` (the 4 extra), ``all`` (the 19),
+            ``noise``, ``blur``, ``weather`` or ``digital``.
+
+    Returns:
+        The corruption names.
+
+    Raises:
+        ImportError: imagecorruptions is not installed (one line naming what to install).
+    """
     return list(import_imagecorruptions().get_corruption_names(subset))
 
 
@@ -52,7 +62,17 @@ def corruption_number(name: str) -> int:
 
 
 def corruption_seed(seed: int, index: int, number: int, severity: int) -> int:
-    """The numpy seed (< 2^32) of one corrupted image (see the module doc)."""
+    """The numpy seed of one corrupted image (see the module doc).
+
+    Args:
+        seed: the run's seed.
+        index: the image's index in the data set.
+        number: the corruption's position in the package's list of 19 (``corruption_number``).
+        severity: 1 .. 5.
+
+    Returns:
+        An integer in [0, 2^32).
+    """
     return seed_for(seed, (int(index) * 32 + int(number)) * 8 + int(severity)) % (1 << 32)
 
 
@@ -63,8 +83,18 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def corrupt_images(images: np.ndarray, indices: Sequence[int], name: str, severities: Sequence[int],
                    seed: int) -> torch.Tensor:
-    """Every image of ``images`` ((N, H, W, 3) uint8) under corruption ``name`` at every severity:
-    (S, N, 3, H, W) float64 in [0, 1]."""
+    """Every image under one corruption at every severity, each call seeded (``corruption_seed``).
+
+    Args:
+        images: (N, H, W, 3) uint8 images (sides >= 32).
+        indices: their indices in the data set.
+        name: the corruption.
+        severities: integers in 1 .. 5.
+        seed: the run's seed.
+
+    Returns:
+        (S, N, 3, H, W) float64 in [0, 1].
+    """
     ic = import_imagecorruptions()
     number = corruption_number(name)
     out = np.empty((len(severities), *images.shape), dtype=np.uint8)

@@ -60,7 +60,16 @@ def _save(fig, folder, stem: str, style) -> list[str]:
 
 
 def write_rows(folder, name: str, rows: list[dict]) -> list[str]:
-    """``name`` (CSV) of ``rows``; returns ``[name]`` (nothing when there are no rows)."""
+    """Write a tidy CSV.
+
+    Args:
+        folder: the result folder.
+        name: the file name (``noise.csv`` ...).
+        rows: one dict per row, every row with the keys of the first.
+
+    Returns:
+        ``[name]``, or ``[]`` when there are no rows (nothing is written).
+    """
     if not rows:
         return []
     write_csv(Path(folder) / name, rows, list(rows[0]))
@@ -75,8 +84,17 @@ def _num(v, digits: int = 6):
 
 
 def write_heatmap_csv(result, folder) -> list[str]:
-    """``heatmap.csv``: one row per model and frequency (fy, fx signed indices, DC = 0; radius in
-    cycles per pixel; error, its Wilson interval, mean loss, images)."""
+    """Write ``heatmap.csv``: one row per model and frequency.
+
+    Args:
+        result: a ``fourier-heatmap`` result (its maps loaded).
+        folder: the result folder.
+
+    Returns:
+        ``["heatmap.csv"]``; the columns are ``model, fy, fx`` (signed indices, DC = 0),
+        ``radius_cycles``, ``error, error_low, error_high`` (95 % Wilson interval), ``loss``, ``n``,
+        ``errors``.
+    """
     rows = []
     for k, m in enumerate(result.models):
         fy, fx = result.axes(k)
@@ -157,7 +175,17 @@ def _draw_map_panels(result, key: str, label: str, stem: str, folder, style, tit
 
 @_paper
 def draw_heatmaps(result, folder, style) -> list[str]:
-    """``heatmap`` (top-1 error) and ``heatmap_loss`` (mean cross-entropy): one panel per model."""
+    """Draw ``heatmap`` (top-1 error) and ``heatmap_loss`` (mean cross-entropy).
+
+    Args:
+        result: a ``fourier-heatmap`` result.
+        folder: where the figures go.
+        style: formats and ``cmap``.
+
+    Returns:
+        The file names written (PNG and PDF of both): one panel per model, DC centred, square
+        pixels, one colour scale and one labelled colour bar.
+    """
     me = result.method
     sign = "random signs (seed %d)" % me["seed"] if me["sign"] == "random" else f"sign {me['sign']}"
     what = f"eps = {me['eps']:g}, {sign}, {result.images['count']} images"
@@ -177,8 +205,14 @@ def _shade_bands(ax, bands) -> bool:
 
 
 def draw_curves(ax, series: Sequence[dict], *, clean_key: str | None = "clean") -> None:
-    """One line per entry of ``series`` (``x``, ``y``, optional ``low`` / ``high`` interval, ``label``,
-    optional ``clean`` level drawn dotted in the same colour)."""
+    """Draw curves of several models on one axis.
+
+    Args:
+        ax: the axes.
+        series: one dict per model: ``x``, ``y``, ``label``, optional ``low`` / ``high`` (the shaded
+            interval) and ``clean`` (a level drawn dotted in the model's colour).
+        clean_key: the key of the dotted level (None: none).
+    """
     for k, s in enumerate(series):
         color, marker = COLORS[k % len(COLORS)], MARKERS[k % len(MARKERS)]
         x, y = np.asarray(s["x"], dtype=float), np.asarray(s["y"], dtype=float)
@@ -211,7 +245,16 @@ def _curve_figure(title: str, width: float = 4.6, height: float = 2.6):
 
 @_paper
 def draw_noise(result, folder, style) -> list[str]:
-    """``noise``: top-1 error against the centre frequency of the noise band, one curve per model."""
+    """Draw ``noise``: top-1 error against the centre frequency of the noise band.
+
+    Args:
+        result: a ``freq-noise`` result.
+        folder: where the figure goes.
+        style: formats.
+
+    Returns:
+        The file names written (one curve per model, class bands of synthetic data shaded).
+    """
     me = result.method
     widths = sorted({round(h - lo, 4) for m in result.models for lo, h in zip(m["low"], m["high"])})
     width = f"width {widths[0]:.3g} c/px" if len(widths) == 1 else "rings"
@@ -231,7 +274,16 @@ def draw_noise(result, folder, style) -> list[str]:
 
 @_paper
 def draw_filter(result, folder, style) -> list[str]:
-    """``filter``: top-1 accuracy on low-pass and on high-pass filtered images against the radius."""
+    """Draw ``filter``: top-1 accuracy on low-pass and on high-pass filtered images against the radius.
+
+    Args:
+        result: a ``freq-filter`` result.
+        folder: where the figure goes.
+        style: formats.
+
+    Returns:
+        The file names written (two panels, one curve per model; ``inf`` is the dotted clean level).
+    """
     me = result.method
     unit = "index units" if me["units"] == "index" else "cycles per pixel"
     fig = _curve_figure(f"Filtered inputs (circular masks, outside = {me['outside']:g}), "
@@ -258,8 +310,17 @@ def draw_filter(result, folder, style) -> list[str]:
 
 @_paper
 def draw_sensitivity(result, folder, style) -> list[str]:
-    """``sensitivity``: the normalised radial profile of the input-gradient power per model, and
-    ``sensitivity_maps``: the mean power maps (DC centred, log scale, one colour scale)."""
+    """Draw ``sensitivity`` (the normalised radial profiles of the input-gradient power) and
+    ``sensitivity_maps`` (the mean power maps, DC centred, logarithmic, one colour scale).
+
+    Args:
+        result: a ``freq-sensitivity`` result.
+        folder: where the figures go.
+        style: formats and ``cmap``.
+
+    Returns:
+        The file names written.
+    """
     fig = _curve_figure(f"Fourier sensitivity of the input gradient, {result.images['count']} images")
     ax = fig.add_subplot(1, 1, 1)
     bands = _shade_bands(ax, result.data.get("class_bands"))
@@ -302,8 +363,18 @@ def _power_maps(result, maps, folder, style) -> list[str]:
 
 @_paper
 def draw_corruptions(result, folder, style) -> list[str]:
-    """``corruptions``: top-1 error per corruption (mean over the severities) per model, the clean
-    error dotted; ``corruption_severity``: error against severity, one panel per corruption."""
+    """Draw ``corruptions`` (top-1 error per corruption, mean over the severities, one bar per model,
+    the clean error dotted) and ``corruption_severity`` (error against severity, one panel per
+    corruption).
+
+    Args:
+        result: a ``corruptions`` result.
+        folder: where the figures go.
+        style: formats.
+
+    Returns:
+        The file names written.
+    """
     names = result.corruptions
     fig = new_figure(max(4.6, 0.36 * len(names) + 1.8), 2.8)
     fig.suptitle(f"Common corruptions (severities {', '.join(map(str, result.severities))}), "
@@ -351,9 +422,18 @@ def _severity_panels(result, folder, style) -> list[str]:
 
 @_paper
 def draw_corruption_spectra(result, folder, style) -> list[str]:
-    """``corruption_spectra``: per corruption the mean ``|FFT(corrupted - clean)|`` (unitary, DC
-    centred) at the drawn severity, on one logarithmic colour scale, beside the heat map of the
-    model given with ``--heatmap`` (when one was)."""
+    """Draw ``corruption_spectra``: per corruption the mean ``|FFT(corrupted - clean)|`` (unitary, DC
+    centred) at the drawn severity on one logarithmic colour scale, beside the heat map given with
+    ``--heatmap`` (when one was).
+
+    Args:
+        result: a ``corruptions`` result.
+        folder: where the figure goes.
+        style: formats and ``cmap``.
+
+    Returns:
+        The file names written (none when the result holds no spectra).
+    """
     sev = result.spectrum_severity
     size = next(iter(result.spectra_sizes), None)
     if size is None:
