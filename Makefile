@@ -61,10 +61,11 @@ $(VENV)/.docs-installed: $(BIN)/spectrascope
 	$(BIN)/pip install $(PIP_FLAGS) -q -c constraints.txt torch==2.13.0 -e ".[dev,docs]"
 	touch $@
 
-# the figures of the documentation (docs/img/*.png) from three reduced models trained on synthetic
-# textures (trained once into build/docs-figures/; minutes on a CPU)
+# the figures of the documentation (docs/img/*.png, docs/analyses/figures/*.png) from reduced models
+# trained on synthetic textures (trained once into build/docs-figures/; minutes on a CPU)
 docs-figures: setup
 	MPLBACKEND=Agg $(BIN)/python docs/make_figures.py --work build/docs-figures
+	MPLBACKEND=Agg $(BIN)/python docs/make_frequency_figures.py --work build/docs-figures/frequency
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache

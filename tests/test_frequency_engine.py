@@ -156,6 +156,33 @@ def test_saved_state_is_checked(tmp_path):
         state.pending([3], 5, 8)
 
 
+def test_chunked_saves_and_the_latest_of_overlapping_shards_give_the_uninterrupted_map(tmp_path):
+    H, W = 6, 6
+    model, (x, y) = _cnn(seed=3), _data(8, H, W, seed=3)
+    spec = HeatmapSpec(eps=2.0, sign="random", seed=2)
+    ids = basis_ids(H, W)
+    batches = [(range(a, a + 4), x[a:a + 4], y[a:a + 4]) for a in (0, 4)]
+    whole = run_heatmap(model, batches, ids, spec, normalization=NORM, progress=HeatmapProgress(len(ids)))
+    seen = []
+    chunked = run_heatmap(model, batches, ids, spec, normalization=NORM, progress=HeatmapProgress(len(ids)),
+                          chunk=5, on_chunk=lambda st: seen.append(st.n.clone()))
+    assert torch.equal(chunked.errors, whole.errors)
+    assert len(seen) == 2 * math.ceil(len(ids) / 5)
+    # after every chunk the state is consistent: a prefix of the bases has seen one more batch
+    assert all(sorted(set(n.tolist())) in ([0, 4], [4], [4, 8], [8]) for n in seen)
+    # a shard of a 2-process run stopped early, and a 1-process run that went further on all bases
+    early = run_heatmap(model, batches[:1], ids[0::2], spec, normalization=NORM, progress=HeatmapProgress(len(ids)))
+    later = run_heatmap(model, batches[:1], ids, spec, normalization=NORM, progress=HeatmapProgress(len(ids)))
+    run_heatmap(model, batches[1:], ids[:7], spec, normalization=NORM, progress=later)
+    merged = HeatmapProgress.latest([later, early], len(ids))
+    assert merged.n[:7].tolist() == [8] * 7 and set(merged.n[7:].tolist()) == {4}
+    run_heatmap(model, batches[1:], ids, spec, normalization=NORM, progress=merged)
+    assert torch.equal(merged.errors, whole.errors) and torch.equal(merged.n, whole.n)
+    torch.testing.assert_close(merged.loss_sum, whole.loss_sum, rtol=1e-12, atol=0)
+    mine = merged.restricted(ids[1::2])
+    assert int(mine.n[ids[0::2]].sum()) == 0 and torch.equal(mine.n[ids[1::2]], merged.n[ids[1::2]])
+
+
 def test_a_zoo_model_on_non_square_images_equals_the_direct_loop():
     """A real token-mixer model (reduced DFFormer, float32) at 32 x 48 on a handful of bases:
     batched counts equal per-basis forwards, with channels-last inputs too."""

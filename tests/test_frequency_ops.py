@@ -279,13 +279,13 @@ def test_difference_spectrum_of_a_basis_and_of_nothing():
 
 
 def _imagecorruptions():
+    from spectrascope.compat import import_imagecorruptions
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            import imagecorruptions
-        except ImportError as exc:     # 1.1.2 imports pkg_resources (setuptools < 81)
-            pytest.skip(f"imagecorruptions is not importable here: {exc}")
-    return imagecorruptions
+            return import_imagecorruptions()        # 1.1.2 beside setuptools >= 81, numpy 2 (compat)
+        except ImportError as exc:
+            pytest.skip(f"imagecorruptions is not installed here: {exc}")
 
 
 def test_corruption_spectrum_equals_imagecorruptions_applied_by_hand():

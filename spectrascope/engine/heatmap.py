@@ -195,11 +195,37 @@ class HeatmapProgress:
         return state
 
     def save(self, path) -> None:
-        """Write the state as JSON atomically (a temporary file next to ``path``, then rename)."""
+        """Write the state as JSON atomically (a temporary file next to ``path``, then rename): an
+        interruption at any point leaves the previous file or the new one, never a part of one."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), allow_nan=False))
-        os.replace(tmp, path)
+        text = json.dumps(self.to_dict(), allow_nan=False)
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    @classmethod
+    def latest(cls, states: Sequence["HeatmapProgress"], num_bases: int, meta: dict | None = None) -> "HeatmapProgress":
+        """One state from several of the same settings that may overlap (the shards of runs on
+        different numbers of processes): per basis, the entry that has seen the most images (a
+        basis's totals over images ``0 .. n - 1`` do not depend on who computed them)."""
+        out = cls(num_bases, meta)
+        for st in states:
+            if st.num_bases != num_bases:
+                raise ValueError(f"a saved heat map has {st.num_bases} bases, this run {num_bases}")
+            newer = st.n > out.n
+            out.errors[newer], out.loss_sum[newer], out.n[newer] = st.errors[newer], st.loss_sum[newer], st.n[newer]
+        return out
+
+    def restricted(self, ids) -> "HeatmapProgress":
+        """A copy holding only the bases ``ids`` (the others zero)."""
+        out = HeatmapProgress(self.num_bases, self.meta)
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        out.errors[ids], out.loss_sum[ids], out.n[ids] = self.errors[ids], self.loss_sum[ids], self.n[ids]
+        return out
 
     @classmethod
     def load(cls, path, num_bases: int | None = None, meta: dict | None = None) -> "HeatmapProgress":
@@ -213,7 +239,8 @@ class HeatmapProgress:
 
 def run_heatmap(model, batches: Iterable, ids, spec: HeatmapSpec, *, normalization, progress: HeatmapProgress,
                 runner: Runner | None = None, forward_batch: int | None = None,
-                on_batch: Callable[[HeatmapProgress, int], None] | None = None) -> HeatmapProgress:
+                on_batch: Callable[[HeatmapProgress, int], None] | None = None, chunk: int | None = None,
+                on_chunk: Callable[[HeatmapProgress], None] | None = None) -> HeatmapProgress:
     """Evaluate the bases ``ids`` over a stream of batches, resuming ``progress``.
 
     Args:
@@ -224,20 +251,30 @@ def run_heatmap(model, batches: Iterable, ids, spec: HeatmapSpec, *, normalizati
         ids: the basis ids of this process.
         progress: the state to continue and update (``HeatmapProgress(len(half_plane(H, W)))``).
         on_batch: called after every batch with the state and the next image index (e.g. to save).
+        chunk: evaluate a batch's bases in groups of at most ``chunk`` (default: all at once) and
+            call ``on_chunk`` with the state after each group, so that a long batch can be saved
+            part way (the state is consistent after every group: those bases have seen the batch,
+            the others not yet).
+        on_chunk: see ``chunk``.
 
     Returns:
         ``progress``.
     """
     ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+    if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
     for indices, x, labels in batches:
         idx = [int(i) for i in indices]
         start, stop = idx[0], idx[-1] + 1
         if idx != list(range(start, stop)):
             raise ValueError("heat-map batches must hold consecutive data-set indices")
         for off, group in progress.pending(ids, start, stop).items():
-            counts = heatmap_counts(model, x[off:], labels[off:], group, spec, normalization=normalization,
-                                    indices=idx[off:], runner=runner, forward_batch=forward_batch)
-            progress.add(group, counts)
+            for part in (group.split(chunk) if chunk else (group,)):
+                counts = heatmap_counts(model, x[off:], labels[off:], part, spec, normalization=normalization,
+                                        indices=idx[off:], runner=runner, forward_batch=forward_batch)
+                progress.add(part, counts)
+                if on_chunk is not None:
+                    on_chunk(progress)
         if on_batch is not None:
             on_batch(progress, stop)
     return progress

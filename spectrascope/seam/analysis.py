@@ -229,6 +229,10 @@ class Analysis:
         """Draw the figures of ``result`` into ``folder`` from the result alone (``plot`` calls it)."""
         return []
 
+    def committed(self, result, output: Path) -> None:
+        """Called on the rank that writes once the result folder ``output`` is committed (e.g. to
+        remove the partial state a resumable analysis kept beside it). Default: nothing."""
+
     def source(self, params: Params):
         """The images of ``--images`` / ``--data`` / ``--num-images`` (an ``io.sources.ImageSource``)."""
         from spectrascope.io.sources import ImageSource

@@ -173,6 +173,8 @@ def execute(analysis: Analysis, params: Params, *, write: bool = True, progress:
                 write_result(analysis, result, folder, style)
         output = stage.final if stage is not None else None
         main = d.main
+        if main and output is not None:
+            analysis.committed(result, output)
     result.output = output
     if not main:
         return Outcome(result, output)
