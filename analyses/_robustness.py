@@ -41,7 +41,6 @@ from spectrascope.io.datasets import EvalTransform, load_data
 from spectrascope.io.sources import images_digest
 from spectrascope.ops.binomial import wilson_interval
 from spectrascope.seam.options import Option, parse_positive
-from spectrascope.zoo.build import ModelSpec
 
 __all__ = ["LabelledSource", "LabelledImages", "PreparedModel", "prepare_model", "ordered_batches", "sharded_counts",
            "clean_counts", "forward_batch", "rate", "rates", "FORWARD_BATCH", "LEVEL", "model_labels", "run_block",

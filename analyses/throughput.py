@@ -65,6 +65,18 @@ class Throughput(Analysis):
     )
     result = ThroughputResult
 
+    def check(self, p) -> None:
+        """Every zoo model at every resolution against its minimum size and this machine's memory
+        (``zoo.limits.check_input_size``), before any model is built."""
+        from spectrascope.zoo import registry
+        from spectrascope.zoo.limits import check_input_size
+        for name in p.model:
+            if str(name).startswith("timm:"):
+                continue
+            card = registry.get_card(registry.resolve_name(name))
+            for r in p.resolutions:
+                check_input_size(card, (r, r) if isinstance(r, int) else r, p.model_kwargs, option="--resolutions")
+
     def run(self, ctx) -> ThroughputResult:
         p, r = ctx.params, ctx.runner
         names = [s.name for s in ctx.specs]

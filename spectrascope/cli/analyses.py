@@ -60,6 +60,9 @@ def _plot(results, output, formats, overwrite, **draw):
     if bad or not fmts:
         raise OptionError(f"unsupported format(s) {', '.join(bad) or repr(formats)}; use png, pdf, svg",
                           option="--format")
+    for o in _draw_options():                  # options are checked before the results file is read
+        if draw.get(o.name) is not None:
+            o.convert(draw[o.name])
     for p in redraw(results, output, formats=tuple(fmts), overwrite=overwrite,
                     options={k: v for k, v in draw.items() if v is not None}):
         click.echo(str(p))

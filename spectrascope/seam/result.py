@@ -26,9 +26,6 @@ from spectrascope.io.results import SCHEMA_VERSION
 
 __all__ = ["Result", "load_result", "read_results", "find_nonfinite", "SCHEMA_VERSION"]
 
-#: deepest nesting accepted in a results.json (a hostile file cannot exhaust the stack)
-MAX_DEPTH = 64
-
 
 @dataclasses.dataclass(kw_only=True)
 class Result:
@@ -154,46 +151,21 @@ def find_nonfinite(o, path: str = "$") -> str | None:
     return None
 
 
-def _depth(o, limit: int) -> int:
-    stack = [(o, 1)]
-    deepest = 0
-    while stack:
-        v, d = stack.pop()
-        deepest = max(deepest, d)
-        if d > limit:
-            return d
-        if isinstance(v, dict):
-            stack.extend((x, d + 1) for x in v.values())
-        elif isinstance(v, list):
-            stack.extend((x, d + 1) for x in v)
-    return deepest
-
-
 def read_results(path) -> tuple[dict, Path]:
     """The strict-JSON document of a results.json (or of the folder holding one) and its path.
 
     Refuses (``DataError``, one line naming the file): a missing file, text that is not strict
-    JSON (NaN / Infinity tokens included), a top level that is not an object, nesting deeper
-    than ``MAX_DEPTH``."""
+    JSON (NaN / Infinity tokens included), text that is not UTF-8, a top level that is not an
+    object, nesting deeper than ``io.schema.MAX_DEPTH``."""
+    from spectrascope.io.schema import read_json_doc
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
         raise DataError(f"no results file {path}", option="RESULTS")
-
-    def refuse(token):
-        raise ValueError(f"non-standard JSON token {token}")
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8"), parse_constant=refuse)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path} is not a results.json file ({text})", option="RESULTS") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path} ({exc.strerror or exc})", option="RESULTS") from None
+    doc = read_json_doc(path, what="results.json file", option="RESULTS")
     if not isinstance(doc, dict):
         raise DataError(f"{path} is not a results.json file (its top level is not an object)", option="RESULTS")
-    if _depth(doc, MAX_DEPTH) > MAX_DEPTH:
-        raise DataError(f"{path} nests deeper than {MAX_DEPTH} levels; not a results.json file", option="RESULTS")
     return doc, path
 
 
@@ -228,8 +200,8 @@ def load_result(path):
     version = doc.get("schema_version")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool)
                                 or not 1 <= version <= SCHEMA_VERSION):
-        raise DataError(f"{file}: schema version {version!r} is not one this spectrascope reads "
-                        f"(1..{SCHEMA_VERSION}); update spectrascope", option="RESULTS")
+        raise DataError(f"{file}: schema_version {version!r} is not one this version of spectrascope reads "
+                        f"(1..{SCHEMA_VERSION}); draw it with the version that wrote it", option="RESULTS")
     name = analysis_of(doc)
     if name is None:
         raise DataError(f"{file} does not say which analysis wrote it", option="RESULTS")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from spectrascope.engine.runner import Runner, batch_chunks
-from spectrascope.errors import CheckpointError, NonFiniteError, OptionError
+from spectrascope.errors import CheckpointError, OptionError
 from spectrascope.io.bundles import load_data
 from spectrascope.io.transforms import EvalTransform, TransformedDataset
 from spectrascope.train.agree import agreed as _agreed
