@@ -100,8 +100,13 @@ class StarReLU(nn.Module):
 
 
 def fx_tracing() -> bool:
-    """Whether ``torch.fx`` is tracing the current call (values are then symbolic: no branching on them)."""
-    return torch.fx._symbolic_trace.is_fx_tracing()
+    """Whether ``torch.fx`` is tracing the current call (values are then symbolic: no branching on them).
+
+    ``is_fx_symbolic_tracing`` where torch has it (``is_fx_tracing`` warns there that it also answers
+    for ``torch.export``)."""
+    trace = torch.fx._symbolic_trace
+    check = getattr(trace, "is_fx_symbolic_tracing", None) or trace.is_fx_tracing
+    return check()
 
 
 def _global_forward_hooks() -> bool:

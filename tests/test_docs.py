@@ -116,7 +116,8 @@ def check_parses(line: Line) -> None:
     cmd, path, rest = _command(line.argv)
     assert path and cmd is not main, f"unknown command: {line}"
     known = _options(cmd)
-    used = [a.split("=", 1)[0] for a in rest if a.startswith("-") and not re.fullmatch(r"-\d.*", a)]
+    used = [a.split("=", 1)[0] for a in rest
+            if a.startswith("-") and a != "-" and not re.fullmatch(r"-\d.*", a)]     # "-": a value (no checkpoint)
     missing = [u for u in used if u not in known]
     assert not missing, f"{line}: unknown option(s) {missing}"
 
@@ -169,7 +170,8 @@ def shrink(argv) -> list[str]:
         for kw in TINY[families.pop()]:
             args += ["--model-kwargs", kw]
     if "--img-size" in opts and "--img-size" not in args and not checkpoints and name not in ("flops", "figure"):
-        args += ["--img-size", "32"]
+        # amplitude at 64 px: its curves need maps larger than 2x2 (stages 3-4 at 32 px are 2x2 and 1x1)
+        args += ["--img-size", "64" if name == "amplitude" else "32"]
     if name == "train":
         args = _set(args, ("--epochs",), 1)
         args = _set(args, ("-b", "--batch-size"), 8)
