@@ -32,7 +32,8 @@ from spectrascope.engine.device import TF32_MODES, resolve_device, set_tf32, to_
 from spectrascope.errors import DataError, NonFiniteError, OptionError, TapError
 from spectrascope.probe.probe import Probe, StopForward
 
-__all__ = ["AMP_DTYPES", "RunConfig", "Batch", "RunStats", "Runner", "autocast", "batch_chunks", "nonfinite_cause"]
+__all__ = ["AMP_DTYPES", "RunConfig", "Batch", "RunStats", "Runner", "autocast", "batch_chunks", "nonfinite_cause",
+           "progress_bar"]
 
 #: ``--amp`` values and the autocast dtypes they select
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,6 +45,25 @@ def autocast(device: torch.device, amp: str | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def progress_bar(total: int, desc: str, *, unit: str = "batch", enabled: bool = True):
+    """The progress bar of every long loop: tqdm on stderr with its rate and ETA, cleared when done.
+
+    Args:
+        total: the number of steps.
+        desc: what is counted (``score-cam dfformer_s18``).
+        unit: the step's unit (``batch``, ``image``, ``model``).
+        enabled: False gives no bar (the ``progress`` switch; callers pass False off rank 0).
+
+    Returns:
+        The bar (``update(n)``, ``close()``), or None when disabled; a bar on a stderr that is not a
+        terminal draws nothing.
+    """
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=None)
 
 
 @dataclass
@@ -173,12 +193,8 @@ class Runner:
             x = to_memory_format(x.to(self.device, non_blocking=True), self.config.channels_last)
             yield Batch(k, idx, x, extra)
 
-    def _bar(self, total: int, desc: str):
-        if not (self.config.progress and self.dist.main):
-            return None
-        from tqdm.auto import tqdm
-        return tqdm(total=total, desc=desc or self.config.desc, unit="batch", file=sys.stderr, leave=False,
-                    disable=None)
+    def _bar(self, total: int, desc: str, unit: str = "batch"):
+        return progress_bar(total, desc or self.config.desc, unit=unit, enabled=self.config.progress and self.dist.main)
 
     # ------------------------------------------------------------------ forward
     def forward(self, model, batch: Batch | torch.Tensor, probe: Probe | None = None, *, need_output: bool = True,
