@@ -19,6 +19,7 @@ process would form them, and batch ``i`` goes to rank ``i mod world`` (see ``eng
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from spectrascope.errors import DataError, NonFiniteError, OptionError, TapError
 from spectrascope.probe.probe import Probe, StopForward
 
 __all__ = ["AMP_DTYPES", "RunConfig", "Batch", "RunStats", "Runner", "autocast", "batch_chunks", "nonfinite_cause",
-           "progress_bar"]
+           "progress_bar", "progress_iter", "progress_scope"]
 
 #: ``--amp`` values and the autocast dtypes they select
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -45,6 +46,45 @@ def autocast(device: torch.device, amp: str | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+#: whether the run in progress asked for progress bars (``progress_scope``; read by ``progress_iter``)
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("spectrascope_progress", default=False)
+
+
+@contextlib.contextmanager
+def progress_scope(enabled: bool):
+    """Within this block ``progress_iter`` draws its bars when ``enabled`` (a command's progress
+    switch on the rank that reports); code without a switch of its own (figures, tables) follows it."""
+    token = _PROGRESS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def progress_iter(items, desc: str, *, unit: str = "item", enabled: bool | None = None):
+    """``items`` one by one, advancing a ``progress_bar`` (rate and ETA) after each.
+
+    Args:
+        items: a sized iterable.
+        desc: what is counted.
+        unit: the item's unit.
+        enabled: the progress switch; None follows the enclosing ``progress_scope`` (off outside one).
+
+    Yields:
+        The items.
+    """
+    items = list(items)
+    bar = progress_bar(len(items), desc, unit=unit, enabled=_PROGRESS.get() if enabled is None else enabled)
+    try:
+        for item in items:
+            yield item
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def progress_bar(total: int, desc: str, *, unit: str = "batch", enabled: bool = True):
