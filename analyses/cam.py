@@ -146,8 +146,9 @@ def cam_options() -> tuple[Option, ...]:
         Option("flavour", "gradcam-lib", "Score-CAM implementation to reproduce", type=choice(*FLAVOURS)),
         Option("score", None, "class score of a masked input (default: the flavour's own)",
                type=choice("logit", "softmax")),
-        Option("target_layer", None, "tap name (stage4, s3.b1.block), role (stage: its last tap), stage number, or "
-                                     "path:MODULE[:LAYOUT][:HxW]; comma-separated layers are averaged"),
+        Option("target_layer", None, "tap name (stage4, s3.b1.block), role (stage: its last tap), stage number (its "
+                                     "output), or path:MODULE[:LAYOUT][:HxW]; comma-separated layers are averaged "
+                                     "(default: the last stage map of at least 7x7 at the input size)"),
         Option("target_class", None, "class to explain (default: top-1, or the label of labelled data)", type=int,
                aliases=("--class",)),
     )
