@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from spectrascope.engine.cam import make_cam, resolve_target_layers
-from spectrascope.engine.runner import Runner
+from spectrascope.engine.runner import Runner, progress_bar
 from spectrascope.io.sources import ImageSource
 from spectrascope.ops.cam import FLAVOURS, METHODS, check_flavour, flavour_score, localisation_scores
 from spectrascope.report import cam as report
@@ -111,6 +111,16 @@ def _maps_of(model, layers, ds, runner: Runner, method: str, classes, cam_kw: di
     return compute
 
 
+def _counted(compute, bar):
+    """``compute`` advancing ``bar`` (or None) by the images of every chunk."""
+    def run(idx):
+        out = compute(idx)
+        if bar is not None:
+            bar.update(len(idx))
+        return out
+    return run
+
+
 def _entry(built, layers, method, flavour, res, n, seconds, boxes) -> dict:
     e = {"model": built.name, "checkpoint": built.spec.checkpoint, "checkpoint_sha256": built.checkpoint_sha256,
          "random_weights": built.random_weights, "input_size": list(built.pre["size"]),
@@ -136,8 +146,9 @@ def cam_options() -> tuple[Option, ...]:
         Option("flavour", "gradcam-lib", "Score-CAM implementation to reproduce", type=choice(*FLAVOURS)),
         Option("score", None, "class score of a masked input (default: the flavour's own)",
                type=choice("logit", "softmax")),
-        Option("target_layer", None, "tap name (stage4, s3.b1.block), role (stage: its last tap), stage number, or "
-                                     "path:MODULE[:LAYOUT][:HxW]; comma-separated layers are averaged"),
+        Option("target_layer", None, "tap name (stage4, s3.b1.block), role (stage: its last tap), stage number (its "
+                                     "output), or path:MODULE[:LAYOUT][:HxW]; comma-separated layers are averaged "
+                                     "(default: the last stage map of at least 7x7 at the input size)"),
         Option("target_class", None, "class to explain (default: top-1, or the label of labelled data)", type=int,
                aliases=("--class",)),
     )
@@ -177,6 +188,8 @@ class Cam(Analysis):
         runner = Runner(replace(ctx.runner.config, batch_size=per, progress=False), d)
         built = [ctx.build(s) for s in ctx.specs]
         layers = [resolve_target_layers(b.model, p.target_layer, input_size=tuple(b.pre["size"])) for b in built]
+        if p.target_layer is None:
+            ctx.note(*[f"{b.name}: {lay[0].note}" for b, lay in zip(built, layers) if lay[0].note])
         cam_kw = {"output_size": "input"}
         if p.method == "scorecam":
             cam_kw.update(flavour=p.flavour, batch_size=p.batch_size, score=p.score, progress=ctx.progress)
@@ -187,8 +200,13 @@ class Cam(Analysis):
         for b, lay, key in zip(built, layers, keys):
             start = time.perf_counter()
             ds = source.dataset(b.pre)
-            maps = gather_maps(d, runner.chunks(len(ds)), _maps_of(b.model, lay, ds, runner, p.method, classes,
-                                                                  cam_kw))
+            chunks = runner.chunks(len(ds))
+            bar = progress_bar(sum(len(idx) for _, idx in chunks), f"{p.method} {key}", unit="image",
+                               enabled=ctx.progress)
+            maps = gather_maps(d, chunks, _counted(_maps_of(b.model, lay, ds, runner, p.method, classes, cam_kw),
+                                                   bar))
+            if bar is not None:
+                bar.close()
             if maps is None:                                   # not the writing rank
                 continue
             n = len(source)
@@ -212,5 +230,5 @@ class Cam(Analysis):
                 energy = loc["mean_energy_in_box"]
                 extra = (f", pointing game {loc['pointing_accuracy']:.2f}, energy in box "
                          f"{'undefined' if energy is None else f'{energy:.3f}'}")
-            lines.append(f"{e['model']}: {result.method} at {e['target_layer']} on {len(result.images)} images{extra}")
+            lines.append(f"{e['model']}: {result.method} at {e.get('target_tap') or e['target_layer']} on {len(result.images)} images{extra}")
         return lines + [f"-> {output}"]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
@@ -45,7 +44,7 @@ import torch.nn as nn
 
 from spectrascope.engine.device import model_device
 from spectrascope.engine.reducers.cka import CKAReducer
-from spectrascope.engine.runner import Batch, RunConfig, Runner
+from spectrascope.engine.runner import Batch, RunConfig, Runner, progress_bar
 from spectrascope.errors import DataError, OptionError, TapError
 from spectrascope.io.results import SCHEMA_VERSION
 from spectrascope.ops.cka import ENGINES, ESTIMATORS, MinibatchCKA, TorchCKACompat, make_engine
@@ -281,10 +280,7 @@ def compare_dataset(model_a: nn.Module, model_b: nn.Module, dataset, runner: Run
 
 
 def _bar(enabled: bool, total: int | None, desc: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False)
+    return progress_bar(total, desc, enabled=enabled)
 
 
 def _probes(model_a, model_b, reducer: CKAReducer) -> list[Probe]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import spectrascope
-from spectrascope.engine.cam import grad_cam, resolve_target_layer, resolve_target_layers, score_cam
+from spectrascope.engine.cam import default_target_layer, grad_cam, resolve_target_layer, resolve_target_layers, score_cam
 from spectrascope.errors import CamError, NonFiniteError
 from spectrascope.ops.cam import normalize_maps, resize_maps, weighted_cam
 
@@ -151,3 +151,70 @@ def test_nonfinite_weights_stop_in_one_line():
             fn()
         assert "\n" not in str(exc.value)
     assert _no_hooks(model)
+
+
+# ---------------------------------------------------------------------------- defaults that fit the input
+
+def _tiny_df(size):
+    return spectrascope.create_model("dfformer_s18", num_classes=4, img_size=size, depths=[1, 1, 1, 1],
+                                     dims=[8, 16, 24, 32]).eval()
+
+
+@pytest.mark.parametrize("size, name, path, note", [
+    (224, "stage4", "stages.3", "target layer stage4 (7x7 at 224 px): the last map of at least 7x7"),
+    (128, "stage3", "stages.2", "target layer stage3 (8x8 at 128 px): the last map of at least 7x7"),
+    (64, "stage2", "stages.1", "target layer stage2 (8x8 at 64 px): the last map of at least 7x7"),
+    ((96, 64), "stage2", "stages.1", "target layer stage2 (12x8 at 96x64 px): the last map of at least 7x7"),
+    (16, "stage1", "stages.0", "target layer stage1 (4x4 at 16 px): no map reaches 7x7, this is the largest"),
+])
+def test_default_target_is_the_last_stage_map_of_at_least_7x7(size, name, path, note):
+    """DFFormer maps are the input over 4, 8, 16, 32: the default is the last stage whose map is
+    at least 7x7 on both sides, named in its note."""
+    hw = (size, size) if isinstance(size, int) else size
+    model = _tiny_df(hw)
+    tl = default_target_layer(model, input_size=hw)
+    assert (tl.name, tl.path, tl.note) == (name, path, note)
+    assert tl.module is model.get_submodule(path)
+
+
+def test_default_target_of_an_isotropic_model_is_its_last_block():
+    """GFNet (16-px patches) has one map size: 7x7 at 112 px, 4x4 at 64 px (below 7x7: the largest,
+    the last of the equally large maps)."""
+    model = spectrascope.create_model("gfnet_ti", num_classes=4, img_size=112, depth=3, embed_dim=32).eval()
+    tl = default_target_layer(model, input_size=(112, 112))
+    assert (tl.name, tl.path) == ("s1.b2.block", "blocks.2")
+    assert tl.note == "target layer s1.b2.block (7x7 at 112 px): the last map of at least 7x7"
+    model = spectrascope.create_model("gfnet_ti", num_classes=4, img_size=64, depth=3, embed_dim=32).eval()
+    tl = default_target_layer(model, input_size=(64, 64))
+    assert tl.name == "s1.b2.block"
+    assert tl.note == "target layer s1.b2.block (4x4 at 64 px): no map reaches 7x7, this is the largest"
+
+
+#: one model of every zoo family with hierarchical stages, and the modules of its stage outputs
+META = [f"stages.{i}" for i in range(4)]
+FAMILY_STAGES = [
+    ("dfformer_s18", META), ("cdfformer_s18", META), ("convformer_s18", META), ("caformer_s18", META),
+    ("poolformerv2_s12", META), ("identityformer_s12", META), ("randformer_s12", META), ("gfformer_s18", META),
+    ("poolformer_s12", ["network.0", "network.2", "network.4", "network.6"]),
+    ("spanet_s", ["network.0", "network.2", "network.4", "network.6"]),
+    ("gfnet_h_ti", ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]),
+    ("affnet_et", ["layer_1", "layer_2", "layer_3", "layer_4", "layer_5"]),
+]
+
+
+@pytest.mark.parametrize("name, paths", FAMILY_STAGES)
+def test_stage_numbers_resolve_to_the_stage_output_for_every_family(name, paths):
+    """``--target-layer N`` is the 1-based stage N's output (its ``stageN`` tap), never the first
+    tap of that stage (DFFormer's ``s4.b0.df_routing`` routing weights)."""
+    model = spectrascope.create_model(name, num_classes=4, img_size=64).eval()
+    got = [resolve_target_layer(model, str(s), input_size=(64, 64)) for s in range(1, len(paths) + 1)]
+    assert [(tl.name, tl.path) for tl in got] == [(f"stage{s}", p) for s, p in enumerate(paths, 1)]
+    assert all(tl.module is model.get_submodule(tl.path) for tl in got)
+    with pytest.raises(CamError, match=rf"stage {len(paths) + 1} is not a stage of {name} \(stages 1, 2, 3, 4"):
+        resolve_target_layer(model, str(len(paths) + 1), input_size=(64, 64))
+
+
+def test_stage_number_of_an_isotropic_model_is_its_last_block():
+    model = spectrascope.create_model("gfnet_ti", num_classes=4, img_size=64, depth=3, embed_dim=32).eval()
+    tl = resolve_target_layer(model, "1", input_size=(64, 64))
+    assert (tl.name, tl.path, tl.layout) == ("s1.b2.block", "blocks.2", "NLC")

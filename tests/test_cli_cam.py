@@ -12,7 +12,7 @@ import spectrascope
 from spectrascope.cli import main
 
 DF_TINY = ["--img-size", "32", "--model-kwargs", "depths=1,1,1,1", "--model-kwargs", "dims=8,16,24,32"]
-CAM_TINY = ["--img-size", "64", *DF_TINY[2:]]          # stage 4 at 2x2 (at 32 px it is one pixel: a flat map)
+CAM_TINY = ["--img-size", "64", *DF_TINY[2:]]          # default target: stage 2 (8x8)
 SPANET_TINY = ["--img-size", "32", "--model-kwargs", "layers=1,1,1,1", "--model-kwargs", "embed_dims=8,16,20,32"]
 
 
@@ -34,8 +34,9 @@ def need(name):
 
 def test_cam_scorecam_grid_of_two_models(tmp_path):
     out = tmp_path / "cam"
+    # stage 4 (2x2): every layer pixel is a corner of the bilinear upsampling, so the maximum stays 1
     res = ok(["cam", "--model", "dfformer_s18", "--model", "gfformer_s18", *CAM_TINY, "--num-images", "2",
-              "--batch-size", "16", "--flavour", "torchcam", "--output", str(out)])
+              "--batch-size", "16", "--flavour", "torchcam", "--target-layer", "stage4", "--output", str(out)])
     assert "random weights" in res.output
     doc = json.loads((out / "results.json").read_text())
     assert [m["model"] for m in doc["models"]] == ["dfformer_s18", "gfformer_s18"]
@@ -176,4 +177,36 @@ def test_results_json_is_strict(tmp_path):
     ok(["cam", "--model", "dfformer_s18", *CAM_TINY, "--num-images", "2", "--method", "gradcam",
         "--output", str(out)])
     doc = loads((out / "results.json").read_text())         # refuses NaN / Infinity tokens
-    assert doc["provenance"]["world_size"] == 1 and doc["models"][0]["target_tap"] == "stage4"
+    assert doc["provenance"]["world_size"] == 1 and doc["models"][0]["target_tap"] == "stage2"
+
+
+def test_cam_default_target_fits_the_input_and_is_named_in_a_note(tmp_path):
+    """At 64 px the default is stage 2 (8x8), the last map of at least 7x7, for both models; a note
+    names it (printed and kept in results.json)."""
+    out = tmp_path / "cam"
+    res = ok(["cam", "--model", "dfformer_s18", "--model", "gfformer_s18", *CAM_TINY, "--num-images", "2",
+              "--method", "gradcam", "--output", str(out)])
+    doc = json.loads((out / "results.json").read_text())
+    assert [(m["target_tap"], m["target_layer"]) for m in doc["models"]] == [("stage2", "stages.1")] * 2
+    assert "note: dfformer_s18: target layer stage2 (8x8 at 64 px): the last map of at least 7x7" in res.output
+    assert "gfformer_s18: target layer stage2 (8x8 at 64 px): the last map of at least 7x7" in doc["notes"]
+    assert "dfformer_s18: gradcam at stage2 on 2 images" in res.output
+
+
+def test_cam_target_layer_stage_number_is_the_stage_output(tmp_path):
+    """``--target-layer 4`` on DFFormer is the stage-4 output (not ``s4.b0.df_routing``); the
+    summary line names the tap with its 1-based stage; a stage the model lacks is one line, exit 2."""
+    out = tmp_path / "cam4"
+    res = ok(["cam", "--model", "dfformer_s18", *CAM_TINY, "--num-images", "2", "--method", "gradcam",
+              "--target-layer", "4", "--output", str(out)])
+    doc = json.loads((out / "results.json").read_text())
+    m = doc["models"][0]
+    assert (m["target_tap"], m["target_layer"], m["target_layout"]) == ("stage4", "stages.3", "NHWC")
+    assert "dfformer_s18: gradcam at stage4 on 2 images" in res.output
+    assert "target layer" not in res.output                   # an explicit target has no note
+    bad = run(["cam", "--model", "dfformer_s18", *CAM_TINY, "--num-images", "2", "--method", "gradcam",
+               "--target-layer", "5", "--output", str(tmp_path / "cam5")])
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines()[-1] == ("Error: --target-layer: stage 5 is not a stage of dfformer_s18 "
+                                                   "(stages 1, 2, 3, 4; or give a tap name or path:MODULE)")
+    assert not (tmp_path / "cam5").exists()

@@ -5,6 +5,7 @@ import click
 
 from spectrascope.cli.app import main
 from spectrascope.cli.options import OneLineError, shared_option, user_errors, with_options
+from spectrascope.engine.runner import progress_scope
 from spectrascope.seam.options import parse_img_size
 
 
@@ -110,11 +111,12 @@ def _figure_command(spec):
             raise OptionError("give --pretrained too (the folder is where official weights are looked up)",
                               option="--weights-dir")
         try:
-            folder, doc = run_figure(spec.name, output=output, overwrite=overwrite, checkpoints=checkpoints,
-                                     inputs={"device": device, "images": images, "data": data,
-                                             "num_images": num_images, "batch_size": batch_size,
-                                             "img_size": parse_img_size(img_size)},
-                                     skip_unavailable=skip_unavailable, progress=True, options=options)
+            with progress_scope(True):
+                folder, doc = run_figure(spec.name, output=output, overwrite=overwrite, checkpoints=checkpoints,
+                                         inputs={"device": device, "images": images, "data": data,
+                                                 "num_images": num_images, "batch_size": batch_size,
+                                                 "img_size": parse_img_size(img_size)},
+                                         skip_unavailable=skip_unavailable, progress=True, options=options)
         except ImportError as exc:
             raise click.ClickException(str(exc).splitlines()[0]) from None
         _report(spec, doc, folder)

@@ -113,7 +113,9 @@ def convert_cmd(source, target, to, model_name, overwrite):
     if to not in (formats.TIMM, formats.OFFICIAL):
         raise OptionError(f"{to!r}: choose timm or official", option="--to")
     out = check_output_file(target, overwrite=overwrite, inputs=[source], option="TARGET")
-    state, _ = read_checkpoint(source)
+    state, info = read_checkpoint(source)
+    if to == formats.TIMM:
+        _check_timm_family(source, state, info, model_name)
     found = formats.detect(state)
     if found is None:
         raise OptionError(f"{source}: not a ConvFormer / CAFormer / PoolFormer state dict in the official or timm "
@@ -129,6 +131,26 @@ def convert_cmd(source, target, to, model_name, overwrite):
     write_checkpoint(out, converted)
     checked = f", loads into {model_name}" if model_name else ""
     click.echo(f"{source}: {found[1]} {found[0]} -> {to} ({len(converted)} tensors{checked}) -> {target}")
+
+
+def _check_timm_family(source, state: dict, info: dict, model_name: str | None) -> None:
+    """Refuse ``--to timm`` for a checkpoint of a family timm has no model for: the family a training
+    checkpoint records, the family of ``--model``, or token-mixer weights no timm family has."""
+    from spectrascope.errors import OptionError
+    from spectrascope.zoo import formats
+    from spectrascope.zoo.build import model_spec_from_info
+    accepted = ", ".join(formats.FAMILIES)
+    spec = model_spec_from_info(info)
+    names = [n for n in (spec.name if spec else None, model_name) if n and not n.startswith("timm:")]
+    for name in names:
+        family = registry.get_card(name).family
+        if formats.family_layout(family) is None:
+            raise OptionError(f"{source}: a {family} checkpoint ({name}), a family timm has no model for; --to timm "
+                              f"accepts {accepted}", option="--to")
+    foreign = formats.foreign_mixers(state)
+    if foreign:
+        raise OptionError(f"{source}: its token mixers ({foreign[0]}) are of a family timm has no model for; "
+                          f"--to timm accepts {accepted}", option="--to")
 
 
 def _classes(state: dict) -> int:

@@ -16,10 +16,11 @@ non-finite value in the model output, a target layer or a map stops with one
 ``NonFiniteError`` line.
 
 ``--target-layer`` is a request of ``probe.grammar``: a tap name (``stage4``, ``s3.b1.block``),
-a role (its last tap: ``stage``, ``block``), a block (``s3.b1``, its last tap), a stage number,
-or ``path:MODULE[:LAYOUT][:HxW]`` / a bare module path whose layout is read from its tensor
-(timm FocalNet's NCHW ``norm1`` stays NCHW, Swin's NHWC one NHWC). Comma-separated targets
-give one map per layer, averaged as pytorch-grad-cam does.
+a role (its last tap: ``stage``, ``block``), a block (``s3.b1``, its last tap), a 1-based stage
+number (the stage's output), or ``path:MODULE[:LAYOUT][:HxW]`` / a bare module path whose layout is
+read from its tensor (timm FocalNet's NCHW ``norm1`` stays NCHW, Swin's NHWC one NHWC).
+Comma-separated targets give one map per layer, averaged as pytorch-grad-cam does. The default
+(``default_target_layer``) is the last stage output whose map is at least 7x7 at the input size.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 
-from spectrascope.engine.runner import RunConfig, Runner
+from spectrascope.engine.runner import RunConfig, Runner, progress_bar
 from spectrascope.errors import CamError, NonFiniteError, TapError
 from spectrascope.ops.cam import (AUTO_BATCH_CAP, METHODS, auto_batch_size, check_flavour, class_scores,
                                   cpu_workers, finish_map, flavour_score, gradcam_pp_weights, gradcam_weights,
@@ -42,12 +43,15 @@ from spectrascope.probe.infer import model_taps
 from spectrascope.probe.layouts import SPATIAL_LAYOUTS, to_nchw
 from spectrascope.probe.spec import TapSpec
 
-__all__ = ["TargetLayer", "resolve_target_layer", "resolve_target_layers", "default_target_layer",
+__all__ = ["MIN_TARGET_GRID", "TargetLayer", "resolve_target_layer", "resolve_target_layers", "default_target_layer",
            "CamMethod", "ScoreCam", "GradCam", "GradCamPlusPlus", "Capture", "make_cam",
            "score_cam", "grad_cam", "compute_cam", "cam_runner", "largest_activation", "AUTO_BATCH_CAP"]
 
 
 # ---------------------------------------------------------------------------- target layers
+
+#: the smallest map side (both sides) of a default target layer: the 7x7 of a 224-px ImageNet model
+MIN_TARGET_GRID = 7
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,11 @@ def _target(model: nn.Module, tap: TapSpec, note: str = "") -> TargetLayer:
 
 
 def _request(model, text: str, input_size) -> TargetLayer:
-    """One grammar token -> one target layer (the last tap, in execution order, it names)."""
-    if not text.startswith("path:") and not text.isdigit() and _is_module(model, text):
+    """One grammar token -> one target layer (the last tap, in execution order, it names; a stage
+    number: that stage's output)."""
+    if text.isdigit():
+        return _stage_output(model, int(text), input_size)
+    if not text.startswith("path:") and _is_module(model, text):
         text = "path:" + text                       # a module path: its declared tap, or its tensor's layout
     req = TapRequest.parse(text, option="--target-layer")
     if not text.startswith("path:") and not _declared(model, input_size):
@@ -130,15 +137,66 @@ def _vit_like(model: nn.Module) -> str | None:
     return None
 
 
+def _stage_output(model: nn.Module, stage: int, input_size) -> TargetLayer:
+    """The output of 1-based stage ``stage``: its ``stage`` tap, else its last ``block`` tap
+    (isotropic models such as GFNet), else its last spatial tap."""
+    taps = _declared(model, input_size)
+    have = sorted({t.stage for t in taps if t.stage is not None})
+    if stage not in have:
+        name = getattr(model, "spectrascope_name", type(model).__name__)
+        raise CamError(f"stage {stage} is not a stage of {name} (stages {', '.join(map(str, have)) or 'none declared'}; "
+                       "or give a tap name or path:MODULE)", option="--target-layer")
+    mine = [t for t in taps if t.stage == stage]
+    for role in ("stage", "block"):
+        cands = [t for t in mine if t.role == role]
+        if cands:
+            return _target(model, cands[-1])
+    return _target(model, mine[-1])
+
+
+def _size_text(input_size) -> str:
+    if input_size is None:
+        return "the model's input size"
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(int(v) for v in input_size)[-2:]
+    return f"{h} px" if h == w else f"{h}x{w} px"
+
+
+def _fitting(model: nn.Module, cands: list[TapSpec], input_size) -> TargetLayer:
+    """The last of ``cands`` (execution order) whose map is at least ``MIN_TARGET_GRID`` on both
+    sides; the largest map when none is (the last one when no grid is known). Its note names it."""
+    known = [t for t in cands if t.grid is not None]
+    if not known:
+        return _target(model, cands[-1])
+    side = MIN_TARGET_GRID
+    big = [t for t in known if min(t.grid) >= side]
+    if big:
+        tap, why = big[-1], f"the last map of at least {side}x{side}"
+    else:
+        tap = max(reversed(known), key=lambda t: t.grid[0] * t.grid[1])      # the last of the largest
+        why = f"no map reaches {side}x{side}, this is the largest"
+    h, w = tap.grid
+    return _target(model, tap, f"target layer {tap.name} ({h}x{w} at {_size_text(input_size)}): {why}")
+
+
 def default_target_layer(model: nn.Module, input_size=None) -> TargetLayer:
-    """The conventional Score-CAM / Grad-CAM layer of a model.
+    """The default Score-CAM / Grad-CAM layer of a model at ``input_size``.
 
     ViT-like models: the tokens of the last block's ``norm1`` (prefix tokens dropped; the
     last block's own patch tokens reach the head only through attention). Otherwise the
     last ``stage`` tap (zoo MetaFormers, SPANet, AFFNet; timm hierarchical models such as
-    Swin, ConvNeXt, FocalNet), then the last ``block`` tap (GFNet), then the last child of
-    ``stages`` / ``layer4`` / ``features`` / ``network``. Layouts are declared or read from
-    the tensor."""
+    Swin, ConvNeXt, FocalNet), then the last ``block`` tap (GFNet), whose map is at least
+    ``MIN_TARGET_GRID`` x ``MIN_TARGET_GRID`` at that input (stage 4 of a 224-px model, stage 3
+    at 128 px, stage 2 at 64 px; a coarser map scores the pointing game no better than random
+    weights), then the last child of ``stages`` / ``layer4`` / ``features`` / ``network``.
+    Layouts are declared or read from the tensor.
+
+    Args:
+        model: the model.
+        input_size: (H, W) or a side; None: the model's own input size.
+
+    Returns:
+        The ``TargetLayer``; its ``note`` names the layer chosen, its map size and why.
+    """
     vit = _vit_like(model)
     if vit is not None:
         tl = _request(model, vit, input_size)
@@ -147,7 +205,7 @@ def default_target_layer(model: nn.Module, input_size=None) -> TargetLayer:
     for role in ("stage", "block"):
         cands = [t for t in taps if t.role == role]
         if cands:
-            return _target(model, cands[-1])
+            return _fitting(model, cands, input_size)
     for attr in ("stages", "layer4", "features", "network"):
         seq = getattr(model, attr, None)
         if isinstance(seq, (nn.Sequential, nn.ModuleList)) and len(seq):
@@ -499,12 +557,7 @@ def _run_chunks(fn, chunks: list, workers: int, threads: int) -> None:
 
 
 def _bar(progress: bool, total: int):
-    if not progress:
-        return None
-    import sys
-
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc="score-cam", unit="mask", file=sys.stderr, leave=False)
+    return progress_bar(total, "score-cam", unit="mask", enabled=progress)
 
 
 def largest_activation(model: nn.Module, x: torch.Tensor, runner: Runner | None = None) -> int:

@@ -19,6 +19,7 @@ process would form them, and batch ``i`` goes to rank ``i mod world`` (see ``eng
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from spectrascope.engine.device import TF32_MODES, resolve_device, set_tf32, to_
 from spectrascope.errors import DataError, NonFiniteError, OptionError, TapError
 from spectrascope.probe.probe import Probe, StopForward
 
-__all__ = ["AMP_DTYPES", "RunConfig", "Batch", "RunStats", "Runner", "autocast", "batch_chunks", "nonfinite_cause"]
+__all__ = ["AMP_DTYPES", "RunConfig", "Batch", "RunStats", "Runner", "autocast", "batch_chunks", "nonfinite_cause",
+           "progress_bar", "progress_iter", "progress_scope"]
 
 #: ``--amp`` values and the autocast dtypes they select
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,6 +46,64 @@ def autocast(device: torch.device, amp: str | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+#: whether the run in progress asked for progress bars (``progress_scope``; read by ``progress_iter``)
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("spectrascope_progress", default=False)
+
+
+@contextlib.contextmanager
+def progress_scope(enabled: bool):
+    """Within this block ``progress_iter`` draws its bars when ``enabled`` (a command's progress
+    switch on the rank that reports); code without a switch of its own (figures, tables) follows it."""
+    token = _PROGRESS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def progress_iter(items, desc: str, *, unit: str = "item", enabled: bool | None = None):
+    """``items`` one by one, advancing a ``progress_bar`` (rate and ETA) after each.
+
+    Args:
+        items: a sized iterable.
+        desc: what is counted.
+        unit: the item's unit.
+        enabled: the progress switch; None follows the enclosing ``progress_scope`` (off outside one).
+
+    Yields:
+        The items.
+    """
+    items = list(items)
+    bar = progress_bar(len(items), desc, unit=unit, enabled=_PROGRESS.get() if enabled is None else enabled)
+    try:
+        for item in items:
+            yield item
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def progress_bar(total: int, desc: str, *, unit: str = "batch", enabled: bool = True):
+    """The progress bar of every long loop: tqdm on stderr with its rate and ETA, cleared when done.
+
+    Args:
+        total: the number of steps.
+        desc: what is counted (``score-cam dfformer_s18``).
+        unit: the step's unit (``batch``, ``image``, ``model``).
+        enabled: False gives no bar (the ``progress`` switch; callers pass False off rank 0).
+
+    Returns:
+        The bar (``update(n)``, ``close()``), or None when disabled; a bar on a stderr that is not a
+        terminal draws nothing.
+    """
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=None)
 
 
 @dataclass
@@ -173,12 +233,8 @@ class Runner:
             x = to_memory_format(x.to(self.device, non_blocking=True), self.config.channels_last)
             yield Batch(k, idx, x, extra)
 
-    def _bar(self, total: int, desc: str):
-        if not (self.config.progress and self.dist.main):
-            return None
-        from tqdm.auto import tqdm
-        return tqdm(total=total, desc=desc or self.config.desc, unit="batch", file=sys.stderr, leave=False,
-                    disable=None)
+    def _bar(self, total: int, desc: str, unit: str = "batch"):
+        return progress_bar(total, desc or self.config.desc, unit=unit, enabled=self.config.progress and self.dist.main)
 
     # ------------------------------------------------------------------ forward
     def forward(self, model, batch: Batch | torch.Tensor, probe: Probe | None = None, *, need_output: bool = True,

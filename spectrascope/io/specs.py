@@ -17,7 +17,7 @@ from pathlib import Path
 
 from spectrascope.errors import DataError
 
-__all__ = ["SPEC_HELP", "KINDS", "DataSpec", "parse_data_spec", "parse_scalar"]
+__all__ = ["SPEC_HELP", "KINDS", "DataSpec", "parse_data_spec", "parse_scalar", "data_spec_differences"]
 
 SPEC_HELP = ("imagefolder:PATH | cifar10:PATH | cifar100:PATH | "
              "synthetic[:num_classes=8,train_size=2048,val_size=512,...] | samples")
@@ -52,6 +52,47 @@ def parse_data_spec(text: str) -> DataSpec:
     if not rest.strip():
         raise DataError(f"{kind} needs a path: {kind}:PATH", option="--data")
     return DataSpec(kind, Path(rest.strip()).expanduser(), {}, text)
+
+
+#: synthetic options that change neither the classes nor the look of the textures (an analysis
+#: renders the images at the model's input size)
+_SAMPLING_OPTIONS = ("train_size", "val_size", "seed", "size", "height", "width")
+
+
+def _synthetic_fields(spec: DataSpec) -> dict:
+    from dataclasses import asdict
+
+    from spectrascope.io.synthetic import SyntheticConfig
+    cfg = asdict(SyntheticConfig.from_options(spec.options))
+    return {k: v for k, v in cfg.items() if k not in _SAMPLING_OPTIONS}
+
+
+def data_spec_differences(trained: str, given: str) -> list[str]:
+    """How the data spec ``given`` differs from the spec ``trained`` a model was trained on.
+
+    Synthetic specs are compared option by option, after their defaults are filled in, leaving
+    out what changes neither the classes nor the textures (split sizes, seed, image size); other
+    specs by kind and path.
+
+    Args:
+        trained: the spec recorded in the training checkpoint (``synthetic:patch=0.75``).
+        given: the spec of the analysis (``synthetic``).
+
+    Returns:
+        One item per difference (``patch 0.5 (trained at 0.75)``); empty when both describe the same
+        data, or when either spec cannot be read.
+    """
+    try:
+        a, b = parse_data_spec(trained), parse_data_spec(given)
+        if a.kind != b.kind:
+            return [f"{b.kind} data (trained on {a.kind})"]
+        if a.kind != "synthetic":
+            same = a.path is None or b.path is None or a.path.resolve() == b.path.resolve()
+            return [] if same else [f"{b.path} (trained on {a.path})"]
+        fa, fb = _synthetic_fields(a), _synthetic_fields(b)
+    except (DataError, OSError):
+        return []
+    return [f"{k} {fb[k]} (trained at {fa[k]})" for k in fa if fa[k] != fb[k]]
 
 
 def parse_scalar(text: str, *, booleans: bool = False):

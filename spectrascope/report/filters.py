@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from spectrascope.engine.runner import progress_iter
 from spectrascope.report.style import new_figure, save_figure
 
 __all__ = ["DPI", "FORMATS", "AMPLITUDE_LABEL", "DEFAULT_CMAP", "MAX_CHANNELS", "GLOBAL_COLUMNS", "plot_filter_grid",
@@ -228,7 +229,7 @@ def _effective(result, folder, formats, cmap: str, note: str) -> list[str]:
     eff = result.effective
     names, chs = eff["layers"], eff["channels"]
     files = []
-    for i, image in enumerate(eff["images"]):
+    for i, image in enumerate(progress_iter(eff["images"], f"{result.model} effective filters", unit="figure")):
         rows = [[result.filters[f"effective_amplitude/{k}"][i, c] for c in range(len(chs))] for k in names]
         files += plot_rows(rows, names, [f"ch {c}" for c in chs], folder, f"effective_{i:02d}_{Path(image).stem}",
                            title=f"{result.model}: effective filters of {image}{note}", cmaps=[cmap],

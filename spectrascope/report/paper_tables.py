@@ -16,6 +16,7 @@ from functools import lru_cache
 from importlib import resources
 from types import SimpleNamespace
 
+from spectrascope.engine.runner import progress_iter
 from spectrascope.errors import FigureError
 
 __all__ = ["PAPERS", "TABLES", "option", "load_paper", "table_spec", "table_rows", "table_notes", "COLUMNS",
@@ -133,7 +134,8 @@ def table_rows(name: str, *, use_timm: bool | None = None, measured: dict | None
     in ``note``). ``known`` maps (model, (C, H, W)) to already counted ``params``/``flops``/``flops_fft``."""
     spec = table_spec(name)
     use_timm = _timm_ok() if use_timm is None else use_timm
-    rows = [_one_row(spec, row, use_timm, measured or {}, known or {}) for row in spec["rows"]]
+    rows = [_one_row(spec, row, use_timm, measured or {}, known or {})
+            for row in progress_iter(spec["rows"], name, unit="row")]
     texts = list(dict.fromkeys(r["_note"] for r in rows if r["_note"]))
     for r in rows:
         if r["_note"]:
@@ -182,7 +184,7 @@ def _measure(ctx, rows: list[dict]) -> tuple[dict, str]:
         from spectrascope.engine.device import resolve_device
         from spectrascope.zoo.registry import create_model
         dev = resolve_device(ctx.device)
-        for r in rows:
+        for r in progress_iter(rows, "throughput", unit="row"):
             if r["ours"] in models and r["ours"] not in measured:
                 model = create_model(r["ours"], img_size=tuple(r["_input"][1:]))
                 got = measure(model, tuple(r["_input"][1:]), batch_size=ctx.batch_size, device=dev, warmup=3, iters=10)

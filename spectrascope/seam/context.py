@@ -21,6 +21,7 @@ from spectrascope.engine import dist as _dist
 from spectrascope.engine.runner import Runner
 from spectrascope.errors import OptionError
 from spectrascope.io.sources import ImageSource
+from spectrascope.io.specs import data_spec_differences
 from spectrascope.seam.analysis import Analysis, Params
 from spectrascope.zoo.build import Built, ModelSpec, build, pair_checkpoints, preprocessing
 from spectrascope.zoo.registry import resolve_name
@@ -185,7 +186,21 @@ class Context:
         if prepare and self.runner is not None:
             self.runner.prepare(built.model)
         self.built.append(built)
+        self.note(self._data_note(built))
         return built
+
+    def _data_note(self, built: Built) -> str | None:
+        """A note when ``--data`` differs from the data spec a spectrascope training checkpoint records."""
+        given = self.params.get("data")
+        args = (getattr(built.model, "checkpoint_info", None) or {}).get("args")
+        if not isinstance(given, str) or not isinstance(args, dict) or "spectrascope" not in args:
+            return None
+        trained = args.get("data")
+        diff = data_spec_differences(str(trained), given) if trained else []
+        if not diff:
+            return None
+        return (f"{built.name}: --data {given} is not the data it was trained on ({trained}): "
+                f"{'; '.join(diff)}")
 
     def _resolved(self, spec: ModelSpec) -> ModelSpec:
         if spec.pretrained and spec.checkpoint is None and not spec.name.startswith("timm:"):

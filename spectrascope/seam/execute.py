@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from spectrascope.engine import dist as _dist
 from spectrascope.engine.device import resolve_device
-from spectrascope.engine.runner import RunConfig, Runner
+from spectrascope.engine.runner import RunConfig, Runner, progress_scope
 from spectrascope.errors import OptionError
 from spectrascope.io.results import StagedOutput, Stopwatch, default_output_dir, provenance, write_json
 from spectrascope.seam.analysis import Analysis, Params, Style
@@ -164,7 +164,8 @@ def execute(analysis: Analysis, params: Params, *, write: bool = True, progress:
         specs = d.agreed(model_specs, params, repeats=analysis.repeat_models)
         stage = d.agreed(_stage, analysis, params, specs, d) if write else None          # before any work
         ctx = d.agreed(_context, analysis, params, specs, d, device, progress and d.main)
-        with d.together(), (stage if stage is not None else contextlib.nullcontext()) as folder:
+        with d.together(), progress_scope(progress and d.main), \
+                (stage if stage is not None else contextlib.nullcontext()) as folder:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", RecordedWarning)
                 result = analysis.run(ctx)

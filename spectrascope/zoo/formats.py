@@ -19,12 +19,18 @@ import torch
 
 from spectrascope.errors import CheckpointError
 
-__all__ = ["OFFICIAL", "TIMM", "FAMILIES", "detect", "to_timm", "to_official", "convert", "family_layout"]
+__all__ = ["OFFICIAL", "TIMM", "FAMILIES", "detect", "to_timm", "to_official", "convert", "family_layout",
+           "foreign_mixers"]
 
 OFFICIAL, TIMM = "official", "timm"
 #: zoo families whose checkpoints exist in both layouts -> which macro ("metaformer" or "poolformer_v1")
 FAMILIES = {"convformer": "metaformer", "caformer": "metaformer", "poolformerv2": "metaformer",
             "poolformer": "poolformer_v1"}
+
+#: token-mixer parameters of the families timm has: SepConv (ConvFormer, CAFormer), attention (CAFormer);
+#: pooling (PoolFormer) has none
+_TIMM_MIXER_PARAMS = frozenset(f"{m}.{p}" for m in ("dwconv", "pwconv1", "pwconv2", "qkv", "proj")
+                               for p in ("weight", "bias")) | {"act1.scale", "act1.bias"}
 
 _POINTWISE = re.compile(r"\.(mlp\.fc[12]|token_mixer\.pwconv[12])\.weight$")
 
@@ -45,6 +51,33 @@ def detect(state: dict) -> tuple[str, str] | None:
     if "patch_embed.proj.weight" in keys and any(k.startswith("network.0.0.") for k in keys):
         return OFFICIAL, "poolformer_v1"
     return None
+
+
+def foreign_mixers(state: dict) -> list[str]:
+    """Token-mixer parameters of a MetaFormer-like state dict that no family of timm has, one per
+    block (DFFormer's and GFFormer's frequency filters, RandFormer's random matrix, a point-wise
+    pair without the SepConv's depth-wise convolution): empty for ConvFormer, CAFormer and
+    PoolFormer checkpoints.
+
+    Args:
+        state: a state dict in the official or timm layout.
+
+    Returns:
+        The first foreign key of every block that has one.
+    """
+    blocks: dict[str, set[str]] = {}
+    for key in state:
+        head, sep, tail = key.partition(".token_mixer.")
+        if sep:
+            blocks.setdefault(head, set()).add(tail)
+    out = []
+    for head, tails in blocks.items():
+        extra = sorted(tails - _TIMM_MIXER_PARAMS)
+        if not extra and any(t.startswith("pwconv") for t in tails) and "dwconv.weight" not in tails:
+            extra = sorted(tails)
+        if extra:
+            out.append(f"{head}.token_mixer.{extra[0]}")
+    return out
 
 
 # ---------------------------------------------------------------------------- MetaFormer (channels last)
