@@ -143,10 +143,10 @@ def wrap_columns(n: int, default: int | None = None, ncols: int | None = None) -
     return max(1, min(int(chosen), max(n, 1)))
 
 
-def add_colorbar(fig, mappable, cax, label: str):
-    """A colour bar in its own axes ``cax`` with ``label`` (and its offset text, e.g. ``1e-5``, moved
-    into the label so it never lands on a neighbouring panel)."""
-    bar = fig.colorbar(mappable, cax=cax)
+def add_colorbar(fig, mappable, cax, label: str, orientation: str = "vertical"):
+    """A colour bar in its own axes ``cax`` with ``label``, without an offset text (a ``1e-5`` above
+    the bar lands on the panel above it): large or small values get scientific tick labels."""
+    bar = fig.colorbar(mappable, cax=cax, orientation=orientation)
     bar.formatter.set_useOffset(False)
     try:
         bar.formatter.set_powerlimits((-3, 4))
@@ -168,7 +168,10 @@ def footnote(fig: Figure, text: str, color: str = "0.35", fontsize: float = 7):
 
 def _rewrap(fig: Figure) -> None:
     import textwrap
-    for t in [*fig.texts, getattr(fig, "_supxlabel", None)]:
+    title = getattr(fig, "_suptitle", None)
+    if title is not None and title.get_text() and getattr(title, "spectrascope_wrap", None) is None:
+        title.spectrascope_wrap = title.get_text()
+    for t in [*fig.texts, getattr(fig, "_supxlabel", None), title]:
         raw = getattr(t, "spectrascope_wrap", None)
         if raw is not None:
             width = max(20, int(fig.get_figwidth() * 0.97 * 72 / (0.55 * t.get_fontsize())))
@@ -239,7 +242,7 @@ def fit_figure(fig: Figure, style: FigureStyle | None = None) -> Figure:
                 new = w * target / written
             else:                                          # secant step: the margins need not scale
                 new = w + (target - written) * (w - w0) / (written - s0)
-            new = max(new, 0.5)
+            new = min(max(new, 0.6 * target), 4 * target)
             w0, s0 = w, written
             _resize(fig, new, base)
             written = _written_width(fig)
