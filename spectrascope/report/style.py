@@ -117,10 +117,12 @@ def paper_name(name: str) -> str:
 
 @contextlib.contextmanager
 def use_style(name: str | None = None, ncols: int | None = None) -> Iterator[FigureStyle]:
-    """Draw and write the figures inside the block in the style ``name`` (None: ``paper``) with
-    grids wrapped at ``ncols`` columns (None: each figure's own)."""
-    style = FIGURE_STYLES[name or "paper"]
-    token = _ACTIVE.set((style, ncols))
+    """Draw and write the figures inside the block in the style ``name`` with grids wrapped at
+    ``ncols`` columns; None keeps the enclosing block's (outside any: ``paper``, each figure's own
+    columns), so a recipe's style reaches the analyses it runs."""
+    outer, outer_ncols = _ACTIVE.get()
+    style = FIGURE_STYLES[name] if name else outer
+    token = _ACTIVE.set((style, ncols if ncols is not None else outer_ncols))
     try:
         yield style
     finally:
@@ -245,6 +247,8 @@ def fit_figure(fig: Figure, style: FigureStyle | None = None) -> Figure:
             new = min(max(new, 0.6 * target), 4 * target)
             w0, s0 = w, written
             _resize(fig, new, base)
+            for hook in getattr(fig, "spectrascope_on_resize", ()):     # e.g. limits that follow the size
+                hook()
             written = _written_width(fig)
     return fig
 

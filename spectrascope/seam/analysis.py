@@ -79,18 +79,20 @@ class Style:
 
     The seam draws every report inside ``report.style.use_style(style.preset, style.ncols)``, so
     every figure written through ``report.style.save_figure`` takes the style's width and text
-    sizes; ``ncols`` is what ``report.style.wrap_columns`` returns for wrapped grids.
+    sizes; ``ncols`` is what ``report.style.wrap_columns`` returns for wrapped grids. None keeps
+    the enclosing style (``paper`` outside any).
     """
 
     formats: tuple[str, ...] = ("png", "pdf")
     options: Mapping[str, Any] = None
-    preset: str = "paper"
+    preset: str | None = None
     ncols: int | None = None
 
     @classmethod
     def of(cls, params: "Params", **more) -> "Style":
-        """The style of a run's ``--style`` / ``--ncols`` (``more``: other fields)."""
-        return cls(preset=params.get("style") or "paper", ncols=params.get("ncols"), **more)
+        """The style of a run's ``--style`` / ``--ncols`` (``more``: other fields); options left at their
+        defaults keep the enclosing style (a recipe's), else ``paper``."""
+        return cls(preset=params.get("style") if params.given("style") else None, ncols=params.get("ncols"), **more)
 
     def get(self, name: str, default=None):
         value = (self.options or {}).get(name)
