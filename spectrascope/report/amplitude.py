@@ -237,7 +237,7 @@ def highfreq_figure(payload: Mapping, *, cmap: str = DEPTH_CMAP, shade: bool = T
         ax.set_xlim(-0.02, 1.02)
         ax.autoscale(axis="y")
         ax.set_xlabel("Normalized depth")
-        ax.set_ylabel("\u0394 Log amplitude (highest frequency)")
+        ax.set_ylabel("\u0394 Log amplitude\n(highest frequency)")
         if len(models) > 1 or drawn:          # beside the axes, never over the data
             ax.legend(handles=handles + _shade_legend(drawn), loc="upper left", bbox_to_anchor=(1.02, 1.0),
                       frameon=False, borderaxespad=0.0)

@@ -93,7 +93,7 @@ def plot_grid(rows: list[list[np.ndarray]], row_labels, col_labels, directory: P
     ratios = []
     for c in range(cells):
         ratios += [1.0] * per + ([0.12] if c < cells - 1 else [])
-    fig = new_figure(sum(ratios) * 1.1 + 0.2, nrow * (1.1 + 0.16 * lines) + 0.5)
+    fig = new_figure(sum(ratios) * 1.1 + 0.2, nrow * (1.1 + 0.16 * lines) + 0.5, layout="compressed")
     grid = fig.add_gridspec(nrow, len(ratios), width_ratios=ratios, wspace=0.05)
     fig.spectrascope_panels = []
     for i, r in enumerate(rows):
@@ -135,7 +135,7 @@ def _cam_notes(entry: dict, i: int) -> str:
     if i >= len(classes):
         return ""
     text = f"class {classes[i]}"
-    return text + (f", p={probs[i]:.2g}" if i < len(probs) and probs[i] is not None else "")
+    return text + (f"\np={probs[i]:.2g}" if i < len(probs) and probs[i] is not None else "")
 
 
 def _same_inputs(result) -> bool:

@@ -221,6 +221,35 @@ def _resize(fig: Figure, width: float, base: tuple) -> None:
     fig.set_size_inches(width, max(text_h + ah * k, 0.6))
 
 
+def _overflow(fig: Figure) -> float:
+    """Inches by which the drawn artists reach above or below the canvas."""
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    box = fig.get_tightbbox(renderer)
+    return max(0.0, box.y1 - fig.get_figheight()) + max(0.0, -box.y0)
+
+
+def _fit_width(fig: Figure, target: float, written: float) -> float:
+    """Resize ``fig`` until the tight width written is ``target``; returns the width written."""
+    base = (*fig.get_size_inches(), *_axes_span(fig))
+    w0, s0 = None, None
+    for _ in range(8):
+        if abs(written - target) < 0.01:
+            break
+        w = fig.get_figwidth()
+        if w0 is None or abs(written - s0) < 1e-6:
+            new = w * target / written
+        else:                                          # secant step: the margins need not scale
+            new = w + (target - written) * (w - w0) / (written - s0)
+        new = min(max(new, 0.6 * target), 4 * target)
+        w0, s0 = w, written
+        _resize(fig, new, base)
+        for hook in getattr(fig, "spectrascope_on_resize", ()):     # e.g. limits that follow the size
+            hook()
+        written = _written_width(fig)
+    return written
+
+
 def fit_figure(fig: Figure, style: FigureStyle | None = None) -> Figure:
     """``fig`` in ``style`` (default: the active one): text sizes clamped into the style's range,
     then the figure resized until the file written with a tight bounding box is the style's width
@@ -234,21 +263,12 @@ def fit_figure(fig: Figure, style: FigureStyle | None = None) -> Figure:
         target = style.width or (style.max_width if style.max_width and written > style.max_width + 0.01 else None)
         if target is None:
             return fig
-        base = (*fig.get_size_inches(), *_axes_span(fig))
-        w0, s0 = None, None
-        for _ in range(8):
-            if abs(written - target) < 0.01:
+        for _ in range(3):
+            written = _fit_width(fig, target, written)
+            over = _overflow(fig)
+            if over < 0.01:
                 break
-            w = fig.get_figwidth()
-            if w0 is None or abs(written - s0) < 1e-6:
-                new = w * target / written
-            else:                                          # secant step: the margins need not scale
-                new = w + (target - written) * (w - w0) / (written - s0)
-            new = min(max(new, 0.6 * target), 4 * target)
-            w0, s0 = w, written
-            _resize(fig, new, base)
-            for hook in getattr(fig, "spectrascope_on_resize", ()):     # e.g. limits that follow the size
-                hook()
+            fig.set_size_inches(fig.get_figwidth(), fig.get_figheight() + over + 0.05)   # text taller than it
             written = _written_width(fig)
     return fig
 
