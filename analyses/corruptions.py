@@ -190,7 +190,7 @@ class Corruptions(Analysis):
     corruption_spectra PNG+PDF. Under torchrun the images are shared out."""
 
     name = "corruptions"
-    summary = "error under common corruptions (ImageNet-C) and their Fourier spectra"
+    summary = "Error under common corruptions (ImageNet-C) and their Fourier spectra"
     needs = Needs(models="many", data="labelled")
     repeat_models = True
     options = (
