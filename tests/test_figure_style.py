@@ -340,7 +340,7 @@ def test_cka_custom_taps_are_named_on_the_axes():
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == names
     many = plot_heatmap(_cka(40, 40))
     _drawn(many)
-    assert [t.get_text() for t in many.axes[0].get_yticklabels()][:3] == ["0", "5", "10"]
+    assert [t.get_text() for t in many.axes[0].get_yticklabels()][:3] == ["0", "10", "20"]
 
 
 def test_dfformer_fig7_is_a_page_wide_with_paper_text(tmp_path):

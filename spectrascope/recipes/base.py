@@ -359,6 +359,7 @@ def _figure_doc(ctx, spec, avail, skipped, cks, opts, summary, stage: Path, wall
         "checkpoints": cks,
         "random_weights": [m for m in avail if m not in cks],
         "options": opts,
+        "style": {"style": ctx.style or "paper", "ncols": ctx.ncols},
         "warnings": list(ctx.warnings),
         "summary": summary,
         "files": sorted(p.name for p in stage.iterdir()),

@@ -152,14 +152,18 @@ def _draw(results: dict[str, CKAResult], stage: Path, footer: str) -> dict:
     from spectrascope.report.style import PAGE_WIDTH, active_style, footnote, new_figure, save_figure
     n = len(results)
     width = active_style().width or PAGE_WIDTH
-    fig = new_figure(width, width / n + 1.0, layout=None)
-    grid = fig.add_gridspec(1, n + 1, width_ratios=[1.0] * n + [0.05], left=0.07, right=0.91, top=0.8,
-                            bottom=0.2, wspace=0.45)
+    fig = new_figure(width, width / n + 0.9, layout=None)
+    grid = fig.add_gridspec(1, n + 1, width_ratios=[1.0] * n + [0.05], left=0.08, right=0.9, top=0.76,
+                            bottom=0.2, wspace=0.5)
     axes = []
     for k, (panel, res) in enumerate(results.items()):
         ax = fig.add_subplot(grid[0, k])
         plot_heatmap(res, ax=ax, colorbar=False)
-        ax.set_title(f"({panel}) " + ax.get_title(), fontsize=8)
+        for child in list(ax.child_axes):            # stage names on top only: the right side meets the next panel
+            if getattr(child, "_orientation", "") == "y":
+                child.remove()
+        head, _, rest = ax.get_title().partition(" vs ")
+        ax.set_title(f"({panel}) {head}\nvs {rest}", fontsize=8)
         axes.append(ax)
     first = next(iter(results.values()))
     label = f"CKA ({first.estimator}{', torch-cka engine' if first.engine == 'torch-cka' else ''})"

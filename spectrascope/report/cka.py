@@ -52,7 +52,7 @@ def _stage_centres(stages: Sequence[int | None]) -> tuple[list[float], list[str]
 
 
 def _index_ticks(n: int) -> list[int]:
-    step = 1 if n <= 12 else 5 if n <= 60 else 10 if n <= 150 else 25
+    step = 1 if n <= 12 else 5 if n <= 24 else 10 if n <= 150 else 25
     return list(range(0, n, step))
 
 

@@ -369,15 +369,15 @@ def _spf(result, folder, formats, cmap: str) -> list[str]:
 
     def arr(kind, r):
         return result.filters[f"spf_{kind}/stage{r['stage']}_lambda{r['lambda']:.1f}"]
-    heads = [f"lambda {lam:.1f}" for lam in lams]
+    heads = [f"\u03bb = {lam:.1f}" for lam in lams]
     rows = [[arr("mask", by[(s, lam)]) for lam in lams if (s, lam) in by] for s in stages]
     files = plot_rows(rows, [f"stage {s} (r={by[(s, lams[0])]['radius']})" for s in stages], heads, folder,
                       "spf_masks", title=f"{paper_name(result.model)}: SPF masks (DC centred)", cmaps=[cmap],
                       cbar_labels=["mask value"], shared=[(0, 1)] * len(lams), formats=formats)[1]
     rows = [[arr("kernel", by[(s, lam)]) for lam in lams if (s, lam) in by] for s in stages]
     files += plot_rows(rows, [f"stage {s}" for s in stages], heads, folder, "spf_kernels",
-                       title=f"{paper_name(result.model)}: SPF equivalent spatial kernels (centred)", cmaps=["RdBu_r"],
-                       cbar_labels=["kernel weight"], formats=formats)[1]
+                       title=f"{paper_name(result.model)}: SPF equivalent spatial kernels (centred,\neach scaled by its "
+                             "largest magnitude)", cmaps=["RdBu_r"], cbar_labels=["k"], formats=formats)[1]
     return files
 
 
