@@ -124,7 +124,7 @@ class FreqFilter(Analysis):
     Writes results.json, filter.csv and filter PNG+PDF. Under torchrun the images are shared out."""
 
     name = "freq-filter"
-    summary = "accuracy on low-/high-pass filtered inputs vs the filter radius (Wang et al. 2020)"
+    summary = "Accuracy on low-/high-pass filtered inputs vs the filter radius (Wang et al. 2020)"
     needs = Needs(models="many", data="labelled")
     repeat_models = True
     options = (

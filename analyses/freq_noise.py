@@ -141,7 +141,7 @@ class FreqNoise(Analysis):
     Writes results.json, noise.csv and noise PNG+PDF. Under torchrun the images are shared out."""
 
     name = "freq-noise"
-    summary = "error under band-limited noise vs the band's centre frequency (Park & Kim 2022)"
+    summary = "Error under band-limited noise vs the band's centre frequency (Park & Kim 2022)"
     needs = Needs(models="many", data="labelled")
     repeat_models = True
     options = (

@@ -95,8 +95,7 @@ def chart_points(chart: str, added=(), use_timm: bool | None = None) -> list[dic
         if keep and fam not in keep or r["paper top-1"] == "":
             continue
         counted = r["_flops"] is not None
-        points.append({"label": chart_name(r["model"]), "family": CHART_NAMES.get(fam, fam),
-                       "top1": float(r["paper top-1"]),
+        points.append({"label": r["model"], "family": fam, "top1": float(r["paper top-1"]),
                        "params_m": r["_params"] / 1e6 if counted else float(r["paper params (M)"]),
                        "flops_g": r["_flops"] / 1e9 if counted else float(r["paper FLOPs (G)"]),
                        "source": "counted" if counted else "paper"})
@@ -146,6 +145,9 @@ def _fit_bubbles(fig, ax, sizes_pt2: list[float]) -> None:
 
 def _draw(points: list[dict], axes: tuple, size_key: str, title: str):
     from spectrascope.report.style import MARKERS, PAGE_WIDTH, footnote, new_figure
+    points = [dict(p, label=chart_name(p["label"]), family=CHART_NAMES.get(p["family"], p["family"]))
+              for p in points]                     # the charts' spelling; points.csv keeps the tables'
+
     fig = new_figure(PAGE_WIDTH if len(axes) > 1 else 4.6, 3.2)
     fams = list(dict.fromkeys(p["family"] for p in points))
     scale = max(p[f"{size_key}_m" if size_key == "params" else "flops_g"] for p in points) or 1.0
