@@ -353,20 +353,24 @@ def test_dfformer_fig7_is_a_page_wide_with_paper_text(tmp_path):
 
 # ---------------------------------------------------------------------------- charts
 @pytest.fixture(scope="module")
-def chart_figs():
-    from spectrascope.report.paper_charts import CHARTS, _draw, chart_points
-    out = {}
-    for chart in ("spanet-fig5", "affnet-fig1"):
-        _, axes, size_key, _, title = CHARTS[chart]
-        out[chart] = _draw(chart_points(chart, use_timm=False), axes, size_key, title)
-    return out
+def chart_points_of():
+    from spectrascope.report.paper_charts import chart_points
+    return {chart: chart_points(chart, use_timm=False) for chart in ("spanet-fig5", "affnet-fig1")}
 
 
-def test_spanet_fig5_bubbles_inside_variant_labels_and_distinct_family_colours(chart_figs):
-    fig = chart_figs["spanet-fig5"]
-    for cols in ([COLUMN_WIDTH], [None]):
-        with use_style("column" if cols[0] else "paper"):
-            fit_figure(fig)
+def _chart(points_of, chart, style="paper"):
+    from spectrascope.report.paper_charts import CHARTS, _draw
+    _, axes, size_key, _, title = CHARTS[chart]
+    with use_style(style):
+        return fit_figure(_draw(points_of[chart], axes, size_key, title))
+
+
+def test_spanet_fig5_bubbles_inside_variant_labels_and_distinct_family_colours(chart_points_of):
+    import warnings
+    for style in ("paper", "column"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)             # no collapsed layout
+            fig = _chart(chart_points_of, "spanet-fig5", style)
         r = _drawn(fig)
         for ax, _ in fig.spectrascope_bubbles:
             box = ax.get_window_extent(r)
@@ -375,17 +379,18 @@ def test_spanet_fig5_bubbles_inside_variant_labels_and_distinct_family_colours(c
                 rad = np.sqrt(np.asarray(coll.get_sizes()) / np.pi) * fig.dpi / 72
                 assert (xy[:, 0] - rad >= box.x0 - 1).all() and (xy[:, 0] + rad <= box.x1 + 1).all()
                 assert (xy[:, 1] - rad >= box.y0 - 1).all() and (xy[:, 1] + rad <= box.y1 + 1).all()
+        assert _inside_canvas(fig), style
     ax = fig.spectrascope_bubbles[0][0]
     labels = {t.get_text() for t in ax.texts}
     assert {"S", "M", "B", "B/16", "T"} <= labels
-    legend = fig.axes[-1].get_legend()
+    legend = fig.spectrascope_bubbles[-1][0].get_legend()
     colours = [to_rgb(h.get_facecolor()[0][:3]) for h in legend.legend_handles]
     dist = min(np.linalg.norm(np.subtract(a, b)) for i, a in enumerate(colours) for b in colours[i + 1:])
     assert dist > 0.15
 
 
-def test_affnet_fig1_names_mobilevit(chart_figs):
-    fig = chart_figs["affnet-fig1"]
+def test_affnet_fig1_names_mobilevit(chart_points_of):
+    fig = _chart(chart_points_of, "affnet-fig1")
     names = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
     assert "MobileViT" in names and "MobileViTv2" in names and not any(n.startswith("MViT") for n in names)
 

@@ -144,15 +144,17 @@ def _fit_bubbles(fig, ax, sizes_pt2: list[float]) -> None:
 
 
 def _draw(points: list[dict], axes: tuple, size_key: str, title: str):
-    from spectrascope.report.style import MARKERS, PAGE_WIDTH, footnote, new_figure
+    from spectrascope.report.style import COLUMN_WIDTH, MARKERS, PAGE_WIDTH, active_style, footnote, new_figure
+    narrow = active_style().width == COLUMN_WIDTH            # a column: panels stacked, legend below
     points = [dict(p, label=chart_name(p["label"]), family=CHART_NAMES.get(p["family"], p["family"]))
               for p in points]                     # the charts' spelling; points.csv keeps the tables'
 
-    fig = new_figure(PAGE_WIDTH if len(axes) > 1 else 4.6, 3.2)
+    fig = new_figure(COLUMN_WIDTH, 2.3 * len(axes) + 1.4) if narrow else \
+        new_figure(PAGE_WIDTH if len(axes) > 1 else 4.6, 3.2)
     fams = list(dict.fromkeys(p["family"] for p in points))
     scale = max(p[f"{size_key}_m" if size_key == "params" else "flops_g"] for p in points) or 1.0
     fig.spectrascope_bubbles = []
-    panels = fig.subplots(1, len(axes), squeeze=False)[0]
+    panels = fig.subplots(len(axes), 1, squeeze=False)[:, 0] if narrow else fig.subplots(1, len(axes), squeeze=False)[0]
     for ax, ax_key in zip(panels, axes):
         sizes = []
         for k, fam in enumerate(fams):
@@ -177,8 +179,12 @@ def _draw(points: list[dict], axes: tuple, size_key: str, title: str):
         ax.grid(alpha=0.3)
         fig.spectrascope_bubbles.append((ax, sizes))
     handles, labels = panels[-1].get_legend_handles_labels()
-    legend = panels[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False,
-                               borderaxespad=0.0)
+    if narrow:
+        legend = panels[-1].legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=3,
+                                   frameon=False, borderaxespad=0.0, columnspacing=0.8, handletextpad=0.2)
+    else:
+        legend = panels[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False,
+                                   borderaxespad=0.0)
     for handle in legend.legend_handles:
         handle.set_sizes([40])
     fig.suptitle(title)
