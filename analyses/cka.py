@@ -123,9 +123,14 @@ def _plain(m):
 
 
 def _tensor(rows):
+    """A float64 tensor of a JSON matrix or vector (null -> NaN)."""
     if rows is None:
         return None
-    return torch.tensor([[float("nan") if v is None else v for v in row] for row in rows], dtype=torch.float64)
+
+    def num(v):
+        return float("nan") if v is None else v
+    return torch.tensor([[num(v) for v in row] if isinstance(row, (list, tuple)) else num(row) for row in rows],
+                        dtype=torch.float64)
 
 
 @dataclass(kw_only=True)

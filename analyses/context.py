@@ -18,6 +18,7 @@ from spectrascope.analyses.cam import _inputs, gather_maps
 from spectrascope.engine.context import context_maps, context_taps, map_labels, spg_lambdas
 from spectrascope.io.sources import ImageSource
 from spectrascope.report import cam as report
+from spectrascope.report.style import paper_name
 from spectrascope.seam import Analysis, Needs, Option, Result, register
 
 __all__ = ["Context", "ContextResult"]
@@ -86,7 +87,7 @@ class Context(Analysis):
         maps = gather_maps(d, ctx.runner.chunks(len(ds)), compute)
         keys = [t.name.rsplit(".", 1)[1] for t in taps]
         labels = map_labels(keys, spg_lambdas(model, prefix))
-        title = f"{built.name}: SPG maps and aggregated context at {prefix}"
+        title = f"{paper_name(built.name)}: SPG maps and aggregated context at {prefix}"
         if built.random_weights:
             title += "\n(random weights: no checkpoint given)"
         out = ContextResult(block=prefix, images=src.keys(), maps_shown=dict(zip(keys, labels)),

@@ -245,13 +245,15 @@ def test_filter_figures_are_pdf_and_png_at_200_dpi_with_labelled_bars_and_a_clea
     assert min(dpi) >= 199.5
     assert (tmp_path / "grid.pdf").read_bytes()[:4] == b"%PDF"
     bars = [ax for ax in fig.axes if ax.get_ylabel().startswith("stage")]
-    assert len(bars) == 4 and all("amplitude" in ax.get_ylabel() for ax in bars)
+    assert len(bars) == 4 and all("|W|" in ax.get_ylabel() for ax in bars)
     maps = [ax for ax in fig.axes if ax.images and ax not in bars]
     assert [t.get_text() for ax in maps for t in ax.get_yticklabels()] == ["s1.b0", "s2.b0", "s3.b0", "s4.b0"]
     assert maps[0].images[0].get_cmap().name.startswith("viridis")           # yellow = high
-    # the mosaic holds the amplitudes themselves (stage 2: one 4x4 grid per basis, NaN gaps)
-    tile = maps[1].images[0].get_array()
-    assert np.allclose(np.asarray(tile)[0:4, 5:9], amps[1][1].numpy(), atol=1e-6)
+    # the mosaic holds the amplitudes themselves (stage 2: one 4x4 grid per basis, repeated by whole
+    # factors to stage 1's tile size so every stage is drawn at one size, NaN gaps)
+    tile = np.asarray(maps[1].images[0].get_array())
+    h, k = amps[0].shape[-2], amps[0].shape[-2] // amps[1].shape[-2]
+    assert np.allclose(tile[0:h, h + 1:2 * h + 1], np.repeat(np.repeat(amps[1][1].numpy(), k, 0), k, 1), atol=1e-6)
     r = fig.canvas.get_renderer()
     title = fig._suptitle.get_window_extent(r)
     heads = [t.get_window_extent(r) for t in maps[0].get_xticklabels() if t.get_text()]

@@ -8,6 +8,7 @@ from click.core import ParameterSource
 from spectrascope.cli.app import main
 from spectrascope.cli.options import click_option, speaks, user_errors
 from spectrascope.seam import Analysis, Option, execute
+from spectrascope.seam import options as so
 from spectrascope.seam import registry
 
 __all__ = ["make_command", "echo_outcome", "add_analysis_commands"]
@@ -52,7 +53,7 @@ def _draw_options() -> list[Option]:
 
 
 @user_errors
-def _plot(results, output, formats, overwrite, **draw):
+def _plot(results, output, formats, overwrite, style=None, ncols=None, **draw):
     from spectrascope.errors import OptionError
     from spectrascope.seam.plot import redraw
     fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
@@ -63,7 +64,7 @@ def _plot(results, output, formats, overwrite, **draw):
     for o in _draw_options():                  # options are checked before the results file is read
         if draw.get(o.name) is not None:
             o.convert(draw[o.name])
-    for p in redraw(results, output, formats=tuple(fmts), overwrite=overwrite,
+    for p in redraw(results, output, formats=tuple(fmts), overwrite=overwrite, style=style, ncols=ncols,
                     options={k: v for k, v in draw.items() if v is not None}):
         click.echo(str(p))
 
@@ -78,7 +79,7 @@ def _plot_command() -> click.Command:
                      help="comma list of formats: png, pdf, svg"),
         click.Option(["--overwrite", "overwrite"], is_flag=True,
                      help="replace an earlier `plot` folder given as --output"),
-    ] + [click_option(o, default_none=True) for o in _draw_options()]
+    ] + [click_option(o) for o in so.STYLE] + [click_option(o, default_none=True) for o in _draw_options()]
     return click.Command("plot", params=params, callback=_plot,
                          help="Redraw the figures of any analysis's results.json from its data alone.",
                          short_help="redraw the figures of a results.json")

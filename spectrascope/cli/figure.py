@@ -99,7 +99,7 @@ def _report(spec, doc, folder) -> None:
 
 def _figure_command(spec):
     def cmd(checkpoints, output, overwrite, img_size, device, skip_unavailable, images, data, num_images,
-            batch_size, pretrained=False, weights_dir=None, **options):
+            batch_size, pretrained=False, weights_dir=None, style=None, ncols=None, **options):
         from spectrascope.recipes import recipe_models, run_figure
         from spectrascope.recipes.base import pretrained_checkpoints
         if pretrained:
@@ -116,7 +116,8 @@ def _figure_command(spec):
                                          inputs={"device": device, "images": images, "data": data,
                                                  "num_images": num_images, "batch_size": batch_size,
                                                  "img_size": parse_img_size(img_size)},
-                                         skip_unavailable=skip_unavailable, progress=True, options=options)
+                                         skip_unavailable=skip_unavailable, progress=True, options=options,
+                                         style=style, ncols=ncols)
         except ImportError as exc:
             raise click.ClickException(str(exc).splitlines()[0]) from None
         _report(spec, doc, folder)
@@ -134,6 +135,7 @@ def _figure_command(spec):
         shared_option("pretrained"), shared_option("weights_dir"),
         *(shared_option(n) for n in ("images", "data", "num_images")),
         shared_option("batch_size", default=None, show_default=False, help="images per forward pass [the recipe's]"),
+        shared_option("style"), shared_option("ncols"),
     )(cmd)
     weights = "Needs trained weights." if spec.needs_weights else "Meaningful with random weights."
     return click.command(spec.name, help=f"{spec.title}. {spec.paper}.\n\n{spec.summary}\n\n{weights}",

@@ -149,7 +149,7 @@ def shared_option(name: str, **changes) -> click.Option:
     """The click option of a shared option (``--amp``, ``--output`` ...), from its one declaration in
     ``seam.options``; ``changes`` adjust it for a command (another default or help)."""
     from spectrascope.seam import options as so
-    for group in (so.MODEL_ONE, so.IMAGES, so.RUNTIME, so.SEED, so.OUTPUT):
+    for group in (so.MODEL_ONE, so.IMAGES, so.RUNTIME, so.SEED, so.OUTPUT, so.STYLE):
         for o in group:
             if o.name == name:
                 return click_option(o.but(**changes) if changes else o)

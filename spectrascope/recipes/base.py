@@ -99,6 +99,9 @@ class FigureContext:
     options: dict = field(default_factory=dict)
     #: warnings the recipe recorded (``warn``): stored in figure.json and re-printed by the command
     warnings: list[str] = field(default_factory=list)
+    #: the figure style (``--style``) and the columns of wrapped grids (``--ncols``)
+    style: str = "paper"
+    ncols: int | None = None
 
     def checkpoint(self, model: str) -> str | None:
         return self.checkpoints.get(model)
@@ -128,7 +131,8 @@ class FigureContext:
         if title is not None:
             result.title = title
         result.provenance = dict(result.provenance, command=f"figure {self.spec.name}")
-        write_result(get(result.analysis), result, self.output, Style(options=draw))
+        write_result(get(result.analysis), result, self.output, Style(options=draw, preset=self.style,
+                                                                      ncols=self.ncols))
 
 
 def _package():
@@ -291,7 +295,8 @@ INPUTS = ("device", "images", "data", "num_images", "batch_size", "img_size")
 
 def run_figure(name: str, *, output="runs/figures", overwrite: bool = False, checkpoints=None,
                inputs: Mapping | None = None, skip_unavailable: bool = False, progress: bool = False,
-               options: Mapping | None = None, **more) -> tuple[Path, dict]:
+               options: Mapping | None = None, style: str | None = None, ncols: int | None = None,
+               **more) -> tuple[Path, dict]:
     """Run the recipe ``name`` into ``<output>/<name>/``; returns (folder, figure.json content).
 
     Args:
@@ -305,6 +310,8 @@ def run_figure(name: str, *, output="runs/figures", overwrite: bool = False, che
         progress: progress bars.
         options: the recipe options (``FigureSpec.options``); figure.json records them and every warning
             the run recorded (``warnings``), which the command re-prints.
+        style: the figure style (paper, column, page, notebook; default paper).
+        ncols: columns of wrapped figure grids (default: each figure's own).
     """
     import warnings as _warnings
 
@@ -316,6 +323,10 @@ def run_figure(name: str, *, output="runs/figures", overwrite: bool = False, che
     if unknown:
         raise TypeError(f"run_figure() got unexpected keyword arguments {unknown}")
     inp.update({k: v for k, v in more.items() if v is not None})
+    from spectrascope.report.style import use_style
+    from spectrascope.seam import options as so
+    declared = {o.name: o for o in so.STYLE}
+    style, ncols = declared["style"].convert(style), declared["ncols"].convert(ncols)
     spec, mod = get_figure(name)
     opts = _check_options(spec, options or {})
     models = recipe_models(spec, opts)
@@ -328,8 +339,9 @@ def run_figure(name: str, *, output="runs/figures", overwrite: bool = False, che
                             images=inp["images"], data=inp["data"],
                             num_images=inp["num_images"] if inp["num_images"] is not None else spec.num_images,
                             batch_size=inp["batch_size"] or spec.batch_size or 16, img_size=inp["img_size"],
-                            progress=progress, models=avail, skipped=skipped, options=opts)
-        with _warnings.catch_warnings(record=True) as caught:
+                            progress=progress, models=avail, skipped=skipped, options=opts, style=style,
+                            ncols=ncols)
+        with _warnings.catch_warnings(record=True) as caught, use_style(style, ncols):
             _warnings.simplefilter("always")
             summary = mod.run(ctx) or {}
         ctx.warn(*_recorded(caught, mod))
@@ -347,6 +359,7 @@ def _figure_doc(ctx, spec, avail, skipped, cks, opts, summary, stage: Path, wall
         "checkpoints": cks,
         "random_weights": [m for m in avail if m not in cks],
         "options": opts,
+        "style": {"style": ctx.style or "paper", "ncols": ctx.ncols},
         "warnings": list(ctx.warnings),
         "summary": summary,
         "files": sorted(p.name for p in stage.iterdir()),

@@ -145,27 +145,35 @@ def _footer(results: dict[str, CKAResult], batch_size: int, estimator: str, engi
 
 
 def _draw(results: dict[str, CKAResult], stage: Path, footer: str) -> dict:
-    """Three equal panels and one labelled colour bar in its own axes; returns what was drawn."""
-    from matplotlib.figure import Figure
+    """Equal panels (one row, a page wide) and one labelled colour bar in its own axes; returns what
+    was drawn (``figure_size_in``: the written figure's size)."""
+    from PIL import Image
+
+    from spectrascope.report.style import PAGE_WIDTH, active_style, footnote, new_figure, save_figure
     n = len(results)
-    fig = Figure(figsize=(5.6 * n + 1.0, 6.6))
-    grid = fig.add_gridspec(1, n + 1, width_ratios=[1.0] * n + [0.045], left=0.05, right=0.95, top=0.84,
-                            bottom=0.14, wspace=0.32)
+    width = active_style().width or PAGE_WIDTH
+    fig = new_figure(width, width / n + 0.9, layout=None)
+    grid = fig.add_gridspec(1, n + 1, width_ratios=[1.0] * n + [0.05], left=0.08, right=0.9, top=0.76,
+                            bottom=0.2, wspace=0.5)
     axes = []
     for k, (panel, res) in enumerate(results.items()):
         ax = fig.add_subplot(grid[0, k])
         plot_heatmap(res, ax=ax, colorbar=False)
-        ax.set_title(f"({panel}) " + ax.get_title(), fontsize=10)
+        for child in list(ax.child_axes):            # stage names on top only: the right side meets the next panel
+            if getattr(child, "_orientation", "") == "y":
+                child.remove()
+        head, _, rest = ax.get_title().partition(" vs ")
+        ax.set_title(f"({panel}) {head}\nvs {rest}", fontsize=8)
         axes.append(ax)
     first = next(iter(results.values()))
     label = f"CKA ({first.estimator}{', torch-cka engine' if first.engine == 'torch-cka' else ''})"
     cbar = fig.colorbar(axes[0].images[0], cax=fig.add_subplot(grid[0, n]), label=label)
-    fig.text(0.5, 0.025, footer, ha="center", va="bottom", fontsize=9)
-    fig.savefig(stage / "fig7.png", dpi=DPI)
-    fig.savefig(stage / "fig7.pdf", dpi=DPI)
+    footnote(fig, footer, color="black")
+    save_figure(fig, stage, "fig7", formats=("png", "pdf"), dpi=DPI)
     boxes = [[round(v, 6) for v in ax.get_position().bounds] for ax in axes]
-    return {"dpi": DPI, "panel_boxes": boxes, "colorbar_label": cbar.ax.get_ylabel(),
-            "figure_size_in": [float(v) for v in fig.get_size_inches()]}
+    with Image.open(stage / "fig7.png") as im:
+        size = [v / DPI for v in im.size]
+    return {"dpi": DPI, "panel_boxes": boxes, "colorbar_label": cbar.ax.get_ylabel(), "figure_size_in": size}
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 from spectrascope.errors import FigureError
 from spectrascope.io.results import write_csv
 from spectrascope.report.style import (DEPTH_CMAP, MARKERS, PAPER_RC, RANDOM_COLOR, SPECTRUM_CMAP,  # noqa: F401
-                                       check_cmap, new_figure, save_figure)
+                                       check_cmap, footnote, new_figure, paper_name, save_figure, active_style, COLUMN_WIDTH)
 
 __all__ = ["PAPER_RC", "new_figure", "save_figure", "depth_colors", "pi_formatter", "amplitude_figure",
            "highfreq_figure", "spectrum_figure", "figures_for", "random_weights_footer", "shading_spans",
@@ -44,7 +44,7 @@ def pi_formatter(decimals: int = 1) -> FuncFormatter:
 
 
 def random_weights_footer(models: Sequence[Mapping]) -> str | None:
-    rnd = [m["model"] for m in models if m.get("random_weights")]
+    rnd = [paper_name(m["model"]) for m in models if m.get("random_weights")]
     if not rnd:
         return None
     return ("random weights (no checkpoint): " + ", ".join(rnd) + " - the results do not describe trained models")
@@ -67,16 +67,30 @@ def _footer(fig: Figure, payload: Mapping, extra: str = "") -> None:
     if left:
         bits.append(f"{len(left)} tap{'s' if len(left) > 1 else ''} left out (< 2 frequency points)")
     note = random_weights_footer(payload.get("models", []))
-    y = -0.03
-    if note:
-        fig.text(0.01, y, note, fontsize=7, color=RANDOM_COLOR, ha="left", va="top")
-        y -= 0.04
+    lines = [(note, RANDOM_COLOR)] if note else []
     if bits:
-        fig.text(0.01, y, "; ".join(bits), fontsize=6, color="0.35", ha="left", va="top")
+        lines.append(("; ".join(bits), "0.35"))
+    if lines:                 # under the axes, wrapped to the figure's width (never wider than it)
+        footnote(fig, "\n".join(t for t, _ in lines), color=lines[0][1])
 
 
-def _panel_title(m: Mapping) -> str:
-    title = m.get("label") or m["model"]
+def _model_name(m: Mapping) -> str:
+    """The papers' name of a model entry (its own label when the user gave one)."""
+    label = m.get("label")
+    return label if label and label != m["model"] else paper_name(m["model"])
+
+
+def _taps_said(payload: Mapping) -> str:
+    """The tap selection when it is not the default (``stage 3``, a tap expression), for titles."""
+    taps = (payload.get("method") or {}).get("taps")
+    return taps if isinstance(taps, str) and taps not in ("", "default", "all", "block") else ""
+
+
+def _panel_title(m: Mapping, payload: Mapping | None = None) -> str:
+    title = _model_name(m)
+    said = _taps_said(payload or {})
+    if said:
+        title += f", {said}"
     if m.get("random_weights"):
         title += "\n(random weights)"
     return title
@@ -87,13 +101,19 @@ def _curve_x(tap: Mapping, freq_axis: str) -> np.ndarray:
     return np.asarray(tap[key], dtype=float)
 
 
+#: at most this many taps per model are named in a legend instead of a depth colour bar
+LEGEND_TAPS = 4
+
+
 def amplitude_figure(payload: Mapping, *, freq_axis: str | None = None, cmap: str = DEPTH_CMAP,
                      deepest_first: bool = True, title: str | None = None) -> Figure:
-    """Relative log-amplitude curves, one panel per model, coloured by normalised depth."""
+    """Relative log-amplitude curves, one panel per model, coloured by normalised depth (with a depth
+    colour bar; at most ``LEGEND_TAPS`` taps per model are named in a legend beside the axes instead)."""
     models = payload["models"]
     freq_axis = freq_axis or payload.get("method", {}).get("freq_axis", "index")
     n = len(models)
-    fig = new_figure(2.6 * n + 0.7, 3.0)
+    few = max((len(m["taps"]) for m in models), default=0) <= LEGEND_TAPS
+    fig = new_figure(2.4 * n + (1.5 if few else 0.7), 2.6)
     with matplotlib.rc_context(PAPER_RC):
         axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
         for ax, m in zip(axes, models):
@@ -102,17 +122,22 @@ def amplitude_figure(payload: Mapping, *, freq_axis: str | None = None, cmap: st
             colors = depth_colors([t["normalised_depth"] for t in taps], cmap)
             for i in order:
                 t = taps[i]
-                ax.plot(_curve_x(t, freq_axis), t["curve"], color=colors[i], lw=1.0)
+                ax.plot(_curve_x(t, freq_axis), t["curve"], color=colors[i], lw=1.0, label=t["name"])
             ax.set_xlim(0, 1)
             ax.xaxis.set_major_formatter(pi_formatter(1))
             ax.set_xticks([0.0, 0.5, 1.0])
             ax.set_xlabel("Frequency")
-            ax.set_title(_panel_title(m), color=RANDOM_COLOR if m.get("random_weights") else "black")
+            ax.set_title(_panel_title(m, payload), color=RANDOM_COLOR if m.get("random_weights") else "black")
             ax.axhline(0.0, color="0.8", lw=0.5, zorder=0)
+            if few:
+                handles, labels = ax.get_legend_handles_labels()
+                ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                          title="tap", borderaxespad=0.0)
         axes[0].set_ylabel("\u0394 Log amplitude")
-        sm = ScalarMappable(norm=Normalize(0, 1), cmap=cmap)
-        cb = fig.colorbar(sm, ax=list(axes), fraction=0.05 if n > 1 else 0.08, pad=0.02)
-        cb.set_label("Normalized depth")
+        if not few:
+            sm = ScalarMappable(norm=Normalize(0, 1), cmap=cmap)
+            cb = fig.colorbar(sm, ax=list(axes), fraction=0.05 if n > 1 else 0.08, pad=0.02)
+            cb.set_label("Normalized depth")
         if title:
             fig.suptitle(title)
         _footer(fig, payload, "x: index axis (reference)" if freq_axis == "index" else "x: true frequency 2k/H")
@@ -187,6 +212,13 @@ def _highfreq_line(ax, m: Mapping, k: int, cmap: str):
     return ax.scatter([], [], marker=mk, c="white", edgecolors="0.2", label=_panel_title(m).replace("\n", " "))
 
 
+def _highfreq_title(models: Sequence[Mapping], payload: Mapping, title: str | None) -> str | None:
+    said = _taps_said(payload)
+    if title or not said:
+        return title
+    return ", ".join(_model_name(m) for m in models) + f": {said}"
+
+
 def highfreq_figure(payload: Mapping, *, cmap: str = DEPTH_CMAP, shade: bool = True,
                     title: str | None = None) -> Figure:
     """Park & Kim Fig. 8: Delta log amplitude at the highest frequency vs normalised depth.
@@ -196,7 +228,7 @@ def highfreq_figure(payload: Mapping, *, cmap: str = DEPTH_CMAP, shade: bool = T
     shading fills its own horizontal band (bottom = first model). ``fig.spectrascope_shading``
     lists the drawn spans (model, x0, x1, kind, ymin, ymax)."""
     models = payload["models"]
-    fig = new_figure(6.5, 3.2)
+    fig = new_figure(5.6, 2.8)
     with matplotlib.rc_context(PAPER_RC):
         ax = fig.subplots()
         handles = [_highfreq_line(ax, m, k, cmap) for k, m in enumerate(models)]
@@ -205,12 +237,14 @@ def highfreq_figure(payload: Mapping, *, cmap: str = DEPTH_CMAP, shade: bool = T
         ax.set_xlim(-0.02, 1.02)
         ax.autoscale(axis="y")
         ax.set_xlabel("Normalized depth")
-        ax.set_ylabel("\u0394 Log amplitude (highest frequency)")
-        if len(models) > 1 or drawn:
-            ax.legend(handles=handles + _shade_legend(drawn), loc="best", frameon=False)
+        ax.set_ylabel("\u0394 Log amplitude\n(highest frequency)")
+        if len(models) > 1 or drawn:          # beside the axes, never over the data
+            ax.legend(handles=handles + _shade_legend(drawn), loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                      frameon=False, borderaxespad=0.0)
+        title = _highfreq_title(models, payload, title)
         if title:
             ax.set_title(title)
-        band = "; shading bands bottom to top: " + ", ".join(m.get("label") or m["model"] for m in models) \
+        band = "; shading bands bottom to top: " + ", ".join(_model_name(m) for m in models) \
             if len(models) > 1 and drawn else ""
         _footer(fig, payload, band.lstrip("; "))
     return fig
@@ -223,16 +257,27 @@ def _extent(H: int, W: int):
     return (left, right, bottom, top)
 
 
-def _freq_ticks(ax, H: int, W: int) -> None:
-    left, right, bottom, top = _extent(H, W)
+_PI_LABELS = {-1.0: "\u2212\u03c0", -0.5: "\u2212\u03c0/2", 0.0: "0", 0.5: "\u03c0/2", 1.0: "\u03c0"}
+
+
+def _common_limits(shapes) -> tuple[float, float, float, float]:
+    """(left, right, bottom, top): the range -pi..pi on both axes for every map (the Nyquist pixel of
+    an even side, centred at -pi, shows its inner half), so panels of any size share their ticks."""
+    return (-1.0, 1.0, 1.0, -1.0)
+
+
+def _freq_ticks(ax, limits, *, xlabels: bool = True, ylabels: bool = True) -> None:
+    """The same frequency range and ticks on every map (labels only where asked: outer panels)."""
+    left, right, bottom, top = limits
     ax.set_xlim(left, right)
     ax.set_ylim(bottom, top)
-    ticks = (-1.0, -0.5, 0.0, 0.5, 1.0)
-    ax.set_xticks([t for t in ticks if left <= t <= right])
-    ax.set_yticks([t for t in ticks if top <= t <= bottom])
-    ax.xaxis.set_major_formatter(pi_formatter(1))
-    ax.yaxis.set_major_formatter(pi_formatter(1))
-    ax.tick_params(labelsize=6)
+    ticks = (-1.0, 0.0, 1.0)
+    xt = [t for t in ticks if left <= t <= right]
+    yt = [t for t in ticks if top <= t <= bottom]
+    ax.set_xticks(xt, [_PI_LABELS[t] for t in xt] if xlabels else [])
+    ax.set_yticks(yt, [_PI_LABELS[t] for t in yt] if ylabels else [])
+    ax.set_xticks([t for t in (-0.5, 0.5) if left <= t <= right], minor=True)
+    ax.set_yticks([t for t in (-0.5, 0.5) if top <= t <= bottom], minor=True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(True)
 
@@ -247,9 +292,12 @@ def spectrum_figure(payload: Mapping, *, cmap: str = SPECTRUM_CMAP, shared_scale
     rows = len(models)
     cols = max(len(m["taps"]) for m in models)
     maps = [[np.asarray(t["map"], dtype=float) for t in m["taps"]] for m in models]
+    if active_style().width == COLUMN_WIDTH and cols > 3 and rows < cols:
+        return _spectrum_columns(payload, maps, cmap=cmap, vmin_vmax=_scale(maps, shared_scale), title=title)
     allv = np.concatenate([a.ravel() for row in maps for a in row])
     vmin, vmax = (float(np.nanmin(allv)), float(np.nanmax(allv))) if shared_scale else (None, None)
-    fig = new_figure(1.9 * cols + 0.9, 1.9 * rows + 0.5)
+    limits = _common_limits([a.shape for row in maps for a in row])
+    fig = new_figure(1.5 * cols + 1.2, 1.5 * rows + 0.7)
     with matplotlib.rc_context(PAPER_RC):
         axes = fig.subplots(rows, cols, squeeze=False)
         im = None
@@ -263,10 +311,12 @@ def spectrum_figure(payload: Mapping, *, cmap: str = SPECTRUM_CMAP, shared_scale
                 H, W = row[c].shape
                 im = ax.imshow(row[c], cmap=cmap, vmin=vmin, vmax=vmax, origin="upper", extent=_extent(H, W),
                                interpolation="nearest")
-                ax.set_title(f"{t['name']} ({H}\u00d7{W})", fontsize=7)
-                _freq_ticks(ax, H, W)
+                ax.set_title(f"{t['name']}\n{H}\u00d7{W}", fontsize=7)
+                last = r == rows - 1 or c >= len(maps[r + 1])
+                _freq_ticks(ax, limits, xlabels=last, ylabels=c == 0)
                 if c == 0:
-                    ax.set_ylabel(_panel_title(m), color=RANDOM_COLOR if m.get("random_weights") else "black")
+                    ax.set_ylabel(_model_name(m) + ("\n(random)" if m.get("random_weights") else ""),
+                                  color=RANDOM_COLOR if m.get("random_weights") else "black")
         if im is not None:
             sm = ScalarMappable(norm=Normalize(vmin, vmax) if shared_scale else im.norm, cmap=cmap)
             cb = fig.colorbar(sm, ax=[a for row in axes for a in row], shrink=0.85, aspect=30, pad=0.02)
@@ -274,6 +324,48 @@ def spectrum_figure(payload: Mapping, *, cmap: str = SPECTRUM_CMAP, shared_scale
         if title:
             fig.suptitle(title)
         _footer(fig, payload, "shared colour scale" if shared_scale else "")
+    return fig
+
+
+def _scale(maps, shared: bool):
+    allv = np.concatenate([a.ravel() for row in maps for a in row])
+    return (float(np.nanmin(allv)), float(np.nanmax(allv))) if shared else (None, None)
+
+
+def _spectrum_columns(payload: Mapping, maps, *, cmap: str, vmin_vmax, title: str | None) -> Figure:
+    """The spectrum grid transposed for a narrow column: one column per model, one row per tap."""
+    models = payload["models"]
+    relative = payload.get("method", {}).get("relative", True)
+    vmin, vmax = vmin_vmax
+    limits = _common_limits([a.shape for row in maps for a in row])
+    rows, cols = max(len(r) for r in maps), len(models)
+    fig = new_figure(1.3 * cols + 1.4, 1.3 * rows + 0.8)
+    with matplotlib.rc_context(PAPER_RC):
+        axes = fig.subplots(rows, cols, squeeze=False)
+        im = None
+        for c, (m, row) in enumerate(zip(models, maps)):
+            for r in range(rows):
+                ax = axes[r][c]
+                if r >= len(row):
+                    ax.axis("off")
+                    continue
+                t = m["taps"][r]
+                H, W = row[r].shape
+                im = ax.imshow(row[r], cmap=cmap, vmin=vmin, vmax=vmax, origin="upper", extent=_extent(H, W),
+                               interpolation="nearest")
+                _freq_ticks(ax, limits, xlabels=r == rows - 1 or r + 1 >= len(row), ylabels=c == 0)
+                if c == 0:
+                    ax.set_ylabel(f"{t['name']}\n{H}\u00d7{W}")
+                if r == 0:
+                    ax.set_title(_model_name(m) + ("\n(random)" if m.get("random_weights") else ""),
+                                 color=RANDOM_COLOR if m.get("random_weights") else "black")
+        if im is not None:
+            sm = ScalarMappable(norm=Normalize(vmin, vmax) if vmin is not None else im.norm, cmap=cmap)
+            cb = fig.colorbar(sm, ax=[a for row in axes for a in row], shrink=0.6, aspect=25, pad=0.03)
+            cb.set_label("\u0394 log amplitude (DC = 0)" if relative else "log amplitude")
+        if title:
+            fig.suptitle(title)
+        _footer(fig, payload, "shared colour scale" if vmin is not None else "")
     return fig
 
 
@@ -285,7 +377,8 @@ def _spectrum_row(payload: Mapping, *, cmap: str, shared_scale: bool, title: str
     allv = np.concatenate([a.ravel() for a in maps])
     vmin, vmax = (float(np.nanmin(allv)), float(np.nanmax(allv))) if shared_scale else (None, None)
     n = len(models)
-    fig = new_figure(2.0 * n + 0.8, 2.6)
+    limits = _common_limits([a.shape for a in maps])
+    fig = new_figure(1.8 * n + 0.8, 2.4)
     with matplotlib.rc_context(PAPER_RC):
         axes = fig.subplots(1, n, squeeze=False)[0]
         im = None
@@ -296,7 +389,7 @@ def _spectrum_row(payload: Mapping, *, cmap: str, shared_scale: bool, title: str
                            interpolation="nearest")
             ax.set_title(_panel_title(m), color=RANDOM_COLOR if m.get("random_weights") else "black")
             ax.set_xlabel(f"{t['name']} ({H}\u00d7{W})", fontsize=6)
-            _freq_ticks(ax, H, W)
+            _freq_ticks(ax, limits, ylabels=ax is axes[0])
         sm = ScalarMappable(norm=Normalize(vmin, vmax) if shared_scale else im.norm, cmap=cmap)
         cb = fig.colorbar(sm, ax=list(axes), shrink=0.85, aspect=20, pad=0.02)
         cb.set_label("\u0394 log amplitude (DC = 0)" if relative else "log amplitude")

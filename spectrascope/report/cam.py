@@ -1,6 +1,6 @@
 """Figures of the CAM and context commands: heat-map overlays (pytorch-grad-cam's
-``show_cam_on_image``), de-normalised input images, the image-by-model grid (SPANet Fig. S2 /
-Fig. 4) and atomic PNG writing."""
+``show_cam_on_image``), de-normalised input images, the wrapped image-by-model grid (SPANet
+Fig. S2 / Fig. 4) as PNG and PDF, and atomic PNG writing."""
 from __future__ import annotations
 
 import os
@@ -10,10 +10,10 @@ import matplotlib
 import numpy as np
 import torch
 
-from spectrascope.report.style import new_figure, save_figure
+from spectrascope.report.style import new_figure, paper_name, save_figure
 
 __all__ = ["overlay", "denormalize", "to_uint8", "plot_grid", "save_png", "safe_name", "cam_title", "draw_cam",
-           "draw_context"]
+           "draw_context", "upscale", "OVERLAY_MIN_SIDE", "GRID_PANELS"]
 
 
 def overlay(rgb: np.ndarray, cam: np.ndarray, image_weight: float = 0.5, cmap: str = "jet") -> np.ndarray:
@@ -54,26 +54,68 @@ def save_png(path: Path, arr: np.ndarray) -> None:
             tmp.unlink()
 
 
+#: overlays are written at least this many pixels on their shorter side (whole-factor nearest repeats)
+OVERLAY_MIN_SIDE = 256
+#: panels in one row of a grid before it wraps (a column figure: half as many)
+GRID_PANELS = 8
+
+
+def upscale(arr: np.ndarray, min_side: int = OVERLAY_MIN_SIDE) -> np.ndarray:
+    """An (H, W[, C]) image repeated by the smallest whole factor that makes its shorter side at
+    least ``min_side`` (nearest neighbour: every map pixel stays a square block of pixels)."""
+    k = max(1, -(-min_side // max(1, min(arr.shape[0], arr.shape[1]))))
+    return np.repeat(np.repeat(arr, k, axis=0), k, axis=1) if k > 1 else arr
+
+
+def _draw_boxes(ax, boxes) -> None:
+    from matplotlib.patches import Rectangle
+    for x0, y0, x1, y1 in boxes or ():
+        # pixel (r, c) covers [c - 0.5, c + 0.5]: the half-open box [x0, x1) spans x0 - 0.5 .. x1 - 0.5
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.0, ec="white"))
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.0, ec="black", ls=(0, (2, 2))))
+
+
 def plot_grid(rows: list[list[np.ndarray]], row_labels, col_labels, directory: Path, title: str,
-              stem: str = "grid") -> Path:
-    """One row per image, one column per map; writes ``directory/stem.png``."""
-    nr, nc = len(rows), max(len(r) for r in rows)
-    fig = new_figure(2.0 * nc + 0.6, 2.0 * nr + 0.7, layout="tight")
-    axes = fig.subplots(nr, nc, squeeze=False)
+              stem: str = "grid", *, formats=("png", "pdf"), notes=None, boxes=None, ncols: int | None = None) -> Path:
+    """Images and their maps, wrapped: one cell per image (its input, then one panel per map column),
+    ``ncols`` cells per row (default: the active ``--ncols``, else as many as fit in ``GRID_PANELS``
+    panels; half in a column figure). Square pixels; the image's name heads its input panel, the map
+    column's name heads each map and ``notes[i][j]`` (e.g. class and probability) is written under it; ``boxes[i]``
+    (x0, y0, x1, y1 in input pixels, half-open) are outlined on every panel of image ``i``.
+    Writes ``directory/stem`` in ``formats``; returns the first file."""
+    from spectrascope.report.style import COLUMN_WIDTH, active_style, wrap_columns
+    per = max(len(r) for r in rows)
+    budget = GRID_PANELS // 2 if active_style().width == COLUMN_WIDTH else GRID_PANELS
+    cells = wrap_columns(len(rows), ncols=ncols, default=max(1, budget // per))
+    lines = 1 + max((len(str(n).splitlines()) for r in (notes or []) for n in r if n), default=0) \
+        + max((len(str(c).splitlines()) for c in col_labels[1:] if c), default=0)
+    nrow = -(-len(rows) // cells)
+    ratios = []
+    for c in range(cells):
+        ratios += [1.0] * per + ([0.12] if c < cells - 1 else [])
+    fig = new_figure(sum(ratios) * 1.1 + 0.2, nrow * (1.1 + 0.16 * lines) + 0.5, layout="compressed")
+    grid = fig.add_gridspec(nrow, len(ratios), width_ratios=ratios, wspace=0.05)
+    fig.spectrascope_panels = []
     for i, r in enumerate(rows):
-        for j in range(nc):
-            ax = axes[i, j]
+        g, c = divmod(i, cells)
+        for j in range(per):
+            ax = fig.add_subplot(grid[g, c * (per + 1) + j])
             ax.set_xticks([])
             ax.set_yticks([])
-            if j < len(r):
-                ax.imshow(r[j])
-            else:
+            if j >= len(r):
                 ax.axis("off")
-            if i == 0:
-                ax.set_title(col_labels[j], fontsize=8)
-        axes[i, 0].set_ylabel(row_labels[i], fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    return save_figure(fig, directory, stem, formats=("png",), dpi=100)[0]
+                continue
+            ax.imshow(r[j], aspect="equal", interpolation="nearest")
+            _draw_boxes(ax, boxes[i] if boxes else None)
+            head = str(row_labels[i]) if j == 0 else str(col_labels[j])
+            note = notes[i][j] if notes and j < len(notes[i]) and notes[i][j] else ""
+            if head:            # alone over its cell when the maps have no heading of their own
+                ax.set_title(head, fontsize=7, loc="left" if j == 0 and not any(col_labels[1:]) else "center")
+            if note:
+                ax.set_xlabel(note, fontsize=7, labelpad=2)
+            fig.spectrascope_panels.append(ax)
+    fig.suptitle(title)
+    return save_figure(fig, directory, stem, formats=formats, dpi=300)[0]
 
 
 def cam_title(method: str, flavour: str, random_weights: bool) -> str:
@@ -84,37 +126,65 @@ def cam_title(method: str, flavour: str, random_weights: bool) -> str:
 
 
 def _model_label(entry: dict) -> str:
-    return entry["model"] + ("" if entry.get("checkpoint") else " (random)")
+    return paper_name(entry["model"]) + ("" if entry.get("checkpoint") else " (random)")
+
+
+def _cam_notes(entry: dict, i: int) -> str:
+    """Class and probability of image ``i``'s map (the class the map explains)."""
+    classes, probs = entry.get("classes") or [], entry.get("class_probability") or []
+    if i >= len(classes):
+        return ""
+    text = f"class {classes[i]}"
+    return text + (f"\np={probs[i]:.2g}" if i < len(probs) and probs[i] is not None else "")
+
+
+def _same_inputs(result) -> bool:
+    sizes = {tuple(e.get("input_size") or ()) for e in result.models}
+    return len(sizes) <= 1
 
 
 def draw_cam(result, folder, style) -> list[str]:
-    """The overlays (``overlays/<model>/<image>.png``) and the image-by-model grid of a ``cam`` result,
+    """The overlays (``overlays/<model>/<image>.png``, at least ``OVERLAY_MIN_SIDE`` px) and the grid
+    of a ``cam`` result (``grid.png``/``.pdf``: each image with one overlay per model, its class and
+    probability, the ground-truth boxes when the data has them; wrapped at ``--ncols`` images per row),
     from its maps and input images alone."""
     folder = Path(folder)
     keys = [e.get("key", e["model"]) for e in result.models]
     cols: dict[str, dict] = {"input": {}}
+    notes: dict[str, list] = {}
     files = []
     for entry, key in zip(result.models, keys):
         mdir = folder / "overlays" / safe_name(key)
         mdir.mkdir(parents=True, exist_ok=True)
         label = _model_label(entry) if key == entry["model"] else key + ("" if entry.get("checkpoint") else " (random)")
-        for image in result.images:
+        for i, image in enumerate(result.images):
             rgb = np.asarray(result.inputs[f"{key}/{image}"])
             ov = overlay(rgb.astype(np.float32) / 255.0, np.asarray(result.maps[f"{key}/{image}"]))
-            save_png(mdir / f"{safe_name(image)}.png", ov)
+            save_png(mdir / f"{safe_name(image)}.png", upscale(ov))
             files.append(f"overlays/{safe_name(key)}/{safe_name(image)}.png")
             cols.setdefault(label, {})[image] = ov
+            notes.setdefault(label, []).append(_cam_notes(entry, i))
             cols["input"].setdefault(image, rgb)
     names = list(cols)
     rows = [[cols[c][n] for c in names if n in cols[c]] for n in result.images]
+    cell_notes = [[""] + [notes[c][i] for c in names[1:]] for i in range(len(result.images))]
     title = cam_title(result.method, (result.models[0].get("flavour") or "gradcam-lib") if result.models else "",
                       any(not e.get("checkpoint") for e in result.models))
-    plot_grid(rows, result.images, names, folder, title)
-    return ["grid.png"] + files
+    targets = list(dict.fromkeys(e.get("target_layer") for e in result.models if e.get("target_layer")))
+    if len(targets) == 1:
+        head, _, rest = title.partition("\n")
+        title = f"{head} at {targets[0]}" + (f"\n{rest}" if rest else "")
+    if len(result.models) == 1:
+        title = f"{names[1]}: {title}" if len(names) > 1 else title
+        names = ["input", ""]
+    boxes = result.boxes if result.boxes and _same_inputs(result) else None
+    out = plot_grid(rows, result.images, names, folder, title, formats=style.formats, notes=cell_notes, boxes=boxes)
+    return [f"grid.{f}" for f in style.formats] + files if out else files
 
 
 def draw_context(result, folder, style) -> list[str]:
-    """The overlays (``overlays/<image>_<map>.png``) and the grid of a ``context`` result."""
+    """The overlays (``overlays/<image>_<map>.png``, at least ``OVERLAY_MIN_SIDE`` px) and the grid of
+    a ``context`` result (PNG and PDF, wrapped at ``--ncols`` images per row)."""
     folder = Path(folder)
     odir = folder / "overlays"
     odir.mkdir(parents=True, exist_ok=True)
@@ -125,9 +195,10 @@ def draw_context(result, folder, style) -> list[str]:
         row = [rgb]
         for k in keys:
             ov = overlay(rgb.astype(np.float32) / 255.0, np.asarray(result.maps[f"{image}/{k}"]))
-            save_png(odir / f"{safe_name(image)}_{k}.png", ov)
+            save_png(odir / f"{safe_name(image)}_{k}.png", upscale(ov))
             files.append(f"overlays/{safe_name(image)}_{k}.png")
             row.append(ov)
         rows.append(row)
-    plot_grid(rows, result.images, ["input"] + [result.maps_shown[k] for k in keys], folder, result.title)
-    return ["grid.png"] + files
+    plot_grid(rows, result.images, ["input"] + [result.maps_shown[k] for k in keys], folder, result.title,
+              formats=style.formats)
+    return [f"grid.{f}" for f in style.formats] + files

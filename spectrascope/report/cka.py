@@ -18,17 +18,13 @@ from typing import Sequence
 import numpy as np
 
 from spectrascope.io.results import provenance, write_csv
+from spectrascope.report.style import new_figure, paper_name, save_figure
 
 __all__ = ["plot_heatmap", "best_matches", "matrix_rows", "render_html", "write_report_files", "draw",
            "default_title", "provenance_of", "FILES"]
 
 #: files of a report directory
 FILES = ("cka.png", "cka.pdf", "cka_matrix.csv", "best_match.csv", "results.json", "report.html")
-
-
-def _display_name(result, side: str) -> str:
-    info = result.meta.get(f"model_{side}") or {}
-    return str(info.get("name") or side.upper())
 
 
 def _random_sides(result) -> list[str]:
@@ -56,63 +52,90 @@ def _stage_centres(stages: Sequence[int | None]) -> tuple[list[float], list[str]
 
 
 def _index_ticks(n: int) -> list[int]:
-    step = 1 if n <= 12 else 5 if n <= 60 else 10 if n <= 150 else 25
+    step = 1 if n <= 12 else 5 if n <= 24 else 10 if n <= 150 else 25
     return list(range(0, n, step))
+
+
+#: at most this many taps on a side are named on the axis (more get index ticks and stage names)
+NAMED_TAPS = 16
+
+
+def _display_name(result, side: str) -> str:
+    info = result.meta.get(f"model_{side}") or {}
+    return str(info.get("name") or side.upper())
+
+
+def _figure_name(result, side: str) -> str:
+    """The papers' name of a side's model, as the figures print it (tables keep the registry name)."""
+    return paper_name(_display_name(result, side))
+
+
+def _tap_ticks(ax, axis: str, labels: Sequence[str], stages) -> None:
+    """Tap names on the axis when there are few (custom taps), else index ticks and the stage names on
+    the opposite side."""
+    n = len(labels)
+    set_ticks = ax.set_xticks if axis == "x" else ax.set_yticks
+    if n <= NAMED_TAPS:
+        set_ticks(range(n), list(labels), **({"rotation": 90} if axis == "x" else {}))
+        return
+    set_ticks(_index_ticks(n))
+    pos, lab = _stage_centres(stages)
+    if pos:
+        other = ax.secondary_xaxis("top") if axis == "x" else ax.secondary_yaxis("right")
+        (other.set_xticks if axis == "x" else other.set_yticks)(pos, lab)
+        other.tick_params(length=0)
+
+
+def _heatmap_size(n_a: int, n_b: int) -> tuple[float, float]:
+    """(width, height) in inches of a heatmap figure whose axes follow the matrix's aspect (rows x
+    columns), the longer side 3.6-6 in, plus room for labels and the colour bar."""
+    longest = min(6.0, max(3.6, 0.09 * max(n_a, n_b)))
+    cell = longest / max(n_a, n_b)
+    return n_b * cell + 1.9, n_a * cell + 1.5
 
 
 def plot_heatmap(result, png: Path | None = None, pdf: Path | None = None, *, title: str | None = None,
                  cmap: str = "magma", ax=None, colorbar: bool = True):
-    """Draw the CKA matrix (rows = model A, columns = model B); save to ``png``/``pdf`` if given.
-    Returns the matplotlib figure."""
+    """Draw the CKA matrix (rows = model A, columns = model B, square cells, so a non-square matrix
+    gives a non-square map that fills its figure); tap names on the axes when a side has at most
+    ``NAMED_TAPS`` taps, index ticks and stage names otherwise; the colour bar in its own axes. Saves
+    to ``png``/``pdf`` if given (in the active figure style). Returns the matplotlib figure."""
     import matplotlib
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure state stay untouched
 
     m = result.matrix.double().numpy()
     n_a, n_b = m.shape
     own = ax is None
     if own:
-        side = min(11.0, max(5.0, 3.0 + 0.12 * max(n_a, n_b)))
-        fig = Figure(figsize=(side + 1.2, side))
+        fig = new_figure(*_heatmap_size(n_a, n_b))
         ax = fig.add_subplot()
     else:
         fig = ax.figure
     cm = matplotlib.colormaps[cmap].with_extremes(bad="#9e9e9e")
-    im = ax.imshow(np.ma.masked_invalid(m), origin="lower", cmap=cm, vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xlabel(f"Layers {_display_name(result, 'b')}")
-    ax.set_ylabel(f"Layers {_display_name(result, 'a')}")
-    ax.set_xticks(_index_ticks(n_b))
-    ax.set_yticks(_index_ticks(n_a))
+    im = ax.imshow(np.ma.masked_invalid(m), origin="lower", cmap=cm, vmin=0.0, vmax=1.0, interpolation="nearest",
+                   aspect="equal")
+    ax.set_xlabel(f"Layers {_figure_name(result, 'b')}")
+    ax.set_ylabel(f"Layers {_figure_name(result, 'a')}")
+    _tap_ticks(ax, "x", result.labels_b, result.stages_b)
+    _tap_ticks(ax, "y", result.labels_a, result.stages_a)
     for i in _boundaries(result.stages_a):
         ax.axhline(i - 0.5, color="white", lw=0.9, ls="--", alpha=0.8)
     for j in _boundaries(result.stages_b):
         ax.axvline(j - 0.5, color="white", lw=0.9, ls="--", alpha=0.8)
-    pos, lab = _stage_centres(result.stages_b)
-    if pos:
-        top = ax.secondary_xaxis("top")
-        top.set_xticks(pos, lab)
-        top.tick_params(length=0)
-    pos, lab = _stage_centres(result.stages_a)
-    if pos:
-        right = ax.secondary_yaxis("right")
-        right.set_yticks(pos, lab)
-        right.tick_params(length=0)
     if title is None:
-        title = f"{_display_name(result, 'a')} vs {_display_name(result, 'b')}"
-        rnd = _random_sides(result)
+        title = f"{_figure_name(result, 'a')} vs {_figure_name(result, 'b')}"
+        rnd = [paper_name(n) for n in _random_sides(result)]
         if rnd:
             title += "\n(random weights: " + ", ".join(dict.fromkeys(rnd)) + ")"
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title, fontsize=9)
     if colorbar:
         finite = m[np.isfinite(m)]
         extend = "min" if finite.size and finite.min() < 0 else "neither"
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.10, extend=extend,
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, extend=extend, shrink=min(1.0, max(0.4, n_a / n_b)),
                      label=f"CKA ({result.estimator}{', torch-cka engine' if result.engine == 'torch-cka' else ''})")
     if own:
-        fig.subplots_adjust(left=0.1, right=0.9, bottom=0.09, top=0.86)  # fixed margins: no extra layout draw
-        if png is not None:
-            fig.savefig(png, dpi=200)
-        if pdf is not None:
-            fig.savefig(pdf, dpi=200)
+        for path in (png, pdf):
+            if path is not None:
+                save_figure(fig, Path(path).parent, Path(path).stem, formats=(Path(path).suffix[1:],), dpi=200)
     return fig
 
 
@@ -249,10 +272,5 @@ def write_report_files(result, folder) -> list[str]:
 
 def draw(result, folder, style) -> list[str]:
     """The heatmap of ``result`` in ``style.formats`` (``plot``)."""
-    folder = Path(folder)
     fig = plot_heatmap(result)
-    written = []
-    for fmt in style.formats:
-        fig.savefig(folder / f"cka.{fmt}", dpi=200)
-        written.append(f"cka.{fmt}")
-    return written
+    return [p.name for p in save_figure(fig, Path(folder), "cka", formats=style.formats, dpi=200)]

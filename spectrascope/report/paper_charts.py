@@ -11,7 +11,7 @@ from pathlib import Path
 
 from spectrascope.errors import FigureError
 
-__all__ = ["CHARTS", "chart_points", "parse_add", "charts"]
+__all__ = ["CHARTS", "CHART_NAMES", "chart_name", "chart_points", "parse_add", "charts"]
 
 #: chart -> (table recipe, x axes, bubble size, families kept or None for all, title)
 CHARTS = {
@@ -102,33 +102,99 @@ def chart_points(chart: str, added=(), use_timm: bool | None = None) -> list[dic
     return points + list(added)
 
 
+#: the names the charts print for the tables' short family names
+CHART_NAMES = {"MViT": "MobileViT", "MViTv2": "MobileViTv2"}
+#: family colours: distinct hues (tab10, then black and two dark hues), with a marker per family too
+FAMILY_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf", "#000000", "#6b3d9a", "#b15928")
+BUBBLE_MAX = 420          # marker area (pt^2) of the largest bubble
+
+
+def chart_name(label: str) -> str:
+    """A table label with the chart's family spelling (``MViT-XS`` -> ``MobileViT-XS``)."""
+    head, sep, rest = label.partition("-")
+    return CHART_NAMES.get(head, head) + sep + rest
+
+
+def _variant(p: dict) -> str:
+    """The variant part of a point's label (``ConvNeXt-T`` -> ``T``; ``AFFNet`` -> ``AFFNet``)."""
+    label = p["label"]
+    fam = p["family"]
+    for prefix in (fam + "-", "RSB-" + fam + "-"):
+        if label.startswith(prefix):
+            return label[len(prefix):]
+    return label
+
+
+def _fit_bubbles(fig, ax, sizes_pt2: list[float]) -> None:
+    """Widen the data limits until every bubble (area in pt^2) lies inside the axes."""
+    import numpy as np
+    pts = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
+    radius_px = 1.25 * np.sqrt(np.asarray(sizes_pt2) / np.pi) * fig.dpi / 72 + 2   # squares, triangles reach further
+    for _ in range(3):
+        fig.draw_without_rendering()
+        box = ax.get_window_extent()
+        xy = ax.transData.transform(pts)
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        sx, sy = (x1 - x0) / box.width, (y1 - y0) / box.height
+        ax.set_xlim(min(x0, float(((xy[:, 0] - radius_px) - box.x0).min() * sx + x0)),
+                    max(x1, float(x1 - (box.x1 - (xy[:, 0] + radius_px)).min() * sx)))
+        ax.set_ylim(min(y0, float(((xy[:, 1] - radius_px) - box.y0).min() * sy + y0)),
+                    max(y1, float(y1 - (box.y1 - (xy[:, 1] + radius_px)).min() * sy)))
+
+
 def _draw(points: list[dict], axes: tuple, size_key: str, title: str):
-    from spectrascope.report.style import new_figure
-    fig = new_figure(5.2 * len(axes), 4.2)
+    from spectrascope.report.style import COLUMN_WIDTH, MARKERS, PAGE_WIDTH, active_style, footnote, new_figure
+    narrow = active_style().width == COLUMN_WIDTH            # a column: panels stacked, legend below
+    points = [dict(p, label=chart_name(p["label"]), family=CHART_NAMES.get(p["family"], p["family"]))
+              for p in points]                     # the charts' spelling; points.csv keeps the tables'
+
+    fig = new_figure(COLUMN_WIDTH, 2.3 * len(axes) + 1.4) if narrow else \
+        new_figure(PAGE_WIDTH if len(axes) > 1 else 4.6, 3.2)
     fams = list(dict.fromkeys(p["family"] for p in points))
-    mpl = __import__("matplotlib")
-    palette = list(mpl.colormaps["tab10"].colors) + list(mpl.colormaps["Dark2"].colors)
     scale = max(p[f"{size_key}_m" if size_key == "params" else "flops_g"] for p in points) or 1.0
-    for i, ax_key in enumerate(axes):
-        ax = fig.add_subplot(1, len(axes), i + 1)
+    fig.spectrascope_bubbles = []
+    panels = fig.subplots(len(axes), 1, squeeze=False)[:, 0] if narrow else fig.subplots(1, len(axes), squeeze=False)[0]
+    for ax, ax_key in zip(panels, axes):
+        sizes = []
         for k, fam in enumerate(fams):
             sel = [p for p in points if p["family"] == fam]
+            colour, marker = FAMILY_COLORS[k % len(FAMILY_COLORS)], MARKERS[k % len(MARKERS)]
             xs = [p["flops_g"] if ax_key == "flops" else p["params_m"] for p in sel]
-            ss = [30 + 900 * (p["params_m"] if size_key == "params" else p["flops_g"]) / scale for p in sel]
+            ss = [20 + BUBBLE_MAX * (p["params_m"] if size_key == "params" else p["flops_g"]) / scale for p in sel]
             for counted in (True, False):
                 idx = [j for j, p in enumerate(sel) if (p["source"] != "paper") == counted]
                 if idx:
                     ax.scatter([xs[j] for j in idx], [sel[j]["top1"] for j in idx], s=[ss[j] for j in idx],
-                               alpha=0.55, color=palette[k % len(palette)], label=fam if counted or len(idx) == len(sel)
-                               else None, edgecolors="k" if counted else "none", linewidths=0.8 if counted else 0)
-            ax.plot(xs, [p["top1"] for p in sel], color=palette[k % len(palette)], lw=0.8, alpha=0.7)
+                               alpha=0.55, color=colour, marker=marker,
+                               label=fam if counted or len(idx) == len(sel) else None,
+                               edgecolors="k" if counted else "none", linewidths=0.8 if counted else 0)
+                    sizes += [ss[j] for j in idx]
+            ax.plot(xs, [p["top1"] for p in sel], color=colour, lw=0.8, alpha=0.7)
+            for x, p in zip(xs, sel):
+                ax.annotate(_variant(p), (x, p["top1"]), xytext=(0, 0), textcoords="offset points", ha="center",
+                            va="center", fontsize=6, color="0.1")
         ax.set_xlabel("FLOPs (G)" if ax_key == "flops" else "Parameters (M)")
         ax.set_ylabel("ImageNet-1K top-1 (%)")
         ax.grid(alpha=0.3)
-    legend = fig.axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        fig.spectrascope_bubbles.append((ax, sizes))
+    handles, labels = panels[-1].get_legend_handles_labels()
+    if narrow:
+        legend = panels[-1].legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=3,
+                                   frameon=False, borderaxespad=0.0, columnspacing=0.8, handletextpad=0.2)
+    else:
+        legend = panels[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False,
+                                   borderaxespad=0.0)
     for handle in legend.legend_handles:
         handle.set_sizes([40])
-    fig.suptitle(title + "\n(black edge: our count; no edge: the paper's numbers)", fontsize=9)
+    fig.suptitle(title)
+    footnote(fig, "black edge: our count; no edge: the paper's numbers; bubble area: "
+             + ("parameters" if size_key == "params" else "FLOPs") + "; labels: the variants")
+    def refit():
+        for ax, sizes in fig.spectrascope_bubbles:
+            _fit_bubbles(fig, ax, sizes)
+    fig.spectrascope_on_resize = [refit]
+    refit()
     return fig
 
 

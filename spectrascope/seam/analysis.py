@@ -73,11 +73,26 @@ class Needs:
 
 @dataclass(frozen=True)
 class Style:
-    """How figures are drawn: the formats written and options of the analysis's figures
-    (``cmap``, ``freq_axis`` ...), as given to ``report`` and ``draw``."""
+    """How figures are drawn: the formats written, options of the analysis's figures (``cmap``,
+    ``freq_axis`` ...), the figure style (``--style``: paper, column, page, notebook) and the
+    columns of wrapped grids (``--ncols``), as given to ``report`` and ``draw``.
+
+    The seam draws every report inside ``report.style.use_style(style.preset, style.ncols)``, so
+    every figure written through ``report.style.save_figure`` takes the style's width and text
+    sizes; ``ncols`` is what ``report.style.wrap_columns`` returns for wrapped grids. None keeps
+    the enclosing style (``paper`` outside any).
+    """
 
     formats: tuple[str, ...] = ("png", "pdf")
     options: Mapping[str, Any] = None
+    preset: str | None = None
+    ncols: int | None = None
+
+    @classmethod
+    def of(cls, params: "Params", **more) -> "Style":
+        """The style of a run's ``--style`` / ``--ncols`` (``more``: other fields); options left at their
+        defaults keep the enclosing style (a recipe's), else ``paper``."""
+        return cls(preset=params.get("style") if params.given("style") else None, ncols=params.get("ncols"), **more)
 
     def get(self, name: str, default=None):
         value = (self.options or {}).get(name)
@@ -153,6 +168,7 @@ class Analysis:
             groups.append(so.SEED)
         if n.output:
             groups.append(so.OUTPUT)
+            groups.append(so.STYLE)
         out = []
         for o in (o for g in groups for o in g):
             if o.name in cls.without:

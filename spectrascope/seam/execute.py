@@ -29,6 +29,7 @@ from spectrascope.engine.device import resolve_device
 from spectrascope.engine.runner import RunConfig, Runner, progress_scope
 from spectrascope.errors import OptionError
 from spectrascope.io.results import StagedOutput, Stopwatch, default_output_dir, provenance, write_json
+from spectrascope.report.style import use_style
 from spectrascope.seam.analysis import Analysis, Params, Style
 from spectrascope.seam.context import Context, model_specs
 from spectrascope.seam.registry import get
@@ -119,7 +120,9 @@ def write_result(analysis: Analysis, result: Result, folder, style: Style | None
             import numpy as np
             np.savez_compressed(folder / name, **{k: np.asarray(v) for k, v in arrays.items()})
             written.append(name)
-    written += [w for w in (analysis.report(result, folder, style or Style()) or []) if w not in written]
+    style = style or Style()
+    with use_style(style.preset, style.ncols):
+        written += [w for w in (analysis.report(result, folder, style) or []) if w not in written]
     result.files = written
     write_json(folder / "results.json", result.to_json())
     return ["results.json"] + written
@@ -171,7 +174,7 @@ def execute(analysis: Analysis, params: Params, *, write: bool = True, progress:
                 result = analysis.run(ctx)
             _finish(ctx, result, clock, caught)
             if folder is not None:
-                write_result(analysis, result, folder, style)
+                write_result(analysis, result, folder, style or Style.of(params))
         output = stage.final if stage is not None else None
         main = d.main
         if main and output is not None:
@@ -204,6 +207,8 @@ def run(analysis: str | Analysis, **options: Any) -> Result:
     a = get(analysis) if isinstance(analysis, str) else analysis
     progress = bool(options.pop("progress", False))
     style = options.pop("style", None)
+    if isinstance(style, str):                 # style="column": the --style option
+        options["style"], style = style, None
     params = a.params(options)
     write = params.get("output") is not None
     return execute(a, params, write=write, progress=progress, style=style).result

@@ -13,7 +13,8 @@ The shared options are grouped by what an analysis needs (see ``Needs``):
 * ``IMAGES`` / ``LABELLED``: ``--images``, ``--data``, ``--num-images``, ``--batch-size``;
 * ``RUNTIME``: ``--device``, ``--amp``, ``--channels-last``, ``--compile``, ``--tf32``, ``--workers``;
 * ``SEED``: ``--seed``;
-* ``OUTPUT``: ``--output``, ``--overwrite``.
+* ``OUTPUT``: ``--output``, ``--overwrite``;
+* ``STYLE``: ``--style``, ``--ncols`` (how the figures are drawn; ``plot`` and ``figure`` take them too).
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from spectrascope.errors import OptionError
 from spectrascope.io.datasets import parse_scalar
 
 __all__ = ["Option", "MAX_SIDE", "parse_img_size", "parse_model_kwargs", "parse_positive", "parse_non_negative",
-           "choice", "MODEL_ONE", "MODEL_MANY", "BATCH", "IMAGES", "LABELLED", "RUNTIME", "SEED", "OUTPUT", "AMP_CHOICES",
-           "SHARED_NAMES"]
+           "choice", "MODEL_ONE", "MODEL_MANY", "BATCH", "IMAGES", "LABELLED", "RUNTIME", "SEED", "OUTPUT", "STYLE",
+           "STYLE_CHOICES", "AMP_CHOICES", "SHARED_NAMES"]
 
 #: largest accepted side of an input (px): beyond it no zoo model fits in memory
 MAX_SIDE = 8192
@@ -283,5 +284,17 @@ OUTPUT = (
     Option("overwrite", False, "replace a folder of spectrascope outputs of the same command", type=bool),
 )
 
+#: the figure styles (``report.style.FIGURE_STYLES``)
+STYLE_CHOICES = choice("paper", "column", "page", "notebook")
+#: how the figures are drawn
+STYLE = (
+    Option("style", "paper", "figure style: paper (own size, at most 6.9 in wide), column (3.3 in wide), page "
+                             "(6.9 in wide), notebook (larger text); text >= 7 pt in column and page",
+           type=STYLE_CHOICES),
+    Option("ncols", None, "columns of wrapped figure grids (CAM and context grids, filter grids) [each figure's own]",
+           type=int, metavar="N", parse=parse_positive("--ncols", "a number of columns (an integer >= 1)"),
+           show_default=False),
+)
+
 #: every shared option name (an analysis's own options may not reuse them)
-SHARED_NAMES = frozenset(o.name for group in (MODEL_MANY, IMAGES, RUNTIME, SEED, OUTPUT) for o in group)
+SHARED_NAMES = frozenset(o.name for group in (MODEL_MANY, IMAGES, RUNTIME, SEED, OUTPUT, STYLE) for o in group)

@@ -15,6 +15,8 @@ from typing import Mapping
 
 from spectrascope.errors import OptionError, OutputError
 from spectrascope.io.results import StagedOutput, read_manifest, record_outputs
+from spectrascope.report.style import use_style
+from spectrascope.seam import options as so
 from spectrascope.seam.analysis import Style
 from spectrascope.seam.registry import get
 from spectrascope.seam.result import load_result
@@ -55,7 +57,7 @@ def _into_results_folder(analysis, result, folder: Path, style: Style) -> list[P
 
 
 def redraw(results, output=None, *, formats=("png", "pdf"), overwrite: bool = False,
-           options: Mapping | None = None) -> list[Path]:
+           options: Mapping | None = None, style: str | None = None, ncols: int | None = None) -> list[Path]:
     """Draw the figures of a results.json again.
 
     Args:
@@ -64,17 +66,22 @@ def redraw(results, output=None, *, formats=("png", "pdf"), overwrite: bool = Fa
         formats: file formats (png, pdf, svg).
         overwrite: replace an earlier ``plot`` folder given as ``output``.
         options: figure options of the analysis (``cmap``, ``freq_axis`` ...).
+        style: the figure style (paper, column, page, notebook; default paper).
+        ncols: columns of wrapped grids (default: each figure's own).
 
     Returns:
         The files written.
     """
     result = load_result(results)
     analysis = get(result.analysis)
-    style = Style(tuple(formats), draw_options(analysis, dict(options or {})))
+    declared = {o.name: o for o in so.STYLE}
+    style = Style(tuple(formats), draw_options(analysis, dict(options or {})), declared["style"].convert(style),
+                  declared["ncols"].convert(ncols))
     folder = Path(result.output).resolve()
     target = Path(output).resolve() if output else folder
-    if target == folder:
-        return _into_results_folder(analysis, result, folder, style)
-    with StagedOutput(target, command="plot", overwrite=overwrite) as stage:
-        names = list(analysis.draw(result, stage, style))
+    with use_style(style.preset, style.ncols):
+        if target == folder:
+            return _into_results_folder(analysis, result, folder, style)
+        with StagedOutput(target, command="plot", overwrite=overwrite) as stage:
+            names = list(analysis.draw(result, stage, style))
     return [target / n for n in names]
