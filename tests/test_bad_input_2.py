@@ -332,8 +332,16 @@ def test_resuming_a_moved_run_continues_where_it_now_is(tmp_path, assets):
     assert old == assets / "run" and torch.load(assets / "run" / "last.pth", weights_only=True)["epoch"] == 1
 
 
-def test_errors_start_on_their_own_line_after_a_progress_bar(tmp_path):
-    """A progress bar ends with a carriage return: the Error line still starts a line of its own."""
+def test_errors_start_on_their_own_line_after_a_progress_bar(tmp_path, monkeypatch):
+    """A progress bar ends with a carriage return: the Error line still starts a line of its own.
+    (Bars are drawn on terminals only; here they are drawn on the runner's captured stderr.)"""
+    import tqdm.auto
+    real = tqdm.auto.tqdm
+
+    def drawn(*args, **kwargs):
+        kwargs["disable"] = False
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tqdm.auto, "tqdm", drawn)
     res = CliRunner().invoke(main, ["cka", "--model-a", "dfformer_s18", "--model-b", "dfformer_s18", *TINY,
                                     "--img-size", "32", "--num-images", "2", "--output", str(tmp_path / "o")])
     assert res.exit_code == 2 and "%|" in res.stderr, res.stderr

@@ -195,6 +195,12 @@ def _cam(progress: bool):
 def test_score_cam_progress_bar_on_a_terminal_only(monkeypatch):
     """A bar per model over the images (with the rate and ETA) and one per image over the masks, on
     stderr when it is a terminal and the progress switch is on; nothing otherwise."""
+    import tqdm.auto
+    real = tqdm.auto.tqdm
+
+    def every_step(*args, **kwargs):          # redraw at every step (a fast run otherwise skips 2/2)
+        return real(*args, mininterval=0, miniters=1, **kwargs)
+    monkeypatch.setattr(tqdm.auto, "tqdm", every_step)
     term = _Terminal()
     monkeypatch.setattr(sys, "stderr", term)
     _cam(progress=True)

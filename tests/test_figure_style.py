@@ -283,7 +283,9 @@ def test_cam_grid_wraps_with_class_probability_boxes_title_and_pdf(tmp_path, cam
     assert len(rows) == 2                                        # 6 images x 2 panels, 4 images per row
     title = fig._suptitle.get_window_extent(r)
     assert all(title.y0 >= ax.get_window_extent(r).y1 for ax in panels)          # never over an image
-    assert "at stages.3" in fig._suptitle.get_text() and fig._suptitle.get_text().startswith("DFFormer-S18")
+    tap = cam_result.models[0]["target_tap"]                  # the tap name (1-based stages), e.g. stage1 at 32 px
+    assert tap.startswith("stage") and f"at {tap}" in fig._suptitle.get_text()
+    assert fig._suptitle.get_text().startswith("DFFormer-S18")
     e = cam_result.models[0]
     notes = [ax.get_xlabel() for ax in panels[1::2]]
     assert notes == [f"class {c}\np={p:.2g}" for c, p in zip(e["classes"], e["class_probability"])]

@@ -170,7 +170,8 @@ def draw_cam(result, folder, style) -> list[str]:
     cell_notes = [[""] + [notes[c][i] for c in names[1:]] for i in range(len(result.images))]
     title = cam_title(result.method, (result.models[0].get("flavour") or "gradcam-lib") if result.models else "",
                       any(not e.get("checkpoint") for e in result.models))
-    targets = list(dict.fromkeys(e.get("target_layer") for e in result.models if e.get("target_layer")))
+    targets = list(dict.fromkeys(e.get("target_tap") or e.get("target_layer") for e in result.models
+                                 if e.get("target_tap") or e.get("target_layer")))    # the tap name: 1-based stages
     if len(targets) == 1:
         head, _, rest = title.partition("\n")
         title = f"{head} at {targets[0]}" + (f"\n{rest}" if rest else "")
