@@ -55,10 +55,9 @@ from spectrascope.errors import InternalError, OutputError, OutputExistsError
 from spectrascope.io.claims import FolderClaim, fingerprint
 from spectrascope.io.failures import WriteError, describe_oserror, is_write_failure, write_error
 
-__all__ = ["SCHEMA_VERSION", "MANIFEST", "default_output_dir", "check_output", "check_output_file", "StagedOutput",
-           "staged_output",
-           "read_manifest", "record_outputs", "atomic_write", "write_checkpoint", "write_json", "dumps", "loads", "write_csv", "provenance",
-           "library_versions", "device_info", "Stopwatch"]
+__all__ = ["SCHEMA_VERSION", "MANIFEST", "default_output_dir", "check_output", "check_output_file", "find_nonfinite",
+           "StagedOutput", "staged_output", "read_manifest", "record_outputs", "atomic_write", "write_checkpoint",
+           "write_json", "dumps", "loads", "write_csv", "provenance", "library_versions", "device_info", "Stopwatch"]
 
 #: version of the results.json layout (2: every analysis writes ``{"schema_version", "analysis", <result
 #: fields>, "provenance"}`` through the analysis seam; 1: the per-command layouts before it)
@@ -515,17 +514,18 @@ def _jsonable(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _find_nonfinite(o, path="$"):
+def find_nonfinite(o, path: str = "$") -> str | None:
+    """The JSON path of the first NaN/inf in ``o`` (``$.models[0].curve[3]``), or None."""
     if isinstance(o, float):
         return None if math.isfinite(o) else path
     if isinstance(o, Mapping):
         for k, v in o.items():
-            hit = _find_nonfinite(v, f"{path}.{k}")
+            hit = find_nonfinite(v, f"{path}.{k}")
             if hit:
                 return hit
     elif isinstance(o, (list, tuple)):
         for i, v in enumerate(o):
-            hit = _find_nonfinite(v, f"{path}[{i}]")
+            hit = find_nonfinite(v, f"{path}[{i}]")
             if hit:
                 return hit
     return None
@@ -537,7 +537,7 @@ def dumps(payload, indent: int | None = 1) -> str:
         return json.dumps(payload, indent=indent, default=_jsonable, allow_nan=False)
     except ValueError:
         plain = json.loads(json.dumps(payload, default=_jsonable, allow_nan=True))
-        raise InternalError(f"a non-finite number reached the results at {_find_nonfinite(plain)}; "
+        raise InternalError(f"a non-finite number reached the results at {find_nonfinite(plain)}; "
                             "it must be reported (and written as null) by the code that produced it") from None
 
 

@@ -294,8 +294,7 @@ def spectrum_figure(payload: Mapping, *, cmap: str = SPECTRUM_CMAP, shared_scale
     maps = [[np.asarray(t["map"], dtype=float) for t in m["taps"]] for m in models]
     if active_style().width == COLUMN_WIDTH and cols > 3 and rows < cols:
         return _spectrum_columns(payload, maps, cmap=cmap, vmin_vmax=_scale(maps, shared_scale), title=title)
-    allv = np.concatenate([a.ravel() for row in maps for a in row])
-    vmin, vmax = (float(np.nanmin(allv)), float(np.nanmax(allv))) if shared_scale else (None, None)
+    vmin, vmax = _scale(maps, shared_scale)
     limits = _common_limits([a.shape for row in maps for a in row])
     fig = new_figure(1.5 * cols + 1.2, 1.5 * rows + 0.7)
     with matplotlib.rc_context(PAPER_RC):

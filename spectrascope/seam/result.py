@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
 from spectrascope.errors import DataError, InternalError, NonFiniteError
-from spectrascope.io.results import SCHEMA_VERSION
+from spectrascope.io.results import SCHEMA_VERSION, find_nonfinite
 
 __all__ = ["Result", "load_result", "read_results", "find_nonfinite", "SCHEMA_VERSION"]
 
@@ -132,23 +131,6 @@ def _typed(value, hint, where: str):
     if origin is dict and len(args) == 2 and isinstance(value, dict):
         return {k: _typed(v, args[1], f"{where}.{k}") for k, v in value.items()}
     return value
-
-
-def find_nonfinite(o, path: str = "$") -> str | None:
-    """The JSON path of the first NaN/inf in ``o``, or None."""
-    if isinstance(o, float):
-        return None if math.isfinite(o) else path
-    if isinstance(o, dict):
-        for k, v in o.items():
-            hit = find_nonfinite(v, f"{path}.{k}")
-            if hit:
-                return hit
-    elif isinstance(o, (list, tuple)):
-        for i, v in enumerate(o):
-            hit = find_nonfinite(v, f"{path}[{i}]")
-            if hit:
-                return hit
-    return None
 
 
 def read_results(path) -> tuple[dict, Path]:
