@@ -458,3 +458,31 @@ def test_localisation_scores_on_hand_made_maps():
     s = localisation_scores(cam, boxes)
     assert s["pointing_accuracy"] == pytest.approx(2 / 3)
     assert energy_in_box(torch.zeros(1, 4, 4), [[(0, 0, 2, 2)]]).isnan().all()
+
+
+def test_largest_activation_asked_once_per_input_shape(tiny):
+    """The memory estimate of the automatic batch is one probed forward per model and input shape:
+    a second Score-CAM call of the same shape runs one forward fewer, with the same maps."""
+    from spectrascope.engine import cam as cam_mod
+    model, t = tiny
+    x = t["input"]
+    cam_mod._LARGEST.pop(model, None)
+    counts, maps = [], []
+    for _ in range(2):
+        counter = CountingForward(model)
+        try:
+            maps.append(score_cam(model, "features.7", x, CLASSES))
+        finally:
+            counter.h.remove()
+        counts.append(len(counter.sizes))
+    assert counts[1] == counts[0] - 1
+    assert torch.equal(maps[0], maps[1])
+    first = cam_mod.largest_activation(model, x[:1])
+    assert first == cam_mod._largest_activation(model, x[:1], None)    # the kept answer is the probed one
+    counter = CountingForward(model)
+    try:
+        small = torch.nn.functional.interpolate(x, size=(16, 16))
+        assert cam_mod.largest_activation(model, small[:1]) < first      # another shape: probed again
+        assert len(counter.sizes) == 1
+    finally:
+        counter.h.remove()

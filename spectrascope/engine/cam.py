@@ -25,6 +25,7 @@ Comma-separated targets give one map per layer, averaged as pytorch-grad-cam doe
 from __future__ import annotations
 
 import contextlib
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -560,9 +561,25 @@ def _bar(progress: bool, total: int):
     return progress_bar(total, "score-cam", unit="mask", enabled=progress)
 
 
+#: ``largest_activation``'s answers per model: {(input shape, dtype, device, memory format, modules): bytes}
+_LARGEST: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def largest_activation(model: nn.Module, x: torch.Tensor, runner: Runner | None = None) -> int:
     """Bytes of the largest leaf-module output for one sample (a per-sample memory estimate),
-    read by a probe on every leaf module during one forward of ``x``."""
+    read by a probe on every leaf module during one forward of ``x``. The answer depends only on
+    the architecture and the input's shape, so it is kept per model and asked once per input
+    shape, dtype, device and memory format (a model whose modules change is asked again)."""
+    cfg = runner.config if runner is not None else None
+    key = (tuple(x.shape[1:]), x.dtype, str(x.device), bool(cfg and cfg.channels_last), cfg and cfg.amp,
+           sum(1 for _ in model.modules()))
+    known = _LARGEST.setdefault(model, {})
+    if key not in known:
+        known[key] = _largest_activation(model, x, runner)
+    return known[key]
+
+
+def _largest_activation(model: nn.Module, x: torch.Tensor, runner: Runner | None) -> int:
     largest = [0]
 
     def seen(_tap, t):
