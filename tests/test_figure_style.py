@@ -15,6 +15,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.text import Text
 from PIL import Image
 
+from spectrascope import plot
 from spectrascope.cli import main
 from spectrascope.report import amplitude as ra
 from spectrascope.report import cam as rcam
@@ -95,6 +96,8 @@ def test_column_style_figures_are_3_3_in_wide_with_text_of_at_least_7_pt(tmp_pat
     for stem in ("amplitude", "highfreq"):
         w, _ = _png_inches(out / f"{stem}.png")
         assert w == pytest.approx(COLUMN_WIDTH, abs=0.02), stem
+    prov = json.loads((out / "results.json").read_text())["provenance"]
+    assert (prov["figure_style"], prov["figure_ncols"]) == ("column", None)     # how the figures were drawn
     with use_style("column"):
         for stem, fig in ra.figures_for(amplitude_doc).items():
             fit_figure(fig)
@@ -115,6 +118,10 @@ def test_page_style_is_6_9_in_and_paper_caps_wide_figures_at_a_page(tmp_path):
     assert fig.get_figwidth() <= PAGE_WIDTH + 0.02
     assert max(t.get_fontsize() for t in _texts(fig)) <= 9.0
     assert res.output is not None
+    assert res.provenance["figure_style"] == "page"
+    plot(tmp_path / "page", formats=("png",), style="notebook", ncols=1)     # redrawn in place
+    prov = json.loads((tmp_path / "page" / "results.json").read_text())["provenance"]
+    assert (prov["figure_style"], prov["figure_ncols"]) == ("notebook", 1)
 
 
 def test_style_and_ncols_are_shared_options_on_every_command_plot_and_figure(tmp_path):

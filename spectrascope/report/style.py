@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["PAPER_RC", "DEPTH_CMAP", "SPECTRUM_CMAP", "MARKERS", "RANDOM_COLOR", "new_figure", "save_figure",
            "check_cmap", "FigureStyle", "FIGURE_STYLES", "STYLE_NAMES", "COLUMN_WIDTH", "PAGE_WIDTH", "use_style",
-           "active_style", "fit_figure", "wrap_columns", "PAPER_NAMES", "paper_name", "add_colorbar", "footnote"]
+           "active_style", "active_ncols", "fit_figure", "wrap_columns", "PAPER_NAMES", "paper_name", "add_colorbar", "footnote"]
 
 #: rc settings applied to every figure of the toolkit
 PAPER_RC = {
@@ -132,6 +132,11 @@ def use_style(name: str | None = None, ncols: int | None = None) -> Iterator[Fig
 def active_style() -> FigureStyle:
     """The figure style set by the innermost :func:`use_style` (``paper`` outside any)."""
     return _ACTIVE.get()[0]
+
+
+def active_ncols() -> int | None:
+    """The ``--ncols`` set by the innermost :func:`use_style` (None: each grid's own columns)."""
+    return _ACTIVE.get()[1]
 
 
 def wrap_columns(n: int, default: int | None = None, ncols: int | None = None) -> int:

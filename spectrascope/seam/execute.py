@@ -29,7 +29,7 @@ from spectrascope.engine.device import resolve_device
 from spectrascope.engine.runner import RunConfig, Runner, progress_scope
 from spectrascope.errors import OptionError
 from spectrascope.io.results import StagedOutput, Stopwatch, default_output_dir, provenance, write_json
-from spectrascope.report.style import use_style
+from spectrascope.report.style import active_ncols, use_style
 from spectrascope.seam.analysis import Analysis, Params, Style
 from spectrascope.seam.context import Context, model_specs
 from spectrascope.seam.registry import get
@@ -121,8 +121,11 @@ def write_result(analysis: Analysis, result: Result, folder, style: Style | None
             np.savez_compressed(folder / name, **{k: np.asarray(v) for k, v in arrays.items()})
             written.append(name)
     style = style or Style()
-    with use_style(style.preset, style.ncols):
+    with use_style(style.preset, style.ncols) as drawn:
         written += [w for w in (analysis.report(result, folder, style) or []) if w not in written]
+        if any(w.endswith((".png", ".pdf", ".svg")) for w in written):     # how this folder's figures were drawn
+            result.provenance = dict(result.provenance or {}, figure_style=drawn.name,
+                                     figure_ncols=active_ncols())
     result.files = written
     write_json(folder / "results.json", result.to_json())
     return ["results.json"] + written

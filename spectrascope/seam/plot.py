@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Mapping
 
 from spectrascope.errors import OptionError, OutputError
-from spectrascope.io.results import StagedOutput, read_manifest, record_outputs
-from spectrascope.report.style import use_style
+from spectrascope.io.results import StagedOutput, read_manifest, record_outputs, write_json
+from spectrascope.io.schema import read_json_doc
+from spectrascope.report.style import active_ncols, active_style, use_style
 from spectrascope.seam import options as so
 from spectrascope.seam.analysis import Style
 from spectrascope.seam.registry import get
@@ -53,6 +54,11 @@ def _into_results_folder(analysis, result, folder: Path, style: Style) -> list[P
         for n in names:
             (folder / n).parent.mkdir(parents=True, exist_ok=True)
             os.replace(Path(tmp) / n, folder / n)
+    if names and "results.json" in listed:                   # results.json says how its figures are drawn now
+        doc = read_json_doc(folder / "results.json", what="results.json")
+        doc["provenance"] = dict(doc.get("provenance") or {}, figure_style=active_style().name,
+                                 figure_ncols=active_ncols())
+        write_json(folder / "results.json", doc)
     return [folder / n for n in names]
 
 
