@@ -413,6 +413,21 @@ def test_highfreq_legend_lies_outside_the_data(amplitude_doc):
     assert _inside_canvas(fig)
 
 
+def test_highfreq_legend_of_a_column_figure_lies_above_the_data_which_keeps_the_width(amplitude_doc):
+    with use_style("column"):
+        fig = ra.highfreq_figure(amplitude_doc)
+        fit_figure(fig)
+    r = _drawn(fig)
+    ax = fig.axes[0]
+    (legend,) = fig.legends
+    assert legend.get_window_extent(r).y0 >= ax.get_window_extent(r).y1        # above the axes
+    assert ax.get_window_extent(r).width >= 0.7 * fig.bbox.width                # the data keep the column
+    assert legend.get_window_extent(r).width <= fig.bbox.width                   # columns that fit
+    label = ax.yaxis.label.get_window_extent(r)
+    assert not legend.get_window_extent(r).overlaps(label)                       # nor over the y label
+    assert _inside_canvas(fig)
+
+
 def test_amplitude_figure_has_no_empty_margin(amplitude_doc):
     fig = ra.amplitude_figure(amplitude_doc)
     r = _drawn(fig)

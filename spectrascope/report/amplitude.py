@@ -219,6 +219,17 @@ def _highfreq_title(models: Sequence[Mapping], payload: Mapping, title: str | No
     return ", ".join(_model_name(m) for m in models) + f": {said}"
 
 
+def _legend_above(fig: Figure, entries: list, width: float) -> None:
+    """A figure legend above the axes in as many columns (at most 3) as fit ``width`` inches."""
+    renderer = fig.canvas.get_renderer()
+    for ncols in range(min(len(entries), 3), 0, -1):
+        legend = fig.legend(handles=entries, loc="outside upper center", ncols=ncols, frameon=False,
+                            columnspacing=1.0, handletextpad=0.4)
+        if ncols == 1 or legend.get_window_extent(renderer).width / fig.dpi <= 0.95 * width:
+            return
+        legend.remove()
+
+
 def highfreq_figure(payload: Mapping, *, cmap: str = DEPTH_CMAP, shade: bool = True,
                     title: str | None = None) -> Figure:
     """Park & Kim Fig. 8: Delta log amplitude at the highest frequency vs normalised depth.
@@ -228,7 +239,9 @@ def highfreq_figure(payload: Mapping, *, cmap: str = DEPTH_CMAP, shade: bool = T
     shading fills its own horizontal band (bottom = first model). ``fig.spectrascope_shading``
     lists the drawn spans (model, x0, x1, kind, ymin, ymax)."""
     models = payload["models"]
-    fig = new_figure(5.6, 2.8)
+    width = active_style().width
+    column = width is not None and width <= COLUMN_WIDTH
+    fig = new_figure(5.6, 4.0 if column else 2.8)       # a column keeps axes as tall as the two-line y label
     with matplotlib.rc_context(PAPER_RC):
         ax = fig.subplots()
         handles = [_highfreq_line(ax, m, k, cmap) for k, m in enumerate(models)]
@@ -238,9 +251,14 @@ def highfreq_figure(payload: Mapping, *, cmap: str = DEPTH_CMAP, shade: bool = T
         ax.autoscale(axis="y")
         ax.set_xlabel("Normalized depth")
         ax.set_ylabel("\u0394 Log amplitude\n(highest frequency)")
-        if len(models) > 1 or drawn:          # beside the axes, never over the data
-            ax.legend(handles=handles + _shade_legend(drawn), loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                      frameon=False, borderaxespad=0.0)
+        if len(models) > 1 or drawn:          # outside the axes, never over the data
+            entries = handles + _shade_legend(drawn)
+            if column:
+                # a column is too narrow to give a third of it to a legend beside the axes: above them
+                _legend_above(fig, entries, width)
+            else:
+                ax.legend(handles=entries, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                          borderaxespad=0.0)
         title = _highfreq_title(models, payload, title)
         if title:
             ax.set_title(title)
