@@ -93,7 +93,7 @@ def analyses(work: Path, runs: dict, width: int) -> dict:
     publish(out / "filters-init" / "basis_filters.png", "filters-init.png", width)
 
     res["cam"] = spectrascope.run("cam", model="dfformer_s18", checkpoint=demo, num_images=4,
-                                  target_layer="stage3", output=out / "cam", **common)
+                                  output=out / "cam", **common)                # default target: stage 2 at 64 px
     publish(out / "cam" / "grid.png", "cam.png", width // 2, colors=48)         # photographs: few colours
 
     spectrascope.run("context", model="spanet_s", model_kwargs=SPANET, img_size=64, num_images=3,

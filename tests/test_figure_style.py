@@ -304,6 +304,28 @@ def test_cam_grid_wraps_with_class_probability_boxes_title_and_pdf(tmp_path, cam
     assert panels[0].get_aspect() == 1.0 and _inside_canvas(fig)
 
 
+def test_cam_grid_shows_the_first_sixteen_images_and_says_so(tmp_path):
+    res = run("cam", model="dfformer_s18", model_kwargs=TINY, img_size=32, data="synthetic", num_images=20,
+              method="gradcam", device="cpu", seed=0)
+    made = []
+    original = rcam.save_figure
+
+    def keep(fig, *a, **kw):
+        made.append(fig)
+        return original(fig, *a, **kw)
+    rcam.save_figure = keep
+    try:
+        files = rcam.draw_cam(res, tmp_path, SimpleNamespace(formats=("png",)))
+    finally:
+        rcam.save_figure = original
+    (fig,) = made
+    assert len(fig.spectrascope_panels) == 2 * rcam.GRID_IMAGES == 32           # input and map of 16 images
+    assert sum(f.startswith("overlays/") for f in files) == 20                 # every image keeps its overlay
+    texts = [t.get_text() for t in fig.texts]
+    assert any("the first 16 of 20 images" in t for t in texts), texts
+    assert _inside_canvas(fig)
+
+
 def test_context_grid_is_written_as_png_and_pdf_and_wraps(tmp_path):
     images = [f"img{i}" for i in range(4)]
     res = SimpleNamespace(images=images, maps_shown={"spg0": "SPG lambda=0.7", "context": "context (sum)"},

@@ -10,10 +10,10 @@ import matplotlib
 import numpy as np
 import torch
 
-from spectrascope.report.style import new_figure, paper_name, save_figure
+from spectrascope.report.style import footnote, new_figure, paper_name, save_figure
 
 __all__ = ["overlay", "denormalize", "to_uint8", "plot_grid", "save_png", "safe_name", "cam_title", "draw_cam",
-           "draw_context", "upscale", "OVERLAY_MIN_SIDE", "GRID_PANELS"]
+           "draw_context", "upscale", "OVERLAY_MIN_SIDE", "GRID_PANELS", "GRID_IMAGES"]
 
 
 def overlay(rgb: np.ndarray, cam: np.ndarray, image_weight: float = 0.5, cmap: str = "jet") -> np.ndarray:
@@ -58,6 +58,9 @@ def save_png(path: Path, arr: np.ndarray) -> None:
 OVERLAY_MIN_SIDE = 256
 #: panels in one row of a grid before it wraps (a column figure: half as many)
 GRID_PANELS = 8
+#: the most images a grid shows (the first ones; every image keeps its own overlay files): a grid of
+#: 64 images is unreadable on a page and takes minutes to lay out
+GRID_IMAGES = 16
 
 
 def upscale(arr: np.ndarray, min_side: int = OVERLAY_MIN_SIDE) -> np.ndarray:
@@ -76,13 +79,14 @@ def _draw_boxes(ax, boxes) -> None:
 
 
 def plot_grid(rows: list[list[np.ndarray]], row_labels, col_labels, directory: Path, title: str,
-              stem: str = "grid", *, formats=("png", "pdf"), notes=None, boxes=None, ncols: int | None = None) -> Path:
+              stem: str = "grid", *, formats=("png", "pdf"), notes=None, boxes=None, ncols: int | None = None,
+              footer: str | None = None) -> Path:
     """Images and their maps, wrapped: one cell per image (its input, then one panel per map column),
     ``ncols`` cells per row (default: the active ``--ncols``, else as many as fit in ``GRID_PANELS``
     panels; half in a column figure). Square pixels; the image's name heads its input panel, the map
     column's name heads each map and ``notes[i][j]`` (e.g. class and probability) is written under it; ``boxes[i]``
-    (x0, y0, x1, y1 in input pixels, half-open) are outlined on every panel of image ``i``.
-    Writes ``directory/stem`` in ``formats``; returns the first file."""
+    (x0, y0, x1, y1 in input pixels, half-open) are outlined on every panel of image ``i``; ``footer`` is
+    written under the grid. Writes ``directory/stem`` in ``formats``; returns the first file."""
     from spectrascope.report.style import COLUMN_WIDTH, active_style, wrap_columns
     per = max(len(r) for r in rows)
     budget = GRID_PANELS // 2 if active_style().width == COLUMN_WIDTH else GRID_PANELS
@@ -115,6 +119,8 @@ def plot_grid(rows: list[list[np.ndarray]], row_labels, col_labels, directory: P
                 ax.set_xlabel(note, fontsize=7, labelpad=2)
             fig.spectrascope_panels.append(ax)
     fig.suptitle(title)
+    if footer:
+        footnote(fig, footer)
     return save_figure(fig, directory, stem, formats=formats, dpi=300)[0]
 
 
@@ -166,8 +172,11 @@ def draw_cam(result, folder, style) -> list[str]:
             notes.setdefault(label, []).append(_cam_notes(entry, i))
             cols["input"].setdefault(image, rgb)
     names = list(cols)
-    rows = [[cols[c][n] for c in names if n in cols[c]] for n in result.images]
-    cell_notes = [[""] + [notes[c][i] for c in names[1:]] for i in range(len(result.images))]
+    shown = list(result.images[:GRID_IMAGES])
+    rows = [[cols[c][n] for c in names if n in cols[c]] for n in shown]
+    cell_notes = [[""] + [notes[c][i] for c in names[1:]] for i in range(len(shown))]
+    footer = (f"the first {len(shown)} of {len(result.images)} images; every image's overlay is in overlays/"
+              if len(shown) < len(result.images) else None)
     title = cam_title(result.method, (result.models[0].get("flavour") or "gradcam-lib") if result.models else "",
                       any(not e.get("checkpoint") for e in result.models))
     targets = list(dict.fromkeys(e.get("target_tap") or e.get("target_layer") for e in result.models
@@ -178,8 +187,9 @@ def draw_cam(result, folder, style) -> list[str]:
     if len(result.models) == 1:
         title = f"{names[1]}: {title}" if len(names) > 1 else title
         names = ["input", ""]
-    boxes = result.boxes if result.boxes and _same_inputs(result) else None
-    out = plot_grid(rows, result.images, names, folder, title, formats=style.formats, notes=cell_notes, boxes=boxes)
+    boxes = result.boxes[:len(shown)] if result.boxes and _same_inputs(result) else None
+    out = plot_grid(rows, shown, names, folder, title, formats=style.formats, notes=cell_notes, boxes=boxes,
+                    footer=footer)
     return [f"grid.{f}" for f in style.formats] + files if out else files
 
 
