@@ -92,9 +92,9 @@ def analyses(work: Path, runs: dict, width: int) -> dict:
                      output=out / "filters-init", **common)
     publish(out / "filters-init" / "basis_filters.png", "filters-init.png", width)
 
-    res["cam"] = spectrascope.run("cam", model="dfformer_s18", checkpoint=demo, num_images=4,
+    res["cam"] = spectrascope.run("cam", model="dfformer_s18", checkpoint=demo, num_images=4, ncols=2,
                                   output=out / "cam", **common)                # default target: stage 2 at 64 px
-    publish(out / "cam" / "grid.png", "cam.png", width // 2, colors=48)         # photographs: few colours
+    publish(out / "cam" / "grid.png", "cam.png", width * 6 // 7, colors=48)     # photographs: few colours
 
     spectrascope.run("context", model="spanet_s", model_kwargs=SPANET, img_size=64, num_images=3,
                      output=out / "context", **common)
@@ -119,7 +119,7 @@ def analyses(work: Path, runs: dict, width: int) -> dict:
 
 def draw_flops(result, width: int, work: Path) -> None:
     """FLOPs by stage of the S18 models: one group of bars per stage."""
-    from spectrascope.report.style import new_figure, save_figure
+    from spectrascope.report.style import new_figure, paper_name, save_figure
 
     counts = result.counts
     totals = [{k: sum(v.values()) for k, v in c.by_stage().items()} for c in counts]
@@ -129,7 +129,7 @@ def draw_flops(result, width: int, work: Path) -> None:
     n = len(counts)
     for i, (c, by) in enumerate(zip(counts, totals)):
         xs = [j + (i - (n - 1) / 2) * 0.8 / n for j in range(len(stages))]
-        ax.bar(xs, [by.get(s, 0) / 1e9 for s in stages], width=0.8 / n, label=c.model)
+        ax.bar(xs, [by.get(s, 0) / 1e9 for s in stages], width=0.8 / n, label=paper_name(c.model))
     ax.set_xticks(range(len(stages)), [st.split()[-1] for st in stages])
     ax.set_xlabel("stage")
     ax.set_ylabel("FLOPs (G, FFTs left out)")
@@ -161,17 +161,21 @@ def draw_predict(result, width: int, work: Path) -> None:
 
 def draw_evaluate(evaluations: dict, runs: dict, width: int, work: Path) -> None:
     """Validation top-1 per epoch of each reduced model (metrics.csv) and its final evaluation."""
-    from spectrascope.report.style import new_figure, save_figure
+    from matplotlib.ticker import MaxNLocator
+
+    from spectrascope.report.style import new_figure, paper_name, save_figure
 
     fig = new_figure(3.6, 2.2)
     ax = fig.add_subplot(1, 1, 1)
     for folder, run in runs.items():
         rows = list(csv.DictReader(open(run / "metrics.csv")))
         epochs = [int(r["epoch"]) for r in rows]
-        line, = ax.plot(epochs, [float(r["top1"]) for r in rows], marker="o", ms=3, label=MODELS[folder][0])
+        line, = ax.plot(epochs, [float(r["top1"]) for r in rows], marker="o", ms=3,
+                        label=f"{paper_name(MODELS[folder][0])} (reduced)")
         ax.plot([epochs[-1]], [evaluations[folder].results["top1"]], marker="*", ms=9, color=line.get_color(),
                 linestyle="none")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title("reduced models on synthetic textures (star: evaluate)")
     ax.axhline(12.5, color="0.6", lw=0.7, ls="--")

@@ -495,3 +495,17 @@ def test_filter_kinds_of_random_weights_say_so(tmp_path):
     assert any("untrained filters get these" in w for w in ctx.warnings)
     doc = json.loads((tmp_path / "dfformer_s18" / "results.json").read_text())
     assert doc["analysis"] == "filters"
+
+
+def test_throughput_figure_names_the_papers_models_beside_the_axes():
+    from spectrascope.report import throughput as rt
+    rows = [{"model": m, "resolution": [s, s], "throughput_img_s": float(v)}
+            for m, k in (("convformer_s18", 1), ("cdfformer_s18", 2)) for s, v in ((64, 40 * k), (128, 20 * k))]
+    fig = rt.figures(rows)["throughput_vs_resolution"]
+    fit_figure(fig)
+    r = _drawn(fig)
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["ConvFormer-S18", "CDFFormer-S18"]
+    assert legend.get_window_extent(r).x0 >= ax.get_window_extent(r).x1        # outside the data
+    assert _inside_canvas(fig)

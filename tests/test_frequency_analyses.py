@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -158,6 +159,12 @@ def test_two_models_share_one_colour_scale_and_are_told_apart(tmp_path):
     assert [m["label"] for m in doc["models"]] == ["dfformer_s18 (w.pth)", "dfformer_s18 (random weights)"]
     assert doc["models"][0]["weights_sha256"] != doc["models"][1]["weights_sha256"]
     assert "random weights" in res.output
+    from spectrascope.report import frequency as rfq       # figures print the papers' names
+    made = []
+    with mock.patch.object(rfq, "save_figure", lambda fig, *a, **kw: made.append(fig) or []):
+        rfq.draw_heatmaps(spectrascope.load_result(tmp_path / "two"), tmp_path / "two", None)
+    titles = [ax.get_title().split("\n")[0] for ax in made[0].axes if ax.get_title()]
+    assert titles == ["DFFormer-S18 (w.pth)", "DFFormer-S18 (random weights)"], titles
 
 
 def test_a_timm_model_at_a_non_square_size_equals_the_direct_loop(tmp_path):

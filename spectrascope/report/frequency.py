@@ -23,7 +23,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.patches import Ellipse, Patch
 
 from spectrascope.io.results import write_csv
-from spectrascope.report.style import MARKERS, PAPER_RC, check_cmap, new_figure, save_figure
+from spectrascope.report.style import MARKERS, PAPER_RC, check_cmap, new_figure, paper_name, save_figure
 
 __all__ = ["checked_cmap", "COLORS", "write_heatmap_csv", "draw_heatmaps", "draw_curves", "write_rows",
            "draw_noise", "draw_filter", "draw_sensitivity", "draw_corruptions", "draw_corruption_spectra"]
@@ -45,6 +45,14 @@ def _paper(fn):
 def checked_cmap(name):
     """``name`` when matplotlib knows the colour map, else a one-line ``OptionError`` naming ``--cmap``."""
     return check_cmap(name, "--cmap")
+
+
+def _shown(m: dict) -> str:
+    """A model's label as figures print it: the paper's name for the registry name it starts with
+    (results keep the registry name)."""
+    label = str(m.get("label") or m.get("model") or "")
+    name = str(m.get("model") or label.split(" (")[0])
+    return paper_name(name) + label[len(name):] if name and label.startswith(name) else label
 
 
 def _formats(style) -> tuple[str, ...]:
@@ -163,7 +171,7 @@ def _draw_map_panels(result, key: str, label: str, stem: str, folder, style, tit
         if k == 0:
             ax.set_ylabel(r"$f_y$ (cycles per image height)")
         c = m["clean"]
-        ax.set_title(f"{m['label']}\nclean error {c['error']:.3f}, {H}x{W} px")
+        ax.set_title(f"{_shown(m)}\nclean error {c['error']:.3f}, {H}x{W} px")
     bar = fig.colorbar(im, cax=cax)
     bar.set_label(label)
     if any(m.get("class_bands") for m in result.models):
@@ -263,7 +271,7 @@ def draw_noise(result, folder, style) -> list[str]:
     ax = fig.add_subplot(1, 1, 1)
     bands = _shade_bands(ax, result.data.get("class_bands"))
     draw_curves(ax, [{"x": m["centres"], "y": m["error"], "low": m["error_low"], "high": m["error_high"],
-                      "label": m["label"], "clean": m["clean"]["error"]} for m in result.models])
+                      "label": _shown(m), "clean": m["clean"]["error"]} for m in result.models])
     ax.set_xlabel("centre frequency of the noise band (cycles per pixel)")
     ax.set_ylabel("top-1 error")
     ax.set_xlim(0, max(max(m["centres"]) for m in result.models) * 1.02 + 1e-9)
@@ -297,7 +305,7 @@ def draw_filter(result, folder, style) -> list[str]:
             acc = [1 - curve["error"][i] for i in keep]
             series.append({"x": [curve["radius"][i] for i in keep], "y": acc,
                            "low": [1 - curve["error_high"][i] for i in keep],
-                           "high": [1 - curve["error_low"][i] for i in keep], "label": m["label"],
+                           "high": [1 - curve["error_low"][i] for i in keep], "label": _shown(m),
                            "clean": 1 - m["clean"]["error"]})
         draw_curves(ax, series)
         ax.set_title(f"{kind}-pass: keeps {'d <= r' if kind == 'low' else 'd > r'}")
@@ -325,7 +333,7 @@ def draw_sensitivity(result, folder, style) -> list[str]:
     ax = fig.add_subplot(1, 1, 1)
     bands = _shade_bands(ax, result.data.get("class_bands"))
     draw_curves(ax, [{"x": m["radius_cycles"], "y": m["profile"], "low": m.get("profile_low"),
-                      "high": m.get("profile_high"), "label": m["label"]} for m in result.models], clean_key=None)
+                      "high": m.get("profile_high"), "label": _shown(m)} for m in result.models], clean_key=None)
     ax.set_xlabel("radial frequency (cycles per pixel of the shorter side)")
     ax.set_ylabel("share of the gradient's power")
     ax.set_ylim(bottom=0)
@@ -350,7 +358,7 @@ def _power_maps(result, maps, folder, style) -> list[str]:
                        norm=LogNorm(vmin, max(vmax, vmin * 1.0001)), interpolation="nearest", aspect="equal")
         _band_rings(ax, m.get("class_bands"), H, W)
         ax.set_xlabel(r"$f_x$ (cycles per image width)")
-        ax.set_title(m["label"])
+        ax.set_title(_shown(m))
     axes[0].set_ylabel(r"$f_y$ (cycles per image height)")
     bar = fig.colorbar(im, cax=cax)
     bar.set_label(r"mean $|\mathrm{FFT}(\nabla_x \mathrm{loss})|^2$ (channel mean)")
@@ -386,7 +394,7 @@ def draw_corruptions(result, folder, style) -> list[str]:
     for k, m in enumerate(result.models):
         color = COLORS[k % len(COLORS)]
         ax.bar(x - 0.4 + width * (k + 0.5), [m["per_corruption"][c]["error"] for c in names], width, color=color,
-               label=f"{m['label']} (mean {m['mean_error']:.3f})")
+               label=f"{_shown(m)} (mean {m['mean_error']:.3f})")
         ax.axhline(m["clean"]["error"], color=color, ls=":", lw=0.8)
     ax.set_xticks(x, [c.replace("_", " ") for c in names], rotation=60, ha="right")
     ax.set_ylabel("top-1 error (mean over severities)")
@@ -405,7 +413,7 @@ def _severity_panels(result, folder, style) -> list[str]:
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
     for j, c in enumerate(names):
         ax = axes.flat[j]
-        draw_curves(ax, [{"x": result.severities, "y": m["per_corruption"][c]["by_severity"], "label": m["label"],
+        draw_curves(ax, [{"x": result.severities, "y": m["per_corruption"][c]["by_severity"], "label": _shown(m),
                           "clean": m["clean"]["error"]} for m in result.models])
         ax.set_title(c.replace("_", " "), fontsize=7)
         ax.set_ylim(0, 1)
@@ -457,7 +465,7 @@ def draw_corruption_spectra(result, folder, style) -> list[str]:
         ext = (-(W // 2) - 0.5, (W - 1) // 2 + 0.5, -(H // 2) - 0.5, (H - 1) // 2 + 0.5)
         if name == "heatmap":
             im_h = ax.imshow(arr, origin="lower", extent=ext, cmap="viridis", interpolation="nearest", aspect="equal")
-            ax.set_title(f"heat map: {result.heatmap['label']}", fontsize=6)
+            ax.set_title(f"heat map\n{_shown(result.heatmap)}", fontsize=6)
         else:
             im_s = ax.imshow(np.where(arr > 0, arr, norm.vmin), origin="lower", extent=ext,
                              cmap=_cmap(style, "magma"), norm=norm, interpolation="nearest", aspect="equal")

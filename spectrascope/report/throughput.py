@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from spectrascope.report.style import MARKERS, new_figure
+from spectrascope.report.style import MARKERS, new_figure, paper_name
 
 __all__ = ["figures"]
 
 
 def figures(rows: Sequence[dict], *, labels=None, title_suffix: str = "") -> dict:
-    """Throughput vs resolution and (CUDA) peak memory vs resolution, one line per model."""
+    """Throughput vs resolution and (CUDA) peak memory vs resolution, one line per model (``labels``:
+    model -> legend text; default: the papers' names), the legend beside the axes."""
     labels = labels or {}
     out = {}
     metrics = [("throughput", "throughput_img_s", "throughput (images / s)")]
@@ -24,11 +25,11 @@ def figures(rows: Sequence[dict], *, labels=None, title_suffix: str = "") -> dic
             pts = [(r["resolution"][0], r[key]) for r in rows if r["model"] == name and r.get(key) is not None]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], label=labels.get(name, name))
+                ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], label=labels.get(name) or paper_name(name))
         ax.set_xlabel("input resolution (px)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{ylabel.split(' (')[0].capitalize()} vs resolution{title_suffix}", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, borderaxespad=0.0)
         ax.grid(alpha=0.3)
         out[f"{stem}_vs_resolution"] = fig
     return out
