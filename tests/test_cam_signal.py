@@ -12,6 +12,7 @@ changed, stage 4 (a 2x2 map at 64 px) scored 0.06 on the trained model."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,22 @@ MODEL, KWARGS, DATA, _EPOCHS = recipe.MODELS["synthetic-demo"]
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The last checkpoint of the documentation's DFFormer (four epochs on synthetic:patch=0.75)."""
-    return recipe.train(tmp_path_factory.mktemp("cam-signal"), "synthetic-demo") / "last.pth"
+    """The last checkpoint of the documentation's DFFormer (four epochs on synthetic:patch=0.75),
+    trained on the CPU, where training is deterministic, whatever accelerator the machine has."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""                  # the training command runs in a subprocess
+    try:
+        return recipe.train(tmp_path_factory.mktemp("cam-signal"), "synthetic-demo") / "last.pth"
+    finally:
+        if hidden is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = hidden
 
 
 def _cam(checkpoint, seed):
     res = spectrascope.run("cam", model=MODEL, model_kwargs=list(KWARGS), checkpoint=checkpoint, seed=seed,
-                           img_size=64, data=DATA, num_images=IMAGES)
+                           img_size=64, data=DATA, num_images=IMAGES, device="cpu")
     (entry,) = res.models
     return res, entry
 

@@ -119,9 +119,10 @@ def test_page_style_is_6_9_in_and_paper_caps_wide_figures_at_a_page(tmp_path):
     assert max(t.get_fontsize() for t in _texts(fig)) <= 9.0
     assert res.output is not None
     assert res.provenance["figure_style"] == "page"
-    plot(tmp_path / "page", formats=("png",), style="notebook", ncols=1)     # redrawn in place
+    plot(tmp_path / "page", formats=("png",), style="notebook", ncols=1)     # the PNG redrawn in place
     prov = json.loads((tmp_path / "page" / "results.json").read_text())["provenance"]
-    assert (prov["figure_style"], prov["figure_ncols"]) == ("notebook", 1)
+    assert prov["figure_style"] == "page"                                    # the PDF is still the run's
+    assert prov["redrawn"] == [{"files": ["spectrum.png"], "figure_style": "notebook", "figure_ncols": 1}]
 
 
 def test_style_and_ncols_are_shared_options_on_every_command_plot_and_figure(tmp_path):
@@ -495,6 +496,16 @@ def test_filter_kinds_of_random_weights_say_so(tmp_path):
     assert any("untrained filters get these" in w for w in ctx.warnings)
     doc = json.loads((tmp_path / "dfformer_s18" / "results.json").read_text())
     assert doc["analysis"] == "filters"
+
+
+def test_papers_names_keep_what_tells_timm_models_apart():
+    from spectrascope.report.style import paper_labels
+    assert paper_name("timm:vit_small_patch16_384") == "ViT-Small/16 (384 px)"
+    assert paper_name("timm:vit_small_patch16_224") == "ViT-Small/16"
+    assert paper_name("convnext_tiny.fb_in22k") == "ConvNeXt-Tiny (fb_in22k)"
+    # names that would still print alike keep their registry names
+    assert paper_labels(["timm:vit_small_patch16_224", "vit_small_patch16_224", "dfformer_s18"]) == \
+        ["timm:vit_small_patch16_224", "vit_small_patch16_224", "DFFormer-S18"]
 
 
 def test_throughput_figure_names_the_papers_models_beside_the_axes():

@@ -561,18 +561,20 @@ def _bar(progress: bool, total: int):
     return progress_bar(total, "score-cam", unit="mask", enabled=progress)
 
 
-#: ``largest_activation``'s answers per model: {(input shape, dtype, device, memory format, modules): bytes}
+#: ``largest_activation``'s answers per model: {(input shape, dtype, device, memory format, autocast,
+#: the model's printed structure): bytes}
 _LARGEST: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def largest_activation(model: nn.Module, x: torch.Tensor, runner: Runner | None = None) -> int:
     """Bytes of the largest leaf-module output for one sample (a per-sample memory estimate),
-    read by a probe on every leaf module during one forward of ``x``. The answer depends only on
-    the architecture and the input's shape, so it is kept per model and asked once per input
-    shape, dtype, device and memory format (a model whose modules change is asked again)."""
-    cfg = runner.config if runner is not None else None
-    key = (tuple(x.shape[1:]), x.dtype, str(x.device), bool(cfg and cfg.channels_last), cfg and cfg.amp,
-           sum(1 for _ in model.modules()))
+    read by a probe on every leaf module during one forward of ``x``. The answer depends on the
+    architecture and the input, so it is kept per model and asked again for another input shape,
+    dtype, device, memory format or autocast, or when the model's printed structure (its modules
+    and their settings: strides, kernel sizes, widths) has changed."""
+    run = cam_runner(model, runner)
+    key = (tuple(x.shape[1:]), x.dtype, str(run.device), bool(run.config.channels_last), run.config.amp,
+           repr(model))
     known = _LARGEST.setdefault(model, {})
     if key not in known:
         known[key] = _largest_activation(model, x, runner)

@@ -23,7 +23,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.patches import Ellipse, Patch
 
 from spectrascope.io.results import write_csv
-from spectrascope.report.style import MARKERS, PAPER_RC, check_cmap, new_figure, paper_name, save_figure
+from spectrascope.report.style import MARKERS, PAPER_RC, check_cmap, new_figure, paper_labels, save_figure
 
 __all__ = ["checked_cmap", "COLORS", "write_heatmap_csv", "draw_heatmaps", "draw_curves", "write_rows",
            "draw_noise", "draw_filter", "draw_sensitivity", "draw_corruptions", "draw_corruption_spectra"]
@@ -47,12 +47,17 @@ def checked_cmap(name):
     return check_cmap(name, "--cmap")
 
 
-def _shown(m: dict) -> str:
+def _name_of(m: dict) -> str:
+    return str(m.get("model") or str(m.get("label") or "").split(" (")[0])
+
+
+def _shown(m: dict, among=()) -> str:
     """A model's label as figures print it: the paper's name for the registry name it starts with
-    (results keep the registry name)."""
-    label = str(m.get("label") or m.get("model") or "")
-    name = str(m.get("model") or label.split(" (")[0])
-    return paper_name(name) + label[len(name):] if name and label.startswith(name) else label
+    (results keep the registry name), unless another model of ``among`` would print the same name."""
+    label, name = str(m.get("label") or m.get("model") or ""), _name_of(m)
+    names = list(dict.fromkeys([_name_of(x) for x in among] + [name]))
+    shown = dict(zip(names, paper_labels(names)))[name]
+    return shown + label[len(name):] if name and label.startswith(name) else label
 
 
 def _formats(style) -> tuple[str, ...]:
@@ -171,7 +176,7 @@ def _draw_map_panels(result, key: str, label: str, stem: str, folder, style, tit
         if k == 0:
             ax.set_ylabel(r"$f_y$ (cycles per image height)")
         c = m["clean"]
-        ax.set_title(f"{_shown(m)}\nclean error {c['error']:.3f}, {H}x{W} px")
+        ax.set_title(f"{_shown(m, result.models)}\nclean error {c['error']:.3f}, {H}x{W} px")
     bar = fig.colorbar(im, cax=cax)
     bar.set_label(label)
     if any(m.get("class_bands") for m in result.models):
@@ -271,7 +276,7 @@ def draw_noise(result, folder, style) -> list[str]:
     ax = fig.add_subplot(1, 1, 1)
     bands = _shade_bands(ax, result.data.get("class_bands"))
     draw_curves(ax, [{"x": m["centres"], "y": m["error"], "low": m["error_low"], "high": m["error_high"],
-                      "label": _shown(m), "clean": m["clean"]["error"]} for m in result.models])
+                      "label": _shown(m, result.models), "clean": m["clean"]["error"]} for m in result.models])
     ax.set_xlabel("centre frequency of the noise band (cycles per pixel)")
     ax.set_ylabel("top-1 error")
     ax.set_xlim(0, max(max(m["centres"]) for m in result.models) * 1.02 + 1e-9)
@@ -305,7 +310,7 @@ def draw_filter(result, folder, style) -> list[str]:
             acc = [1 - curve["error"][i] for i in keep]
             series.append({"x": [curve["radius"][i] for i in keep], "y": acc,
                            "low": [1 - curve["error_high"][i] for i in keep],
-                           "high": [1 - curve["error_low"][i] for i in keep], "label": _shown(m),
+                           "high": [1 - curve["error_low"][i] for i in keep], "label": _shown(m, result.models),
                            "clean": 1 - m["clean"]["error"]})
         draw_curves(ax, series)
         ax.set_title(f"{kind}-pass: keeps {'d <= r' if kind == 'low' else 'd > r'}")
@@ -333,7 +338,8 @@ def draw_sensitivity(result, folder, style) -> list[str]:
     ax = fig.add_subplot(1, 1, 1)
     bands = _shade_bands(ax, result.data.get("class_bands"))
     draw_curves(ax, [{"x": m["radius_cycles"], "y": m["profile"], "low": m.get("profile_low"),
-                      "high": m.get("profile_high"), "label": _shown(m)} for m in result.models], clean_key=None)
+                      "high": m.get("profile_high"), "label": _shown(m, result.models)} for m in result.models],
+                clean_key=None)
     ax.set_xlabel("radial frequency (cycles per pixel of the shorter side)")
     ax.set_ylabel("share of the gradient's power")
     ax.set_ylim(bottom=0)
@@ -358,7 +364,7 @@ def _power_maps(result, maps, folder, style) -> list[str]:
                        norm=LogNorm(vmin, max(vmax, vmin * 1.0001)), interpolation="nearest", aspect="equal")
         _band_rings(ax, m.get("class_bands"), H, W)
         ax.set_xlabel(r"$f_x$ (cycles per image width)")
-        ax.set_title(_shown(m))
+        ax.set_title(_shown(m, result.models))
     axes[0].set_ylabel(r"$f_y$ (cycles per image height)")
     bar = fig.colorbar(im, cax=cax)
     bar.set_label(r"mean $|\mathrm{FFT}(\nabla_x \mathrm{loss})|^2$ (channel mean)")
@@ -394,7 +400,7 @@ def draw_corruptions(result, folder, style) -> list[str]:
     for k, m in enumerate(result.models):
         color = COLORS[k % len(COLORS)]
         ax.bar(x - 0.4 + width * (k + 0.5), [m["per_corruption"][c]["error"] for c in names], width, color=color,
-               label=f"{_shown(m)} (mean {m['mean_error']:.3f})")
+               label=f"{_shown(m, result.models)} (mean {m['mean_error']:.3f})")
         ax.axhline(m["clean"]["error"], color=color, ls=":", lw=0.8)
     ax.set_xticks(x, [c.replace("_", " ") for c in names], rotation=60, ha="right")
     ax.set_ylabel("top-1 error (mean over severities)")
@@ -413,8 +419,8 @@ def _severity_panels(result, folder, style) -> list[str]:
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
     for j, c in enumerate(names):
         ax = axes.flat[j]
-        draw_curves(ax, [{"x": result.severities, "y": m["per_corruption"][c]["by_severity"], "label": _shown(m),
-                          "clean": m["clean"]["error"]} for m in result.models])
+        draw_curves(ax, [{"x": result.severities, "y": m["per_corruption"][c]["by_severity"],
+                          "label": _shown(m, result.models), "clean": m["clean"]["error"]} for m in result.models])
         ax.set_title(c.replace("_", " "), fontsize=7)
         ax.set_ylim(0, 1)
         ax.set_xticks(result.severities)

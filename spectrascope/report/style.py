@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["PAPER_RC", "DEPTH_CMAP", "SPECTRUM_CMAP", "MARKERS", "RANDOM_COLOR", "new_figure", "save_figure",
            "check_cmap", "FigureStyle", "FIGURE_STYLES", "STYLE_NAMES", "COLUMN_WIDTH", "PAGE_WIDTH", "use_style",
-           "active_style", "active_ncols", "fit_figure", "wrap_columns", "PAPER_NAMES", "paper_name", "add_colorbar",
+           "active_style", "active_ncols", "fit_figure", "wrap_columns", "PAPER_NAMES", "paper_name", "paper_labels", "add_colorbar",
            "footnote"]
 
 #: rc settings applied to every figure of the toolkit
@@ -96,6 +96,7 @@ def paper_name(name: str) -> str:
         The name the papers print."""
     raw = str(name)
     base = raw.split(":", 1)[1] if raw.startswith("timm:") else raw
+    base, _, tag = base.partition(".")                 # timm's pretrained tag: convnext_tiny.fb_in22k
     head, _, rest = base.partition("_")
     fam = PAPER_NAMES.get(head)
     if fam is None or not rest:
@@ -107,13 +108,23 @@ def paper_name(name: str) -> str:
     if base.startswith(("vit_", "deit_", "swin_", "focalnet_", "convnext_", "resnet")) or raw.startswith("timm:"):
         label = f"{fam}-{size[:1].upper() + size[1:]}"
         patch = [p for p in extra if p.startswith("patch") and p[5:].isdigit()]
-        return label + ("/" + patch[0][5:] if patch else "")
+        sides = [p for p in extra if p.isdigit() and p != "224"]          # another input size than 224 px
+        notes = ([f"{sides[-1]} px"] if sides else []) + ([tag] if tag else [])
+        return label + ("/" + patch[0][5:] if patch else "") + (f" ({', '.join(notes)})" if notes else "")
     if size in _SIZES or (size[:1] in "smb" and size[1:].isdigit() and len(size) > 1):
         label = f"{fam}-{_SIZES.get(size, size.upper())}"
     else:
         label, extra = fam, parts
+    extra = extra + ([tag] if tag else [])
     return label + (f" ({'-'.join(extra)})" if extra else "")
-    return label
+
+
+def paper_labels(names) -> list[str]:
+    """``paper_name`` of each name, or the names as given where two different names would print alike."""
+    names = [str(n) for n in names]
+    out = [paper_name(n) for n in names]
+    clash = {lab for lab in out if len({n for n, o in zip(names, out) if o == lab}) > 1}
+    return [n if o in clash else o for n, o in zip(names, out)]
 
 
 @contextlib.contextmanager

@@ -54,10 +54,11 @@ def _into_results_folder(analysis, result, folder: Path, style: Style) -> list[P
         for n in names:
             (folder / n).parent.mkdir(parents=True, exist_ok=True)
             os.replace(Path(tmp) / n, folder / n)
-    if names and "results.json" in listed:                   # results.json says how its figures are drawn now
-        doc = read_json_doc(folder / "results.json", what="results.json")
-        doc["provenance"] = dict(doc.get("provenance") or {}, figure_style=active_style().name,
-                                 figure_ncols=active_ncols())
+    doc = read_json_doc(folder / "results.json", what="results.json") if "results.json" in listed else None
+    if names and isinstance(doc, dict) and isinstance(doc.get("provenance"), dict):
+        # the run's figure style stays; each redraw in place adds which files it drew in which style
+        doc["provenance"].setdefault("redrawn", []).append(
+            {"files": names, "figure_style": active_style().name, "figure_ncols": active_ncols()})
         write_json(folder / "results.json", doc)
     return [folder / n for n in names]
 
