@@ -11,27 +11,18 @@ hit the patch about as often as the patch's share of the image (0.56). Before th
 changed, stage 4 (a 2x2 map at 64 px) scored 0.06 on the trained model."""
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+import docs_scripts
 import spectrascope
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 64
 
 
-def _recipe():
-    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "docs" / "make_figures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _recipe()
+recipe = docs_scripts.load("make_figures")
 MODEL, KWARGS, DATA, _EPOCHS = recipe.MODELS["synthetic-demo"]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -268,20 +269,23 @@ def test_effective_filters_have_one_colour_bar(tmp_path):
 
 
 # ---------------------------------------------------------------------------- CAM and context grids
-def test_cam_grid_wraps_with_class_probability_boxes_title_and_pdf(tmp_path, cam_result):
-    folder = tmp_path / "cam"
-    folder.mkdir()
+def _draw_cam_keeping_figures(result, folder, formats):
+    """``rcam.draw_cam``'s files, and the figures it saved (still open, for their layout)."""
     made = []
     original = rcam.save_figure
 
     def keep(fig, *a, **kw):
         made.append(fig)
         return original(fig, *a, **kw)
-    rcam.save_figure = keep
-    try:
-        files = rcam.draw_cam(cam_result, folder, SimpleNamespace(formats=("png", "pdf")))
-    finally:
-        rcam.save_figure = original
+    with mock.patch.object(rcam, "save_figure", keep):
+        files = rcam.draw_cam(result, folder, SimpleNamespace(formats=formats))
+    return files, made
+
+
+def test_cam_grid_wraps_with_class_probability_boxes_title_and_pdf(tmp_path, cam_result):
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    files, made = _draw_cam_keeping_figures(cam_result, folder, ("png", "pdf"))
     assert "grid.png" in files and "grid.pdf" in files and (folder / "grid.pdf").read_bytes()[:5] == b"%PDF-"
     fig = made[0]
     r = _drawn(fig)
@@ -308,17 +312,7 @@ def test_cam_grid_wraps_with_class_probability_boxes_title_and_pdf(tmp_path, cam
 def test_cam_grid_shows_the_first_sixteen_images_and_says_so(tmp_path):
     res = run("cam", model="dfformer_s18", model_kwargs=TINY, img_size=32, data="synthetic", num_images=20,
               method="gradcam", device="cpu", seed=0)
-    made = []
-    original = rcam.save_figure
-
-    def keep(fig, *a, **kw):
-        made.append(fig)
-        return original(fig, *a, **kw)
-    rcam.save_figure = keep
-    try:
-        files = rcam.draw_cam(res, tmp_path, SimpleNamespace(formats=("png",)))
-    finally:
-        rcam.save_figure = original
+    files, made = _draw_cam_keeping_figures(res, tmp_path, ("png",))
     (fig,) = made
     assert len(fig.spectrascope_panels) == 2 * rcam.GRID_IMAGES == 32           # input and map of 16 images
     assert sum(f.startswith("overlays/") for f in files) == 20                 # every image keeps its overlay

@@ -12,27 +12,16 @@ recipes of the same size gave 1.35-2.14 for the heat map and 1.2-1.8 for the noi
 network never exceeded 1.35 and 0.9."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+import docs_scripts
 import spectrascope
 from spectrascope.ops.spectra import concentration
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("make_frequency_figures", ROOT / "docs" / "make_frequency_figures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _recipe()
+recipe = docs_scripts.load("make_frequency_figures")
 
 
 @pytest.fixture(scope="module")
