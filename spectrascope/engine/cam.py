@@ -577,11 +577,11 @@ def largest_activation(model: nn.Module, x: torch.Tensor, runner: Runner | None 
            repr(model))
     known = _LARGEST.setdefault(model, {})
     if key not in known:
-        known[key] = _largest_activation(model, x, runner)
+        known[key] = _largest_activation(model, x, run)
     return known[key]
 
 
-def _largest_activation(model: nn.Module, x: torch.Tensor, runner: Runner | None) -> int:
+def _largest_activation(model: nn.Module, x: torch.Tensor, runner: Runner) -> int:
     largest = [0]
 
     def seen(_tap, t):
@@ -592,7 +592,7 @@ def _largest_activation(model: nn.Module, x: torch.Tensor, runner: Runner | None
     if not taps:
         return int(x[:1].numel() * x.element_size())
     with Probe(model, taps, callback=seen, nchw=False, clone=False, skip_non_tensor=True) as probe:
-        cam_runner(model, runner).forward(model, x[:1], probe, need_output=True)
+        runner.forward(model, x[:1], probe, need_output=True)
     return largest[0]
 
 
