@@ -348,9 +348,10 @@ def test_errors_start_on_their_own_line_after_a_progress_bar(tmp_path, monkeypat
     assert "\rError" not in res.stderr and any(ln.startswith("Error: ") for ln in res.stderr.split("\n"))
 
 
-@pytest.mark.parametrize("delay", [0.5, 2.0])
+@pytest.mark.parametrize("delay", [0.5, 1.2])
 def test_ctrl_c_at_start_up_is_quiet(tmp_path, delay):
-    """Ctrl-C while the command line is still importing: exit 130, nothing on stderr."""
+    """Ctrl-C while the command line is still importing (torch alone takes about 2 s here; a signal
+    once the command runs gets its one "stopped by SIGINT" line instead): exit 130, nothing on stderr."""
     import signal
     import subprocess
     import sys
