@@ -4,8 +4,9 @@ Both run the same model, target layer, images and classes, each at its own defau
 inputs per forward: spectrascope's automatic choice, pytorch-grad-cam's 16; ``--batch-size`` /
 ``--ref-batch-size`` change them), and the maps must agree (gradcam-lib flavour, max abs
 difference <= 1e-5). Timing: both in this process on the same model, ``--repeats`` interleaved
-repeats (ours, theirs / theirs, ours / ...); the paired ratio of each repeat and their median
-are printed, with the load average before and after. Peak memory: each side once more in a
+repeats (ours, theirs / theirs, ours / ...); the paired ratio of each repeat (with each side's
+system time and minor page faults) and their median are printed, with the load average before
+and after. Peak memory: each side once more in a
 fresh subprocess (CUDA: ``max_memory_allocated``; CPU: the resident set sampled every 2 ms,
 above its level right before the call). Without pytorch-grad-cam (``pip install -c
 constraints.txt torch==2.13.0 grad-cam``) the reference is a naive Score-CAM that materialises
@@ -26,6 +27,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -207,14 +209,21 @@ def timing(args, ref: str) -> dict:
              "reference": make_call(ref, args, model, x, tl, classes, {})}
     with torch.no_grad():
         model(x.repeat(max(1, 16 // x.shape[0]), 1, 1, 1)[:16])    # warm-up: first-call costs of both sides
-    maps = {}
+    maps, kernel = {}, {}
 
     def run(name):
-        return lambda: maps.__setitem__(name, calls[name]())
+        def call():
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            maps[name] = calls[name]()
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            kernel[name] = (after.ru_stime - before.ru_stime, after.ru_minflt - before.ru_minflt)
+        return call
 
     def show(r, last):
+        sys_s = ", ".join(f"{k} {kernel[k][0]:.2f} s / {kernel[k][1]} faults" for k in ("ours", "reference"))
         print(f"  repeat {r + 1}: ours {last['ours']:.2f} s, reference {last['reference']:.2f} s, "
-              f"ratio {last['reference'] / last['ours']:.3f}, load {benchkit.load_average()}", flush=True)
+              f"ratio {last['reference'] / last['ours']:.3f}, load {benchkit.load_average()}; "
+              f"system time / minor page faults: {sys_s}", flush=True)
     wall, cpu = benchkit.interleave({"ours": run("ours"), "reference": run("reference")}, args.repeats,
                                     args.device, show)
     diff = float((maps["ours"] - maps["reference"].to(maps["ours"].dtype)).abs().max())
