@@ -478,7 +478,8 @@ def test_largest_activation_asked_once_per_input_shape(tiny):
     assert counts[1] == counts[0] - 1
     assert torch.equal(maps[0], maps[1])
     first = cam_mod.largest_activation(model, x[:1])
-    assert first == cam_mod._largest_activation(model, x[:1], cam_mod.cam_runner(model))    # the kept answer is the probed one
+    probed = cam_mod._largest_activation(model, x[:1], cam_mod.cam_runner(model))
+    assert first == probed                                      # the kept answer is the probed one
     counter = CountingForward(model)
     try:
         small = torch.nn.functional.interpolate(x, size=(16, 16))

@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 
 __all__ = ["PAPER_RC", "DEPTH_CMAP", "SPECTRUM_CMAP", "MARKERS", "RANDOM_COLOR", "new_figure", "save_figure",
            "check_cmap", "FigureStyle", "FIGURE_STYLES", "STYLE_NAMES", "COLUMN_WIDTH", "PAGE_WIDTH", "use_style",
-           "active_style", "active_ncols", "fit_figure", "wrap_columns", "PAPER_NAMES", "paper_name", "paper_labels", "add_colorbar",
-           "footnote"]
+           "active_style", "active_ncols", "fit_figure", "wrap_columns", "PAPER_NAMES", "paper_name", "paper_labels",
+           "add_colorbar", "footnote"]
 
 #: rc settings applied to every figure of the toolkit
 PAPER_RC = {
